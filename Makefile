@@ -1,0 +1,40 @@
+# rtgrid — two commands matter: `make demo` and `make test`. Each installs what it needs into .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_TMPDIR ?= /tmp/rtgrid-ray
+
+.PHONY: install tools proto test demo bench-grid clean
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# External validators the tests use (dciodvfy from dicom3tools). Debian packages, root on these machines.
+tools:
+	@command -v dciodvfy >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null; } || echo "warning: could not install dicom3tools"
+
+proto: install
+	$(PY) -m rtgrid.protos.generate
+
+test: install tools
+	mkdir -p $(RAY_TMPDIR)
+	$(PY) -m pytest -q
+
+demo: install
+	mkdir -p $(RAY_TMPDIR)
+	$(VENV)/bin/rtgrid demo --out demo-output
+
+bench-grid: install
+	mkdir -p $(RAY_TMPDIR)
+	$(PY) -m bench.grid
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

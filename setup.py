@@ -1,0 +1,18 @@
+"""Map the top-level folders into one ``rtgrid`` package (``rtgrid.master``, ``rtgrid.engines`` ...)."""
+
+from setuptools import find_packages, setup
+
+ROOTS = ("protos", "master", "agent", "engines", "client")
+
+packages: list[str] = []
+package_dir: dict[str, str] = {}
+for root in ROOTS:
+    package_dir[f"rtgrid.{root}"] = root
+    packages.append(f"rtgrid.{root}")
+    packages += [f"rtgrid.{root}.{sub}" for sub in find_packages(root)]
+
+setup(
+    packages=packages,
+    package_dir=package_dir,
+    package_data={"": ["*.json", "*.yaml", "*.proto", "*.pyi"]},
+)
