@@ -1,0 +1,29 @@
+"""``rtgrid agent``: run an agent daemon on this box."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import typer
+
+from .daemon import Agent, AgentOptions
+
+
+def agent_command(
+    master: str = typer.Option(None, "--master", envvar="RTGRID_TARGET", help="Master HOST:PORT."),
+    name: str = typer.Option(None, help="Name shown to operators (default: host name)."),
+    cpus: int = typer.Option(os.cpu_count() or 1, help="CPUs this agent offers."),
+    slots: int = typer.Option(0, help="Shards at once (default: its CPUs)."),
+    node_ip: str = typer.Option("127.0.0.1", help="Address of this box that the Ray cluster reaches."),
+) -> None:
+    """Register with the master, join its Ray cluster and run shards until drained (SIGTERM drains)."""
+    if not master:
+        raise typer.BadParameter("give --master HOST:PORT or set RTGRID_TARGET", param_hint="--master")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
+    options = AgentOptions(master=master, cpus=cpus, slots=slots, node_ip=node_ip, **({"name": name} if name else {}))
+    agent = Agent(options)
+    signal.signal(signal.SIGTERM, agent.request_drain)
+    signal.signal(signal.SIGINT, agent.request_drain)
+    raise typer.Exit(agent.run())

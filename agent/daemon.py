@@ -1,0 +1,190 @@
+"""The agent daemon on a compute box: register, join Ray as a worker node, heartbeat, drain.
+
+Lifecycle: register with the master → start a Ray worker node (``ray start --block``) that
+advertises this agent's custom resource (one unit per slot) → create the agent's named actor on
+it → heartbeat. On SIGTERM, or when the master says drain: tell the master, wait until none of
+this agent's shards run, deregister, and stop the Ray node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+
+import grpc
+import ray
+
+from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+from .worker import ShardWorker
+
+log = logging.getLogger(__name__)
+
+RAY_NAMESPACE = "rtgrid"
+RPC_TIMEOUT_S = 10.0
+RAY_NODE_START_TIMEOUT_S = 120.0
+DRAIN_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """What an agent offers. ``slots``: shards at once (default: its CPUs)."""
+
+    master: str
+    name: str = platform.node()
+    cpus: int = os.cpu_count() or 1
+    slots: int = 0
+    node_ip: str = "127.0.0.1"
+
+
+def _engine_versions() -> dict[str, str]:
+    versions = {}
+    for package in ("rtgrid", "numpy", "scipy", "pydicom", "SimpleITK", "torch", "ray"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _ram_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _gpus() -> list[common_pb2.GpuInfo]:
+    """GPUs seen by torch (CUDA), if torch and a GPU are present."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    return [
+        common_pb2.GpuInfo(name=torch.cuda.get_device_name(i), memory_bytes=torch.cuda.get_device_properties(i).total_memory)
+        for i in range(torch.cuda.device_count())
+    ]
+
+
+class Agent:
+    """One agent daemon. :meth:`run` blocks until the agent has drained."""
+
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self._channel = grpc.insecure_channel(options.master)
+        self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._stop = threading.Event()
+        self._ray_node: subprocess.Popen | None = None
+        self.agent_id = ""
+        self.registration: agent_pb2.RegisterResponse | None = None
+
+    def request_drain(self, *_: object) -> None:
+        """SIGTERM handler: finish running shards, take no new ones, then exit."""
+        self._stop.set()
+
+    def register(self) -> agent_pb2.RegisterResponse:
+        gpus = _gpus()
+        response = self._stub.Register(
+            agent_pb2.RegisterRequest(
+                name=self.options.name, hostname=platform.node(), cpus=self.options.cpus, ram_bytes=_ram_bytes(),
+                gpus=gpus, engine_versions=_engine_versions(), slots=self.options.slots or self.options.cpus,
+                agent_id=self.agent_id,
+            ),
+            timeout=RPC_TIMEOUT_S,
+        )
+        self.agent_id = response.agent_id
+        self.registration = response
+        return response
+
+    def _start_ray_node(self, reg: agent_pb2.RegisterResponse) -> None:
+        slots = self.options.slots or self.options.cpus
+        command = [
+            os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--block",
+            f"--address={reg.ray_address}", f"--node-ip-address={self.options.node_ip}",
+            f"--num-cpus={self.options.cpus}", f"--num-gpus={len(_gpus())}",
+            f"--resources={json.dumps({reg.ray_resource: slots})}",
+            "--disable-usage-stats",
+        ]
+        log.info("starting ray worker node: %s", " ".join(command))
+        # Its own process group: stopping the agent stops the whole node.
+        self._ray_node = subprocess.Popen(command, start_new_session=True)
+
+    def _create_worker(self, reg: agent_pb2.RegisterResponse):
+        ray.init(address=reg.ray_address, namespace=RAY_NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+        deadline = time.monotonic() + RAY_NODE_START_TIMEOUT_S
+        while ray.cluster_resources().get(reg.ray_resource, 0) <= 0:
+            if time.monotonic() > deadline or (self._ray_node and self._ray_node.poll() is not None):
+                raise RuntimeError(f"the Ray worker node for {self.agent_id} did not join {reg.ray_address}")
+            time.sleep(0.2)
+        actor = (
+            ray.remote(ShardWorker)
+            .options(
+                name=f"rtgrid-agent-{self.agent_id}", namespace=RAY_NAMESPACE, lifetime="detached",
+                resources={reg.ray_resource: 0.001}, num_cpus=0, max_concurrency=1000, get_if_exists=True,
+                max_restarts=0,
+            )
+            .remote(self.agent_id, reg.ray_resource)
+        )
+        ray.get(actor.ping.remote(), timeout=RAY_NODE_START_TIMEOUT_S)
+        return actor
+
+    def run(self) -> int:
+        reg = self.register()
+        log.info("registered as %s; joining ray at %s", self.agent_id, reg.ray_address)
+        self._start_ray_node(reg)
+        actor = self._create_worker(reg)
+        log.info("agent %s ready (%s)", self.agent_id, reg.ray_resource)
+        try:
+            self._heartbeat_until_drained(reg)
+        finally:
+            try:
+                ray.kill(actor)
+            except Exception:  # the node may already be gone
+                pass
+            ray.shutdown()
+            self._stop_ray_node()
+            self._channel.close()
+        return 0
+
+    def _heartbeat_until_drained(self, reg: agent_pb2.RegisterResponse) -> None:
+        draining = False
+        while True:
+            if self._stop.is_set() and not draining:
+                self._stub.Drain(agent_pb2.AgentDrainRequest(agent_id=self.agent_id), timeout=RPC_TIMEOUT_S)
+                draining = True
+                log.info("draining: finishing running shards")
+            try:
+                beat = self._stub.Heartbeat(agent_pb2.HeartbeatRequest(agent_id=self.agent_id), timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as exc:
+                log.warning("heartbeat failed (%s); master unreachable, retrying", exc.code())
+                self._stop.wait(reg.heartbeat_interval_s)
+                continue
+            if not beat.known:
+                self.register()
+                continue
+            if beat.drain and not draining:
+                draining = True
+                log.info("the master asked this agent to drain")
+            if draining and beat.running_shards == 0:
+                self._stub.Deregister(agent_pb2.DeregisterRequest(agent_id=self.agent_id), timeout=RPC_TIMEOUT_S)
+                log.info("drained; leaving")
+                return
+            self._stop.wait(DRAIN_POLL_S if draining else reg.heartbeat_interval_s)
+
+    def _stop_ray_node(self) -> None:
+        if self._ray_node is None or self._ray_node.poll() is not None:
+            return
+        os.killpg(self._ray_node.pid, signal.SIGTERM)
+        try:
+            self._ray_node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._ray_node.pid, signal.SIGKILL)
+            self._ray_node.wait()

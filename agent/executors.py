@@ -1,0 +1,102 @@
+"""Shard executors: what an agent runs for each shard task name, calling the engines.
+
+Each executor takes plain keyword arguments (arrays, engine dataclasses) and returns a dict of
+arrays, bytes and JSON-able values; files to publish are listed under ``"artifacts"`` with their
+bytes under ``"file:<name>"`` (see ``rtgrid.master.jobs.base``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rtgrid.engines.dicomrt.rtstruct import StructureSpec, write_rtstruct
+from rtgrid.engines.imaging.volume import ImageSeries
+from rtgrid.engines.report.overlay import render_overlays
+from rtgrid.engines.segmentation import classical
+
+# How each classical structure is typed in the RTSTRUCT, and drawn.
+CLASSICAL_ROI = {
+    "BODY": ("EXTERNAL", (255, 224, 189)),
+    "Lung_L": ("ORGAN", (0, 160, 255)),
+    "Lung_R": ("ORGAN", (0, 96, 200)),
+    "Bones": ("ORGAN", (255, 255, 255)),
+    "AirCavity": ("CAVITY", (128, 255, 128)),
+}
+
+
+def _dataclass_fields(value: Any) -> dict[str, Any]:
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+
+
+def contour_slab(hu: np.ndarray, spacing_mm: np.ndarray, direction: np.ndarray, slab: classical.Slab) -> dict[str, Any]:
+    """Classical structures of one z-slab (its core slices)."""
+    result = classical.contour_slab(np.asarray(hu), spacing_mm, direction, slab)
+    return {"slab": _dataclass_fields(slab), **_dataclass_fields(result)}
+
+
+def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries) -> dict[str, Any]:
+    """Merge slabs, write the RTSTRUCT on the uploaded series, render overlays and a summary."""
+    results = [
+        classical.SlabResult(**{k: (classical.Slab(**v) if k == "slab" else v) for k, v in r.items() if k != "slab"})
+        if "slab" not in classical.SlabResult.__dataclass_fields__
+        else classical.SlabResult(**{k: (classical.Slab(**v) if k == "slab" else v) for k, v in r.items()})
+        for r in slab_results
+    ]
+    masks = classical.merge_slabs(results, series.volume)
+    specs = [
+        StructureSpec(name, masks[name], *CLASSICAL_ROI.get(name, ("ORGAN", (255, 0, 0))), "AUTOMATIC")
+        for name in masks
+    ]
+    ds = write_rtstruct(series, specs, label="RTGRID-AUTO", description="rtgrid classical auto-contouring")
+    rtstruct = _dataset_bytes(ds)
+    voxel_cc = series.volume.voxel_volume_mm3 / 1000.0
+    summary = {
+        "structures": {name: {"volume_cc": round(float(mask.sum()) * voxel_cc, 3)} for name, mask in masks.items()},
+        "series_instance_uid": series.series_instance_uid,
+        "notes": list(series.notes),
+    }
+    png = render_overlays(series.volume, masks, {n: CLASSICAL_ROI.get(n, ("", (255, 0, 0)))[1] for n in masks})
+    return {
+        "artifacts": [
+            {"name": "RS.contours.dcm", "kind": "rtstruct", "modality": "RTSTRUCT"},
+            {"name": "contours.png", "kind": "image", "modality": ""},
+            {"name": "contours.json", "kind": "report", "modality": ""},
+        ],
+        "file:RS.contours.dcm": rtstruct,
+        "file:contours.png": png,
+        "file:contours.json": json.dumps(summary, indent=2).encode(),
+    }
+
+
+def _dataset_bytes(ds) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+EXECUTORS: dict[str, Callable[..., dict[str, Any]]] = {
+    "contour.slab": contour_slab,
+    "contour.merge": contour_merge,
+}
+
+
+def execute(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Run the executor named ``task``.
+
+    Raises
+    ------
+    KeyError
+        For a task this agent does not know (an agent older than its master).
+    """
+    try:
+        executor = EXECUTORS[task]
+    except KeyError:
+        raise KeyError(f"this agent has no executor for task {task!r}; known: {sorted(EXECUTORS)}") from None
+    return executor(**kwargs)

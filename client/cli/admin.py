@@ -1,0 +1,101 @@
+"""``rtgrid admin ...``: operators' commands over the admin API."""
+
+from __future__ import annotations
+
+import typer
+
+from rtgrid.protos.v1 import common_pb2
+
+from ..sdk import Client, state_name
+from .output import Format, as_dict, emit, rpc_errors
+
+admin_app = typer.Typer(help="Operate the grid: agents, jobs, shards, priorities, drain, status.", no_args_is_help=True)
+
+TargetOption = typer.Option(None, "--target", envvar="RTGRID_TARGET", help="Master HOST:PORT.")
+FormatOption = typer.Option(Format.text, "--format", help="text or json (one object per line).")
+
+
+def _client(target: str | None) -> Client:
+    return Client(target or "127.0.0.1:50051")
+
+
+def _agent_state(value: int) -> str:
+    return common_pb2.AgentState.Name(value).removeprefix("AGENT_STATE_").lower()
+
+
+def _job_line(job: common_pb2.Job) -> str:
+    return f"{job.job_id}  {job.kind:<8} {state_name(job.state):<10} prio={job.priority:<4} " \
+           f"{job.stage}:{job.shards_done}/{job.shards_total}  {job.error}"
+
+
+def _wrap(func):
+    return rpc_errors(func)
+
+
+@admin_app.command()
+def agents(target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """List agents with their state and load."""
+    with _client(target) as client:
+        for a in _wrap(client.agents)():
+            emit(fmt, as_dict(a), f"{a.agent_id}  {a.name:<12} {_agent_state(a.state):<9} "
+                                  f"running={a.running_shards}/{a.slots} cpus={a.cpus} gpus={len(a.gpus)}")
+
+
+@admin_app.command()
+def jobs(limit: int = typer.Option(0, help="At most this many (0: default page)."),
+         target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """List jobs, newest first."""
+    with _client(target) as client:
+        for job in _wrap(client.jobs)(limit):
+            emit(fmt, {**as_dict(job), "state": state_name(job.state)}, _job_line(job))
+
+
+@admin_app.command()
+def shards(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """List the shards of a job (stage, agent, attempts)."""
+    with _client(target) as client:
+        for s in _wrap(client.shards)(job_id):
+            state = common_pb2.ShardState.Name(s.state).removeprefix("SHARD_STATE_").lower()
+            emit(fmt, {**as_dict(s), "state": state},
+                 f"{s.shard_id}  {s.stage}#{s.index:<3} {state:<10} agent={s.agent_id or '-'} attempts={s.attempts} {s.error}")
+
+
+@admin_app.command()
+def cancel(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """Cancel a job."""
+    from rtgrid.protos.v1 import admin_pb2
+
+    with _client(target) as client:
+        job = _wrap(client.call)(client.admin.CancelJob, admin_pb2.AdminCancelJobRequest(job_id=job_id))
+    emit(fmt, {"job_id": job.job_id, "state": state_name(job.state)}, _job_line(job))
+
+
+@admin_app.command()
+def priority(job_id: str, value: int, target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """Change a job's priority (higher runs first)."""
+    from rtgrid.protos.v1 import admin_pb2
+
+    with _client(target) as client:
+        job = _wrap(client.call)(client.admin.SetJobPriority, admin_pb2.SetJobPriorityRequest(job_id=job_id, priority=value))
+    emit(fmt, {"job_id": job.job_id, "priority": job.priority}, _job_line(job))
+
+
+@admin_app.command()
+def drain(agent_id: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """Drain an agent: it finishes running shards, takes no new ones, then leaves."""
+    from rtgrid.protos.v1 import admin_pb2
+
+    with _client(target) as client:
+        agent = _wrap(client.call)(client.admin.DrainAgent, admin_pb2.DrainAgentRequest(agent_id=agent_id))
+    emit(fmt, {"agent_id": agent.agent_id, "state": _agent_state(agent.state)}, f"{agent.agent_id} {_agent_state(agent.state)}")
+
+
+@admin_app.command()
+def status(target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """Cluster status: queue depth, jobs by state, running shards per agent."""
+    with _client(target) as client:
+        st = _wrap(client.cluster_status)()
+    lines = [f"ray {st.ray_address}  queue depth {st.queue_depth}",
+             "jobs " + ", ".join(f"{k}={v}" for k, v in sorted(st.jobs_by_state.items()))]
+    lines += [f"  {a.agent_id} {_agent_state(a.state)} {a.running_shards}/{a.slots}" for a in st.agents]
+    emit(fmt, as_dict(st), "\n".join(lines))

@@ -1,0 +1,91 @@
+"""``rtgrid demo``: the whole path on a generated phantom patient, on the embedded grid.
+
+Runs ``rtgrid phantom`` and ``rtgrid up`` as child processes (the client never imports the
+master), then plays the hospital through the SDK: upload, contour, watch, fetch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import typer
+
+from ..sdk import Client
+from .output import Format, emit
+
+GRID_START_TIMEOUT_S = 180.0
+
+
+def _rtgrid(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from rtgrid.client.cli.main import main; main()", *args]
+
+
+def _start_grid(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(_rtgrid("up", "--port", "0", "--data", str(data_dir)), stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + GRID_START_TIMEOUT_S
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("{"):
+            return proc, json.loads(line)["target"]
+    proc.kill()
+    raise RuntimeError("the embedded grid did not start (see its log above)")
+
+
+def _wait_for_agent(client: Client, timeout_s: float = GRID_START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not any(a.state == 1 for a in client.agents()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("no agent joined the embedded grid")
+        time.sleep(0.5)
+
+
+def demo_command(
+    out: Path = typer.Option(Path("demo-output"), help="Where the results go."),
+    slices: int = typer.Option(64, help="Phantom slices."),
+    size: int = typer.Option(256, help="Phantom rows and columns."),
+    fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
+) -> None:
+    """Generate a phantom patient, start the embedded grid, upload, contour, watch, fetch."""
+    from .main import follow
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="rtgrid-demo-"))
+    phantom_dir = out / "phantom"
+    if phantom_dir.exists():
+        shutil.rmtree(phantom_dir)
+    subprocess.run(_rtgrid("phantom", "--out", str(phantom_dir), "--slices", str(slices), "--size", str(size)),
+                   check=True, stdout=subprocess.DEVNULL)
+    grid, target = _start_grid(work / "grid")
+    try:
+        with Client(target) as client:
+            _wait_for_agent(client)
+            case = client.upload_folder(phantom_dir / "ct", label="demo phantom").case
+            emit(fmt, {"case_id": case.case_id}, f"uploaded case {case.case_id} ({case.series[0].n_slices} slices)")
+            job = client.submit(case.case_id, "contour")
+            emit(fmt, {"job_id": job.job_id}, f"contour job {job.job_id}")
+            code = follow(client, job.job_id, fmt)
+            results = out / "results"
+            for artifact in client.artifacts(job.job_id):
+                path = client.download(artifact, results)
+                emit(fmt, {"path": str(path), "modality": artifact.modality, "kind": artifact.kind}, f"wrote {path}")
+    finally:
+        grid.send_signal(signal.SIGTERM)
+        try:
+            grid.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            grid.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    emit(fmt, {"output": str(out), "exit_code": code}, f"demo output in {out}")
+    raise typer.Exit(code)
+

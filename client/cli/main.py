@@ -1,0 +1,147 @@
+"""The ``rtgrid`` command line.
+
+Exit codes: 0 success; 1 the job failed or was cancelled; 2 bad usage; 3 the master refused the
+request (its gRPC status and message are printed); 4 the master could not be reached.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import typer
+
+from rtgrid.protos.v1 import common_pb2
+
+from ..sdk import Client, state_name
+from .admin import admin_app
+from .demo import demo_command
+from .output import EXIT_JOB_FAILED, Format, as_dict, emit, fail, rpc_errors
+
+
+app = typer.Typer(help="rtgrid: cloud radiotherapy planning grid.", no_args_is_help=True, add_completion=False)
+app.add_typer(admin_app, name="admin")
+app.command("demo")(demo_command)
+
+TargetOption = typer.Option(None, "--target", envvar="RTGRID_TARGET", help="Master HOST:PORT.")
+FormatOption = typer.Option(Format.text, "--format", help="text or json (one object per line).")
+
+
+def _client(target: str | None) -> Client:
+    return Client(target or "127.0.0.1:50051")
+
+
+@app.command()
+@rpc_errors
+def upload(
+    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of DICOM files (one CT series)."),
+    label: str = typer.Option("", help="A label for the case (no patient identifiers needed)."),
+    target: str = TargetOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Upload a CT series as a new case; prints the case id."""
+    with _client(target) as client:
+        result = client.upload_folder(folder, label)
+    case = result.case
+    series = case.series[0] if case.series else None
+    emit(fmt, {"case_id": case.case_id, "files": len(result.files), "series": as_dict(series) if series else None},
+         case.case_id)
+
+
+def _params(values: list[str]) -> dict[str, str]:
+    params = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
+        params[key] = value
+    return params
+
+
+@app.command()
+@rpc_errors
+def submit(
+    case_id: str = typer.Argument(..., help="Case id from `rtgrid upload`."),
+    kind: str = typer.Option("contour", help="Job kind."),
+    priority: int = typer.Option(0, help="Higher runs first."),
+    param: list[str] = typer.Option([], "--param", help="Extra parameter KEY=VALUE (repeatable)."),
+    idempotency_key: str = typer.Option("", help="Submitting twice with one key makes one job."),
+    target: str = TargetOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Submit a job on a case; prints the job id."""
+    with _client(target) as client:
+        job = client.submit(case_id, kind, _params(param), priority, idempotency_key)
+    emit(fmt, {"job_id": job.job_id, "case_id": job.case_id, "kind": job.kind, "state": state_name(job.state)},
+         job.job_id)
+
+
+def follow(client: Client, job_id: str, fmt: Format) -> int:
+    """Print a job's events until it ends; returns the exit code for its final state."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    final = common_pb2.JOB_STATE_UNSPECIFIED
+    if fmt == Format.json:
+        for event in client.watch(job_id):
+            emit(fmt, as_dict(event), "")
+            final = event.state
+    else:
+        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                   TimeRemainingColumn())
+        with Progress(*columns, transient=False) as progress:
+            bars: dict[str, int] = {}
+            for event in client.watch(job_id):
+                final = event.state
+                if event.type == common_pb2.EVENT_TYPE_PROGRESS and event.shards_total:
+                    if event.stage not in bars:
+                        bars[event.stage] = progress.add_task(event.stage, total=event.shards_total)
+                    progress.update(bars[event.stage], completed=event.shards_done, total=event.shards_total)
+                elif event.type != common_pb2.EVENT_TYPE_PROGRESS:
+                    progress.console.print(f"[{state_name(event.state)}] {event.stage}: {event.message}")
+    return 0 if final == common_pb2.JOB_STATE_SUCCEEDED else EXIT_JOB_FAILED
+
+
+@app.command()
+@rpc_errors
+def watch(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """Follow a job live (stage, shards done/total, ETA); exit 0 on success, 1 on failure."""
+    with _client(target) as client:
+        code = follow(client, job_id, fmt)
+    raise typer.Exit(code)
+
+
+@app.command()
+@rpc_errors
+def fetch(
+    job_id: str,
+    out: Path = typer.Option(..., "--out", help="Folder to write the job's artifacts into."),
+    target: str = TargetOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Download every artifact of a job; lists the files written with their DICOM modality."""
+    with _client(target) as client:
+        artifacts = client.artifacts(job_id)
+        if not artifacts:
+            fail(f"job {job_id} has no artifacts (yet)", EXIT_JOB_FAILED)
+        for artifact in artifacts:
+            path = client.download(artifact, out)
+            emit(fmt, {"path": str(path), "kind": artifact.kind, "modality": artifact.modality,
+                       "size_bytes": artifact.size_bytes, "sha256": artifact.sha256},
+                 f"{path}  {artifact.modality or artifact.kind}")
+
+
+def _register_plugins() -> None:
+    """Server-side commands (``up``, ``agent``, ``phantom``) installed with the master and agent."""
+    for ep in entry_points(group="rtgrid.commands"):
+        try:
+            app.command(ep.name)(ep.load())
+        except ImportError:  # a thin SDK install has no server parts
+            continue
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _register_plugins()
+    app()
+

@@ -1,0 +1,47 @@
+"""Printing for the CLI: one JSON object per line with ``--format json``, plain text otherwise."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+
+EXIT_JOB_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE = 1, 3, 4
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def as_dict(message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def emit(fmt: Format, record: dict[str, Any], text: str) -> None:
+    print(json.dumps(record, sort_keys=True) if fmt == Format.json else text, flush=True)
+
+
+def fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def rpc_errors(func):
+    """Turn gRPC errors into a message and an exit code that means something."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except grpc.RpcError as exc:
+            code = EXIT_UNREACHABLE if exc.code() == grpc.StatusCode.UNAVAILABLE else EXIT_REFUSED
+            fail(f"{exc.code().name}: {exc.details()}", code)
+
+    return wrapper

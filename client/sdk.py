@@ -1,0 +1,213 @@
+"""The rtgrid Python SDK for hospitals: upload a case, submit jobs, watch them, fetch results.
+
+Knows only the protos. Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED) are retried with
+exponential backoff; uploads, downloads and watches resume where they stopped after a dropped
+connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from rtgrid.protos.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    hospital_pb2,
+    hospital_pb2_grpc,
+)
+
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+DEFAULT_ATTEMPTS = 8
+RPC_TIMEOUT_S = 60.0
+TERMINAL_STATES = (
+    common_pb2.JOB_STATE_SUCCEEDED,
+    common_pb2.JOB_STATE_FAILED,
+    common_pb2.JOB_STATE_CANCELLED,
+)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.RpcError) and exc.code() in TRANSIENT
+
+
+def state_name(state: int) -> str:
+    """``JOB_STATE_SUCCEEDED`` → ``succeeded``."""
+    return common_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    case: common_pb2.Case
+    files: list[hospital_pb2.UploadedFile]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Client:
+    """A connection to an rtgrid master.
+
+    Parameters
+    ----------
+    target : str
+        ``HOST:PORT`` of the master; default ``$RTGRID_TARGET`` or ``127.0.0.1:50051``.
+    attempts : int
+        Tries per call for transient failures.
+    """
+
+    def __init__(self, target: str | None = None, attempts: int = DEFAULT_ATTEMPTS) -> None:
+        self.target = target or os.environ.get("RTGRID_TARGET", "127.0.0.1:50051")
+        self.channel = grpc.insecure_channel(self.target)
+        self.hospital = hospital_pb2_grpc.HospitalServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self._attempts = attempts
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _retrying(self) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=0.2, max=5.0),
+            reraise=True,
+        )
+
+    def call(self, method, request, timeout: float = RPC_TIMEOUT_S):
+        """One unary RPC with retries on transient failures."""
+        for attempt in self._retrying():
+            with attempt:
+                return method(request, timeout=timeout)
+
+    # upload
+    def upload_folder(self, folder: Path, label: str = "", chunk_bytes: int | None = None) -> UploadResult:
+        """Upload every file under ``folder`` into a new case and commit it.
+
+        Raises
+        ------
+        grpc.RpcError
+            With the master's status and message when a file or the series is rejected; the
+            partial case is then deleted so nothing is left half-stored.
+        """
+        paths = sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not paths:
+            raise FileNotFoundError(f"no files under {folder}")
+        case = self.call(self.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label=label or Path(folder).name))
+        try:
+            files = [self.upload_file(case.case_id, path, chunk_bytes) for path in paths]
+            case = self.call(self.hospital.CommitCase, hospital_pb2.CommitCaseRequest(case_id=case.case_id))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:  # a failed commit already removed it
+                try:
+                    self.call(self.hospital.DeleteCase, hospital_pb2.DeleteCaseRequest(case_id=case.case_id))
+                except grpc.RpcError:
+                    pass
+            raise
+        return UploadResult(case, files)
+
+    def upload_file(self, case_id: str, path: Path, chunk_bytes: int | None = None) -> hospital_pb2.UploadedFile:
+        """Upload one file in checksummed chunks, resuming from what the master already holds."""
+        size = path.stat().st_size
+        start = hospital_pb2.StartUploadRequest(case_id=case_id, file_name=path.name, size_bytes=size, sha256=_sha256(path))
+        for attempt in self._retrying():
+            with attempt:
+                status = self.call(self.hospital.StartUpload, start)
+                if status.committed_bytes < status.size_bytes:
+                    step = min(chunk_bytes or status.max_chunk_bytes, status.max_chunk_bytes)
+                    self.hospital.UploadChunks(self._chunks(path, status.upload_id, status.committed_bytes, step),
+                                               timeout=RPC_TIMEOUT_S * 10)
+        if not status.upload_id:  # the master already had the whole file
+            return hospital_pb2.UploadedFile(case_id=case_id, file_name=path.name, size_bytes=size, sha256=start.sha256)
+        return self.call(self.hospital.FinishUpload, hospital_pb2.FinishUploadRequest(upload_id=status.upload_id))
+
+    @staticmethod
+    def _chunks(path: Path, upload_id: str, offset: int, step: int) -> Iterator[hospital_pb2.UploadChunk]:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            while data := fh.read(step):
+                yield hospital_pb2.UploadChunk(upload_id=upload_id, offset=offset, data=data, crc32=zlib.crc32(data))
+                offset += len(data)
+
+    # jobs
+    def submit(self, case_id: str, kind: str, params: dict[str, str] | None = None, priority: int = 0,
+               idempotency_key: str = "") -> common_pb2.Job:
+        """Submit a job; the same ``idempotency_key`` twice gives the same job."""
+        request = hospital_pb2.SubmitJobRequest(case_id=case_id, kind=kind, params=params or {}, priority=priority,
+                                                idempotency_key=idempotency_key)
+        return self.call(self.hospital.SubmitJob, request)
+
+    def job(self, job_id: str) -> common_pb2.Job:
+        return self.call(self.hospital.GetJob, hospital_pb2.GetJobRequest(job_id=job_id))
+
+    def cancel(self, job_id: str) -> common_pb2.Job:
+        return self.call(self.hospital.CancelJob, hospital_pb2.CancelJobRequest(job_id=job_id))
+
+    def watch(self, job_id: str, after_seq: int = 0) -> Iterator[common_pb2.JobEvent]:
+        """Events of a job in order, until it ends; reconnects and resumes after a dropped stream."""
+        seq, failures = after_seq, 0
+        while True:
+            try:
+                for event in self.hospital.WatchJob(hospital_pb2.WatchJobRequest(job_id=job_id, after_seq=seq)):
+                    seq, failures = event.seq, 0
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                if not _is_transient(exc) or failures + 1 >= self._attempts:
+                    raise
+                failures += 1
+                time.sleep(min(0.2 * 2**failures, 5.0))
+
+    def artifacts(self, job_id: str) -> list[common_pb2.Artifact]:
+        return list(self.call(self.hospital.ListArtifacts, hospital_pb2.ListArtifactsRequest(job_id=job_id)).artifacts)
+
+    def download(self, artifact: common_pb2.Artifact, out_dir: Path) -> Path:
+        """Download an artifact into ``out_dir``, resuming a partial file; checks its sha256."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / Path(artifact.name).name
+        partial = target.with_name(target.name + ".part")
+        for attempt in self._retrying():
+            with attempt:
+                offset = partial.stat().st_size if partial.exists() else 0
+                with partial.open("ab") as fh:
+                    request = hospital_pb2.DownloadArtifactRequest(artifact_id=artifact.artifact_id, offset=offset)
+                    for chunk in self.hospital.DownloadArtifact(request, timeout=RPC_TIMEOUT_S * 10):
+                        fh.write(chunk.data)
+        if _sha256(partial) != artifact.sha256:
+            partial.unlink()
+            raise IOError(f"{artifact.name}: downloaded bytes do not match the master's sha256")
+        partial.replace(target)
+        return target
+
+    # operators
+    def agents(self) -> list[common_pb2.Agent]:
+        return list(self.call(self.admin.ListAgents, admin_pb2.ListAgentsRequest()).agents)
+
+    def jobs(self, limit: int = 0) -> list[common_pb2.Job]:
+        return list(self.call(self.admin.ListJobs, admin_pb2.ListJobsRequest(limit=limit)).jobs)
+
+    def shards(self, job_id: str) -> list[common_pb2.Shard]:
+        return list(self.call(self.admin.ListShards, admin_pb2.ListShardsRequest(job_id=job_id)).shards)
+
+    def cluster_status(self) -> admin_pb2.ClusterStatus:
+        return self.call(self.admin.GetClusterStatus, admin_pb2.ClusterStatusRequest())

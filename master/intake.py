@@ -1,0 +1,215 @@
+"""Case intake: resumable chunked uploads, per-file DICOM checks, and an all-or-nothing commit.
+
+Plain functions over the store and blob store; the hospital servicer only translates protobuf.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import zlib
+from dataclasses import dataclass
+
+from rtgrid.engines.imaging.dicom_files import inspect_dicom
+from rtgrid.engines.imaging.errors import IntakeError
+from rtgrid.engines.imaging.intake import load_series
+
+from .blobs import BlobStore, sha256_file
+from .codec import series_meta_to_bytes, volume_to_bytes
+from .config import MasterConfig
+from .errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from .ids import new_id, now_ms
+from .store.base import Store
+from .store.records import CaseRecord, FileRecord, SeriesRecord, UploadRecord
+
+IMAGE_MODALITIES = ("CT",)
+# Non-image objects a case may carry beside its images (manual contours, an earlier plan).
+ATTACHMENT_MODALITIES = ("RTSTRUCT",)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SAFE_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
+
+
+@dataclass(frozen=True)
+class Intake:
+    """The state intake works on."""
+
+    store: Store
+    blobs: BlobStore
+    config: MasterConfig
+
+
+def create_case(intake: Intake, label: str) -> CaseRecord:
+    if len(label) > 256:
+        raise InvalidArgument(f"case label is {len(label)} characters; at most 256")
+    case = CaseRecord(new_id("case"), label, False, now_ms())
+    intake.store.add_case(case)
+    return case
+
+
+def get_case(intake: Intake, case_id: str) -> CaseRecord:
+    case = intake.store.get_case(case_id)
+    if case is None:
+        raise NotFound(f"no case {case_id!r}")
+    return case
+
+
+def _open_case(intake: Intake, case_id: str) -> CaseRecord:
+    case = get_case(intake, case_id)
+    if case.committed:
+        raise FailedPrecondition(f"case {case_id} is committed; upload into a new case")
+    return case
+
+
+def start_upload(intake: Intake, case_id: str, file_name: str, size_bytes: int, sha256: str) -> UploadRecord:
+    """Open an upload, or find the one already open for the same case, name and content."""
+    _open_case(intake, case_id)
+    if not _SAFE_NAME.match(file_name):
+        raise InvalidArgument(f"file name {file_name!r} is empty, too long or contains a path separator")
+    if not _SHA256.match(sha256):
+        raise InvalidArgument(f"{file_name}: sha256 must be 64 lowercase hex digits, got {sha256!r}")
+    if size_bytes <= 0:
+        raise InvalidArgument(f"{file_name}: size_bytes must be positive, got {size_bytes}")
+    if size_bytes > intake.config.max_file_bytes:
+        raise ResourceExhausted(
+            f"{file_name}: {size_bytes} bytes exceeds the limit of {intake.config.max_file_bytes} bytes per file"
+        )
+    existing = intake.store.find_upload(case_id, file_name, sha256)
+    if existing is not None:
+        return existing
+    if intake.store.find_file(case_id, file_name, sha256) is not None:
+        # Already received whole: report it complete so the client goes straight to finish.
+        return UploadRecord("", case_id, file_name, size_bytes, sha256, size_bytes, now_ms())
+    n_files = len(intake.store.list_files(case_id)) + len(intake.store.list_uploads(case_id))
+    if n_files >= intake.config.max_files_per_case:
+        raise ResourceExhausted(f"case {case_id} already holds {n_files} files; the limit is {intake.config.max_files_per_case}")
+    upload = UploadRecord(secrets.token_hex(12), case_id, file_name, size_bytes, sha256, 0, now_ms())
+    intake.blobs.partial_path(upload.upload_id).write_bytes(b"")
+    intake.store.add_upload(upload)
+    return upload
+
+
+def get_upload(intake: Intake, upload_id: str) -> UploadRecord:
+    upload = intake.store.get_upload(upload_id) if upload_id.isalnum() else None
+    if upload is None:
+        raise NotFound(f"no open upload {upload_id!r} (finished, abandoned or never started)")
+    return upload
+
+
+def write_chunk(intake: Intake, upload: UploadRecord, offset: int, data: bytes, crc32: int) -> UploadRecord:
+    """Append one chunk durably; the offset must be exactly what the master holds."""
+    if len(data) > intake.config.max_chunk_bytes:
+        raise ResourceExhausted(
+            f"{upload.file_name}: chunk of {len(data)} bytes exceeds the limit of {intake.config.max_chunk_bytes}"
+        )
+    if offset != upload.committed_bytes:
+        raise FailedPrecondition(
+            f"{upload.file_name}: chunk at offset {offset}, but the master holds {upload.committed_bytes} bytes; "
+            "resume from there"
+        )
+    if zlib.crc32(data) != crc32:
+        raise DataLoss(f"{upload.file_name}: chunk at offset {offset} failed its crc32 check")
+    if offset + len(data) > upload.size_bytes:
+        raise InvalidArgument(
+            f"{upload.file_name}: chunk ends at byte {offset + len(data)}, past the declared size {upload.size_bytes}"
+        )
+    path = intake.blobs.partial_path(upload.upload_id)
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        fh.write(data)
+        fh.truncate()
+        fh.flush()
+        os.fsync(fh.fileno())
+    upload.committed_bytes = offset + len(data)
+    intake.store.set_upload_committed(upload.upload_id, upload.committed_bytes)
+    return upload
+
+
+def _discard_upload(intake: Intake, upload: UploadRecord) -> None:
+    intake.blobs.partial_path(upload.upload_id).unlink(missing_ok=True)
+    intake.store.delete_upload(upload.upload_id)
+
+
+def finish_upload(intake: Intake, upload_id: str) -> FileRecord:
+    """Verify size, checksum and DICOM readability, then keep the file with its case.
+
+    A file that fails is discarded whole (nothing half-stored) and the error names it.
+    """
+    upload = get_upload(intake, upload_id)
+    _open_case(intake, upload.case_id)
+    if upload.committed_bytes != upload.size_bytes:
+        raise FailedPrecondition(
+            f"{upload.file_name}: holds {upload.committed_bytes} of {upload.size_bytes} bytes; send the rest first"
+        )
+    path = intake.blobs.partial_path(upload.upload_id)
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != upload.sha256:
+        _discard_upload(intake, upload)
+        raise DataLoss(f"{upload.file_name}: sha256 of the received bytes does not match the declared sha256")
+    try:
+        info = inspect_dicom(data, upload.file_name)
+    except IntakeError as exc:
+        _discard_upload(intake, upload)
+        raise InvalidArgument(str(exc)) from exc
+    if info.modality not in IMAGE_MODALITIES + ATTACHMENT_MODALITIES:
+        _discard_upload(intake, upload)
+        raise InvalidArgument(
+            f"{upload.file_name}: modality {info.modality or '(none)'} is not accepted; a case holds "
+            f"{'/'.join(IMAGE_MODALITIES)} images and {'/'.join(ATTACHMENT_MODALITIES)} objects"
+        )
+    record = FileRecord(
+        new_id("file"), upload.case_id, upload.file_name, upload.sha256, upload.size_bytes,
+        info.modality, info.sop_instance_uid, list(info.notes),
+    )
+    with intake.store.transaction():
+        intake.store.add_file(record)
+        intake.store.delete_upload(upload.upload_id)
+    intake.blobs.adopt(path, upload.sha256)
+    return record
+
+
+def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
+    """Group the case's images into one series, validate it and store its volume — or nothing.
+
+    On any validation error the case is removed with its files (the hospital fixes the input and
+    uploads again) and the error names the file and the reason.
+    """
+    _open_case(intake, case_id)
+    if intake.store.list_uploads(case_id):
+        names = ", ".join(u.file_name for u in intake.store.list_uploads(case_id)[:3])
+        raise FailedPrecondition(f"case {case_id} has unfinished uploads ({names}); finish them first")
+    files = intake.store.list_files(case_id)
+    images = [f for f in files if f.modality in IMAGE_MODALITIES]
+    if not images:
+        raise FailedPrecondition(f"case {case_id} holds no {'/'.join(IMAGE_MODALITIES)} image files")
+    try:
+        series = load_series(
+            [(f.file_name, intake.blobs.read_bytes(f.sha256)) for f in images], expected_modalities=IMAGE_MODALITIES
+        )
+    except IntakeError as exc:
+        delete_case(intake, case_id)
+        raise InvalidArgument(str(exc)) from exc
+    volume_sha = intake.blobs.put_bytes(volume_to_bytes(series.volume))
+    meta_sha = intake.blobs.put_bytes(series_meta_to_bytes(series))
+    nz, ny, nx = series.volume.shape
+    record = SeriesRecord(
+        new_id("series"), case_id, series.modality, series.series_instance_uid, series.frame_of_reference_uid,
+        nz, ny, nx, series.volume.spacing_mm.tolist(), volume_sha, meta_sha, list(series.notes),
+    )
+    with intake.store.transaction():
+        intake.store.add_series(record)
+        intake.store.set_case_committed(case_id)
+    return [record]
+
+
+def delete_case(intake: Intake, case_id: str) -> None:
+    """Remove an uncommitted case, its uploads, files and their blobs (unless shared)."""
+    _open_case(intake, case_id)
+    files = intake.store.list_files(case_id)
+    for upload in intake.store.list_uploads(case_id):
+        intake.blobs.partial_path(upload.upload_id).unlink(missing_ok=True)
+    intake.store.delete_case(case_id)
+    for f in files:
+        if not intake.store.blob_in_use(f.sha256):
+            intake.blobs.delete(f.sha256)

@@ -1,0 +1,90 @@
+"""What a job kind is: an ordered list of stages, each split into shards that run on agents.
+
+A kind turns a job into shard calls (the name of an executor on the agents and its arguments) and
+validates its parameters. The scheduler does the rest: ordering, placement, retries, events,
+storing shard results and publishing artifacts. A shard result is a dict; files it lists under
+``"artifacts"`` (``{"name", "kind", "modality"}`` with the bytes under ``"file:<name>"``) become
+downloadable artifacts of the job.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from rtgrid.engines.imaging.volume import ImageSeries, Volume
+
+from ..blobs import BlobStore
+from ..codec import series_from_bytes, unpack, volume_from_bytes
+from ..errors import FailedPrecondition
+from ..store.base import Store
+from ..store.records import SUCCEEDED, JobRecord, SeriesRecord
+
+
+@dataclass(frozen=True)
+class ShardResources:
+    """What one shard needs on an agent (mapped to Ray resources)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_mb: int = 1024
+
+
+@dataclass(frozen=True)
+class ShardCall:
+    """One unit of work: ``task`` names an executor on the agents (``rtgrid.agent.executors``)."""
+
+    task: str
+    kwargs: dict[str, Any]
+    resources: ShardResources = field(default_factory=ShardResources)
+
+
+class JobContext:
+    """Read access to a job's inputs and earlier stage results, loaded lazily and once."""
+
+    def __init__(self, store: Store, blobs: BlobStore, job: JobRecord) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.job = job
+
+    @cached_property
+    def series_record(self) -> SeriesRecord:
+        series = self.store.list_series(self.job.case_id)
+        if not series:
+            raise FailedPrecondition(f"case {self.job.case_id} has no committed image series")
+        return series[0]
+
+    @cached_property
+    def volume(self) -> Volume:
+        return volume_from_bytes(self.blobs.read_bytes(self.series_record.volume_sha256))
+
+    @cached_property
+    def series(self) -> ImageSeries:
+        return series_from_bytes(self.blobs.read_bytes(self.series_record.meta_sha256), self.volume)
+
+    def stage_results(self, stage: str) -> list[dict[str, Any]]:
+        """Results of a finished stage, in shard order."""
+        shards = self.store.list_shards(self.job.job_id, stage)
+        if any(s.state != SUCCEEDED for s in shards):
+            raise FailedPrecondition(f"stage {stage} of job {self.job.job_id} is not finished")
+        return [unpack(self.blobs.read_bytes(s.result_sha256)) for s in shards]
+
+
+class JobKind(ABC):
+    """A kind of job: its name, its stages, and how each stage splits into shard calls."""
+
+    name: str
+    stages: tuple[str, ...]
+
+    @abstractmethod
+    def validate(self, params: dict[str, str], store: Store, case_id: str) -> dict[str, str]:
+        """Check and normalise the parameters; raise ``InvalidArgument`` naming the bad one."""
+
+    @abstractmethod
+    def shard_count(self, ctx: JobContext, stage: str) -> int:
+        """How many shards ``stage`` splits into (decided when the stage starts)."""
+
+    @abstractmethod
+    def shard_call(self, ctx: JobContext, stage: str, index: int) -> ShardCall: ...

@@ -1,0 +1,75 @@
+"""The master's side of Ray: start or join the cluster, and call the agents' shard workers.
+
+Each agent runs one named, detached Ray actor (``rtgrid-agent-<id>`` in namespace ``rtgrid``) on
+its own node; the master calls it by name, so the master never imports agent code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+
+log = logging.getLogger(__name__)
+
+RAY_NAMESPACE = "rtgrid"
+
+
+def worker_actor_name(agent_id: str) -> str:
+    return f"rtgrid-agent-{agent_id}"
+
+
+class RayPool:
+    """Connects to Ray and sends shard calls to named agent actors.
+
+    Parameters
+    ----------
+    address : str | None
+        An existing cluster (``host:port`` of its GCS); ``None`` starts a local head in-process
+        with no CPUs of its own, so all work lands on agents.
+    """
+
+    def __init__(self, address: str | None) -> None:
+        if ray.is_initialized():
+            self.address = ray.get_runtime_context().gcs_address
+            return
+        if address is None:
+            ray.init(
+                namespace=RAY_NAMESPACE, num_cpus=0, include_dashboard=False, _node_ip_address="127.0.0.1",
+                logging_level=logging.WARNING, log_to_driver=False,
+            )
+        else:
+            ray.init(address=address, namespace=RAY_NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+        self.address = ray.get_runtime_context().gcs_address
+        log.info("ray cluster at %s", self.address)
+
+    def actor(self, agent_id: str):
+        """The agent's worker actor, or ``None`` when it is not (or no longer) there."""
+        try:
+            return ray.get_actor(worker_actor_name(agent_id), namespace=RAY_NAMESPACE)
+        except ValueError:
+            return None
+
+    async def call(self, agent_id: str, task: str, kwargs: dict[str, Any], resources: dict[str, float]) -> dict[str, Any]:
+        """Run ``task`` on the agent and return its result dict.
+
+        The arguments go into the object store once; the agent's actor passes the reference on to
+        the task that runs the shard, so they are not copied through the actor.
+
+        Raises
+        ------
+        RuntimeError
+            When the agent has no worker actor.
+        ray.exceptions.RayError
+            When the task or the agent's node fails.
+        """
+        actor = self.actor(agent_id)
+        if actor is None:
+            raise RuntimeError(f"agent {agent_id} has no worker on the Ray cluster")
+        kwargs_ref = ray.put(kwargs)
+        return await actor.run.remote(task, [kwargs_ref], resources)
+
+    def shutdown(self) -> None:
+        if ray.is_initialized():
+            ray.shutdown()

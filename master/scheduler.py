@@ -1,0 +1,330 @@
+"""The master's queue: jobs become shards, shards go to agents by priority, results come back.
+
+Ray has no priorities, so the order lives here: ready shards are taken highest job priority
+first, then oldest job, then shard index, and placed on live, non-draining agents with a free
+slot. A failed shard is tried again on another agent up to ``max_shard_attempts``; then its job
+fails with the reason. Everything that changes is written to the store before it is announced,
+so a restarted master resumes where it stopped (finished shards are never recomputed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .blobs import BlobStore
+from .codec import pack
+from .config import MAX_PRIORITY, MasterConfig
+from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .events import EventBus
+from .ids import new_id, now_ms
+from .jobs.base import JobContext
+from .jobs.registry import get_kind
+from .ray_pool import RayPool
+from .store.base import Store
+from .store.records import (
+    ALIVE,
+    CANCELLED,
+    DRAINING,
+    FAILED,
+    LOST,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL_JOB_STATES,
+    ArtifactRecord,
+    JobRecord,
+    ShardRecord,
+)
+
+log = logging.getLogger(__name__)
+TICK_S = 0.5
+
+
+def _check_priority(priority: int) -> None:
+    if abs(priority) > MAX_PRIORITY:
+        raise InvalidArgument(f"priority {priority} is outside [-{MAX_PRIORITY}, {MAX_PRIORITY}]")
+
+
+@dataclass
+class _Running:
+    shard_id: str
+    job_id: str
+    agent_id: str
+    task: asyncio.Task
+    started: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    """Owns job and shard state transitions; one per master."""
+
+    def __init__(self, store: Store, blobs: BlobStore, events: EventBus, pool: RayPool, config: MasterConfig) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.events = events
+        self.pool = pool
+        self.config = config
+        self._running: dict[str, _Running] = {}
+        self._avoid: dict[str, str] = {}  # shard id -> agent it last failed on
+        self._stage_started: dict[tuple[str, str], float] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+
+    # lifecycle
+    def start(self) -> None:
+        requeued = self.store.requeue_running_shards()
+        if requeued:
+            log.info("requeued %d shards that were running when the master stopped", requeued)
+        for agent in self.store.list_agents():
+            if agent.state in (ALIVE, DRAINING):
+                # Until it heartbeats again we cannot know it is there.
+                agent.state = LOST
+                self.store.upsert_agent(agent)
+        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        for running in list(self._running.values()):
+            running.task.cancel()
+        await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                self._mark_lost_agents()
+                self._place_ready_shards()
+            except Exception:  # the loop must outlive any one bad tick
+                log.exception("scheduler tick failed")
+
+    # jobs
+    def submit(self, case_id: str, kind_name: str, params: dict[str, str], priority: int, key: str) -> JobRecord:
+        """Create a job (or return the one made earlier with the same idempotency key)."""
+        if key:
+            existing = self.store.find_job_by_key(key)
+            if existing is not None:
+                return existing
+        case = self.store.get_case(case_id)
+        if case is None:
+            raise NotFound(f"no case {case_id!r}")
+        if not case.committed:
+            raise FailedPrecondition(f"case {case_id} is not committed; commit it after uploading")
+        _check_priority(priority)
+        kind = get_kind(kind_name)
+        params = kind.validate(dict(params), self.store, case_id)
+        job = JobRecord(new_id("job"), case_id, kind.name, QUEUED, priority, params, kind.stages[0], now_ms(),
+                        idempotency_key=key)
+        with self.store.transaction():
+            self.store.add_job(job)
+            self._plan_stage(job, kind.stages[0])
+            self.events.publish(job.job_id, "state", QUEUED, stage=job.stage, message=f"{kind.name} job queued")
+        self.wake()
+        return job
+
+    def _plan_stage(self, job: JobRecord, stage: str) -> int:
+        ctx = JobContext(self.store, self.blobs, job)
+        count = get_kind(job.kind).shard_count(ctx, stage)
+        self.store.add_shards(
+            [ShardRecord(new_id("shard"), job.job_id, stage, i, QUEUED) for i in range(count)]
+        )
+        self._stage_started[(job.job_id, stage)] = time.monotonic()
+        return count
+
+    def cancel(self, job_id: str) -> JobRecord:
+        job = self._job(job_id)
+        if job.state in TERMINAL_JOB_STATES:
+            return job
+        with self.store.transaction():
+            self._end_job(job, CANCELLED, "cancelled by request")
+        for running in [r for r in self._running.values() if r.job_id == job_id]:
+            running.task.cancel()
+        return job
+
+    def set_priority(self, job_id: str, priority: int) -> JobRecord:
+        job = self._job(job_id)
+        _check_priority(priority)
+        if job.state in TERMINAL_JOB_STATES:
+            raise FailedPrecondition(f"job {job_id} is {job.state}; its priority no longer matters")
+        job.priority = priority
+        with self.store.transaction():
+            self.store.update_job(job)
+            self.events.publish(job_id, "log", job.state, stage=job.stage, message=f"priority set to {priority}")
+        self.wake()
+        return job
+
+    def _job(self, job_id: str) -> JobRecord:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def _end_job(self, job: JobRecord, state: str, message: str) -> None:
+        job.state = state
+        job.finished_ms = now_ms()
+        if state == FAILED:
+            job.error = message
+        self.store.update_job(job)
+        for shard in self.store.list_shards(job.job_id):
+            if shard.state in (PENDING, QUEUED, RUNNING):
+                shard.state = CANCELLED
+                self.store.update_shard(shard)
+        self.events.publish(job.job_id, "state", state, stage=job.stage, message=message)
+
+    def shard_progress(self, job_id: str) -> tuple[int, int]:
+        shards = self.store.list_shards(job_id)
+        return sum(s.state == SUCCEEDED for s in shards), len(shards)
+
+    # agents
+    def running_on(self, agent_id: str) -> int:
+        return sum(r.agent_id == agent_id for r in self._running.values())
+
+    def _mark_lost_agents(self) -> None:
+        patience_ms = self.config.heartbeat_interval_s * self.config.heartbeat_patience * 1000
+        for agent in self.store.list_agents():
+            if agent.state in (ALIVE, DRAINING) and now_ms() - agent.last_heartbeat_ms > patience_ms:
+                log.warning("agent %s missed %d heartbeats: lost", agent.agent_id, self.config.heartbeat_patience)
+                agent.state = LOST
+                self.store.upsert_agent(agent)
+
+    def _free_agents(self) -> dict[str, int]:
+        return {
+            a.agent_id: a.slots - self.running_on(a.agent_id)
+            for a in self.store.list_agents()
+            if a.state == ALIVE and a.slots - self.running_on(a.agent_id) > 0
+        }
+
+    # placement
+    def _place_ready_shards(self) -> None:
+        free = self._free_agents()
+        if not free:
+            return
+        for shard in self.store.ready_shards():
+            if shard.shard_id in self._running:
+                continue
+            candidates = {a: n for a, n in free.items() if n > 0}
+            if not candidates:
+                return
+            avoid = self._avoid.get(shard.shard_id)
+            if avoid in candidates and len(candidates) > 1:
+                del candidates[avoid]
+            agent_id = max(candidates, key=lambda a: (candidates[a], a))
+            free[agent_id] -= 1
+            self._launch(shard, agent_id)
+
+    def _launch(self, shard: ShardRecord, agent_id: str) -> None:
+        job = self._job(shard.job_id)
+        shard.state, shard.agent_id, shard.attempts, shard.started_ms = RUNNING, agent_id, shard.attempts + 1, now_ms()
+        with self.store.transaction():
+            self.store.update_shard(shard)
+            if job.state == QUEUED:
+                job.state, job.started_ms = RUNNING, now_ms()
+                self.store.update_job(job)
+                self.events.publish(job.job_id, "state", RUNNING, stage=job.stage, message="running")
+        task = asyncio.get_running_loop().create_task(self._run_shard(shard, job, agent_id))
+        self._running[shard.shard_id] = _Running(shard.shard_id, job.job_id, agent_id, task)
+
+    async def _run_shard(self, shard: ShardRecord, job: JobRecord, agent_id: str) -> None:
+        try:
+            ctx = JobContext(self.store, self.blobs, job)
+            call = await asyncio.to_thread(get_kind(job.kind).shard_call, ctx, shard.stage, shard.index)
+            result = await self.pool.call(agent_id, call.task, call.kwargs, dataclasses.asdict(call.resources))
+            result_sha = await asyncio.to_thread(self.blobs.put_bytes, pack(result))
+        except asyncio.CancelledError:
+            self._running.pop(shard.shard_id, None)
+            raise
+        except Exception as exc:  # a failed shard is data: retried or reported
+            self._running.pop(shard.shard_id, None)
+            self._shard_failed(shard, agent_id, f"{type(exc).__name__}: {exc}".strip()[:2000])
+        else:
+            self._running.pop(shard.shard_id, None)
+            await asyncio.to_thread(self._shard_succeeded, shard, result_sha, result)
+        self.wake()
+
+    def _shard_failed(self, shard: ShardRecord, agent_id: str, reason: str) -> None:
+        job = self._job(shard.job_id)
+        if job.state in TERMINAL_JOB_STATES:
+            return
+        log.warning("shard %s (%s #%d) failed on %s: %s", shard.shard_id, shard.stage, shard.index, agent_id, reason)
+        with self.store.transaction():
+            shard.error = reason
+            if shard.attempts < self.config.max_shard_attempts:
+                shard.state, shard.agent_id = QUEUED, ""
+                self._avoid[shard.shard_id] = agent_id
+                self.store.update_shard(shard)
+                self.events.publish(
+                    job.job_id, "log", job.state, stage=shard.stage,
+                    message=f"shard {shard.stage}#{shard.index} failed on agent {agent_id} "
+                    f"(attempt {shard.attempts} of {self.config.max_shard_attempts}); retrying: {reason}",
+                )
+            else:
+                shard.state, shard.finished_ms = FAILED, now_ms()
+                self.store.update_shard(shard)
+                self._end_job(
+                    job, FAILED,
+                    f"shard {shard.stage}#{shard.index} failed {shard.attempts} times; last on agent {agent_id}: {reason}",
+                )
+
+    def _shard_succeeded(self, shard: ShardRecord, result_sha: str, result: dict) -> None:
+        job = self._job(shard.job_id)
+        if job.state in TERMINAL_JOB_STATES:
+            return
+        kind = get_kind(job.kind)
+        with self.store.transaction():
+            shard.state, shard.result_sha256, shard.finished_ms, shard.error = SUCCEEDED, result_sha, now_ms(), ""
+            self.store.update_shard(shard)
+            stage_shards = self.store.list_shards(job.job_id, shard.stage)
+            done = sum(s.state == SUCCEEDED for s in stage_shards)
+            self.events.publish(
+                job.job_id, "progress", job.state, stage=shard.stage, shards_done=done, shards_total=len(stage_shards),
+                eta_s=self._eta(job.job_id, shard.stage, done, len(stage_shards)),
+                message=f"{shard.stage} {done}/{len(stage_shards)}",
+            )
+            self._publish_artifacts(job, result)
+            if done < len(stage_shards):
+                return
+            position = kind.stages.index(shard.stage)
+            if position + 1 < len(kind.stages):
+                job.stage = kind.stages[position + 1]
+                self.store.update_job(job)
+                total = self._plan_stage(job, job.stage)
+                self.events.publish(job.job_id, "progress", job.state, stage=job.stage, shards_done=0,
+                                    shards_total=total, message=f"stage {job.stage} started")
+            else:
+                self._end_job(job, SUCCEEDED, "done")
+
+    def _eta(self, job_id: str, stage: str, done: int, total: int) -> float:
+        started = self._stage_started.get((job_id, stage))
+        if started is None or done == 0:
+            return -1.0
+        return (time.monotonic() - started) / done * (total - done)
+
+    def _publish_artifacts(self, job: JobRecord, result: dict) -> None:
+        for spec in result.get("artifacts", []):
+            data = result[f"file:{spec['name']}"]
+            sha = self.blobs.put_bytes(data)
+            artifact = ArtifactRecord(new_id("art"), job.job_id, spec["name"], spec["kind"], spec.get("modality", ""),
+                                      sha, len(data))
+            self.store.add_artifact(artifact)
+            self.events.publish(job.job_id, "artifact", job.state, stage=job.stage,
+                                message=f"{artifact.kind} ready: {artifact.name} ({artifact.artifact_id})")
+
+    # cluster view
+    def queue_depth(self) -> int:
+        return self.store.count_shards(QUEUED)
+
+    def jobs_by_state(self) -> dict[str, int]:
+        return dict(Counter(j.state for j in self.store.list_jobs(limit=100_000)))
+

@@ -1,0 +1,124 @@
+"""The master process: gRPC (hospital, agent, admin, health, reflection) + store + scheduler + Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from rtgrid.protos.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, hospital_pb2, hospital_pb2_grpc
+
+from .blobs import BlobStore
+from .config import MasterConfig
+from .events import EventBus
+from .intake import Intake
+from .ray_pool import RayPool
+from .scheduler import Scheduler
+from .services.admin import AdminService
+from .services.agent import AgentService
+from .services.hospital import HospitalService
+from .store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    hospital_pb2.DESCRIPTOR.services_by_name["HospitalService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+class Master:
+    """One master: call :meth:`start` inside a running event loop, then :meth:`stop`.
+
+    Parameters
+    ----------
+    config : MasterConfig
+        Where the state lives, where to listen, which Ray cluster to use.
+    """
+
+    def __init__(self, config: MasterConfig) -> None:
+        self.config = config
+        self.port = 0
+        self.store = SqliteStore(config.db_path)
+        self.blobs = BlobStore(config.blob_dir)
+        self.pool: RayPool | None = None
+        self.scheduler: Scheduler | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> int:
+        """Start Ray, the scheduler and the gRPC server; returns the bound port."""
+        loop = asyncio.get_running_loop()
+        self.pool = await asyncio.to_thread(RayPool, self.config.ray_address)
+        events = EventBus(self.store, loop)
+        self.scheduler = Scheduler(self.store, self.blobs, events, self.pool, self.config)
+        message_limit = self.config.max_chunk_bytes + (1 << 20)
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", message_limit),
+                ("grpc.max_send_message_length", message_limit),
+            ]
+        )
+        hospital_pb2_grpc.add_HospitalServiceServicer_to_server(
+            HospitalService(Intake(self.store, self.blobs, self.config), self.scheduler, events), self._server
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(self.store, self.scheduler, self.config, self.pool.address), self._server
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.store, self.scheduler, self.pool), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._server,
+        )
+        self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not listen on {self.config.host}:{self.config.port}")
+        await self._server.start()
+        self.scheduler.start()
+        for name in ("", *SERVICE_NAMES):
+            await _set_serving(self._health, name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("master listening on %s (data in %s, ray at %s)", self.address, self.config.data_dir, self.pool.address)
+        return self.port
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await _set_serving(self._health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        self.store.close()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def _set_serving(servicer: health.aio.HealthServicer, name: str, status: int) -> None:
+    await servicer.set(name, status)
+
+
+async def serve(config: MasterConfig, ready: "asyncio.Future[str] | None" = None) -> None:
+    """Run a master until SIGINT or SIGTERM."""
+    master = Master(config)
+    await master.start()
+    if ready is not None:
+        ready.set_result(master.address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await master.stop()

@@ -1,0 +1,73 @@
+"""Admin API servicer (operators)."""
+
+from __future__ import annotations
+
+from rtgrid.protos.v1 import admin_pb2, admin_pb2_grpc
+
+from .. import agents
+from ..convert import agent_state_to_proto, agent_to_proto, job_state_from_proto, job_to_proto, shard_to_proto
+from ..errors import InvalidArgument, NotFound
+from ..ray_pool import RayPool
+from ..scheduler import Scheduler
+from ..store.base import Store
+from .common import unary
+
+DEFAULT_JOB_PAGE = 100
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, store: Store, scheduler: Scheduler, pool: RayPool) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.pool = pool
+
+    @unary
+    async def ListAgents(self, request, context):
+        return admin_pb2.ListAgentsResponse(
+            agents=[agent_to_proto(a, self.scheduler.running_on(a.agent_id)) for a in self.store.list_agents()]
+        )
+
+    @unary
+    async def ListJobs(self, request, context):
+        try:
+            states = [job_state_from_proto(s) for s in request.states]
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if request.limit < 0:
+            raise InvalidArgument(f"limit must not be negative, got {request.limit}")
+        jobs = self.store.list_jobs(states, request.limit or DEFAULT_JOB_PAGE)
+        return admin_pb2.ListJobsResponse(jobs=[job_to_proto(j, *self.scheduler.shard_progress(j.job_id)) for j in jobs])
+
+    @unary
+    async def ListShards(self, request, context):
+        if self.store.get_job(request.job_id) is None:
+            raise NotFound(f"no job {request.job_id!r}")
+        return admin_pb2.ListShardsResponse(shards=[shard_to_proto(s) for s in self.store.list_shards(request.job_id)])
+
+    @unary
+    async def CancelJob(self, request, context):
+        job = self.scheduler.cancel(request.job_id)
+        return job_to_proto(job, *self.scheduler.shard_progress(job.job_id))
+
+    @unary
+    async def SetJobPriority(self, request, context):
+        job = self.scheduler.set_priority(request.job_id, request.priority)
+        return job_to_proto(job, *self.scheduler.shard_progress(job.job_id))
+
+    @unary
+    async def DrainAgent(self, request, context):
+        agent = agents.drain(self.store, request.agent_id)
+        return agent_to_proto(agent, self.scheduler.running_on(agent.agent_id))
+
+    @unary
+    async def GetClusterStatus(self, request, context):
+        return admin_pb2.ClusterStatus(
+            queue_depth=self.scheduler.queue_depth(),
+            jobs_by_state=self.scheduler.jobs_by_state(),
+            agents=[
+                admin_pb2.AgentLoad(agent_id=a.agent_id, state=agent_state_to_proto(a.state),
+                                    running_shards=self.scheduler.running_on(a.agent_id), slots=a.slots)
+                for a in self.store.list_agents()
+            ],
+            ray_address=self.pool.address,
+        )

@@ -1,0 +1,54 @@
+"""Agent API servicer."""
+
+from __future__ import annotations
+
+from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc
+
+from .. import agents
+from ..config import MasterConfig
+from ..convert import agent_to_proto, gpus_from_proto
+from ..scheduler import Scheduler
+from ..store.base import Store
+from ..store.records import DRAINING
+from .common import unary
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, store: Store, scheduler: Scheduler, config: MasterConfig, ray_address: str) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.config = config
+        self.ray_address = ray_address
+
+    @unary
+    async def Register(self, request, context):
+        agent = agents.register(
+            self.store, agent_id=request.agent_id, name=request.name, hostname=request.hostname, cpus=request.cpus,
+            ram_bytes=request.ram_bytes, gpus=gpus_from_proto(request.gpus),
+            engine_versions=dict(request.engine_versions), slots=request.slots,
+        )
+        self.scheduler.wake()
+        return agent_pb2.RegisterResponse(
+            agent_id=agent.agent_id, ray_address=self.ray_address, ray_resource=agent.ray_resource,
+            heartbeat_interval_s=self.config.heartbeat_interval_s, heartbeat_patience=self.config.heartbeat_patience,
+        )
+
+    @unary
+    async def Heartbeat(self, request, context):
+        agent = agents.heartbeat(self.store, request.agent_id)
+        if agent is None:
+            return agent_pb2.HeartbeatResponse(known=False)
+        self.scheduler.wake()
+        return agent_pb2.HeartbeatResponse(
+            drain=agent.state == DRAINING, running_shards=self.scheduler.running_on(agent.agent_id), known=True
+        )
+
+    @unary
+    async def Drain(self, request, context):
+        agent = agents.drain(self.store, request.agent_id)
+        return agent_to_proto(agent, self.scheduler.running_on(agent.agent_id))
+
+    @unary
+    async def Deregister(self, request, context):
+        agent = agents.deregister(self.store, request.agent_id)
+        return agent_to_proto(agent, self.scheduler.running_on(agent.agent_id))

@@ -1,0 +1,128 @@
+"""The one interface to the master's state. SQLite is the embedded default (``sqlite.py``)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+
+from .records import (
+    AgentRecord,
+    ArtifactRecord,
+    CaseRecord,
+    EventRecord,
+    FileRecord,
+    JobRecord,
+    SeriesRecord,
+    ShardRecord,
+    UploadRecord,
+)
+
+
+class Store(ABC):
+    """Cases, uploads, files, series, jobs, shards, events, artifacts and agents.
+
+    Every method is atomic on its own; ``transaction()`` groups several into one atomic unit
+    (nested calls join the outer transaction).
+    """
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # cases and uploads
+    @abstractmethod
+    def add_case(self, case: CaseRecord) -> None: ...
+    @abstractmethod
+    def get_case(self, case_id: str) -> CaseRecord | None: ...
+    @abstractmethod
+    def list_cases(self) -> list[CaseRecord]: ...
+    @abstractmethod
+    def set_case_committed(self, case_id: str) -> None: ...
+    @abstractmethod
+    def delete_case(self, case_id: str) -> None:
+        """Remove a case with its uploads, files and series (not its blobs)."""
+
+    @abstractmethod
+    def add_upload(self, upload: UploadRecord) -> None: ...
+    @abstractmethod
+    def get_upload(self, upload_id: str) -> UploadRecord | None: ...
+    @abstractmethod
+    def find_upload(self, case_id: str, file_name: str, sha256: str) -> UploadRecord | None: ...
+    @abstractmethod
+    def set_upload_committed(self, upload_id: str, committed_bytes: int) -> None: ...
+    @abstractmethod
+    def delete_upload(self, upload_id: str) -> None: ...
+    @abstractmethod
+    def list_uploads(self, case_id: str) -> list[UploadRecord]: ...
+
+    @abstractmethod
+    def add_file(self, file: FileRecord) -> None: ...
+    @abstractmethod
+    def list_files(self, case_id: str) -> list[FileRecord]: ...
+    @abstractmethod
+    def find_file(self, case_id: str, file_name: str, sha256: str) -> FileRecord | None: ...
+    @abstractmethod
+    def add_series(self, series: SeriesRecord) -> None: ...
+    @abstractmethod
+    def list_series(self, case_id: str) -> list[SeriesRecord]: ...
+    @abstractmethod
+    def blob_in_use(self, sha256: str) -> bool:
+        """True when any file, series, shard result or artifact still refers to the blob."""
+
+    # jobs and shards
+    @abstractmethod
+    def add_job(self, job: JobRecord) -> None: ...
+    @abstractmethod
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+    @abstractmethod
+    def find_job_by_key(self, idempotency_key: str) -> JobRecord | None: ...
+    @abstractmethod
+    def list_jobs(self, states: Sequence[str] = (), limit: int = 100) -> list[JobRecord]: ...
+    @abstractmethod
+    def update_job(self, job: JobRecord) -> None: ...
+
+    @abstractmethod
+    def add_shards(self, shards: Sequence[ShardRecord]) -> None: ...
+    @abstractmethod
+    def get_shard(self, shard_id: str) -> ShardRecord | None: ...
+    @abstractmethod
+    def list_shards(self, job_id: str, stage: str | None = None) -> list[ShardRecord]: ...
+    @abstractmethod
+    def update_shard(self, shard: ShardRecord) -> None: ...
+    @abstractmethod
+    def ready_shards(self, limit: int = 1000) -> list[ShardRecord]:
+        """Queued shards of live jobs: highest job priority first, then oldest job, then index."""
+
+    @abstractmethod
+    def count_shards(self, state: str) -> int: ...
+    @abstractmethod
+    def requeue_running_shards(self) -> int:
+        """After a master restart: shards that were running have lost their Ray call; queue them."""
+
+    # events and artifacts
+    @abstractmethod
+    def append_event(self, event: EventRecord) -> EventRecord:
+        """Store the event with the next sequence number of its job (1, 2, ...); returns it."""
+
+    @abstractmethod
+    def events_after(self, job_id: str, after_seq: int, limit: int = 1000) -> list[EventRecord]: ...
+    @abstractmethod
+    def add_artifact(self, artifact: ArtifactRecord) -> None: ...
+    @abstractmethod
+    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None: ...
+    @abstractmethod
+    def list_artifacts(self, job_id: str) -> list[ArtifactRecord]: ...
+
+    # agents
+    @abstractmethod
+    def upsert_agent(self, agent: AgentRecord) -> None: ...
+    @abstractmethod
+    def get_agent(self, agent_id: str) -> AgentRecord | None: ...
+    @abstractmethod
+    def list_agents(self) -> list[AgentRecord]: ...
+
+    def iter_jobs(self, states: Sequence[str]) -> Iterator[JobRecord]:
+        yield from self.list_jobs(states, limit=1_000_000)

@@ -1,0 +1,130 @@
+"""Rows of the job store as plain dataclasses (the store's vocabulary, no protobuf here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Job and shard states, spelled as in the store; protos map them in master/convert.py.
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+PENDING = "pending"  # shards of a later stage
+TERMINAL_JOB_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+ALIVE, DRAINING, DRAINED, LOST = "alive", "draining", "drained", "lost"
+
+
+@dataclass
+class CaseRecord:
+    case_id: str
+    label: str
+    committed: bool
+    created_ms: int
+
+
+@dataclass
+class UploadRecord:
+    upload_id: str
+    case_id: str
+    file_name: str
+    size_bytes: int
+    sha256: str
+    committed_bytes: int
+    created_ms: int
+
+
+@dataclass
+class FileRecord:
+    file_id: str
+    case_id: str
+    file_name: str
+    sha256: str
+    size_bytes: int
+    modality: str
+    sop_instance_uid: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SeriesRecord:
+    series_id: str
+    case_id: str
+    modality: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    n_slices: int
+    rows: int
+    columns: int
+    spacing_mm: list[float]
+    volume_sha256: str  # npz blob: voxels + geometry
+    meta_sha256: str  # JSON blob: the ImageSeries identity (UIDs per slice, patient, notes)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    case_id: str
+    kind: str
+    state: str
+    priority: int
+    params: dict[str, str]
+    stage: str
+    created_ms: int
+    started_ms: int = 0
+    finished_ms: int = 0
+    error: str = ""
+    idempotency_key: str = ""
+
+
+@dataclass
+class ShardRecord:
+    shard_id: str
+    job_id: str
+    stage: str
+    index: int
+    state: str
+    agent_id: str = ""
+    attempts: int = 0
+    error: str = ""
+    result_sha256: str = ""
+    started_ms: int = 0
+    finished_ms: int = 0
+
+
+@dataclass
+class EventRecord:
+    job_id: str
+    seq: int
+    time_ms: int
+    type: str  # state | progress | log | artifact
+    state: str
+    stage: str = ""
+    shards_done: int = 0
+    shards_total: int = 0
+    message: str = ""
+    eta_s: float = -1.0
+
+
+@dataclass
+class ArtifactRecord:
+    artifact_id: str
+    job_id: str
+    name: str
+    kind: str
+    modality: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass
+class AgentRecord:
+    agent_id: str
+    name: str
+    hostname: str
+    cpus: int
+    ram_bytes: int
+    gpus: list[dict]
+    engine_versions: dict[str, str]
+    slots: int
+    state: str
+    last_heartbeat_ms: int
+    ray_resource: str

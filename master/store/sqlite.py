@@ -1,0 +1,300 @@
+"""SQLite (WAL) implementation of the store: the embedded default.
+
+Each record dataclass maps to one table whose columns are its fields; list and dict fields are
+stored as JSON text. One connection guarded by a re-entrant lock: the master is one process and
+SQLite serialises writers anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .base import Store
+from .records import (
+    PENDING,
+    QUEUED,
+    RUNNING,
+    TERMINAL_JOB_STATES,
+    AgentRecord,
+    ArtifactRecord,
+    CaseRecord,
+    EventRecord,
+    FileRecord,
+    JobRecord,
+    SeriesRecord,
+    ShardRecord,
+    UploadRecord,
+)
+
+SCHEMA_VERSION = 1
+R = TypeVar("R")
+
+_TABLES: dict[type, tuple[str, str]] = {
+    CaseRecord: ("cases", "case_id"),
+    UploadRecord: ("uploads", "upload_id"),
+    FileRecord: ("files", "file_id"),
+    SeriesRecord: ("series", "series_id"),
+    JobRecord: ("jobs", "job_id"),
+    ShardRecord: ("shards", "shard_id"),
+    EventRecord: ("events", "job_id, seq"),
+    ArtifactRecord: ("artifacts", "artifact_id"),
+    AgentRecord: ("agents", "agent_id"),
+}
+
+_INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idempotency_key) WHERE idempotency_key != ''",
+    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
+    "CREATE INDEX IF NOT EXISTS shards_job ON shards(job_id, stage)",
+    "CREATE INDEX IF NOT EXISTS shards_state ON shards(state)",
+    "CREATE INDEX IF NOT EXISTS files_case ON files(case_id)",
+    "CREATE INDEX IF NOT EXISTS uploads_case ON uploads(case_id, file_name, sha256)",
+    "CREATE INDEX IF NOT EXISTS series_case ON series(case_id)",
+    "CREATE INDEX IF NOT EXISTS artifacts_job ON artifacts(job_id)",
+)
+
+
+def _is_json(field: dataclasses.Field) -> bool:
+    return str(field.type).startswith(("list", "dict"))
+
+
+def _columns(record: type) -> str:
+    return ", ".join('"' + f.name + '"' for f in dataclasses.fields(record))
+
+
+def _create_table(record: type) -> str:
+    table, key = _TABLES[record]
+    cols = _columns(record)
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols}, PRIMARY KEY ({key}))"
+
+
+class SqliteStore(Store):
+    """The job store in one SQLite file.
+
+    Parameters
+    ----------
+    path : Path
+        The database file; created with its folder when missing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        with self.transaction():
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise RuntimeError(f"{path}: store schema {version}, this master knows {SCHEMA_VERSION}")
+            for record in _TABLES:
+                self._conn.execute(_create_table(record))
+            for ddl in _INDEXES:
+                self._conn.execute(ddl)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._conn.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outer:
+                self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # generic row mapping
+    def _insert(self, record: Any, replace: bool = False) -> None:
+        table, _ = _TABLES[type(record)]
+        fields = dataclasses.fields(record)
+        values = [json.dumps(getattr(record, f.name)) if _is_json(f) else getattr(record, f.name) for f in fields]
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        sql = f"{verb} INTO {table} ({_columns(type(record))}) VALUES ({', '.join('?' * len(fields))})"
+        with self.transaction():
+            self._conn.execute(sql, values)
+
+    def _select(self, record: type[R], where: str = "1", args: Sequence[Any] = (), tail: str = "") -> list[R]:
+        table, _ = _TABLES[record]
+        fields = dataclasses.fields(record)
+        sql = f"SELECT {_columns(record)} FROM {table} WHERE {where} {tail}"
+        with self._lock:
+            rows = self._conn.execute(sql, tuple(args)).fetchall()
+        return [
+            record(**{f.name: json.loads(v) if _is_json(f) else v for f, v in zip(fields, row)})  # type: ignore[call-arg]
+            for row in rows
+        ]
+
+    def _one(self, record: type[R], where: str, args: Sequence[Any]) -> R | None:
+        rows = self._select(record, where, args)
+        return rows[0] if rows else None
+
+    def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
+        with self.transaction():
+            return self._conn.execute(sql, tuple(args)).rowcount
+
+    # cases and uploads
+    def add_case(self, case: CaseRecord) -> None:
+        self._insert(case)
+
+    def get_case(self, case_id: str) -> CaseRecord | None:
+        return self._one(CaseRecord, "case_id = ?", (case_id,))
+
+    def list_cases(self) -> list[CaseRecord]:
+        return self._select(CaseRecord, tail="ORDER BY created_ms")
+
+    def set_case_committed(self, case_id: str) -> None:
+        self._exec("UPDATE cases SET committed = 1 WHERE case_id = ?", (case_id,))
+
+    def delete_case(self, case_id: str) -> None:
+        with self.transaction():
+            for table in ("uploads", "files", "series", "cases"):
+                self._conn.execute(f"DELETE FROM {table} WHERE case_id = ?", (case_id,))
+
+    def add_upload(self, upload: UploadRecord) -> None:
+        self._insert(upload)
+
+    def get_upload(self, upload_id: str) -> UploadRecord | None:
+        return self._one(UploadRecord, "upload_id = ?", (upload_id,))
+
+    def find_upload(self, case_id: str, file_name: str, sha256: str) -> UploadRecord | None:
+        return self._one(UploadRecord, "case_id = ? AND file_name = ? AND sha256 = ?", (case_id, file_name, sha256))
+
+    def set_upload_committed(self, upload_id: str, committed_bytes: int) -> None:
+        self._exec("UPDATE uploads SET committed_bytes = ? WHERE upload_id = ?", (committed_bytes, upload_id))
+
+    def delete_upload(self, upload_id: str) -> None:
+        self._exec("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+
+    def list_uploads(self, case_id: str) -> list[UploadRecord]:
+        return self._select(UploadRecord, "case_id = ?", (case_id,))
+
+    def add_file(self, file: FileRecord) -> None:
+        self._insert(file)
+
+    def list_files(self, case_id: str) -> list[FileRecord]:
+        return self._select(FileRecord, "case_id = ?", (case_id,), "ORDER BY file_name")
+
+    def find_file(self, case_id: str, file_name: str, sha256: str) -> FileRecord | None:
+        return self._one(FileRecord, "case_id = ? AND file_name = ? AND sha256 = ?", (case_id, file_name, sha256))
+
+    def add_series(self, series: SeriesRecord) -> None:
+        self._insert(series)
+
+    def list_series(self, case_id: str) -> list[SeriesRecord]:
+        return self._select(SeriesRecord, "case_id = ?", (case_id,))
+
+    def blob_in_use(self, sha256: str) -> bool:
+        queries = (
+            "SELECT 1 FROM files WHERE sha256 = ?",
+            "SELECT 1 FROM series WHERE volume_sha256 = ? OR meta_sha256 = ?",
+            "SELECT 1 FROM shards WHERE result_sha256 = ?",
+            "SELECT 1 FROM artifacts WHERE sha256 = ?",
+        )
+        with self._lock:
+            return any(
+                self._conn.execute(q + " LIMIT 1", (sha256,) * q.count("?")).fetchone() for q in queries
+            )
+
+    # jobs and shards
+    def add_job(self, job: JobRecord) -> None:
+        self._insert(job)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        return self._one(JobRecord, "job_id = ?", (job_id,))
+
+    def find_job_by_key(self, idempotency_key: str) -> JobRecord | None:
+        return self._one(JobRecord, "idempotency_key = ?", (idempotency_key,))
+
+    def list_jobs(self, states: Sequence[str] = (), limit: int = 100) -> list[JobRecord]:
+        where = f"state IN ({', '.join('?' * len(states))})" if states else "1"
+        return self._select(JobRecord, where, tuple(states), f"ORDER BY created_ms DESC LIMIT {int(limit)}")
+
+    def update_job(self, job: JobRecord) -> None:
+        self._insert(job, replace=True)
+
+    def add_shards(self, shards: Sequence[ShardRecord]) -> None:
+        with self.transaction():
+            for shard in shards:
+                self._insert(shard)
+
+    def get_shard(self, shard_id: str) -> ShardRecord | None:
+        return self._one(ShardRecord, "shard_id = ?", (shard_id,))
+
+    def list_shards(self, job_id: str, stage: str | None = None) -> list[ShardRecord]:
+        if stage is None:
+            return self._select(ShardRecord, "job_id = ?", (job_id,), "ORDER BY rowid")
+        return self._select(ShardRecord, "job_id = ? AND stage = ?", (job_id, stage), 'ORDER BY "index"')
+
+    def update_shard(self, shard: ShardRecord) -> None:
+        self._insert(shard, replace=True)
+
+    def ready_shards(self, limit: int = 1000) -> list[ShardRecord]:
+        terminal = tuple(TERMINAL_JOB_STATES)
+        return self._select(
+            ShardRecord,
+            f"state = ? AND job_id IN (SELECT job_id FROM jobs WHERE state NOT IN ({', '.join('?' * len(terminal))}))",
+            (QUEUED, *terminal),
+            "ORDER BY (SELECT priority FROM jobs j WHERE j.job_id = shards.job_id) DESC, "
+            "(SELECT created_ms FROM jobs j WHERE j.job_id = shards.job_id), job_id, \"index\" "
+            f"LIMIT {int(limit)}",
+        )
+
+    def count_shards(self, state: str) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM shards WHERE state = ?", (state,)).fetchone()[0]
+
+    def requeue_running_shards(self) -> int:
+        return self._exec("UPDATE shards SET state = ?, agent_id = '' WHERE state = ?", (QUEUED, RUNNING))
+
+    # events and artifacts
+    def append_event(self, event: EventRecord) -> EventRecord:
+        with self.transaction():
+            last = self._conn.execute("SELECT MAX(seq) FROM events WHERE job_id = ?", (event.job_id,)).fetchone()[0]
+            stored = dataclasses.replace(event, seq=(last or 0) + 1)
+            self._insert(stored)
+        return stored
+
+    def events_after(self, job_id: str, after_seq: int, limit: int = 1000) -> list[EventRecord]:
+        return self._select(EventRecord, "job_id = ? AND seq > ?", (job_id, after_seq), f"ORDER BY seq LIMIT {int(limit)}")
+
+    def add_artifact(self, artifact: ArtifactRecord) -> None:
+        self._insert(artifact)
+
+    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+        return self._one(ArtifactRecord, "artifact_id = ?", (artifact_id,))
+
+    def list_artifacts(self, job_id: str) -> list[ArtifactRecord]:
+        return self._select(ArtifactRecord, "job_id = ?", (job_id,), "ORDER BY name")
+
+    # agents
+    def upsert_agent(self, agent: AgentRecord) -> None:
+        self._insert(agent, replace=True)
+
+    def get_agent(self, agent_id: str) -> AgentRecord | None:
+        return self._one(AgentRecord, "agent_id = ?", (agent_id,))
+
+    def list_agents(self) -> list[AgentRecord]:
+        return self._select(AgentRecord, tail="ORDER BY name")
+
+
+__all__ = ["SqliteStore", "PENDING"]
