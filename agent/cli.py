@@ -8,7 +8,7 @@ import signal
 
 import typer
 
-from .daemon import Agent, AgentOptions
+from .daemon import DEFAULT_OBJECT_STORE_MB, Agent, AgentOptions
 
 
 def agent_command(
@@ -17,12 +17,14 @@ def agent_command(
     cpus: int = typer.Option(os.cpu_count() or 1, help="CPUs this agent offers."),
     slots: int = typer.Option(0, help="Shards at once (default: its CPUs)."),
     node_ip: str = typer.Option("127.0.0.1", help="Address of this box that the Ray cluster reaches."),
+    object_store_mb: int = typer.Option(DEFAULT_OBJECT_STORE_MB, help="Ray object store size of this node (MiB)."),
 ) -> None:
     """Register with the master, join its Ray cluster and run shards until drained (SIGTERM drains)."""
     if not master:
         raise typer.BadParameter("give --master HOST:PORT or set RTGRID_TARGET", param_hint="--master")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
-    options = AgentOptions(master=master, cpus=cpus, slots=slots, node_ip=node_ip, **({"name": name} if name else {}))
+    options = AgentOptions(master=master, cpus=cpus, slots=slots, node_ip=node_ip, object_store_mb=object_store_mb,
+                           **({"name": name} if name else {}))
     agent = Agent(options)
     signal.signal(signal.SIGTERM, agent.request_drain)
     signal.signal(signal.SIGINT, agent.request_drain)

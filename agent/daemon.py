@@ -1,6 +1,6 @@
 """The agent daemon on a compute box: register, join Ray as a worker node, heartbeat, drain.
 
-Lifecycle: register with the master → start a Ray worker node (``ray start --block``) that
+Lifecycle: register with the master → start a Ray worker node (in-process, see ``ray_node``) that
 advertises this agent's custom resource (one unit per slot) → create the agent's named actor on
 it → heartbeat. On SIGTERM, or when the master says drain: tell the master, wait until none of
 this agent's shards run, deregister, and stop the Ray node.
@@ -8,13 +8,9 @@ this agent's shards run, deregister, and stop the Ray node.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +21,7 @@ import ray
 
 from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
+from .ray_node import start_worker_node, stop_node
 from .worker import ShardWorker
 
 log = logging.getLogger(__name__)
@@ -33,6 +30,7 @@ RAY_NAMESPACE = "rtgrid"
 RPC_TIMEOUT_S = 10.0
 RAY_NODE_START_TIMEOUT_S = 120.0
 DRAIN_POLL_S = 0.5
+DEFAULT_OBJECT_STORE_MB = 1024
 
 
 @dataclass(frozen=True)
@@ -44,6 +42,12 @@ class AgentOptions:
     cpus: int = os.cpu_count() or 1
     slots: int = 0
     node_ip: str = "127.0.0.1"
+    object_store_mb: int = DEFAULT_OBJECT_STORE_MB
+
+
+def home_resource(ray_resource: str) -> str:
+    """A second resource of the agent's node that only its actor takes, so shards get every slot."""
+    return f"{ray_resource}_home"
 
 
 def _engine_versions() -> dict[str, str]:
@@ -82,7 +86,7 @@ class Agent:
         self._channel = grpc.insecure_channel(options.master)
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         self._stop = threading.Event()
-        self._ray_node: subprocess.Popen | None = None
+        self._ray_node = None
         self.agent_id = ""
         self.registration: agent_pb2.RegisterResponse | None = None
 
@@ -106,29 +110,25 @@ class Agent:
 
     def _start_ray_node(self, reg: agent_pb2.RegisterResponse) -> None:
         slots = self.options.slots or self.options.cpus
-        command = [
-            os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--block",
-            f"--address={reg.ray_address}", f"--node-ip-address={self.options.node_ip}",
-            f"--num-cpus={self.options.cpus}", f"--num-gpus={len(_gpus())}",
-            f"--resources={json.dumps({reg.ray_resource: slots})}",
-            "--disable-usage-stats",
-        ]
-        log.info("starting ray worker node: %s", " ".join(command))
-        # Its own process group: stopping the agent stops the whole node.
-        self._ray_node = subprocess.Popen(command, start_new_session=True)
+        self._ray_node = start_worker_node(
+            reg.ray_address, self.options.node_ip, self.options.cpus, len(_gpus()),
+            {reg.ray_resource: slots, home_resource(reg.ray_resource): 1},
+            self.options.object_store_mb,
+        )
+        log.info("ray worker node %s joined %s", self._ray_node.node_id, reg.ray_address)
 
     def _create_worker(self, reg: agent_pb2.RegisterResponse):
         ray.init(address=reg.ray_address, namespace=RAY_NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
         deadline = time.monotonic() + RAY_NODE_START_TIMEOUT_S
         while ray.cluster_resources().get(reg.ray_resource, 0) <= 0:
-            if time.monotonic() > deadline or (self._ray_node and self._ray_node.poll() is not None):
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"the Ray worker node for {self.agent_id} did not join {reg.ray_address}")
             time.sleep(0.2)
         actor = (
             ray.remote(ShardWorker)
             .options(
                 name=f"rtgrid-agent-{self.agent_id}", namespace=RAY_NAMESPACE, lifetime="detached",
-                resources={reg.ray_resource: 0.001}, num_cpus=0, max_concurrency=1000, get_if_exists=True,
+                resources={home_resource(reg.ray_resource): 1}, num_cpus=0, max_concurrency=1000, get_if_exists=True,
                 max_restarts=0,
             )
             .remote(self.agent_id, reg.ray_resource)
@@ -180,11 +180,6 @@ class Agent:
             self._stop.wait(DRAIN_POLL_S if draining else reg.heartbeat_interval_s)
 
     def _stop_ray_node(self) -> None:
-        if self._ray_node is None or self._ray_node.poll() is not None:
-            return
-        os.killpg(self._ray_node.pid, signal.SIGTERM)
-        try:
-            self._ray_node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._ray_node.pid, signal.SIGKILL)
-            self._ray_node.wait()
+        if self._ray_node is not None:
+            stop_node(self._ray_node)
+            self._ray_node = None

@@ -29,24 +29,15 @@ CLASSICAL_ROI = {
 }
 
 
-def _dataclass_fields(value: Any) -> dict[str, Any]:
-    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-
-
 def contour_slab(hu: np.ndarray, spacing_mm: np.ndarray, direction: np.ndarray, slab: classical.Slab) -> dict[str, Any]:
     """Classical structures of one z-slab (its core slices)."""
     result = classical.contour_slab(np.asarray(hu), spacing_mm, direction, slab)
-    return {"slab": _dataclass_fields(slab), **_dataclass_fields(result)}
+    return {"slab": dataclasses.asdict(result.slab), "bits": result.bits}
 
 
 def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries) -> dict[str, Any]:
     """Merge slabs, write the RTSTRUCT on the uploaded series, render overlays and a summary."""
-    results = [
-        classical.SlabResult(**{k: (classical.Slab(**v) if k == "slab" else v) for k, v in r.items() if k != "slab"})
-        if "slab" not in classical.SlabResult.__dataclass_fields__
-        else classical.SlabResult(**{k: (classical.Slab(**v) if k == "slab" else v) for k, v in r.items()})
-        for r in slab_results
-    ]
+    results = [classical.SlabResult(classical.Slab(**r["slab"]), r["bits"]) for r in slab_results]
     masks = classical.merge_slabs(results, series.volume)
     specs = [
         StructureSpec(name, masks[name], *CLASSICAL_ROI.get(name, ("ORGAN", (255, 0, 0))), "AUTOMATIC")

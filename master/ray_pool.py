@@ -31,6 +31,7 @@ class RayPool:
     """
 
     def __init__(self, address: str | None) -> None:
+        self._actors: dict[str, Any] = {}
         if ray.is_initialized():
             self.address = ray.get_runtime_context().gcs_address
             return
@@ -45,11 +46,17 @@ class RayPool:
         log.info("ray cluster at %s", self.address)
 
     def actor(self, agent_id: str):
-        """The agent's worker actor, or ``None`` when it is not (or no longer) there."""
-        try:
-            return ray.get_actor(worker_actor_name(agent_id), namespace=RAY_NAMESPACE)
-        except ValueError:
-            return None
+        """The agent's worker actor, or ``None`` when it is not (or not yet, or no longer) there."""
+        if agent_id not in self._actors:
+            try:
+                self._actors[agent_id] = ray.get_actor(worker_actor_name(agent_id), namespace=RAY_NAMESPACE)
+            except ValueError:
+                return None
+        return self._actors[agent_id]
+
+    def forget(self, agent_id: str) -> None:
+        """Drop a cached actor handle (after its agent failed), so the next lookup asks Ray again."""
+        self._actors.pop(agent_id, None)
 
     async def call(self, agent_id: str, task: str, kwargs: dict[str, Any], resources: dict[str, float]) -> dict[str, Any]:
         """Run ``task`` on the agent and return its result dict.

@@ -203,7 +203,7 @@ class Scheduler:
         return {
             a.agent_id: a.slots - self.running_on(a.agent_id)
             for a in self.store.list_agents()
-            if a.state == ALIVE and a.slots - self.running_on(a.agent_id) > 0
+            if a.state == ALIVE and a.slots - self.running_on(a.agent_id) > 0 and self.pool.actor(a.agent_id) is not None
         }
 
     # placement
@@ -247,6 +247,7 @@ class Scheduler:
             raise
         except Exception as exc:  # a failed shard is data: retried or reported
             self._running.pop(shard.shard_id, None)
+            self.pool.forget(agent_id)
             self._shard_failed(shard, agent_id, f"{type(exc).__name__}: {exc}".strip()[:2000])
         else:
             self._running.pop(shard.shard_id, None)

@@ -58,7 +58,7 @@ class Master:
     async def start(self) -> int:
         """Start Ray, the scheduler and the gRPC server; returns the bound port."""
         loop = asyncio.get_running_loop()
-        self.pool = await asyncio.to_thread(RayPool, self.config.ray_address)
+        self.pool = RayPool(self.config.ray_address)
         events = EventBus(self.store, loop)
         self.scheduler = Scheduler(self.store, self.blobs, events, self.pool, self.config)
         message_limit = self.config.max_chunk_bytes + (1 << 20)

@@ -1,0 +1,123 @@
+"""A real grid for end-to-end tests: a Ray head from Ray's cluster utilities, a master process
+serving gRPC on 127.0.0.1 with SQLite and a blob folder, and two agent processes that each join
+the Ray cluster as their own worker node."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rtgrid.client.sdk import Client
+
+START_TIMEOUT_S = 180.0
+
+
+def rtgrid_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from rtgrid.client.cli.main import main; main()", *args]
+
+
+@dataclass
+class Grid:
+    target: str
+    data_dir: Path
+    ray_address: str
+    master: subprocess.Popen
+    agents: list[subprocess.Popen] = field(default_factory=list)
+
+    def client(self) -> Client:
+        return Client(self.target)
+
+    def start_agent(self, name: str, cpus: int = 1) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rtgrid.agent", "--master", self.target, "--name", name, "--cpus", str(cpus)],
+            start_new_session=True,
+        )
+        self.agents.append(proc)
+        return proc
+
+    def wait_agents(self, n: int, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Until ``n`` agents are alive with their worker actors up on their Ray nodes."""
+        deadline = time.monotonic() + timeout_s
+        with self.client() as client:
+            while True:
+                alive = [a for a in client.agents() if a.state == 1]
+                if len(alive) >= n and all(_actor_ready(a.agent_id) for a in alive):
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"fewer than {n} agents ready after {timeout_s} s")
+                time.sleep(0.5)
+
+
+def _actor_ready(agent_id: str) -> bool:
+    import ray
+
+    try:
+        ray.get_actor(f"rtgrid-agent-{agent_id}", namespace="rtgrid")
+        return True
+    except ValueError:
+        return False
+
+
+def start_master(data_dir: Path, ray_address: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        rtgrid_cmd("up", "--port", "0", "--data", str(data_dir), "--ray-address", ray_address, "--agents", "0"),
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("{"):
+            return proc, json.loads(line)["target"]
+    proc.kill()
+    raise RuntimeError("master did not start")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A Ray head (no CPUs of its own) from Ray's cluster utilities; the test process is a driver."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    ray.init(address=cluster.address, namespace="rtgrid-tests", log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def grid(ray_cluster, tmp_path_factory) -> Grid:
+    """Master + two agents (two Ray worker nodes) on a Ray head, all on 127.0.0.1."""
+    data_dir = tmp_path_factory.mktemp("grid")
+    master, target = start_master(data_dir, ray_cluster.address)
+    g = Grid(target, data_dir, ray_cluster.address, master)
+    # One after the other: two raylets starting at once on 2 busy cores can miss Ray's 30 s start limit.
+    g.start_agent("agent-a")
+    g.wait_agents(1)
+    g.start_agent("agent-b")
+    g.wait_agents(2)
+    yield g
+    for proc in g.agents:
+        stop_process(proc)
+    stop_process(master)
