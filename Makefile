@@ -26,7 +26,7 @@ proto: install
 
 test: install tools
 	mkdir -p $(RAY_TMPDIR)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: install
 	mkdir -p $(RAY_TMPDIR)
