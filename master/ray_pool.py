@@ -36,8 +36,9 @@ class RayPool:
             self.address = ray.get_runtime_context().gcs_address
             return
         if address is None:
+            # "local": always a new head, never a cluster some earlier process left recorded on disk.
             ray.init(
-                namespace=RAY_NAMESPACE, num_cpus=0, include_dashboard=False, _node_ip_address="127.0.0.1",
+                address="local", namespace=RAY_NAMESPACE, num_cpus=0, include_dashboard=False, _node_ip_address="127.0.0.1",
                 logging_level=logging.WARNING, log_to_driver=False,
             )
         else:
