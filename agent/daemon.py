@@ -139,37 +139,54 @@ class Agent:
     def run(self) -> int:
         reg = self.register()
         log.info("registered as %s; joining ray at %s", self.agent_id, reg.ray_address)
-        self._start_ray_node(reg)
-        actor = self._create_worker(reg)
-        log.info("agent %s ready (%s)", self.agent_id, reg.ray_resource)
+        # Heartbeats start at once: joining Ray can take longer than the master's patience.
+        beats = threading.Thread(target=self._heartbeat_until_drained, args=(reg,), name="heartbeat", daemon=True)
+        beats.start()
+        actor = None
         try:
-            self._heartbeat_until_drained(reg)
+            self._start_ray_node(reg)
+            actor = self._create_worker(reg)
+            log.info("agent %s ready (%s)", self.agent_id, reg.ray_resource)
+            while beats.is_alive():  # short joins keep the main thread free for signal handlers
+                beats.join(DRAIN_POLL_S)
         finally:
-            try:
-                ray.kill(actor)
-            except Exception:  # the node may already be gone
-                pass
+            self._stop.set()
+            beats.join(timeout=RPC_TIMEOUT_S)
+            if actor is not None:
+                try:
+                    ray.kill(actor)
+                except Exception:  # the node may already be gone
+                    pass
             ray.shutdown()
             self._stop_ray_node()
             self._channel.close()
         return 0
 
     def _heartbeat_until_drained(self, reg: agent_pb2.RegisterResponse) -> None:
+        """Beat until drained. Leaves early when the master forgot this agent, or when it is
+        unreachable for longer than its patience while this agent is stopping."""
         draining = False
+        unreachable_since: float | None = None
+        patience_s = reg.heartbeat_interval_s * reg.heartbeat_patience
         while True:
-            if self._stop.is_set() and not draining:
-                self._stub.Drain(agent_pb2.AgentDrainRequest(agent_id=self.agent_id), timeout=RPC_TIMEOUT_S)
-                draining = True
-                log.info("draining: finishing running shards")
             try:
+                if self._stop.is_set() and not draining:
+                    self._stub.Drain(agent_pb2.AgentDrainRequest(agent_id=self.agent_id), timeout=RPC_TIMEOUT_S)
+                    draining = True
+                    log.info("draining: finishing running shards")
                 beat = self._stub.Heartbeat(agent_pb2.HeartbeatRequest(agent_id=self.agent_id), timeout=RPC_TIMEOUT_S)
+                unreachable_since = None
             except grpc.RpcError as exc:
+                unreachable_since = unreachable_since or time.monotonic()
+                if self._stop.is_set() and time.monotonic() - unreachable_since > patience_s:
+                    log.warning("master unreachable while stopping; leaving")
+                    return
                 log.warning("heartbeat failed (%s); master unreachable, retrying", exc.code())
-                self._stop.wait(reg.heartbeat_interval_s)
+                time.sleep(reg.heartbeat_interval_s)
                 continue
             if not beat.known:
-                self.register()
-                continue
+                log.error("the master does not know agent %s (its store was reset?); leaving", self.agent_id)
+                return
             if beat.drain and not draining:
                 draining = True
                 log.info("the master asked this agent to drain")
@@ -177,7 +194,10 @@ class Agent:
                 self._stub.Deregister(agent_pb2.DeregisterRequest(agent_id=self.agent_id), timeout=RPC_TIMEOUT_S)
                 log.info("drained; leaving")
                 return
-            self._stop.wait(DRAIN_POLL_S if draining else reg.heartbeat_interval_s)
+            if draining:
+                time.sleep(DRAIN_POLL_S)
+            else:
+                self._stop.wait(reg.heartbeat_interval_s)
 
     def _stop_ray_node(self) -> None:
         if self._ray_node is not None:

@@ -1,0 +1,90 @@
+"""Interrupted transfers resume: an upload from the bytes the master acknowledged, a download from
+the bytes already on disk; checksums prove both files intact."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+
+import grpc
+import pytest
+
+from rtgrid.engines.phantom import write_phantom_case
+from rtgrid.protos.v1 import hospital_pb2
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_upload_resumes_from_the_acknowledged_chunk(grid, tmp_path):
+    ct_dir = write_phantom_case(tmp_path, shape=(6, 128, 128), spacing_mm=(2.0, 2.0, 3.0), seed=8).ct_dir
+    first = sorted(ct_dir.iterdir())[0]
+    data = first.read_bytes()
+    chunk = 4096
+    with grid.client() as client:
+        case = client.call(client.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label="resume"))
+        start = hospital_pb2.StartUploadRequest(case_id=case.case_id, file_name=first.name, size_bytes=len(data),
+                                                sha256=_sha(data))
+        status = client.call(client.hospital.StartUpload, start)
+
+        sent = range(0, len(data) // 2, chunk)
+
+        def half_then_drop():
+            for offset in sent:
+                piece = data[offset: offset + chunk]
+                yield hospital_pb2.UploadChunk(upload_id=status.upload_id, offset=offset, data=piece,
+                                               crc32=zlib.crc32(piece))
+            # The line drops once the master has acknowledged what was sent.
+            deadline = time.monotonic() + 30
+            while client.call(client.hospital.StartUpload, start).committed_bytes < sent[-1] + chunk:
+                assert time.monotonic() < deadline, "the master never acknowledged the chunks"
+                time.sleep(0.05)
+            raise ConnectionResetError("the hospital's line dropped")
+
+        with pytest.raises(grpc.RpcError):
+            client.hospital.UploadChunks(half_then_drop(), timeout=30)
+        held = client.call(client.hospital.StartUpload, start)
+        assert held.upload_id == status.upload_id
+        assert held.committed_bytes == sent[-1] + chunk
+        # A chunk at the wrong offset is refused, not appended.
+        wrong = hospital_pb2.UploadChunk(upload_id=status.upload_id, offset=0, data=data[:10], crc32=zlib.crc32(data[:10]))
+        with pytest.raises(grpc.RpcError) as caught:
+            client.hospital.UploadChunks(iter([wrong]), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # The SDK picks up from there and the finished file checks out.
+        uploaded = client.upload_file(case.case_id, first, chunk_bytes=chunk)
+        assert uploaded.sha256 == _sha(data) and uploaded.modality == "CT"
+        blob = grid.data_dir / "blobs" / uploaded.sha256[:2] / uploaded.sha256[2:]
+        assert _sha(blob.read_bytes()) == _sha(data)
+
+
+def test_corrupted_chunk_is_refused(grid, tmp_path):
+    data = b"DICM" * 1000
+    with grid.client() as client:
+        case = client.call(client.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label="crc"))
+        status = client.call(client.hospital.StartUpload, hospital_pb2.StartUploadRequest(
+            case_id=case.case_id, file_name="x.dcm", size_bytes=len(data), sha256=_sha(data)))
+        bad = hospital_pb2.UploadChunk(upload_id=status.upload_id, offset=0, data=data, crc32=zlib.crc32(data) ^ 1)
+        with pytest.raises(grpc.RpcError) as caught:
+            client.hospital.UploadChunks(iter([bad]), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.DATA_LOSS and "x.dcm" in caught.value.details()
+        assert client.call(client.hospital.StartUpload, hospital_pb2.StartUploadRequest(
+            case_id=case.case_id, file_name="x.dcm", size_bytes=len(data), sha256=_sha(data))).committed_bytes == 0
+
+
+def test_download_resumes_a_partial_file(grid, tmp_path):
+    ct_dir = write_phantom_case(tmp_path / "p", shape=(10, 64, 64), spacing_mm=(3.0, 3.0, 3.0), seed=9).ct_dir
+    with grid.client() as client:
+        case = client.upload_folder(ct_dir).case
+        job = client.submit(case.case_id, "contour")
+        list(client.watch(job.job_id))
+        rtstruct = next(a for a in client.artifacts(job.job_id) if a.kind == "rtstruct")
+        whole = client.download(rtstruct, tmp_path / "whole").read_bytes()
+        out = tmp_path / "resumed"
+        out.mkdir()
+        (out / (rtstruct.name + ".part")).write_bytes(whole[: len(whole) // 3])
+        resumed = client.download(rtstruct, out)
+    assert resumed.read_bytes() == whole and _sha(whole) == rtstruct.sha256
+    assert not (out / (rtstruct.name + ".part")).exists()
