@@ -27,7 +27,9 @@ from rtgrid.protos.v1 import (
 )
 
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-DEFAULT_ATTEMPTS = 8
+DEFAULT_ATTEMPTS = 10
+# With 10 attempts this rides out about a minute of outage (e.g. a master restart).
+MAX_BACKOFF_S = 10.0
 RPC_TIMEOUT_S = 60.0
 TERMINAL_STATES = (
     common_pb2.JOB_STATE_SUCCEEDED,
@@ -90,7 +92,7 @@ class Client:
         return Retrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=0.2, max=5.0),
+            wait=wait_exponential(multiplier=0.2, max=MAX_BACKOFF_S),
             reraise=True,
         )
 
@@ -176,7 +178,7 @@ class Client:
                 if not _is_transient(exc) or failures + 1 >= self._attempts:
                     raise
                 failures += 1
-                time.sleep(min(0.2 * 2**failures, 5.0))
+                time.sleep(min(0.2 * 2**failures, MAX_BACKOFF_S))
 
     def artifacts(self, job_id: str) -> list[common_pb2.Artifact]:
         return list(self.call(self.hospital.ListArtifacts, hospital_pb2.ListArtifactsRequest(job_id=job_id)).artifacts)

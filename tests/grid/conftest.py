@@ -66,9 +66,9 @@ def _actor_ready(agent_id: str) -> bool:
         return False
 
 
-def start_master(data_dir: Path, ray_address: str) -> tuple[subprocess.Popen, str]:
+def start_master(data_dir: Path, ray_address: str, port: str = "0") -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        rtgrid_cmd("up", "--port", "0", "--data", str(data_dir), "--ray-address", ray_address, "--agents", "0"),
+        rtgrid_cmd("up", "--port", port, "--data", str(data_dir), "--ray-address", ray_address, "--agents", "0"),
         stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
