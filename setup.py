@@ -14,5 +14,5 @@ for root in ROOTS:
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"": ["*.json", "*.yaml", "*.proto", "*.pyi"]},
+    package_data={"": ["*.json", "*.yaml", "*.proto", "*.pyi", "**/*.yaml", "**/*.json"]},
 )
