@@ -1,0 +1,513 @@
+"""Training a 2-D segmentation model on a department's own CTs and label maps.
+
+Cases are CT volumes with label maps (or per-structure masks) on the same grid. A label-mapping
+config turns source labels (names or ids, e.g. TotalSegmentator's or an RTSTRUCT's ROI names)
+into the model's classes. Slices are oriented, HU-windowed and resampled to the card's in-plane
+spacing; training draws random patches (half of them centred on foreground), augments them,
+and minimises Dice + cross-entropy with Adam and ReduceLROnPlateau. After each epoch the
+validation cases are segmented whole and scored (DSC, HD95, ASD per class); the best epoch's
+weights become the model package, with those metrics in its card. A checkpoint after every
+epoch makes training resumable; all randomness derives from ``(seed, epoch)``, so a resumed run
+gives the same weights as an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rtgrid.engines.imaging.volume import Volume
+from rtgrid.engines.segmentation.deep.augment import AugmentConfig, augment_batch
+from rtgrid.engines.segmentation.deep.card import CardLabel, ModelCard
+from rtgrid.engines.segmentation.deep.models import build_model
+from rtgrid.engines.segmentation.deep.package import save_package
+from rtgrid.engines.segmentation.deep.preprocessing import (
+    model_grid_shape,
+    resample_images,
+    resample_labels,
+    to_standard_axial,
+    window_hu,
+)
+from rtgrid.engines.segmentation.metrics import compare_masks
+
+CHECKPOINT_FILE = "checkpoint.pt"
+PACKAGE_DIR = "package"
+
+
+class TrainingDataError(ValueError):
+    """A training case or the label mapping cannot be used."""
+
+
+class TrainingResumeError(RuntimeError):
+    """A checkpoint exists but belongs to a different configuration."""
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """One model class and the source labels that make it.
+
+    Attributes
+    ----------
+    name : str
+        Model class name.
+    rtstruct_name : str
+        ROIName in an RTSTRUCT.
+    sources : tuple of (str or int)
+        Source label names or ids merged into this class.
+    roi_type : str
+        RTROIInterpretedType.
+    largest_component : bool
+        Keep only the largest 3-D component in post-processing.
+    lr_partner : str
+        Class this one becomes under a left-right flip (e.g. ``kidney_left`` ↔ ``kidney_right``).
+    """
+
+    name: str
+    rtstruct_name: str
+    sources: tuple[str | int, ...]
+    roi_type: str = "ORGAN"
+    largest_component: bool = True
+    lr_partner: str = ""
+
+
+@dataclass(frozen=True)
+class TrainCase:
+    """A CT with its reference labels.
+
+    Attributes
+    ----------
+    case_id : str
+        Identifier (used for the validation split and the card's data summary).
+    ct : Volume
+        HU volume.
+    labels : Volume or mapping of str to np.ndarray
+        A label map on the CT's grid (values named by ``label_names``), or ``{source name: mask}``
+        with masks shaped like ``ct.voxels``.
+    label_names : mapping of int to str
+        Names of label-map values (not needed for masks, nor when sources are given as ids).
+    """
+
+    case_id: str
+    ct: Volume
+    labels: Volume | Mapping[str, np.ndarray]
+    label_names: Mapping[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train and how.
+
+    ``input_spacing_mm`` is ``(column, row)`` mm; ``patch_size`` is ``(rows, columns)`` pixels
+    of the model grid; an epoch is ``iterations_per_epoch`` batches. Validation uses the cases
+    in ``validation_case_ids``, or else the last ``validation_fraction`` of the cases (at least
+    one); with a single case, its last ``validation_fraction`` of slices.
+    """
+
+    name: str
+    version: str
+    classes: tuple[ClassSpec, ...]
+    architecture: str = "unet2d"
+    architecture_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_spacing_mm: tuple[float, float] = (2.0, 2.0)
+    hu_window: tuple[float, float] = (-400.0, 600.0)
+    patch_size: tuple[int, int] = (128, 128)
+    batch_size: int = 8
+    iterations_per_epoch: int = 20
+    max_epochs: int = 20
+    learning_rate: float = 1e-3
+    plateau_patience: int = 2
+    plateau_factor: float = 0.5
+    early_stopping_patience: int = 5
+    min_improvement: float = 1e-3
+    foreground_fraction: float = 0.5
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    augment: AugmentConfig = AugmentConfig()
+    validation_case_ids: tuple[str, ...] = ()
+    validation_fraction: float = 0.2
+    seed: int = 0
+    licence: str = "Apache-2.0"
+    fill_holes: bool = True
+    smoothing_radius_vox: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise TrainingDataError(f"config {self.name!r}: no classes")
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise TrainingDataError(f"config {self.name!r}: duplicate class names {names}")
+        for spec in self.classes:
+            if spec.lr_partner and spec.lr_partner not in names:
+                raise TrainingDataError(f"config {self.name!r}: class {spec.name!r} has lr_partner {spec.lr_partner!r}, not a class")
+        if self.batch_size < 2:
+            raise TrainingDataError(f"config {self.name!r}: batch_size must be >= 2 (batch normalisation), got {self.batch_size}")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the training trajectory (a resume must match it)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train_segmentation`."""
+
+    package_dir: Path
+    package_hash: str
+    epochs_completed: int
+    best_epoch: int
+    best_score: float
+    stopped_early: bool
+    validation_metrics: dict[str, Any]
+    history: tuple[dict[str, Any], ...]
+
+
+@dataclass
+class _PreparedCase:
+    case_id: str
+    images: torch.Tensor  # (nz, H, W) float32 in [0, 1]
+    labels: torch.Tensor  # (nz, H, W) uint8 classes
+    spacing_mm: tuple[float, float, float]  # model grid (column, row, slice)
+
+
+def _class_lookup(case: TrainCase, classes: Sequence[ClassSpec]) -> np.ndarray:
+    """Map every source label value of a label-map case to its model class (uint8 table)."""
+    table = np.zeros(65536, dtype=np.uint8)
+    by_name = {name: value for value, name in case.label_names.items()}
+    for class_index, spec in enumerate(classes, start=1):
+        for source in spec.sources:
+            if isinstance(source, int):
+                value = source
+            elif source in by_name:
+                value = int(by_name[source])
+            else:
+                continue  # this case does not contain that structure
+            if not 0 <= value < table.size:
+                raise TrainingDataError(f"case {case.case_id!r}: source label {source!r} value {value} outside 0..65535")
+            table[value] = class_index
+    return table
+
+
+def _class_map(case: TrainCase, ct: Volume, classes: Sequence[ClassSpec]) -> np.ndarray:
+    if isinstance(case.labels, Volume):
+        labels = to_standard_axial(case.labels)
+        if not labels.same_grid(ct):
+            raise TrainingDataError(
+                f"case {case.case_id!r}: label map grid (shape {labels.shape}, origin {labels.origin_mm.tolist()}, "
+                f"spacing {labels.spacing_mm.tolist()}) differs from the CT grid (shape {ct.shape}, "
+                f"origin {ct.origin_mm.tolist()}, spacing {ct.spacing_mm.tolist()})"
+            )
+        values = labels.voxels.astype(np.int64)
+        if values.min() < 0 or values.max() >= 65536:
+            raise TrainingDataError(f"case {case.case_id!r}: label values must lie in 0..65535")
+        return _class_lookup(case, classes)[values]
+    # Masks are given on the CT's original grid: orient them like the CT.
+    out = np.zeros(ct.shape, dtype=np.uint8)
+    for class_index, spec in enumerate(classes, start=1):
+        for source in spec.sources:
+            if source in case.labels:
+                mask = np.asarray(case.labels[source], dtype=bool)
+                if mask.shape != case.ct.shape:
+                    raise TrainingDataError(f"case {case.case_id!r}: mask {source!r} has shape {mask.shape}, CT {case.ct.shape}")
+                out[to_standard_axial(case.ct.with_voxels(mask)).voxels] = class_index
+    return out
+
+
+def prepare_case(case: TrainCase, config: TrainConfig) -> _PreparedCase:
+    """Orient, map labels, window and resample one case to the model grid."""
+    ct = to_standard_axial(case.ct)
+    classes = _class_map(case, ct, config.classes)
+    nz, ny, nx = ct.shape
+    size = model_grid_shape((ny, nx), ct.spacing_mm, config.input_spacing_mm)
+    images = resample_images(window_hu(torch.from_numpy(np.ascontiguousarray(ct.voxels)), config.hu_window)[:, None], size)[:, 0]
+    labels = resample_labels(torch.from_numpy(classes), size)
+    spacing = (ct.spacing_mm[0] * nx / size[1], ct.spacing_mm[1] * ny / size[0], float(ct.spacing_mm[2]))
+    return _PreparedCase(case.case_id, images.contiguous(), labels.contiguous(), spacing)
+
+
+def _split(prepared: list[_PreparedCase], config: TrainConfig) -> tuple[list[_PreparedCase], list[_PreparedCase]]:
+    ids = [p.case_id for p in prepared]
+    if config.validation_case_ids:
+        unknown = set(config.validation_case_ids) - set(ids)
+        if unknown:
+            raise TrainingDataError(f"validation cases {sorted(unknown)} are not among the cases {ids}")
+        val = [p for p in prepared if p.case_id in config.validation_case_ids]
+        train = [p for p in prepared if p.case_id not in config.validation_case_ids]
+    elif len(prepared) >= 2:
+        n_val = max(1, int(round(config.validation_fraction * len(prepared))))
+        train, val = prepared[:-n_val], prepared[-n_val:]
+    else:
+        only = prepared[0]
+        n_val = max(1, int(round(config.validation_fraction * only.images.shape[0])))
+        if only.images.shape[0] - n_val < 1:
+            raise TrainingDataError(f"case {only.case_id!r} has too few slices ({only.images.shape[0]}) to split")
+        train = [_PreparedCase(only.case_id, only.images[:-n_val], only.labels[:-n_val], only.spacing_mm)]
+        val = [_PreparedCase(only.case_id + ":val", only.images[-n_val:], only.labels[-n_val:], only.spacing_mm)]
+    if not train:
+        raise TrainingDataError("every case went to validation: nothing left to train on")
+    return train, val
+
+
+def _sample_batch(train: list[_PreparedCase], config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random patches; ``foreground_fraction`` of them centred on a random foreground pixel."""
+    slice_index = [(c, z) for c, case in enumerate(train) for z in range(case.images.shape[0])]
+    ph, pw = config.patch_size
+    images = torch.zeros(config.batch_size, 1, ph, pw)
+    labels = torch.zeros(config.batch_size, ph, pw, dtype=torch.long)
+    for b in range(config.batch_size):
+        c, z = slice_index[int(rng.integers(len(slice_index)))]
+        image, label = train[c].images[z], train[c].labels[z]
+        height, width = image.shape
+        foreground = torch.nonzero(label) if rng.random() < config.foreground_fraction else None
+        if foreground is not None and len(foreground):
+            cy, cx = (int(v) for v in foreground[int(rng.integers(len(foreground)))])
+        else:
+            cy, cx = int(rng.integers(height)), int(rng.integers(width))
+        top, left = cy - ph // 2, cx - pw // 2
+        # Copy the overlap of the patch with the slice; the rest stays 0 (below the window).
+        y0, y1 = max(0, top), min(height, top + ph)
+        x0, x1 = max(0, left), min(width, left + pw)
+        images[b, 0, y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
+        labels[b, y0 - top:y1 - top, x0 - left:x1 - left] = label[y0:y1, x0:x1].long()
+    return images, labels
+
+
+def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, dice_weight: float = 1.0, ce_weight: float = 1.0) -> torch.Tensor:
+    """Soft Dice over the foreground classes (batch Dice) plus cross-entropy.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(B, C, H, W)``.
+    labels : torch.Tensor
+        ``(B, H, W)`` int64.
+    """
+    ce = F.cross_entropy(logits.float(), labels)
+    probabilities = logits.float().softmax(dim=1)[:, 1:]
+    one_hot = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+    intersection = (probabilities * one_hot).sum(dim=(0, 2, 3))
+    denominator = probabilities.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
+    dice = (2 * intersection + 1.0) / (denominator + 1.0)
+    return dice_weight * (1 - dice.mean()) + ce_weight * ce
+
+
+@torch.inference_mode()
+def _predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch: int = 8) -> torch.Tensor:
+    out = []
+    for start in range(0, images.shape[0], batch):
+        out.append(model(images[start:start + batch, None].to(device)).argmax(dim=1).to(torch.uint8).cpu())
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, cases: list[_PreparedCase], config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Segment validation cases whole and score each class (mean over cases where present)."""
+    model.eval()
+    per_class: dict[str, dict[str, list[float]]] = {c.name: {"dsc": [], "hd95_mm": [], "asd_mm": []} for c in config.classes}
+    for case in cases:
+        predicted = _predict(model, case.images, device).numpy()
+        reference = case.labels.numpy()
+        for index, spec in enumerate(config.classes, start=1):
+            if not (reference == index).any():
+                continue
+            metrics = compare_masks(reference == index, predicted == index, case.spacing_mm, spec.name)
+            per_class[spec.name]["dsc"].append(metrics.dsc)
+            per_class[spec.name]["hd95_mm"].append(metrics.hd95_mm)
+            per_class[spec.name]["asd_mm"].append(metrics.asd_mm)
+    summary: dict[str, Any] = {"classes": {}}
+    for name, values in per_class.items():
+        if values["dsc"]:
+            summary["classes"][name] = {
+                key: (float(np.mean(v)) if all(math.isfinite(x) for x in v) else None) for key, v in values.items()
+            } | {"cases": len(values["dsc"])}
+    scored = [m["dsc"] for m in summary["classes"].values()]
+    summary["mean_dsc"] = float(np.mean(scored)) if scored else 0.0
+    return summary
+
+
+def _card(config: TrainConfig, training_data: dict[str, Any], validation: dict[str, Any]) -> ModelCard:
+    return ModelCard(
+        name=config.name,
+        version=config.version,
+        labels=tuple(
+            CardLabel(index=i, name=c.name, rtstruct_name=c.rtstruct_name, roi_type=c.roi_type, largest_component=c.largest_component)
+            for i, c in enumerate(config.classes, start=1)
+        ),
+        input_spacing_mm=tuple(config.input_spacing_mm),  # type: ignore[arg-type]
+        hu_window=tuple(config.hu_window),  # type: ignore[arg-type]
+        architecture=config.architecture,
+        architecture_kwargs=dict(config.architecture_kwargs),
+        in_channels=1,
+        training_data=training_data,
+        validation_metrics=validation,
+        licence=config.licence,
+        fill_holes=config.fill_holes,
+        smoothing_radius_vox=config.smoothing_radius_vox,
+    )
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    temporary.replace(path)
+
+
+def train_segmentation(
+    cases: Sequence[TrainCase],
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    device: str = "cpu",
+    max_epochs_this_run: int | None = None,
+) -> TrainResult:
+    """Train, validate each epoch, stop early on a plateau, and package the best epoch.
+
+    Parameters
+    ----------
+    cases : sequence of TrainCase
+        Training and validation cases (split per ``config``).
+    config : TrainConfig
+        Classes, architecture, preprocessing, optimisation and augmentation settings.
+    out_dir : str or Path
+        Receives ``checkpoint.pt`` (after every epoch) and ``package/`` (the model package).
+    resume : bool
+        Continue from ``checkpoint.pt`` when present (it must come from the same config).
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    max_epochs_this_run : int, optional
+        Stop after this many epochs in this call (the checkpoint allows continuing later).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    TrainingDataError
+        Unusable cases, label mapping or validation split.
+    TrainingResumeError
+        The checkpoint in ``out_dir`` was written for a different config.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch_device = torch.device(device)
+    if not cases:
+        raise TrainingDataError("no training cases")
+    prepared = [prepare_case(case, config) for case in cases]
+    train, val = _split(prepared, config)
+    if not any(bool(case.labels.any()) for case in train):
+        raise TrainingDataError(f"no training case contains any of the classes {[c.name for c in config.classes]}")
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.architecture, 1, len(config.classes) + 1, **config.architecture_kwargs).to(torch_device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience)
+    names = [c.name for c in config.classes]
+    lr_swap = torch.arange(len(names) + 1)
+    for index, spec in enumerate(config.classes, start=1):
+        if spec.lr_partner:
+            lr_swap[index] = names.index(spec.lr_partner) + 1
+
+    epoch, best_score, best_epoch, stale = 0, -math.inf, 0, 0
+    best_state: dict[str, torch.Tensor] = {}
+    best_validation: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    checkpoint_path = out_dir / CHECKPOINT_FILE
+    if resume and checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path, map_location=torch_device, weights_only=False)
+        if checkpoint["config_fingerprint"] != config.fingerprint():
+            raise TrainingResumeError(
+                f"{checkpoint_path} was written for another configuration; remove it or pass resume=False"
+            )
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        epoch, best_score, best_epoch, stale = checkpoint["epoch"], checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["stale"]
+        best_state, best_validation, history = checkpoint["best_state"], checkpoint["best_validation"], checkpoint["history"]
+
+    stopped_early = stale >= config.early_stopping_patience
+    epochs_this_run = 0
+    spacing = config.input_spacing_mm
+    while epoch < config.max_epochs and not stopped_early:
+        if max_epochs_this_run is not None and epochs_this_run >= max_epochs_this_run:
+            break
+        started = time.perf_counter()
+        rng = np.random.default_rng([config.seed, epoch])
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        model.train()
+        losses = []
+        for _ in range(config.iterations_per_epoch):
+            images, labels = _sample_batch(train, config, rng)
+            images, labels = augment_batch(images, labels, config.augment, spacing, lr_swap, generator)
+            images, labels = images.to(torch_device), labels.to(torch_device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = dice_ce_loss(model(images), labels, config.dice_weight, config.ce_weight)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        validation = evaluate(model, val, config, torch_device)
+        score = validation["mean_dsc"]
+        scheduler.step(score)
+        epoch += 1
+        epochs_this_run += 1
+        if score > best_score + config.min_improvement:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_validation = validation
+        else:
+            stale += 1
+        stopped_early = stale >= config.early_stopping_patience
+        history.append({
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "validation_mean_dsc": score,
+            "learning_rate": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+        })
+        _save_checkpoint(checkpoint_path, {
+            "config_fingerprint": config.fingerprint(),
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "best_score": best_score,
+            "best_epoch": best_epoch,
+            "stale": stale,
+            "best_state": best_state,
+            "best_validation": best_validation,
+            "history": history,
+        })
+
+    if best_state:
+        model.load_state_dict(best_state)
+    training_data = {
+        "training_cases": [{"case_id": c.case_id, "slices": int(c.images.shape[0])} for c in train],
+        "validation_cases": [{"case_id": c.case_id, "slices": int(c.images.shape[0])} for c in val],
+        "label_mapping": {c.name: list(c.sources) for c in config.classes},
+        "iterations": epoch * config.iterations_per_epoch,
+        "batch_size": config.batch_size,
+        "patch_size": list(config.patch_size),
+        "seed": config.seed,
+    }
+    validation_metrics = {"epoch": best_epoch, **best_validation}
+    package_dir = out_dir / PACKAGE_DIR
+    content_hash = save_package(package_dir, model.cpu(), _card(config, training_data, validation_metrics))
+    return TrainResult(
+        package_dir=package_dir,
+        package_hash=content_hash,
+        epochs_completed=epoch,
+        best_epoch=best_epoch,
+        best_score=float(best_score),
+        stopped_early=stopped_early,
+        validation_metrics=validation_metrics,
+        history=tuple(history),
+    )

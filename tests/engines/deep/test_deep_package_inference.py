@@ -1,0 +1,118 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rtgrid.engines.imaging.volume import Volume
+from rtgrid.engines.segmentation.deep.card import CardLabel, ModelCard, ModelCardError
+from rtgrid.engines.segmentation.deep.inference import SegmentationRunner, plan_slice_batches
+from rtgrid.engines.segmentation.deep.models import build_model
+from rtgrid.engines.segmentation.deep.package import ModelPackageError, load_package, save_package
+from rtgrid.engines.segmentation.deep.postprocess import postprocess
+from rtgrid.engines.segmentation.metrics import compare_masks
+
+torch.set_num_threads(2)
+
+
+def _card(**changes):
+    card = ModelCard(
+        name="test-model", version="1.0", architecture="unet2d", architecture_kwargs={"base_channels": 4, "depth": 2},
+        labels=(CardLabel(1, "liver", "Liver"), CardLabel(2, "cord", "SpinalCord", "ORGAN", largest_component=False)),
+        input_spacing_mm=(2.0, 2.0), hu_window=(-1000.0, 1000.0), in_channels=1,
+        training_data={"cases": 0}, validation_metrics={"mean_dsc": 0.5}, licence="test",
+    )
+    return dataclasses.replace(card, **changes)
+
+
+def test_package_round_trip_and_tamper_detection(tmp_path):
+    torch.manual_seed(3)
+    card = _card()
+    model = build_model(card.architecture, 1, card.n_classes, **card.architecture_kwargs).eval()
+    digest = save_package(tmp_path / "pkg", model, card)
+    loaded, loaded_card = load_package(tmp_path / "pkg")
+    assert loaded_card == card
+    x = torch.randn(2, 1, 40, 36)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert save_package(tmp_path / "again", model, card) == digest  # content-addressed
+    card_path = tmp_path / "pkg" / "card.json"
+    data = json.loads(card_path.read_text())
+    data["licence"] = "changed"
+    card_path.write_text(json.dumps(data))
+    with pytest.raises(ModelPackageError, match="content hash"):
+        load_package(tmp_path / "pkg")
+
+
+def test_missing_card_field_is_named():
+    data = json.loads(_card().to_json())
+    del data["hu_window"]
+    with pytest.raises(ModelCardError, match="hu_window"):
+        ModelCard.from_dict(data)
+    data = json.loads(_card().to_json())
+    del data["labels"][1]["rtstruct_name"]
+    with pytest.raises(ModelCardError, match=r"labels\[1\] is missing rtstruct_name"):
+        ModelCard.from_dict(data)
+
+
+def test_plan_slice_batches_covers_every_slice_once():
+    assert plan_slice_batches(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert plan_slice_batches(0, 4) == []
+    covered = [z for start, stop in plan_slice_batches(101, 7) for z in range(start, stop)]
+    assert covered == list(range(101))
+
+
+class _ThresholdNet(nn.Module):
+    """Stand-in network with a known answer: class 1 where the windowed image exceeds 0.5 (HU > 0)."""
+
+    def forward(self, x):
+        return torch.cat([0.5 - x, x - 0.5, torch.full_like(x, -1.0)], dim=1) * 20
+
+
+def _disc_ct(spacing=(0.8, 0.8, 2.0)):
+    nz, ny, nx = 5, 150, 130
+    y, x = np.mgrid[:ny, :nx]
+    disc = ((x - 61.3) * spacing[0]) ** 2 + ((y - 80.6) * spacing[1]) ** 2 <= 30.0**2
+    hu = np.where(disc, 500, -500).astype(np.int16)
+    return np.repeat(hu[None], nz, axis=0), np.repeat(disc[None], nz, axis=0)
+
+
+def test_runner_resamples_to_model_spacing_and_back_without_shift():
+    hu, disc = _disc_ct()
+    runner = SegmentationRunner((_ThresholdNet(), _card()), batch_slices=2)
+    labels = runner.predict_slices(hu, (0.8, 0.8, 2.0))
+    assert labels.dtype == np.uint8 and labels.shape == hu.shape
+    assert compare_masks(disc, labels == 1, (0.8, 0.8, 2.0)).dsc > 0.98
+    # A half-pixel convention error would move the centroid by ~1 model pixel (2.5 input pixels).
+    centroid = np.argwhere(labels[0] == 1).mean(axis=0)
+    assert np.allclose(centroid, (80.6, 61.3), atol=0.3)
+    assert np.array_equal(SegmentationRunner((_ThresholdNet(), _card()), batch_slices=5).predict_slices(hu, (0.8, 0.8)), labels)
+
+
+def test_predict_volume_handles_flipped_axes():
+    hu, disc = _disc_ct()
+    hu[:, :, :20] = 800  # an asymmetric feature so flips matter
+    standard = Volume(hu, (0, 0, 0), (0.8, 0.8, 2.0))
+    flipped = Volume(np.ascontiguousarray(hu[:, ::-1, ::-1]), (0, 0, 0), (0.8, 0.8, 2.0), np.diag([-1.0, -1.0, 1.0]))
+    runner = SegmentationRunner((_ThresholdNet(), _card()))
+    assert np.array_equal(runner.predict_volume(flipped).voxels, runner.predict_volume(standard).voxels[:, ::-1, ::-1])
+
+
+def test_postprocess_follows_card_flags():
+    labels = np.zeros((6, 40, 40), np.uint8)
+    labels[1:5, 5:25, 5:25] = 1
+    labels[2:4, 12:16, 12:16] = 0  # a hole in the liver
+    labels[2, 35:38, 35:38] = 1  # a detached liver speck
+    labels[1:5, 30:33, 2:5] = 2  # cord: two components kept (flag off)
+    labels[1:5, 30:33, 10:13] = 2
+    labels[3, 26, 26] = 2  # single-voxel speck removed by smoothing
+    out = postprocess(labels, _card())
+    assert (out[2:4, 12:16, 12:16] == 1).all()
+    assert not (out[2, 35:38, 35:38] == 1).any()
+    # Both cord components survive (smoothing only trims the squares' corners).
+    assert (out[1:5, 30:33, 2:5] == 2).sum() >= 20 and (out[1:5, 30:33, 10:13] == 2).sum() >= 20
+    assert out[3, 26, 26] == 0
+    kept = postprocess(labels, _card(fill_holes=False, smoothing_radius_vox=0))
+    assert (kept[2:4, 12:16, 12:16] == 0).all()
