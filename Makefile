@@ -7,7 +7,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_TMPDIR ?= /tmp/rtgrid-ray
 
-.PHONY: install tools proto test demo bench-grid clean
+.PHONY: install tools proto test demo bench-grid bench-dose bench-seg clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ demo: install
 bench-grid: install
 	mkdir -p $(RAY_TMPDIR)
 	$(PY) -m bench.grid
+
+bench-dose: install
+	$(PY) -m bench.dose
+
+bench-seg: install
+	$(PY) -m bench.seg
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -103,8 +103,9 @@ class Client:
                 return method(request, timeout=timeout)
 
     # upload
-    def upload_folder(self, folder: Path, label: str = "", chunk_bytes: int | None = None) -> UploadResult:
-        """Upload every file under ``folder`` into a new case and commit it.
+    def upload_folder(self, *paths: Path | str, label: str = "", chunk_bytes: int | None = None) -> UploadResult:
+        """Upload every file under the given folders (and the given files) into a new case, and
+        commit it: one CT series, plus e.g. an RTSTRUCT drawn on it.
 
         Raises
         ------
@@ -112,12 +113,20 @@ class Client:
             With the master's status and message when a file or the series is rejected; the
             partial case is then deleted so nothing is left half-stored.
         """
-        paths = sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
-        if not paths:
-            raise FileNotFoundError(f"no files under {folder}")
-        case = self.call(self.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label=label or Path(folder).name))
+        files_to_send = sorted(
+            f for p in map(Path, paths) for f in ([p] if p.is_file() else p.rglob("*"))
+            if f.is_file() and not f.name.startswith(".")
+        )
+        if not files_to_send:
+            raise FileNotFoundError(f"no files under {', '.join(map(str, paths))}")
+        names = [f.name for f in files_to_send]
+        clash = sorted({n for n in names if names.count(n) > 1})
+        if clash:
+            raise ValueError(f"two files share the name {clash[0]!r}; a case keeps files by name")
+        label = label or Path(paths[0]).name
+        case = self.call(self.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label=label))
         try:
-            files = [self.upload_file(case.case_id, path, chunk_bytes) for path in paths]
+            files = [self.upload_file(case.case_id, path, chunk_bytes) for path in files_to_send]
             case = self.call(self.hospital.CommitCase, hospital_pb2.CommitCaseRequest(case_id=case.case_id))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:  # a failed commit already removed it

@@ -67,9 +67,14 @@ def phantom_command(
     size: int = typer.Option(256, help="Rows and columns per slice."),
     seed: int = typer.Option(0, help="Random seed of the CT noise."),
 ) -> None:
-    """Write a digital phantom patient (a DICOM CT series with exact ground-truth labels)."""
-    from rtgrid.engines.phantom import write_phantom_case
+    """Write a digital phantom patient: a DICOM CT series with exact ground-truth labels, the
+    targets and organs at risk drawn by hand (``manual/RS.manual.dcm``) and a medical order
+    (``manual/order.yaml``)."""
+    from rtgrid.engines.phantom import make_phantom, write_phantom_case, write_plan_inputs
 
     spacing = 500.0 / size  # a 50 cm field of view, like a planning CT
-    case = write_phantom_case(out, shape=(slices, size, size), spacing_mm=(spacing, spacing, 3.0), seed=seed)
-    print(json.dumps({"ct_dir": str(case.ct_dir), "ground_truth": str(case.ground_truth_path)}))
+    shape, spacing_mm = (slices, size, size), (spacing, spacing, 3.0)
+    case = write_phantom_case(out, shape=shape, spacing_mm=spacing_mm, seed=seed)
+    rtstruct, order = write_plan_inputs(case, make_phantom(shape, spacing_mm, seed), out / "manual")
+    print(json.dumps({"ct_dir": str(case.ct_dir), "ground_truth": str(case.ground_truth_path),
+                      "rtstruct": str(rtstruct), "order": str(order)}))

@@ -6,12 +6,16 @@ Plain functions over the store and blob store; the hospital servicer only transl
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import secrets
 import zlib
 from dataclasses import dataclass
 
+import pydicom
+
+from rtgrid.engines.dicomrt.rtstruct import RtStructError, read_rtstruct_rois
 from rtgrid.engines.imaging.dicom_files import inspect_dicom
 from rtgrid.engines.imaging.errors import IntakeError
 from rtgrid.engines.imaging.intake import load_series
@@ -187,6 +191,9 @@ def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
         series = load_series(
             [(f.file_name, intake.blobs.read_bytes(f.sha256)) for f in images], expected_modalities=IMAGE_MODALITIES
         )
+        for f in files:
+            if f.modality == "RTSTRUCT":
+                _check_rtstruct_on(series.frame_of_reference_uid, f.file_name, intake.blobs.read_bytes(f.sha256))
     except IntakeError as exc:
         delete_case(intake, case_id)
         raise InvalidArgument(str(exc)) from exc
@@ -201,6 +208,20 @@ def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
         intake.store.add_series(record)
         intake.store.set_case_committed(case_id)
     return [record]
+
+
+def _check_rtstruct_on(frame_of_reference_uid: str, file_name: str, data: bytes) -> None:
+    """An RTSTRUCT uploaded with a CT must be drawn on that CT's frame of reference."""
+    try:
+        rois = read_rtstruct_rois(pydicom.dcmread(io.BytesIO(data)))
+    except (RtStructError, pydicom.errors.InvalidDicomError) as exc:
+        raise IntakeError(file_name, f"unreadable structure set: {exc}") from exc
+    elsewhere = sorted({r.name for r in rois if r.frame_of_reference_uid != frame_of_reference_uid})
+    if elsewhere:
+        raise IntakeError(
+            file_name,
+            f"structures {', '.join(elsewhere[:5])} are not on the CT's frame of reference {frame_of_reference_uid}",
+        )
 
 
 def delete_case(intake: Intake, case_id: str) -> None:

@@ -124,7 +124,7 @@ class Scheduler:
             raise FailedPrecondition(f"case {case_id} is not committed; commit it after uploading")
         _check_priority(priority)
         kind = get_kind(kind_name)
-        params = kind.validate(dict(params), self.store, case_id)
+        params = kind.validate(dict(params), self.store, self.blobs, case_id)
         job = JobRecord(new_id("job"), case_id, kind.name, QUEUED, priority, params, kind.stages[0], now_ms(),
                         idempotency_key=key)
         with self.store.transaction():

@@ -35,14 +35,14 @@ def _client(target: str | None) -> Client:
 @app.command()
 @rpc_errors
 def upload(
-    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder of DICOM files (one CT series)."),
+    paths: list[Path] = typer.Argument(..., exists=True, help="Folders or files: one CT series, optionally an RTSTRUCT drawn on it."),
     label: str = typer.Option("", help="A label for the case (no patient identifiers needed)."),
     target: str = TargetOption,
     fmt: Format = FormatOption,
 ) -> None:
-    """Upload a CT series as a new case; prints the case id."""
+    """Upload a CT series (and an RTSTRUCT drawn on it, if any) as a new case; prints the case id."""
     with _client(target) as client:
-        result = client.upload_folder(folder, label)
+        result = client.upload_folder(*paths, label=label)
     case = result.case
     series = case.series[0] if case.series else None
     emit(fmt, {"case_id": case.case_id, "files": len(result.files), "series": as_dict(series) if series else None},
@@ -63,16 +63,29 @@ def _params(values: list[str]) -> dict[str, str]:
 @rpc_errors
 def submit(
     case_id: str = typer.Argument(..., help="Case id from `rtgrid upload`."),
-    kind: str = typer.Option("contour", help="Job kind."),
+    kind: str = typer.Option("contour", help="Job kind: contour, plan (needs contours), full (contour + plan)."),
     priority: int = typer.Option(0, help="Higher runs first."),
-    param: list[str] = typer.Option([], "--param", help="Extra parameter KEY=VALUE (repeatable)."),
+    order: Path = typer.Option(None, exists=True, dir_okay=False, help="Medical order (YAML or JSON) for plan/full."),
+    beams: int = typer.Option(None, help="Number of equispaced coplanar beams (default 9)."),
+    gantry_angles: str = typer.Option(None, help="Gantry angles in degrees, e.g. 0,40,80 (instead of --beams)."),
+    bixel_mm: float = typer.Option(None, help="Bixel size at the isocenter in mm (default 5)."),
+    dose_grid_mm: float = typer.Option(None, help="Dose grid spacing in mm (default 3)."),
+    machine: str = typer.Option(None, help="Machine model id (default the standard 6 MV machine)."),
+    contours_job: str = typer.Option(None, help="A finished contour job whose contours a plan uses."),
+    param: list[str] = typer.Option([], "--param", help="Other parameter KEY=VALUE (repeatable)."),
     idempotency_key: str = typer.Option("", help="Submitting twice with one key makes one job."),
     target: str = TargetOption,
     fmt: Format = FormatOption,
 ) -> None:
     """Submit a job on a case; prints the job id."""
+    params = _params(param)
+    named = {"beams": beams, "gantry_angles": gantry_angles, "bixel_mm": bixel_mm, "dose_grid_mm": dose_grid_mm,
+             "machine": machine, "contours_job": contours_job}
+    params.update({k: str(v) for k, v in named.items() if v is not None})
+    if order is not None:
+        params["order"] = order.read_text()
     with _client(target) as client:
-        job = client.submit(case_id, kind, _params(param), priority, idempotency_key)
+        job = client.submit(case_id, kind, params, priority, idempotency_key)
     emit(fmt, {"job_id": job.job_id, "case_id": job.case_id, "kind": job.kind, "state": state_name(job.state)},
          job.job_id)
 

@@ -10,6 +10,7 @@ from rtgrid.engines.phantom.digital_patient import (
     read_ground_truth,
     write_phantom_case,
 )
+from rtgrid.engines.phantom.plan_inputs import PHANTOM_ORDER, write_plan_inputs
 
 __all__ = [
     "DEFAULT_SHAPE",
@@ -20,4 +21,6 @@ __all__ = [
     "make_phantom",
     "read_ground_truth",
     "write_phantom_case",
+    "PHANTOM_ORDER",
+    "write_plan_inputs",
 ]

@@ -79,7 +79,7 @@ class JobKind(ABC):
     stages: tuple[str, ...]
 
     @abstractmethod
-    def validate(self, params: dict[str, str], store: Store, case_id: str) -> dict[str, str]:
+    def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
         """Check and normalise the parameters; raise ``InvalidArgument`` naming the bad one."""
 
     @abstractmethod

@@ -16,6 +16,7 @@ import math
 
 from rtgrid.engines.segmentation.classical import plan_slabs
 
+from ..blobs import BlobStore
 from ..errors import InvalidArgument
 from ..store.base import Store
 from .base import JobContext, JobKind, ShardCall, ShardResources
@@ -24,7 +25,7 @@ SLICES_PER_SHARD = 16
 MAX_SHARDS = 64
 
 
-def _int_param(params: dict[str, str], name: str, low: int, high: int) -> int | None:
+def int_param(params: dict[str, str], name: str, low: int, high: int) -> int | None:
     if name not in params:
         return None
     try:
@@ -40,16 +41,16 @@ class ContourJob(JobKind):
     name = "contour"
     stages = ("contour", "merge")
 
-    def validate(self, params: dict[str, str], store: Store, case_id: str) -> dict[str, str]:
+    def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
         unknown = set(params) - {"shards"}
         if unknown:
             raise InvalidArgument(f"unknown parameter(s) for a contour job: {', '.join(sorted(unknown))}")
-        _int_param(params, "shards", 1, MAX_SHARDS)
+        int_param(params, "shards", 1, MAX_SHARDS)
         return dict(params)
 
     def _slabs(self, ctx: JobContext):
         nz = ctx.series_record.n_slices
-        n_parts = _int_param(ctx.job.params, "shards", 1, MAX_SHARDS) or math.ceil(nz / SLICES_PER_SHARD)
+        n_parts = int_param(ctx.job.params, "shards", 1, MAX_SHARDS) or math.ceil(nz / SLICES_PER_SHARD)
         return plan_slabs(nz, min(n_parts, nz))
 
     def shard_count(self, ctx: JobContext, stage: str) -> int:

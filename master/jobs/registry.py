@@ -5,8 +5,9 @@ from __future__ import annotations
 from ..errors import InvalidArgument
 from .base import JobKind
 from .contour import ContourJob
+from .plan import FullJob, PlanJob
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (ContourJob(),)}
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (ContourJob(), PlanJob(), FullJob())}
 
 
 def get_kind(name: str) -> JobKind:

@@ -1,15 +1,9 @@
-"""Shard executors: what an agent runs for each shard task name, calling the engines.
-
-Each executor takes plain keyword arguments (arrays, engine dataclasses) and returns a dict of
-arrays, bytes and JSON-able values; files to publish are listed under ``"artifacts"`` with their
-bytes under ``"file:<name>"`` (see ``rtgrid.master.jobs.base``).
-"""
+"""Contour executors: classical structures per z-slab, then the merge into one RTSTRUCT."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,6 +12,8 @@ from rtgrid.engines.dicomrt.rtstruct import StructureSpec, write_rtstruct
 from rtgrid.engines.imaging.volume import ImageSeries
 from rtgrid.engines.report.overlay import render_overlays
 from rtgrid.engines.segmentation import classical
+
+from .files import artifact, dataset_bytes
 
 # How each classical structure is typed in the RTSTRUCT, and drawn.
 CLASSICAL_ROI = {
@@ -44,7 +40,7 @@ def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries) -> di
         for name in masks
     ]
     ds = write_rtstruct(series, specs, label="RTGRID-AUTO", description="rtgrid classical auto-contouring")
-    rtstruct = _dataset_bytes(ds)
+    rtstruct = dataset_bytes(ds)
     voxel_cc = series.volume.voxel_volume_mm3 / 1000.0
     summary = {
         "structures": {name: {"volume_cc": round(float(mask.sum()) * voxel_cc, 3)} for name, mask in masks.items()},
@@ -52,42 +48,8 @@ def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries) -> di
         "notes": list(series.notes),
     }
     png = render_overlays(series.volume, masks, {n: CLASSICAL_ROI.get(n, ("", (255, 0, 0)))[1] for n in masks})
-    return {
-        "artifacts": [
-            {"name": "RS.contours.dcm", "kind": "rtstruct", "modality": "RTSTRUCT"},
-            {"name": "contours.png", "kind": "image", "modality": ""},
-            {"name": "contours.json", "kind": "report", "modality": ""},
-        ],
-        "file:RS.contours.dcm": rtstruct,
-        "file:contours.png": png,
-        "file:contours.json": json.dumps(summary, indent=2).encode(),
-    }
-
-
-def _dataset_bytes(ds) -> bytes:
-    from io import BytesIO
-
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-EXECUTORS: dict[str, Callable[..., dict[str, Any]]] = {
-    "contour.slab": contour_slab,
-    "contour.merge": contour_merge,
-}
-
-
-def execute(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Run the executor named ``task``.
-
-    Raises
-    ------
-    KeyError
-        For a task this agent does not know (an agent older than its master).
-    """
-    try:
-        executor = EXECUTORS[task]
-    except KeyError:
-        raise KeyError(f"this agent has no executor for task {task!r}; known: {sorted(EXECUTORS)}") from None
-    return executor(**kwargs)
+    return artifact(
+        ("RS.contours.dcm", "rtstruct", "RTSTRUCT", rtstruct),
+        ("contours.png", "image", "", png),
+        ("contours.json", "report", "", json.dumps(summary, indent=2).encode()),
+    )

@@ -1,0 +1,164 @@
+"""Standard-plan executors: set up beams on the dose grid, one dose influence matrix per beam,
+then optimize the fluence against the medical order and write the plan's outputs.
+
+The set-up result is a flat dict of arrays and JSON values (it is stored by the master and sent
+to every beam shard):
+
+``density``, ``origin_mm``, ``spacing_mm``, ``direction``
+    Relative electron density on the dose grid and the grid's LPS geometry.
+``structures`` and ``mask:<name>``
+    Names and boolean masks (on the dose grid) of the order's structures and the body.
+``isocenter_mm``, ``gantry_deg``, ``bixel_mm``, ``sad_mm``, ``ix:<b>``, ``iy:<b>``
+    The beams and the bixel lattice of beam ``b``.
+
+The standard plan (``standard-plan.json``, the artifact that device conversion consumes) holds
+``schema`` (``rtgrid-standard-plan/1``), ``plan_uid``, ``machine`` (id, version, content hash),
+``prescription``, ``order`` (the medical order's text), ``dose_grid`` (origin, spacing,
+direction, shape), ``normalization_factor`` and ``beams``: per beam its gantry, couch and
+collimator angles (IEC 61217, degrees), isocenter (LPS mm), ``bixel_mm``, the lattice ``ix``,
+``iy`` and the optimized ``weights`` (MU-equivalent per bixel, see ``engines.dose.pencil_beam``).
+The plan's dose is the RTDOSE beside it, which references ``plan_uid``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pydicom
+import scipy.sparse as sp
+from pydicom.uid import generate_uid
+
+from rtgrid.engines.dicomrt.rtdose import write_rtdose
+from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
+from rtgrid.engines.dose.beams import Beam, BixelGrid, default_isocenter, make_bixel_grid
+from rtgrid.engines.dose.density import hu_to_relative_electron_density
+from rtgrid.engines.dose.grid import resample_mask, resample_to_dose_grid
+from rtgrid.engines.dose.machine import load_machine
+from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij
+from rtgrid.engines.imaging.volume import ImageSeries, Volume
+from rtgrid.engines.optimization.dvh import cumulative_dvh, evaluate_goals, plan_metrics
+from rtgrid.engines.optimization.fluence import optimize_fluence
+from rtgrid.engines.optimization.order import load_order
+from rtgrid.engines.report.plan_report import render_dose_wash_png, render_dvh_png
+
+from .files import artifact, dataset_bytes
+
+STANDARD_PLAN_SCHEMA = "rtgrid-standard-plan/1"
+
+
+def structures_on_ct(series: ImageSeries, rtstructs: list[bytes]) -> dict[str, np.ndarray]:
+    """Masks on the CT grid from RTSTRUCTs; a later structure set wins over an earlier one."""
+    masks: dict[str, np.ndarray] = {}
+    for data in rtstructs:
+        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+        masks.update(read_rtstruct(ds, series.volume, frame_of_reference_uid=series.frame_of_reference_uid))
+    return masks
+
+
+def _grid(setup: dict[str, Any]) -> Volume:
+    return Volume(setup["density"], np.asarray(setup["origin_mm"]), np.asarray(setup["spacing_mm"]),
+                  np.asarray(setup["direction"]))
+
+
+def _bixels(setup: dict[str, Any], b: int) -> BixelGrid:
+    beam = Beam(float(setup["gantry_deg"][b]), 0.0, 0.0, np.asarray(setup["isocenter_mm"]))
+    return BixelGrid(beam, float(setup["bixel_mm"]), float(setup["sad_mm"]), setup[f"ix:{b}"], setup[f"iy:{b}"])
+
+
+def _masks(setup: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {name: setup[f"mask:{name}"] for name in setup["structures"]}
+
+
+def plan_setup(series: ImageSeries, rtstructs: list[bytes], order_text: str, machine_id: str,
+               gantry_angles_deg: list[float], bixel_mm: float, dose_grid_mm: float, body: str) -> dict[str, Any]:
+    """Density and structures on the dose grid, beams at the target's centroid, their bixels."""
+    masks = structures_on_ct(series, rtstructs)
+    order = load_order(order_text, masks)
+    machine = load_machine(machine_id)
+    ct = series.volume
+    density = ct.with_voxels(hu_to_relative_electron_density(ct.voxels))
+    grid = resample_to_dose_grid(density, dose_grid_mm)
+    names = sorted({c.structure for c in order.constraints} | {order.prescription.target, body})
+    dose_masks = {name: resample_mask(masks[name], density, grid) for name in names}
+    isocenter = default_isocenter(dose_masks[order.prescription.target], grid)
+    result: dict[str, Any] = {
+        "density": grid.voxels.astype(np.float32), "origin_mm": grid.origin_mm.tolist(),
+        "spacing_mm": grid.spacing_mm.tolist(), "direction": grid.direction.tolist(), "structures": names,
+        "isocenter_mm": isocenter.tolist(), "gantry_deg": list(map(float, gantry_angles_deg)),
+        "bixel_mm": bixel_mm, "sad_mm": machine.sad_mm, "body": body,
+    }
+    result.update({f"mask:{name}": mask for name, mask in dose_masks.items()})
+    for b, gantry in enumerate(gantry_angles_deg):
+        beam = Beam(float(gantry), 0.0, 0.0, isocenter)
+        bixels = make_bixel_grid(beam, dose_masks[order.prescription.target], grid, machine, bixel_mm)
+        result[f"ix:{b}"], result[f"iy:{b}"] = bixels.ix, bixels.iy
+    return result
+
+
+def beam_dij(setup: dict[str, Any], beam_index: int, machine_id: str) -> dict[str, Any]:
+    """The dose influence matrix of one beam (CSR parts), rows over the whole dose grid."""
+    grid = _grid(setup)
+    bixels = _bixels(setup, beam_index)
+    dij = compute_beam_dij(grid, setup[f"mask:{setup['body']}"], bixels.beam, bixels, load_machine(machine_id))
+    return {"data": dij.data, "indices": dij.indices, "indptr": dij.indptr, "shape": list(dij.shape),
+            "beam_index": beam_index}
+
+
+def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: ImageSeries, rtstructs: list[bytes],
+                  order_text: str, machine_id: str) -> dict[str, Any]:
+    """Optimize, normalize, and write RTDOSE, the standard plan, a report and its pictures."""
+    grid = _grid(setup)
+    masks = _masks(setup)
+    order = load_order(order_text, masks)
+    machine = load_machine(machine_id)
+    per_beam = [sp.csr_matrix((b["data"], b["indices"], b["indptr"]), shape=tuple(b["shape"]))
+                for b in sorted(beams, key=lambda b: b["beam_index"])]
+    bixels = [_bixels(setup, b) for b in range(len(per_beam))]
+    dij = assemble_dij(per_beam, release=True)
+    fluence = optimize_fluence(dij, masks, order, bixel_grids=[np.stack([g.iy, g.ix], axis=1) for g in bixels])
+    dose = fluence.dose_gy.reshape(grid.shape)
+    voxel_cc = grid.voxel_volume_mm3 / 1000.0
+    goals = evaluate_goals(order, dose, masks, voxel_cc)
+    metrics = plan_metrics(dose, masks, voxel_cc, dose_levels_gy=(order.prescription.dose_gy,))
+    plan_uid = generate_uid()
+    rtdose = write_rtdose(dose, grid, series, referenced_rtplan_uid=plan_uid,
+                          comment="rtgrid standard plan (pencil beam)")
+    offsets = np.cumsum([0] + [g.n_bixels for g in bixels])
+    standard_plan = {
+        "schema": STANDARD_PLAN_SCHEMA, "plan_uid": plan_uid,
+        "machine": {"id": machine.id, "version": machine.version, "content_hash": machine.content_hash},
+        "prescription": {"target": order.prescription.target, "dose_gy": order.prescription.dose_gy,
+                         "fractions": order.prescription.fractions},
+        "order": order_text, "normalization_factor": fluence.normalization_factor,
+        "dose_grid": {"origin_mm": setup["origin_mm"], "spacing_mm": setup["spacing_mm"],
+                      "direction": setup["direction"], "shape": list(grid.shape)},
+        "rtdose_sop_instance_uid": rtdose.SOPInstanceUID,
+        "beams": [
+            {"gantry_deg": g.beam.gantry_deg, "couch_deg": g.beam.couch_deg, "collimator_deg": g.beam.collimator_deg,
+             "isocenter_mm": g.beam.isocenter_mm.tolist(), "bixel_mm": g.bixel_mm, "ix": g.ix.tolist(),
+             "iy": g.iy.tolist(), "weights": fluence.weights[offsets[b]:offsets[b + 1]].tolist()}
+            for b, g in enumerate(bixels)
+        ],
+    }
+    report = {
+        "goals": [{"goal": g.goal, "structure": g.structure, "achieved_gy": g.achieved_gy, "limit_gy": g.limit_gy,
+                   "met": g.met} for g in goals],
+        "all_goals_met": all(g.met for g in goals), "metrics": metrics,
+        "optimizer": {"solver": fluence.solver, "iterations": fluence.iterations, "time_s": fluence.time_s,
+                      "message": fluence.message, "normalization_factor": fluence.normalization_factor},
+        "dose_influence": {"voxels": int(dij.shape[0]), "bixels": int(dij.shape[1]), "nnz": int(dij.nnz)},
+        "machine": standard_plan["machine"], "plan_uid": plan_uid,
+    }
+    dvhs = {name: cumulative_dvh(dose, mask, voxel_cc) for name, mask in masks.items()}
+    dvh_png = render_dvh_png({n: (d.dose_gy, d.volume_pct) for n, d in dvhs.items()}, title="Standard plan DVH")
+    wash_png = render_dose_wash_png(series.volume, dose, grid, structures_on_ct(series, rtstructs),
+                                    prescription_gy=order.prescription.dose_gy)
+    return artifact(
+        ("RD.standard.dcm", "rtdose", "RTDOSE", dataset_bytes(rtdose)),
+        ("standard-plan.json", "standard_plan", "", json.dumps(standard_plan).encode()),
+        ("plan-report.json", "report", "", json.dumps(report, indent=2).encode()),
+        ("dvh.png", "image", "", dvh_png),
+        ("dose-wash.png", "image", "", wash_png),
+    )

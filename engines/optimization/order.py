@@ -1,0 +1,320 @@
+"""The medical order: prescription and dose-volume constraints, loaded from YAML or JSON.
+
+The schema is documented in ``ORDER.md`` beside this module; ``example_order.yaml`` is the
+AAPM TG-119 C-shape order. :func:`load_order` is the one way to read an order: it checks every
+field against the schema, the structures against those contoured on the patient, and the values
+against each other, and raises :class:`MedicalOrderError` saying exactly what is wrong.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Constraint types. ``min_dvh``: D(volume_pct) >= dose_gy; ``max_dvh``: D(volume_pct) <= dose_gy,
+#: which is the same statement as V(dose_gy) <= volume_pct.
+CONSTRAINT_TYPES = ("min_dose", "max_dose", "min_mean_dose", "max_mean_dose", "min_dvh", "max_dvh")
+DVH_TYPES = ("min_dvh", "max_dvh")
+LOWER_BOUND_TYPES = ("min_dose", "min_mean_dose", "min_dvh")
+
+PRIORITY_HIGHEST = 1
+PRIORITY_LOWEST = 5
+DEFAULT_PRIORITY = 2
+DEFAULT_NORMALIZATION_VOLUME_PCT = 95.0
+
+_TOP_LEVEL_KEYS = {"prescription", "constraints", "name"}
+_PRESCRIPTION_KEYS = {"target", "dose_gy", "fractions", "normalization_volume_pct", "priority"}
+_CONSTRAINT_KEYS = {"structure", "type", "dose_gy", "volume_pct", "priority"}
+
+
+class MedicalOrderError(ValueError):
+    """The medical order is malformed, names an unknown structure, or asks for the impossible."""
+
+
+@dataclass(frozen=True)
+class Prescription:
+    """Dose prescribed to the target.
+
+    Attributes
+    ----------
+    target : str
+        Structure that receives the prescription.
+    dose_gy : float
+        Total prescribed dose in Gy.
+    fractions : int
+        Number of fractions.
+    normalization_volume_pct : float
+        After optimization the plan is scaled so that D(normalization_volume_pct) of the
+        target equals ``dose_gy`` (95: target D95 = Rx).
+    priority : int
+        Weight class of the target's dose-uniformity objective (1 highest .. 5 lowest).
+    """
+
+    target: str
+    dose_gy: float
+    fractions: int
+    normalization_volume_pct: float = DEFAULT_NORMALIZATION_VOLUME_PCT
+    priority: int = DEFAULT_PRIORITY
+
+    @property
+    def dose_per_fraction_gy(self) -> float:
+        return self.dose_gy / self.fractions
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One dose or dose-volume goal on one structure.
+
+    Attributes
+    ----------
+    structure : str
+        Structure name as contoured.
+    type : str
+        One of :data:`CONSTRAINT_TYPES`.
+    dose_gy : float
+        Dose level in Gy.
+    volume_pct : float or None
+        Volume in percent of the structure for ``min_dvh`` / ``max_dvh``; None otherwise.
+    priority : int
+        1 (highest) .. 5 (lowest): the weight class of its penalty in optimization.
+    """
+
+    structure: str
+    type: str
+    dose_gy: float
+    volume_pct: float | None = None
+    priority: int = DEFAULT_PRIORITY
+
+    @property
+    def is_lower_bound(self) -> bool:
+        """True for goals that ask for at least some dose (min dose, min mean, min DVH)."""
+        return self.type in LOWER_BOUND_TYPES
+
+    def describe(self) -> str:
+        """Human-readable goal, e.g. ``Core D10% <= 10 Gy``."""
+        relation = ">=" if self.is_lower_bound else "<="
+        if self.type in DVH_TYPES:
+            quantity = f"D{self.volume_pct:g}%"
+        else:
+            quantity = {"min_dose": "Dmin", "max_dose": "Dmax"}.get(self.type, "Dmean")
+        return f"{self.structure} {quantity} {relation} {self.dose_gy:g} Gy"
+
+
+@dataclass(frozen=True)
+class MedicalOrder:
+    """A validated medical order.
+
+    Attributes
+    ----------
+    prescription : Prescription
+    constraints : tuple of Constraint
+    name : str
+        Optional free-text name of the order.
+    source : str
+        Where it was read from (file path or ``<text>``), for messages and the audit trail.
+    """
+
+    prescription: Prescription
+    constraints: tuple[Constraint, ...]
+    name: str = ""
+    source: str = "<text>"
+
+    @property
+    def structures(self) -> tuple[str, ...]:
+        """Every structure the order names, target first, without repeats."""
+        names = [self.prescription.target] + [c.structure for c in self.constraints]
+        return tuple(dict.fromkeys(names))
+
+
+def load_order(path_or_text: str | Path, structure_names: Collection[str]) -> MedicalOrder:
+    """Read and validate a medical order.
+
+    Parameters
+    ----------
+    path_or_text : str or Path
+        A ``.yaml`` / ``.yml`` / ``.json`` file, or the order's text itself (YAML or JSON).
+    structure_names : Collection[str]
+        Structures contoured on the patient; the order may only name these (exact spelling).
+
+    Returns
+    -------
+    MedicalOrder
+
+    Raises
+    ------
+    MedicalOrderError
+        Unreadable file or text, unknown or missing fields, unknown structures or types,
+        impossible values (negative dose, volume outside (0, 100] %, fractions < 1) or
+        goals that contradict each other or the prescription.
+    """
+    text, source = _read_source(path_or_text)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MedicalOrderError(f"{source}: not valid YAML/JSON: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise MedicalOrderError(f"{source}: an order is a mapping with 'prescription' and 'constraints', got {type(raw).__name__}")
+    _reject_unknown_keys(raw, _TOP_LEVEL_KEYS, f"{source}")
+    known = set(structure_names)
+    if "prescription" not in raw:
+        raise MedicalOrderError(f"{source}: 'prescription' is missing")
+    prescription = _parse_prescription(raw["prescription"], known, source)
+    raw_constraints = raw.get("constraints", [])
+    if raw_constraints is None:
+        raw_constraints = []
+    if not isinstance(raw_constraints, list):
+        raise MedicalOrderError(f"{source}: 'constraints' must be a list, got {type(raw_constraints).__name__}")
+    constraints = tuple(
+        _parse_constraint(item, index, known, source) for index, item in enumerate(raw_constraints)
+    )
+    name = raw.get("name", "")
+    if not isinstance(name, str):
+        raise MedicalOrderError(f"{source}: 'name' must be text, got {name!r}")
+    order = MedicalOrder(prescription, constraints, name=name, source=source)
+    _check_consistency(order)
+    return order
+
+
+def _read_source(path_or_text: str | Path) -> tuple[str, str]:
+    if isinstance(path_or_text, Path) or (
+        "\n" not in path_or_text and path_or_text.strip().lower().endswith((".yaml", ".yml", ".json"))
+    ):
+        path = Path(path_or_text)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except OSError as exc:
+            raise MedicalOrderError(f"cannot read the medical order file {path}: {exc.strerror}") from exc
+    return path_or_text, "<text>"
+
+
+def _reject_unknown_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise MedicalOrderError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _check_structure(name: Any, known: set[str], where: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise MedicalOrderError(f"{where}: structure must be a non-empty name, got {name!r}")
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise MedicalOrderError(f"{where}: unknown structure {name!r}{hint}; the patient has {sorted(known)}")
+    return name
+
+
+def _number(raw: Mapping[str, Any], key: str, where: str) -> float:
+    if key not in raw:
+        raise MedicalOrderError(f"{where}: '{key}' is missing")
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MedicalOrderError(f"{where}: '{key}' must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _priority(raw: Mapping[str, Any], where: str) -> int:
+    value = raw.get("priority", DEFAULT_PRIORITY)
+    if isinstance(value, bool) or not isinstance(value, int) or not PRIORITY_HIGHEST <= value <= PRIORITY_LOWEST:
+        raise MedicalOrderError(
+            f"{where}: 'priority' must be an integer from {PRIORITY_HIGHEST} (highest) to {PRIORITY_LOWEST}, got {value!r}"
+        )
+    return value
+
+
+def _parse_prescription(raw: Any, known: set[str], source: str) -> Prescription:
+    where = f"{source}: prescription"
+    if not isinstance(raw, Mapping):
+        raise MedicalOrderError(f"{where}: must be a mapping with target, dose_gy, fractions, got {raw!r}")
+    _reject_unknown_keys(raw, _PRESCRIPTION_KEYS, where)
+    if "target" not in raw:
+        raise MedicalOrderError(f"{where}: 'target' is missing")
+    target = _check_structure(raw["target"], known, where)
+    dose_gy = _number(raw, "dose_gy", where)
+    if dose_gy <= 0:
+        raise MedicalOrderError(f"{where}: dose_gy must be positive, got {dose_gy:g}")
+    fractions = raw.get("fractions")
+    if fractions is None:
+        raise MedicalOrderError(f"{where}: 'fractions' is missing")
+    if isinstance(fractions, bool) or not isinstance(fractions, int) or fractions < 1:
+        raise MedicalOrderError(f"{where}: fractions must be a whole number >= 1, got {fractions!r}")
+    norm_pct = DEFAULT_NORMALIZATION_VOLUME_PCT
+    if "normalization_volume_pct" in raw:
+        norm_pct = _number(raw, "normalization_volume_pct", where)
+        if not 0 < norm_pct <= 100:
+            raise MedicalOrderError(f"{where}: normalization_volume_pct must lie in (0, 100], got {norm_pct:g}")
+    return Prescription(target, dose_gy, fractions, norm_pct, _priority(raw, where))
+
+
+def _parse_constraint(raw: Any, index: int, known: set[str], source: str) -> Constraint:
+    where = f"{source}: constraints[{index}]"
+    if not isinstance(raw, Mapping):
+        raise MedicalOrderError(f"{where}: must be a mapping with structure, type, dose_gy, got {raw!r}")
+    _reject_unknown_keys(raw, _CONSTRAINT_KEYS, where)
+    if "structure" not in raw:
+        raise MedicalOrderError(f"{where}: 'structure' is missing")
+    structure = _check_structure(raw["structure"], known, where)
+    where = f"{where} ({structure})"
+    kind = raw.get("type")
+    if kind not in CONSTRAINT_TYPES:
+        raise MedicalOrderError(f"{where}: type must be one of {list(CONSTRAINT_TYPES)}, got {kind!r}")
+    dose_gy = _number(raw, "dose_gy", where)
+    if dose_gy < 0:
+        raise MedicalOrderError(f"{where}: dose_gy must not be negative, got {dose_gy:g}")
+    if kind in LOWER_BOUND_TYPES and dose_gy == 0:
+        raise MedicalOrderError(f"{where}: a {kind} of 0 Gy asks for nothing; remove it")
+    volume_pct = None
+    if kind in DVH_TYPES:
+        volume_pct = _number(raw, "volume_pct", where)
+        if not 0 < volume_pct <= 100:
+            raise MedicalOrderError(
+                f"{where}: volume_pct must lie in (0, 100], got {volume_pct:g} (use max_dose for the hottest point)"
+            )
+    elif "volume_pct" in raw:
+        raise MedicalOrderError(f"{where}: volume_pct only applies to min_dvh and max_dvh, not to {kind}")
+    return Constraint(structure, kind, dose_gy, volume_pct, _priority(raw, where))
+
+
+def _dvh_level(constraint: Constraint) -> float | None:
+    """Volume (%) at which a goal bounds the DVH; max dose is D0, min dose D100; None for means."""
+    if constraint.type in DVH_TYPES:
+        return constraint.volume_pct
+    return {"max_dose": 0.0, "min_dose": 100.0}.get(constraint.type)
+
+
+def _check_consistency(order: MedicalOrder) -> None:
+    """Reject goals no dose distribution can meet together.
+
+    D(v) does not increase with v, so ``D(v) >= a`` and ``D(w) <= b`` with ``w <= v`` need
+    ``a <= b``; a mean lies between the minimum and the maximum. The prescription counts as
+    both bounds at its normalization volume, since the plan is scaled to meet it exactly.
+    """
+    rx = order.prescription
+    implied = (
+        Constraint(rx.target, "min_dvh", rx.dose_gy, rx.normalization_volume_pct),
+        Constraint(rx.target, "max_dvh", rx.dose_gy, rx.normalization_volume_pct),
+    )
+    goals = list(order.constraints) + list(implied)
+    for low in (g for g in goals if g.is_lower_bound):
+        for high in (g for g in goals if not g.is_lower_bound and g.structure == low.structure):
+            if low.dose_gy <= high.dose_gy:
+                continue
+            v, w = _dvh_level(low), _dvh_level(high)
+            mean_vs_bound = (low.type == "min_mean_dose" and w == 0.0) or (high.type == "max_mean_dose" and v == 100.0)
+            both_means = low.type == "min_mean_dose" and high.type == "max_mean_dose"
+            if (v is not None and w is not None and w <= v) or mean_vs_bound or both_means:
+                raise MedicalOrderError(
+                    f"{order.source}: impossible goals for {low.structure}: "
+                    f"{_label(low, implied)} cannot hold together with {_label(high, implied)}"
+                )
+
+
+def _label(goal: Constraint, implied: tuple[Constraint, ...]) -> str:
+    is_prescription = any(goal is g for g in implied)
+    suffix = " (the prescription, to which the plan is normalized)" if is_prescription else ""
+    return f"'{goal.describe()}'{suffix}"

@@ -1,0 +1,196 @@
+"""Job kinds ``plan`` and ``full``: a standard plan on the standard machine model.
+
+Stages
+------
+``setup``
+    One shard: structures from the case's RTSTRUCTs, density and masks on the dose grid, beams at
+    the target's centroid and their bixels.
+``dose``
+    One shard per beam: that beam's dose influence matrix (beams spread over agents).
+``optimize``
+    One shard: fluence optimization against the medical order, normalization, RTDOSE, the
+    standard plan, the plan report and its pictures.
+
+``full`` runs the contour job's stages first and plans on its structures together with any
+RTSTRUCT uploaded with the CT (an uploaded structure wins over an automatic one of the same name).
+
+Parameters (strings, as they travel)
+------------------------------------
+``order``          the medical order (YAML or JSON text; ``engines/optimization/ORDER.md``)
+``beams``          number of equispaced coplanar beams (default 9), or
+``gantry_angles``  comma-separated gantry angles in degrees (IEC 61217)
+``bixel_mm``       bixel size at the isocenter (default 5)
+``dose_grid_mm``   dose grid spacing (default 3)
+``machine``        machine model id (default the standard 6 MV machine)
+``contours_job``   (``plan`` only) a finished contour job whose RTSTRUCT to use
+``body``           the outline structure that gets dose (default ``BODY``)
+``shards``         (``full`` only) z-slabs of the contour stage
+"""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+
+from rtgrid.engines.dicomrt.rtstruct import read_rtstruct_rois
+from rtgrid.engines.dose.beams import equispaced_gantry_angles
+from rtgrid.engines.dose.machine import STANDARD_MACHINE_ID, MachineModelError, list_machines
+from rtgrid.engines.optimization.order import MedicalOrderError, load_order
+from rtgrid.engines.segmentation.classical import STRUCTURE_NAMES
+
+from ..blobs import BlobStore
+from ..errors import FailedPrecondition, InvalidArgument
+from ..store.base import Store
+from ..store.records import SUCCEEDED
+from .base import JobContext, JobKind, ShardCall, ShardResources
+from .contour import ContourJob, int_param
+
+PLAN_PARAMS = {"order", "beams", "gantry_angles", "bixel_mm", "dose_grid_mm", "machine", "body"}
+MAX_BEAMS = 36
+
+
+def _float_param(params: dict[str, str], name: str, default: float, low: float, high: float) -> float:
+    if name not in params:
+        return default
+    try:
+        value = float(params[name])
+    except ValueError:
+        raise InvalidArgument(f"parameter {name}={params[name]!r} is not a number") from None
+    if not low <= value <= high:
+        raise InvalidArgument(f"parameter {name}={value} mm is outside [{low}, {high}] mm")
+    return value
+
+
+def gantry_angles(params: dict[str, str]) -> list[float]:
+    """The beams' gantry angles (degrees) from ``gantry_angles`` or ``beams``."""
+    if "gantry_angles" in params and "beams" in params:
+        raise InvalidArgument("give either beams or gantry_angles, not both")
+    if "gantry_angles" in params:
+        try:
+            angles = [float(a) for a in params["gantry_angles"].split(",") if a.strip()]
+        except ValueError:
+            raise InvalidArgument(f"gantry_angles={params['gantry_angles']!r} is not a comma-separated list of degrees") from None
+        if not 1 <= len(angles) <= MAX_BEAMS or any(not 0 <= a < 360 for a in angles):
+            raise InvalidArgument(f"gantry_angles: 1 to {MAX_BEAMS} angles in [0, 360) degrees, got {angles}")
+        return angles
+    return equispaced_gantry_angles(int_param(params, "beams", 1, MAX_BEAMS) or 9)
+
+
+def _rtstruct_names(data: bytes) -> set[str]:
+    return {roi.name for roi in read_rtstruct_rois(pydicom.dcmread(io.BytesIO(data)))}
+
+
+class PlanJob(JobKind):
+    name = "plan"
+    stages = ("setup", "dose", "optimize")
+    extra_params: frozenset[str] = frozenset({"contours_job"})
+
+    # inputs
+    def uploaded_rtstructs(self, store: Store, blobs: BlobStore, case_id: str) -> list[bytes]:
+        return [blobs.read_bytes(f.sha256) for f in store.list_files(case_id) if f.modality == "RTSTRUCT"]
+
+    def earlier_rtstructs(self, store: Store, blobs: BlobStore, params: dict[str, str]) -> list[bytes]:
+        """The RTSTRUCT of the contour job named in ``contours_job``, if any."""
+        job_id = params.get("contours_job")
+        if not job_id:
+            return []
+        job = store.get_job(job_id)
+        if job is None or job.kind != "contour" or job.state != SUCCEEDED:
+            raise InvalidArgument(f"contours_job={job_id!r} is not a finished contour job")
+        return [blobs.read_bytes(a.sha256) for a in store.list_artifacts(job_id) if a.kind == "rtstruct"]
+
+    def structure_names(self, store: Store, blobs: BlobStore, case_id: str, params: dict[str, str]) -> set[str]:
+        rtstructs = self.earlier_rtstructs(store, blobs, params) + self.uploaded_rtstructs(store, blobs, case_id)
+        if not rtstructs:
+            raise FailedPrecondition(
+                "a plan needs contours: upload an RTSTRUCT with the CT, name a finished contour job "
+                "(contours_job=JOB_ID), or submit kind 'full'"
+            )
+        return set().union(*(_rtstruct_names(r) for r in rtstructs))
+
+    def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
+        unknown = set(params) - PLAN_PARAMS - self.extra_params
+        if unknown:
+            raise InvalidArgument(f"unknown parameter(s) for a {self.name} job: {', '.join(sorted(unknown))}")
+        if not params.get("order"):
+            raise InvalidArgument("a plan needs a medical order: parameter order (YAML or JSON text)")
+        gantry_angles(params)
+        _float_param(params, "bixel_mm", 5.0, 2.0, 20.0)
+        _float_param(params, "dose_grid_mm", 3.0, 1.0, 10.0)
+        machine = params.get("machine", STANDARD_MACHINE_ID)
+        if machine not in list_machines():
+            raise InvalidArgument(f"unknown machine {machine!r}; known: {', '.join(list_machines())}")
+        names = self.structure_names(store, blobs, case_id, params)
+        body = params.get("body", "BODY")
+        if body not in names:
+            raise InvalidArgument(f"the outline structure {body!r} is not among the contours ({', '.join(sorted(names))})")
+        try:
+            load_order(params["order"], names)
+        except (MedicalOrderError, MachineModelError) as exc:
+            raise InvalidArgument(f"medical order: {exc}") from None
+        return dict(params)
+
+    # stages
+    def rtstructs(self, ctx: JobContext) -> list[bytes]:
+        """Automatic contours first, uploaded ones last (they win on equal names)."""
+        return self.earlier_rtstructs(ctx.store, ctx.blobs, ctx.job.params) + self.uploaded_rtstructs(
+            ctx.store, ctx.blobs, ctx.job.case_id
+        )
+
+    def shard_count(self, ctx: JobContext, stage: str) -> int:
+        return len(gantry_angles(ctx.job.params)) if stage == "dose" else 1
+
+    def shard_call(self, ctx: JobContext, stage: str, index: int) -> ShardCall:
+        params = ctx.job.params
+        machine = params.get("machine", STANDARD_MACHINE_ID)
+        if stage == "setup":
+            return ShardCall("plan.setup", {
+                "series": ctx.series, "rtstructs": self.rtstructs(ctx), "order_text": params["order"],
+                "machine_id": machine, "gantry_angles_deg": gantry_angles(params),
+                "bixel_mm": _float_param(params, "bixel_mm", 5.0, 2.0, 20.0),
+                "dose_grid_mm": _float_param(params, "dose_grid_mm", 3.0, 1.0, 10.0),
+                "body": params.get("body", "BODY"),
+            }, ShardResources(cpus=1.0, memory_mb=4096))
+        setup = ctx.stage_results("setup")[0]
+        if stage == "dose":
+            return ShardCall("plan.beam_dij", {"setup": setup, "beam_index": index, "machine_id": machine},
+                             ShardResources(cpus=1.0, memory_mb=4096))
+        return ShardCall("plan.optimize", {
+            "setup": setup, "beams": ctx.stage_results("dose"), "series": ctx.series,
+            "rtstructs": self.rtstructs(ctx), "order_text": params["order"], "machine_id": machine,
+        }, ShardResources(cpus=1.0, memory_mb=8192))
+
+
+class FullJob(PlanJob):
+    """Contour, then plan on the automatic contours plus any uploaded RTSTRUCT."""
+
+    name = "full"
+    stages = ContourJob.stages + PlanJob.stages
+    extra_params = frozenset({"shards"})
+    _contour = ContourJob()
+
+    def earlier_rtstructs(self, store: Store, blobs: BlobStore, params: dict[str, str]) -> list[bytes]:
+        return []
+
+    def structure_names(self, store: Store, blobs: BlobStore, case_id: str, params: dict[str, str]) -> set[str]:
+        uploaded = self.uploaded_rtstructs(store, blobs, case_id)
+        return set(STRUCTURE_NAMES).union(*(_rtstruct_names(r) for r in uploaded))
+
+    def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
+        int_param(params, "shards", 1, 64)
+        return super().validate(params, store, blobs, case_id)
+
+    def rtstructs(self, ctx: JobContext) -> list[bytes]:
+        auto = ctx.stage_results("merge")[0]["file:RS.contours.dcm"]
+        return [auto] + self.uploaded_rtstructs(ctx.store, ctx.blobs, ctx.job.case_id)
+
+    def shard_count(self, ctx: JobContext, stage: str) -> int:
+        if stage in ContourJob.stages:
+            return self._contour.shard_count(ctx, stage)
+        return super().shard_count(ctx, stage)
+
+    def shard_call(self, ctx: JobContext, stage: str, index: int) -> ShardCall:
+        if stage in ContourJob.stages:
+            return self._contour.shard_call(ctx, stage, index)
+        return super().shard_call(ctx, stage, index)
