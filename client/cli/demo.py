@@ -1,7 +1,9 @@
 """``rtgrid demo``: the whole path on a generated phantom patient, on the embedded grid.
 
 Runs ``rtgrid phantom`` and ``rtgrid up`` as child processes (the client never imports the
-master), then plays the hospital through the SDK: upload, contour, watch, fetch.
+master), then plays the hospital through the SDK: upload the CT with the drawn targets, run a
+``full`` job (auto-contouring, then the standard plan against the phantom's medical order),
+watch it, fetch the results and print the order's goals, met or missed.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def demo_command(
     size: int = typer.Option(256, help="Phantom rows and columns."),
     fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
 ) -> None:
-    """Generate a phantom patient, start the embedded grid, upload, contour, watch, fetch."""
+    """Generate a phantom patient, start the embedded grid, upload, contour and plan, watch, fetch."""
     from .main import follow
 
     out = out.resolve()
@@ -64,21 +66,30 @@ def demo_command(
     phantom_dir = out / "phantom"
     if phantom_dir.exists():
         shutil.rmtree(phantom_dir)
-    subprocess.run(_rtgrid("phantom", "--out", str(phantom_dir), "--slices", str(slices), "--size", str(size)),
-                   check=True, stdout=subprocess.DEVNULL)
+    made = subprocess.run(_rtgrid("phantom", "--out", str(phantom_dir), "--slices", str(slices), "--size", str(size)),
+                          check=True, stdout=subprocess.PIPE, text=True)
+    phantom = json.loads(made.stdout.strip().splitlines()[-1])
     grid, target = _start_grid(work / "grid")
     try:
         with Client(target) as client:
             _wait_for_agent(client)
-            case = client.upload_folder(phantom_dir / "ct", label="demo phantom").case
+            # The hospital sends the CT with the targets and organs at risk its physician drew.
+            case = client.upload_folder(phantom["ct_dir"], phantom["rtstruct"], label="demo phantom").case
             emit(fmt, {"case_id": case.case_id}, f"uploaded case {case.case_id} ({case.series[0].n_slices} slices)")
-            job = client.submit(case.case_id, "contour")
-            emit(fmt, {"job_id": job.job_id}, f"contour job {job.job_id}")
+            order = Path(phantom["order"]).read_text()
+            job = client.submit(case.case_id, "full", params={"order": order})
+            emit(fmt, {"job_id": job.job_id}, f"full job {job.job_id}: auto-contour, then the standard plan")
             code = follow(client, job.job_id, fmt)
             results = out / "results"
             for artifact in client.artifacts(job.job_id):
                 path = client.download(artifact, results)
                 emit(fmt, {"path": str(path), "modality": artifact.modality, "kind": artifact.kind}, f"wrote {path}")
+            report = results / "plan-report.json"
+            if report.exists():
+                for goal in json.loads(report.read_text())["goals"]:
+                    verdict = "met" if goal["met"] else "MISSED"
+                    emit(fmt, {"goal": goal["goal"], "achieved_gy": goal["achieved_gy"], "met": goal["met"]},
+                         f"  {verdict:<6} {goal['goal']:<28} achieved {goal['achieved_gy']:.2f} Gy")
     finally:
         grid.send_signal(signal.SIGTERM)
         try:
