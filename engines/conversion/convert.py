@@ -1,0 +1,257 @@
+"""Convert a standard plan to a target device: coincidence -> (reuse | mimic) -> sequence ->
+refine MU -> dose from the segments -> goals and deliverability.
+
+1. :func:`~.coincidence.coincidence` of the standard machine and the device.
+2. The device's own beamlets for every beam (:func:`~.leaf_grid.device_leaf_grid`, rows = leaf
+   pairs) and their dose influence with the device's kernel.
+3. The ideal device fluence: above the threshold, the standard fluence itself resampled onto the
+   device's bixels (reuse); below it, :func:`~.mimic.mimic_dose` to the standard dose.
+4. Per beam, :func:`~.sequencing.sequence_beam` (MU per fraction), then the MU of all segments
+   refitted together (:func:`~.sequencing.refine_segment_mu`) to the ideal fluence's dose.
+5. The dose recomputed from the segments' apertures (:func:`~.segment_dose.segments_dose`), the
+   MU scaled once so that the target's D(normalization volume) equals the prescription, the
+   order's goals evaluated and every beam checked (:func:`~.deliverability.deliverability`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from rtgrid.engines.dose.beams import Beam
+from rtgrid.engines.dose.machine import MachineModel, load_machine
+from rtgrid.engines.dose.pencil_beam import assemble_dij
+from rtgrid.engines.imaging.volume import Volume
+from rtgrid.engines.optimization.dvh import GoalResult, dose_at_volume, evaluate_goals
+
+from .coincidence import DEFAULT_THRESHOLD, CoincidenceReport, coincidence
+from .deliverability import deliverability
+from .device import DeviceModel
+from .leaf_grid import LeafGrid, device_beam_dij, device_leaf_grid, resample_fluence
+from .mimic import mimic_dose
+from .segment import Segment, Violation
+from .segment_dose import DEFAULT_RESOLUTION_MM, segment_open_fractions, segments_dose
+from .sequencing import DEFAULT_LEVELS, refine_segment_mu, sequence_beam
+from .standard_plan import StandardPlan
+
+LOST_FLUENCE_TOLERANCE = 0.01
+"""Fraction of a beam's standard fluence outside the device's bixels above which reuse is reported."""
+REFINE_TARGET_BOOST = 4.0
+"""Extra weight of target voxels in the MU refinement."""
+
+
+class ConversionError(ValueError):
+    """A standard plan and the data given with it do not fit together."""
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """A plan for one device.
+
+    Attributes
+    ----------
+    device_id, device_hash : str
+        The device's machine file and its SHA-256.
+    coincidence : CoincidenceReport
+    reused_standard_plan : bool
+        True: the standard fluence was sequenced as is; False: re-optimized by dose mimicking.
+    beams : tuple of Beam
+    leaf_grids : tuple of LeafGrid
+    fluence_maps : tuple of np.ndarray
+        Per beam, the ideal fluence on the leaf grid (MU per fraction).
+    segments : tuple of tuple of Segment
+        Per beam, the step-and-shoot segments (MU per fraction, normalised).
+    dose : Volume
+        Dose from the segments (Gy, all fractions) on the dose grid.
+    ideal_dose_gy : np.ndarray
+        Dose of the ideal fluence (Gy, all fractions, dose-grid shape), from the device's matrix.
+    goals : tuple of GoalResult
+    violations : tuple of Violation
+        Empty when every beam is deliverable.
+    timings_s : dict[str, float]
+        ``coincidence``, ``dose_influence``, ``fluence``, ``sequencing``, ``refinement``, ``dose``, ``total``.
+    """
+
+    device_id: str
+    device_hash: str
+    coincidence: CoincidenceReport
+    reused_standard_plan: bool
+    beams: tuple[Beam, ...]
+    leaf_grids: tuple[LeafGrid, ...]
+    fluence_maps: tuple[np.ndarray, ...]
+    segments: tuple[tuple[Segment, ...], ...]
+    dose: Volume
+    ideal_dose_gy: np.ndarray
+    goals: tuple[GoalResult, ...]
+    violations: tuple[Violation, ...]
+    timings_s: dict[str, float]
+
+    @property
+    def mu_per_beam(self) -> tuple[float, ...]:
+        """MU per fraction of each beam."""
+        return tuple(float(sum(s.mu for s in segs)) for segs in self.segments)
+
+    @property
+    def n_segments(self) -> int:
+        return sum(len(segs) for segs in self.segments)
+
+
+def convert_plan(
+    plan: StandardPlan,
+    density: Volume,
+    masks: Mapping[str, np.ndarray],
+    device: DeviceModel,
+    *,
+    standard: MachineModel | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    column_mm: float = 5.0,
+    margin_mm: float = 5.0,
+    n_levels: int = DEFAULT_LEVELS,
+    max_iter: int = 200,
+    resolution_mm: float = DEFAULT_RESOLUTION_MM,
+    compute_device: str = "cpu",
+) -> DevicePlan:
+    """Convert a standard plan into a deliverable plan for ``device``.
+
+    Parameters
+    ----------
+    plan
+        The standard plan.
+    density
+        Relative electron density on the plan's dose grid.
+    masks
+        Boolean structure masks on the dose grid: every structure of the order and ``plan.body``.
+    device
+    standard
+        The standard machine; loaded from ``plan.machine_id`` when not given.
+    threshold
+        Coincidence score at or above which the standard fluence is reused.
+    column_mm, margin_mm
+        Column width of the device bixels and margin around the target's projection.
+    n_levels
+        Intensity levels of the sequencer.
+    max_iter
+        Iterations of dose mimicking.
+    resolution_mm
+        Aperture lattice of the final dose.
+    compute_device
+        ``"cpu"`` or ``"gpu"`` for the dose engine.
+
+    Returns
+    -------
+    DevicePlan
+
+    Raises
+    ------
+    ConversionError
+        The standard machine is not the one the plan was made with, the density is not on the
+        plan's dose grid, or a structure is missing.
+    """
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    standard = standard or load_machine(plan.machine_id)
+    if standard.content_hash != plan.machine_hash:
+        raise ConversionError(f"standard machine {standard.id} (sha256 {standard.content_hash[:12]}) is not the model the plan "
+                              f"was made with ({plan.machine_id}, sha256 {plan.machine_hash[:12]})")
+    if not density.same_grid(plan.dose):
+        raise ConversionError(f"density grid {density.shape} is not the plan's dose grid {plan.dose.shape}")
+    order = plan.order
+    rx = order.prescription
+    missing = [n for n in (*order.structures, plan.body) if n not in masks]
+    if missing:
+        raise ConversionError(f"no mask for {missing}; masks given: {sorted(masks)}")
+    body = np.asarray(masks[plan.body], dtype=bool)
+
+    t = time.perf_counter()
+    report = coincidence(standard, device.machine, threshold)
+    timings["coincidence"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    violations: list[Violation] = []
+    grids = []
+    for n, beam in enumerate(plan.beams):
+        grid, found = device_leaf_grid(beam, masks[rx.target], density, device, column_mm, margin_mm)
+        grids.append(grid)
+        violations.extend(replace(v, beam=n) for v in found)
+    per_beam = [device_beam_dij(density, body, g, device, compute_device=compute_device) for g in grids]
+    dij = assemble_dij(per_beam)
+    timings["dose_influence"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if report.reuse_standard_plan:
+        parts = []
+        for n, (grid, bixels, w) in enumerate(zip(grids, plan.bixels, plan.weights)):
+            device_w, lost = resample_fluence(bixels, w, grid)
+            parts.append(device_w)
+            if lost > LOST_FLUENCE_TOLERANCE:
+                violations.append(Violation("field_size", n, None, f"{100 * lost:.1f} % of the standard fluence of beam {n} "
+                                                                  f"lies outside the leaf bank of {device.id}"))
+        ideal = np.concatenate(parts)
+    else:
+        ideal = mimic_dose(dij, plan.dose.voxels, masks, order, bixel_positions=[g.positions for g in grids],
+                           max_iter=max_iter).weights
+    ideal_dose = (dij @ ideal.astype(np.float32)).astype(np.float32)
+    timings["fluence"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    fractions = rx.fractions
+    offsets = np.cumsum([0] + [g.n_bixels for g in grids])
+    maps = tuple(g.to_map(ideal[offsets[n]:offsets[n + 1]]) / fractions for n, g in enumerate(grids))
+    sequenced = [sequence_beam(m, g, device, n_levels=n_levels) for m, g in zip(maps, grids)]
+    timings["sequencing"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    rows = np.flatnonzero(body.ravel())
+    columns, beam_of = [], []
+    for n, (segs, d) in enumerate(zip(sequenced, per_beam)):
+        if segs:
+            columns.append(np.asarray((d[rows] @ segment_open_fractions(segs, grids[n], device)).todense()))
+            beam_of.extend([n] * len(segs))
+    target_in_rows = np.isin(rows, np.flatnonzero(np.asarray(masks[rx.target]).ravel()))
+    voxel_weights = 1.0 + REFINE_TARGET_BOOST * target_in_rows
+    mu = refine_segment_mu(np.concatenate(columns, axis=1), ideal_dose[rows] / fractions, voxel_weights,
+                           np.asarray(beam_of), min_mu=device.min_segment_mu,
+                           max_segments_per_beam=device.max_segments_per_beam)
+    refined, k = [], 0
+    for segs in sequenced:
+        kept = [replace(s, mu=float(mu[k + i])) for i, s in enumerate(segs) if mu[k + i] > 0]
+        refined.append(kept)
+        k += len(segs)
+    timings["refinement"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    dose = np.zeros(density.shape, dtype=np.float64)
+    for beam, segs in zip(plan.beams, refined):
+        if segs:
+            dose += segments_dose(density, body, beam, segs, device, resolution_mm=resolution_mm,
+                                  compute_device=compute_device)
+    dose *= fractions
+    target_doses = dose.ravel()[np.asarray(masks[rx.target]).ravel()]
+    factor = rx.dose_gy / dose_at_volume(target_doses, rx.normalization_volume_pct)
+    dose *= factor
+    final = tuple(tuple(replace(s, mu=s.mu * factor) for s in segs) for segs in refined)
+    timings["dose"] = time.perf_counter() - t
+
+    for n, segs in enumerate(final):
+        violations.extend(deliverability(segs, device, beam=n))
+    voxel_cc = density.voxel_volume_mm3 / 1000.0
+    goals = tuple(evaluate_goals(order, dose, dict(masks), voxel_cc))
+    timings["total"] = time.perf_counter() - start
+    return DevicePlan(
+        device_id=device.id,
+        device_hash=device.machine.content_hash,
+        coincidence=report,
+        reused_standard_plan=report.reuse_standard_plan,
+        beams=plan.beams,
+        leaf_grids=tuple(grids),
+        fluence_maps=maps,
+        segments=final,
+        dose=density.with_voxels(dose.astype(np.float32)),
+        ideal_dose_gy=ideal_dose.reshape(density.shape),
+        goals=goals,
+        violations=tuple(violations),
+        timings_s=timings,
+    )
