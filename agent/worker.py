@@ -9,6 +9,7 @@ is the place where warm state (loaded models) lives.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import ray
@@ -39,4 +40,9 @@ class ShardWorker:
             "num_gpus": resources.get("gpus", 0.0),
             "memory": int(resources.get("memory_mb", 0)) * 1024 * 1024 or None,
         }
-        return await run_shard.options(**{k: v for k, v in options.items() if v is not None}).remote(task, kwargs_ref[0])
+        ref = run_shard.options(**{k: v for k, v in options.items() if v is not None}).remote(task, kwargs_ref[0])
+        try:
+            return await ref
+        except asyncio.CancelledError:  # the master cancelled the job: free the slot now
+            ray.cancel(ref, force=True)
+            raise

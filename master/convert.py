@@ -8,6 +8,7 @@ from .store.records import (
     AgentRecord,
     ArtifactRecord,
     CaseRecord,
+    DeviceRecord,
     EventRecord,
     FileRecord,
     JobRecord,
@@ -22,6 +23,8 @@ _SHARD_STATES = {"pending": pb.SHARD_STATE_PENDING, "queued": pb.SHARD_STATE_QUE
                  "cancelled": pb.SHARD_STATE_CANCELLED}
 _AGENT_STATES = {"alive": pb.AGENT_STATE_ALIVE, "draining": pb.AGENT_STATE_DRAINING,
                  "drained": pb.AGENT_STATE_DRAINED, "lost": pb.AGENT_STATE_LOST}
+_DEVICE_STATUSES = {"available": pb.DEVICE_STATUS_AVAILABLE, "busy": pb.DEVICE_STATUS_BUSY,
+                    "down": pb.DEVICE_STATUS_DOWN}
 _EVENT_TYPES = {"state": pb.EVENT_TYPE_STATE, "progress": pb.EVENT_TYPE_PROGRESS, "log": pb.EVENT_TYPE_LOG,
                 "artifact": pb.EVENT_TYPE_ARTIFACT}
 
@@ -98,3 +101,24 @@ def agent_to_proto(a: AgentRecord, running_shards: int) -> pb.Agent:
 
 def gpus_from_proto(gpus) -> list[dict]:
     return [{"name": g.name, "memory_bytes": int(g.memory_bytes)} for g in gpus]
+
+
+def device_to_proto(d: DeviceRecord) -> pb.Device:
+    return pb.Device(device_id=d.device_id, hospital=d.hospital, model_id=d.model_id,
+                     status=_DEVICE_STATUSES[d.status], queue_length=d.queue_length, updated_ms=d.updated_ms)
+
+
+def device_status_from_proto(value: int) -> str:
+    """``""`` for unspecified (leave unchanged)."""
+    for name, number in _DEVICE_STATUSES.items():
+        if number == value:
+            return name
+    return ""
+
+
+def catalog_entry_to_proto(e) -> pb.DeviceModelInfo:
+    return pb.DeviceModelInfo(
+        model_id=e.model_id, version=e.version, manufacturer=e.manufacturer, model=e.model, mlc=e.mlc,
+        leaf_pairs=e.leaf_pairs, min_leaf_width_mm=e.min_leaf_width_mm, interdigitation=e.interdigitation,
+        max_field_mm=list(e.max_field_mm), content_hash=e.content_hash,
+    )

@@ -6,6 +6,7 @@ its own node; the master calls it by name, so the master never imports agent cod
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -76,7 +77,12 @@ class RayPool:
         if actor is None:
             raise RuntimeError(f"agent {agent_id} has no worker on the Ray cluster")
         kwargs_ref = ray.put(kwargs)
-        return await actor.run.remote(task, [kwargs_ref], resources)
+        ref = actor.run.remote(task, [kwargs_ref], resources)
+        try:
+            return await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref)  # the agent's actor stops the shard's task in turn
+            raise
 
     def shutdown(self) -> None:
         if ray.is_initialized():

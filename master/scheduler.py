@@ -22,7 +22,7 @@ from .config import MAX_PRIORITY, MasterConfig
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .events import EventBus
 from .ids import new_id, now_ms
-from .jobs.base import JobContext
+from .jobs.base import JobContext, VolumeCache
 from .jobs.registry import get_kind
 from .ray_pool import RayPool
 from .store.base import Store
@@ -74,6 +74,8 @@ class Scheduler:
         self._stage_started: dict[tuple[str, str], float] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
+        self._volumes = VolumeCache(blobs)
+        self._last_placed: dict[str, float] = {}  # agent id -> when it last got a shard
 
     # lifecycle
     def start(self) -> None:
@@ -125,23 +127,24 @@ class Scheduler:
         _check_priority(priority)
         kind = get_kind(kind_name)
         params = kind.validate(dict(params), self.store, self.blobs, case_id)
-        job = JobRecord(new_id("job"), case_id, kind.name, QUEUED, priority, params, kind.stages[0], now_ms(),
+        first = kind.stages_for(params)[0]
+        job = JobRecord(new_id("job"), case_id, kind.name, QUEUED, priority, params, first, now_ms(),
                         idempotency_key=key)
         with self.store.transaction():
             self.store.add_job(job)
-            self._plan_stage(job, kind.stages[0])
+            self._plan_stage(job, first)
             self.events.publish(job.job_id, "state", QUEUED, stage=job.stage, message=f"{kind.name} job queued")
         self.wake()
         return job
 
     def _plan_stage(self, job: JobRecord, stage: str) -> int:
-        ctx = JobContext(self.store, self.blobs, job)
-        count = get_kind(job.kind).shard_count(ctx, stage)
+        ctx = JobContext(self.store, self.blobs, job, self._volumes)
+        plan = get_kind(job.kind).plan_stage(ctx, stage)
         self.store.add_shards(
-            [ShardRecord(new_id("shard"), job.job_id, stage, i, QUEUED) for i in range(count)]
+            [ShardRecord(new_id("shard"), job.job_id, stage, i, QUEUED, target=t) for i, t in enumerate(plan.targets)]
         )
         self._stage_started[(job.job_id, stage)] = time.monotonic()
-        return count
+        return len(plan.targets)
 
     def cancel(self, job_id: str) -> JobRecord:
         job = self._job(job_id)
@@ -220,7 +223,9 @@ class Scheduler:
             avoid = self._avoid.get(shard.shard_id)
             if avoid in candidates and len(candidates) > 1:
                 del candidates[avoid]
-            agent_id = max(candidates, key=lambda a: (candidates[a], a))
+            # Most free slots first; among equals the one idle longest, so every agent stays warm.
+            agent_id = max(candidates, key=lambda a: (candidates[a], -self._last_placed.get(a, 0.0), a))
+            self._last_placed[agent_id] = time.monotonic()
             free[agent_id] -= 1
             self._launch(shard, agent_id)
 
@@ -238,8 +243,7 @@ class Scheduler:
 
     async def _run_shard(self, shard: ShardRecord, job: JobRecord, agent_id: str) -> None:
         try:
-            ctx = JobContext(self.store, self.blobs, job)
-            call = await asyncio.to_thread(get_kind(job.kind).shard_call, ctx, shard.stage, shard.index)
+            call = await asyncio.to_thread(self._prepare_call, shard, job)
             result = await self.pool.call(agent_id, call.task, call.kwargs, dataclasses.asdict(call.resources))
             result_sha = await asyncio.to_thread(self.blobs.put_bytes, pack(result))
         except asyncio.CancelledError:
@@ -253,6 +257,17 @@ class Scheduler:
             self._running.pop(shard.shard_id, None)
             await asyncio.to_thread(self._shard_succeeded, shard, result_sha, result)
         self.wake()
+
+    def _prepare_call(self, shard: ShardRecord, job: JobRecord):
+        """The kind's last word on the shard (e.g. a reroute), then its call."""
+        kind = get_kind(job.kind)
+        ctx = JobContext(self.store, self.blobs, job, self._volumes)
+        notice = kind.prepare_shard(ctx, shard)
+        if notice:
+            with self.store.transaction():
+                self.store.update_shard(shard)
+                self.events.publish(job.job_id, "log", job.state, stage=shard.stage, message=notice)
+        return kind.shard_call(ctx, shard)
 
     def _shard_failed(self, shard: ShardRecord, agent_id: str, reason: str) -> None:
         job = self._job(shard.job_id)
@@ -296,9 +311,10 @@ class Scheduler:
             self._publish_artifacts(job, result)
             if done < len(stage_shards):
                 return
-            position = kind.stages.index(shard.stage)
-            if position + 1 < len(kind.stages):
-                job.stage = kind.stages[position + 1]
+            stages = kind.stages_for(job.params)
+            position = stages.index(shard.stage)
+            if position + 1 < len(stages):
+                job.stage = stages[position + 1]
                 self.store.update_job(job)
                 total = self._plan_stage(job, job.stage)
                 self.events.publish(job.job_id, "progress", job.state, stage=job.stage, shards_done=0,

@@ -14,6 +14,7 @@ from rtgrid.protos.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grp
 
 from .blobs import BlobStore
 from .config import MasterConfig
+from .devices import seed_from_catalog
 from .events import EventBus
 from .intake import Intake
 from .ray_pool import RayPool
@@ -59,6 +60,9 @@ class Master:
         """Start Ray, the scheduler and the gRPC server; returns the bound port."""
         loop = asyncio.get_running_loop()
         self.pool = RayPool(self.config.ray_address)
+        seeded = seed_from_catalog(self.store)
+        if seeded:
+            log.info("device registry was empty: one device per catalog model (%d)", seeded)
         events = EventBus(self.store, loop)
         self.scheduler = Scheduler(self.store, self.blobs, events, self.pool, self.config)
         message_limit = self.config.max_chunk_bytes + (1 << 20)

@@ -99,3 +99,54 @@ def status(target: str = TargetOption, fmt: Format = FormatOption) -> None:
              "jobs " + ", ".join(f"{k}={v}" for k, v in sorted(st.jobs_by_state.items()))]
     lines += [f"  {a.agent_id} {_agent_state(a.state)} {a.running_shards}/{a.slots}" for a in st.agents]
     emit(fmt, as_dict(st), "\n".join(lines))
+
+
+devices_app = typer.Typer(help="The device catalog and the registry of treatment machines.", invoke_without_command=True)
+admin_app.add_typer(devices_app, name="devices")
+
+_STATUS = {"available": 1, "busy": 2, "down": 3}
+
+
+def _device_status(value: int) -> str:
+    return common_pb2.DeviceStatus.Name(value).removeprefix("DEVICE_STATUS_").lower()
+
+
+@devices_app.callback()
+def devices_list(ctx: typer.Context, target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """List the catalog (models) and the registered devices with status and queue."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rtgrid.protos.v1 import admin_pb2
+
+    with _client(target) as client:
+        reply = _wrap(client.call)(client.admin.ListDevices, admin_pb2.ListDevicesRequest())
+    for m in reply.catalog:
+        emit(fmt, {"record": "model", **as_dict(m)},
+             f"model  {m.model_id:<34} {m.manufacturer} {m.model}, {m.mlc}: {m.leaf_pairs} pairs, "
+             f"{m.min_leaf_width_mm:g} mm leaves, interdigitation {'yes' if m.interdigitation else 'no'}")
+    for d in reply.devices:
+        emit(fmt, {"record": "device", **as_dict(d), "status": _device_status(d.status)},
+             f"device {d.device_id:<34} {d.hospital:<12} {_device_status(d.status):<9} queue={d.queue_length} model={d.model_id}")
+
+
+@devices_app.command("set")
+def devices_set(
+    device_id: str,
+    status: str = typer.Option(None, help="available, busy or down."),
+    queue: int = typer.Option(-1, help="Treatments waiting on the device."),
+    hospital: str = typer.Option("", help="Hospital (when adding a device)."),
+    model: str = typer.Option("", help="Catalog model id (when adding a device)."),
+    target: str = TargetOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Add a device, or set its status and queue length."""
+    from rtgrid.protos.v1 import admin_pb2
+
+    if status is not None and status not in _STATUS:
+        raise typer.BadParameter(f"{status!r}: available, busy or down", param_hint="--status")
+    request = admin_pb2.SetDeviceRequest(device_id=device_id, hospital=hospital, model_id=model,
+                                         status=_STATUS.get(status or "", 0), queue_length=queue)
+    with _client(target) as client:
+        d = _wrap(client.call)(client.admin.SetDevice, request)
+    emit(fmt, {**as_dict(d), "status": _device_status(d.status)},
+         f"{d.device_id} {_device_status(d.status)} queue={d.queue_length}")

@@ -74,13 +74,29 @@ def mask_to_contours(mask: np.ndarray, volume: Volume) -> list[Contour]:
         window = np.zeros((j1 - j0 + 3, i1 - i0 + 3), dtype=np.float32)
         window[1:-1, 1:-1] = mask[k, j0 : j1 + 1, i0 : i1 + 1]
         for line in find_contours(window, 0.5):
-            ring = line[:-1]  # closed lines repeat their first vertex
+            ring = _drop_collinear(line[:-1])  # closed lines repeat their first vertex
             ijk = np.empty((len(ring), 3), dtype=np.float64)
             ijk[:, 0] = ring[:, 1] + (i0 - 1)
             ijk[:, 1] = ring[:, 0] + (j0 - 1)
             ijk[:, 2] = k
             contours.append(Contour(points_mm=volume.index_to_lps(ijk), z_index=int(k)))
     return contours
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """The ring without vertices that lie on the straight line through their neighbours.
+
+    Marching squares puts a vertex on every voxel edge it crosses; along a straight boundary these
+    add nothing to the polygon (the even-odd fill is unchanged) but make the RTSTRUCT several
+    times larger and slower to write and read.
+    """
+    if len(ring) < 4:
+        return ring
+    before = ring - np.roll(ring, 1, axis=0)
+    after = np.roll(ring, -1, axis=0) - ring
+    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    keep = np.abs(cross) > 1e-9
+    return ring[keep] if keep.sum() >= 3 else ring
 
 
 def contours_to_mask(contours: Sequence[Contour], volume: Volume) -> np.ndarray:

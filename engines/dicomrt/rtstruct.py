@@ -16,8 +16,10 @@ from typing import Sequence
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from rtgrid.engines.dicomrt.contours import mask_to_contours, rasterize_even_odd
@@ -38,6 +40,7 @@ ROI_INTERPRETED_TYPES = frozenset(
 GENERATION_ALGORITHMS = frozenset({"AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"})
 # Contour vertices are written with 0.1 micrometre resolution: far below any voxel, within 16 chars.
 CONTOUR_DECIMALS = 4
+CONTOUR_DATA_TAG = 0x30060050
 
 
 class RtStructError(ValueError):
@@ -410,9 +413,24 @@ def _contour_item(points_mm: np.ndarray, slice_ref: SliceRef, number: int) -> Da
     item.ContourGeometricType = "CLOSED_PLANAR"
     item.NumberOfContourPoints = len(points_mm)
     item.ContourNumber = number
-    # Rounded values have a short repr that is a valid DS (<= 16 characters).
-    item.ContourData = [float(v) for v in np.round(points_mm.reshape(-1), CONTOUR_DECIMALS) + 0.0]
+    item[CONTOUR_DATA_TAG] = _decimal_string_element(CONTOUR_DATA_TAG, points_mm.reshape(-1))
     return item
+
+
+def _decimal_string_element(tag: int, values: np.ndarray) -> RawDataElement:
+    """A DS element written from its encoded bytes.
+
+    Setting ContourData as Python floats makes pydicom validate every value (about 6 µs each,
+    most of the time of a large structure set); formatted in one numpy call instead, the values
+    are identical: fixed-point with ``CONTOUR_DECIMALS`` decimals, at most 16 characters.
+    """
+    text = "\\".join(np.char.mod(f"%.{CONTOUR_DECIMALS}f", np.round(values, CONTOUR_DECIMALS) + 0.0).tolist())
+    if any(len(v) > 16 for v in text.split("\\")):
+        raise RtStructError(f"a contour coordinate does not fit a DICOM DS (16 characters): {values.max()!r}")
+    data = text.encode("ascii")
+    if len(data) % 2:
+        data += b" "
+    return RawDataElement(Tag(tag), "DS", len(data), data, 0, False, True)
 
 
 def _check_series(series: ImageSeries) -> None:

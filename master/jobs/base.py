@@ -9,7 +9,9 @@ downloadable artifacts of the job.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -20,7 +22,7 @@ from ..blobs import BlobStore
 from ..codec import series_from_bytes, unpack, volume_from_bytes
 from ..errors import FailedPrecondition
 from ..store.base import Store
-from ..store.records import SUCCEEDED, JobRecord, SeriesRecord
+from ..store.records import SUCCEEDED, JobRecord, SeriesRecord, ShardRecord
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,47 @@ class ShardCall:
     resources: ShardResources = field(default_factory=ShardResources)
 
 
+@dataclass(frozen=True)
+class StagePlan:
+    """How a stage splits: one shard per entry of ``targets`` (``""`` where a shard needs none)."""
+
+    targets: tuple[str, ...]
+
+    @classmethod
+    def count(cls, n: int) -> "StagePlan":
+        return cls(("",) * n)
+
+
+class VolumeCache:
+    """The last few decoded CT volumes, so the shards of one job do not decode it again each."""
+
+    def __init__(self, blobs: BlobStore, size: int = 2) -> None:
+        self._blobs = blobs
+        self._size = size
+        self._volumes: OrderedDict[str, Volume] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, sha256: str) -> Volume:
+        with self._lock:
+            if sha256 in self._volumes:
+                self._volumes.move_to_end(sha256)
+                return self._volumes[sha256]
+        volume = volume_from_bytes(self._blobs.read_bytes(sha256))
+        with self._lock:
+            self._volumes[sha256] = volume
+            while len(self._volumes) > self._size:
+                self._volumes.popitem(last=False)
+        return volume
+
+
 class JobContext:
     """Read access to a job's inputs and earlier stage results, loaded lazily and once."""
 
-    def __init__(self, store: Store, blobs: BlobStore, job: JobRecord) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, job: JobRecord, volumes: "VolumeCache | None" = None) -> None:
         self.store = store
         self.blobs = blobs
         self.job = job
+        self._volumes = volumes or VolumeCache(blobs, size=1)
 
     @cached_property
     def series_record(self) -> SeriesRecord:
@@ -58,7 +94,7 @@ class JobContext:
 
     @cached_property
     def volume(self) -> Volume:
-        return volume_from_bytes(self.blobs.read_bytes(self.series_record.volume_sha256))
+        return self._volumes.get(self.series_record.volume_sha256)
 
     @cached_property
     def series(self) -> ImageSeries:
@@ -78,13 +114,22 @@ class JobKind(ABC):
     name: str
     stages: tuple[str, ...]
 
+    def stages_for(self, params: dict[str, str]) -> tuple[str, ...]:
+        """The stages of one job (some kinds add stages depending on the parameters)."""
+        return self.stages
+
+    def prepare_shard(self, ctx: "JobContext", shard: ShardRecord) -> str:
+        """Called before a shard runs; may change ``shard.target``. Returns a notice for the job's
+        watchers (``""``: nothing to say)."""
+        return ""
+
     @abstractmethod
     def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
         """Check and normalise the parameters; raise ``InvalidArgument`` naming the bad one."""
 
     @abstractmethod
-    def shard_count(self, ctx: JobContext, stage: str) -> int:
-        """How many shards ``stage`` splits into (decided when the stage starts)."""
+    def plan_stage(self, ctx: JobContext, stage: str) -> StagePlan:
+        """How ``stage`` splits into shards (decided when the stage starts)."""
 
     @abstractmethod
-    def shard_call(self, ctx: JobContext, stage: str, index: int) -> ShardCall: ...
+    def shard_call(self, ctx: JobContext, shard: ShardRecord) -> ShardCall: ...

@@ -19,7 +19,8 @@ from rtgrid.engines.segmentation.classical import plan_slabs
 from ..blobs import BlobStore
 from ..errors import InvalidArgument
 from ..store.base import Store
-from .base import JobContext, JobKind, ShardCall, ShardResources
+from ..store.records import ShardRecord
+from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
 
 SLICES_PER_SHARD = 16
 MAX_SHARDS = 64
@@ -53,13 +54,13 @@ class ContourJob(JobKind):
         n_parts = int_param(ctx.job.params, "shards", 1, MAX_SHARDS) or math.ceil(nz / SLICES_PER_SHARD)
         return plan_slabs(nz, min(n_parts, nz))
 
-    def shard_count(self, ctx: JobContext, stage: str) -> int:
-        return len(self._slabs(ctx)) if stage == "contour" else 1
+    def plan_stage(self, ctx: JobContext, stage: str) -> StagePlan:
+        return StagePlan.count(len(self._slabs(ctx)) if stage == "contour" else 1)
 
-    def shard_call(self, ctx: JobContext, stage: str, index: int) -> ShardCall:
+    def shard_call(self, ctx: JobContext, shard: ShardRecord) -> ShardCall:
         volume = ctx.volume
-        if stage == "contour":
-            slab = self._slabs(ctx)[index]
+        if shard.stage == "contour":
+            slab = self._slabs(ctx)[shard.index]
             return ShardCall(
                 "contour.slab",
                 {

@@ -42,8 +42,8 @@ from rtgrid.engines.segmentation.classical import STRUCTURE_NAMES
 from ..blobs import BlobStore
 from ..errors import FailedPrecondition, InvalidArgument
 from ..store.base import Store
-from ..store.records import SUCCEEDED
-from .base import JobContext, JobKind, ShardCall, ShardResources
+from ..store.records import SUCCEEDED, ShardRecord
+from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
 from .contour import ContourJob, int_param
 
 PLAN_PARAMS = {"order", "beams", "gantry_angles", "bixel_mm", "dose_grid_mm", "machine", "body"}
@@ -138,11 +138,11 @@ class PlanJob(JobKind):
             ctx.store, ctx.blobs, ctx.job.case_id
         )
 
-    def shard_count(self, ctx: JobContext, stage: str) -> int:
-        return len(gantry_angles(ctx.job.params)) if stage == "dose" else 1
+    def plan_stage(self, ctx: JobContext, stage: str) -> StagePlan:
+        return StagePlan.count(len(gantry_angles(ctx.job.params)) if stage == "dose" else 1)
 
-    def shard_call(self, ctx: JobContext, stage: str, index: int) -> ShardCall:
-        params = ctx.job.params
+    def shard_call(self, ctx: JobContext, shard: ShardRecord) -> ShardCall:
+        params, stage, index = ctx.job.params, shard.stage, shard.index
         machine = params.get("machine", STANDARD_MACHINE_ID)
         if stage == "setup":
             return ShardCall("plan.setup", {
@@ -185,12 +185,12 @@ class FullJob(PlanJob):
         auto = ctx.stage_results("merge")[0]["file:RS.contours.dcm"]
         return [auto] + self.uploaded_rtstructs(ctx.store, ctx.blobs, ctx.job.case_id)
 
-    def shard_count(self, ctx: JobContext, stage: str) -> int:
+    def plan_stage(self, ctx: JobContext, stage: str) -> StagePlan:
         if stage in ContourJob.stages:
-            return self._contour.shard_count(ctx, stage)
-        return super().shard_count(ctx, stage)
+            return self._contour.plan_stage(ctx, stage)
+        return super().plan_stage(ctx, stage)
 
-    def shard_call(self, ctx: JobContext, stage: str, index: int) -> ShardCall:
-        if stage in ContourJob.stages:
-            return self._contour.shard_call(ctx, stage, index)
-        return super().shard_call(ctx, stage, index)
+    def shard_call(self, ctx: JobContext, shard: ShardRecord) -> ShardCall:
+        if shard.stage in ContourJob.stages:
+            return self._contour.shard_call(ctx, shard)
+        return super().shard_call(ctx, shard)

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from rtgrid.protos.v1 import admin_pb2, admin_pb2_grpc
 
-from .. import agents
-from ..convert import agent_state_to_proto, agent_to_proto, job_state_from_proto, job_to_proto, shard_to_proto
+from .. import agents, devices
+from ..convert import (
+    agent_state_to_proto,
+    agent_to_proto,
+    catalog_entry_to_proto,
+    device_status_from_proto,
+    device_to_proto,
+    job_state_from_proto,
+    job_to_proto,
+    shard_to_proto,
+)
 from ..errors import InvalidArgument, NotFound
 from ..ray_pool import RayPool
 from ..scheduler import Scheduler
@@ -71,3 +80,19 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             ],
             ray_address=self.pool.address,
         )
+
+    @unary
+    async def ListDevices(self, request, context):
+        return admin_pb2.ListDevicesResponse(
+            devices=[device_to_proto(d) for d in self.store.list_devices()],
+            catalog=[catalog_entry_to_proto(e) for e in devices.catalog()],
+        )
+
+    @unary
+    async def SetDevice(self, request, context):
+        device = devices.set_device(
+            self.store, request.device_id, hospital=request.hospital, model_id=request.model_id,
+            status=device_status_from_proto(request.status), queue_length=request.queue_length,
+        )
+        self.scheduler.wake()
+        return device_to_proto(device)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
 from .records import (
     AgentRecord,
     ArtifactRecord,
+    DeviceRecord,
     CaseRecord,
     EventRecord,
     FileRecord,
@@ -124,5 +125,10 @@ class Store(ABC):
     @abstractmethod
     def list_agents(self) -> list[AgentRecord]: ...
 
-    def iter_jobs(self, states: Sequence[str]) -> Iterator[JobRecord]:
-        yield from self.list_jobs(states, limit=1_000_000)
+    # devices
+    @abstractmethod
+    def upsert_device(self, device: DeviceRecord) -> None: ...
+    @abstractmethod
+    def get_device(self, device_id: str) -> DeviceRecord | None: ...
+    @abstractmethod
+    def list_devices(self) -> list[DeviceRecord]: ...

@@ -88,6 +88,7 @@ class ShardRecord:
     result_sha256: str = ""
     started_ms: int = 0
     finished_ms: int = 0
+    target: str = ""  # what the shard works on when its stage says so (e.g. a device id)
 
 
 @dataclass
@@ -128,3 +129,16 @@ class AgentRecord:
     state: str
     last_heartbeat_ms: int
     ray_resource: str
+
+
+AVAILABLE, BUSY, DOWN = "available", "busy", "down"
+
+
+@dataclass
+class DeviceRecord:
+    device_id: str
+    hospital: str
+    model_id: str
+    status: str
+    queue_length: int
+    updated_ms: int

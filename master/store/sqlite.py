@@ -24,6 +24,7 @@ from .records import (
     TERMINAL_JOB_STATES,
     AgentRecord,
     ArtifactRecord,
+    DeviceRecord,
     CaseRecord,
     EventRecord,
     FileRecord,
@@ -33,7 +34,7 @@ from .records import (
     UploadRecord,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 R = TypeVar("R")
 
 _TABLES: dict[type, tuple[str, str]] = {
@@ -46,6 +47,7 @@ _TABLES: dict[type, tuple[str, str]] = {
     EventRecord: ("events", "job_id, seq"),
     ArtifactRecord: ("artifacts", "artifact_id"),
     AgentRecord: ("agents", "agent_id"),
+    DeviceRecord: ("devices", "device_id"),
 }
 
 _INDEXES = (
@@ -295,6 +297,16 @@ class SqliteStore(Store):
 
     def list_agents(self) -> list[AgentRecord]:
         return self._select(AgentRecord, tail="ORDER BY name")
+
+    # devices
+    def upsert_device(self, device: DeviceRecord) -> None:
+        self._insert(device, replace=True)
+
+    def get_device(self, device_id: str) -> DeviceRecord | None:
+        return self._one(DeviceRecord, "device_id = ?", (device_id,))
+
+    def list_devices(self) -> list[DeviceRecord]:
+        return self._select(DeviceRecord, tail="ORDER BY hospital, device_id")
 
 
 __all__ = ["SqliteStore", "PENDING"]

@@ -97,3 +97,29 @@ class ClusterStatus(_message.Message):
     agents: _containers.RepeatedCompositeFieldContainer[AgentLoad]
     ray_address: str
     def __init__(self, queue_depth: _Optional[int] = ..., jobs_by_state: _Optional[_Mapping[str, int]] = ..., agents: _Optional[_Iterable[_Union[AgentLoad, _Mapping]]] = ..., ray_address: _Optional[str] = ...) -> None: ...
+
+class ListDevicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDevicesResponse(_message.Message):
+    __slots__ = ("devices", "catalog")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[_common_pb2.Device]
+    catalog: _containers.RepeatedCompositeFieldContainer[_common_pb2.DeviceModelInfo]
+    def __init__(self, devices: _Optional[_Iterable[_Union[_common_pb2.Device, _Mapping]]] = ..., catalog: _Optional[_Iterable[_Union[_common_pb2.DeviceModelInfo, _Mapping]]] = ...) -> None: ...
+
+class SetDeviceRequest(_message.Message):
+    __slots__ = ("device_id", "hospital", "model_id", "status", "queue_length")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSPITAL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    hospital: str
+    model_id: str
+    status: _common_pb2.DeviceStatus
+    queue_length: int
+    def __init__(self, device_id: _Optional[str] = ..., hospital: _Optional[str] = ..., model_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeviceStatus, str]] = ..., queue_length: _Optional[int] = ...) -> None: ...

@@ -70,6 +70,16 @@ class AdminServiceStub:
                 request_serializer=rtgrid_dot_v1_dot_admin__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=rtgrid_dot_v1_dot_admin__pb2.ClusterStatus.FromString,
                 _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/rtgrid.v1.AdminService/ListDevices',
+                request_serializer=rtgrid_dot_v1_dot_admin__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_admin__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.SetDevice = channel.unary_unary(
+                '/rtgrid.v1.AdminService/SetDevice',
+                request_serializer=rtgrid_dot_v1_dot_admin__pb2.SetDeviceRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_common__pb2.Device.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -117,6 +127,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDevices(self, request, context):
+        """The device catalog and the registry of devices per hospital.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDevice(self, request, context):
+        """Adds a device, or changes its status and queue length.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +178,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetClusterStatus,
                     request_deserializer=rtgrid_dot_v1_dot_admin__pb2.ClusterStatusRequest.FromString,
                     response_serializer=rtgrid_dot_v1_dot_admin__pb2.ClusterStatus.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=rtgrid_dot_v1_dot_admin__pb2.ListDevicesRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_admin__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'SetDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDevice,
+                    request_deserializer=rtgrid_dot_v1_dot_admin__pb2.SetDeviceRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_common__pb2.Device.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +379,60 @@ class AdminService:
             '/rtgrid.v1.AdminService/GetClusterStatus',
             rtgrid_dot_v1_dot_admin__pb2.ClusterStatusRequest.SerializeToString,
             rtgrid_dot_v1_dot_admin__pb2.ClusterStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.AdminService/ListDevices',
+            rtgrid_dot_v1_dot_admin__pb2.ListDevicesRequest.SerializeToString,
+            rtgrid_dot_v1_dot_admin__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.AdminService/SetDevice',
+            rtgrid_dot_v1_dot_admin__pb2.SetDeviceRequest.SerializeToString,
+            rtgrid_dot_v1_dot_common__pb2.Device.FromString,
             options,
             channel_credentials,
             insecure,

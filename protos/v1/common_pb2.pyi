@@ -41,6 +41,13 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_PROGRESS: _ClassVar[EventType]
     EVENT_TYPE_LOG: _ClassVar[EventType]
     EVENT_TYPE_ARTIFACT: _ClassVar[EventType]
+
+class DeviceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEVICE_STATUS_UNSPECIFIED: _ClassVar[DeviceStatus]
+    DEVICE_STATUS_AVAILABLE: _ClassVar[DeviceStatus]
+    DEVICE_STATUS_BUSY: _ClassVar[DeviceStatus]
+    DEVICE_STATUS_DOWN: _ClassVar[DeviceStatus]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -64,6 +71,50 @@ EVENT_TYPE_STATE: EventType
 EVENT_TYPE_PROGRESS: EventType
 EVENT_TYPE_LOG: EventType
 EVENT_TYPE_ARTIFACT: EventType
+DEVICE_STATUS_UNSPECIFIED: DeviceStatus
+DEVICE_STATUS_AVAILABLE: DeviceStatus
+DEVICE_STATUS_BUSY: DeviceStatus
+DEVICE_STATUS_DOWN: DeviceStatus
+
+class Device(_message.Message):
+    __slots__ = ("device_id", "hospital", "model_id", "status", "queue_length", "updated_ms")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSPITAL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    hospital: str
+    model_id: str
+    status: DeviceStatus
+    queue_length: int
+    updated_ms: int
+    def __init__(self, device_id: _Optional[str] = ..., hospital: _Optional[str] = ..., model_id: _Optional[str] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., queue_length: _Optional[int] = ..., updated_ms: _Optional[int] = ...) -> None: ...
+
+class DeviceModelInfo(_message.Message):
+    __slots__ = ("model_id", "version", "manufacturer", "model", "mlc", "leaf_pairs", "min_leaf_width_mm", "interdigitation", "max_field_mm", "content_hash")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MANUFACTURER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MLC_FIELD_NUMBER: _ClassVar[int]
+    LEAF_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    MIN_LEAF_WIDTH_MM_FIELD_NUMBER: _ClassVar[int]
+    INTERDIGITATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_MM_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    version: str
+    manufacturer: str
+    model: str
+    mlc: str
+    leaf_pairs: int
+    min_leaf_width_mm: float
+    interdigitation: bool
+    max_field_mm: _containers.RepeatedScalarFieldContainer[float]
+    content_hash: str
+    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ..., manufacturer: _Optional[str] = ..., model: _Optional[str] = ..., mlc: _Optional[str] = ..., leaf_pairs: _Optional[int] = ..., min_leaf_width_mm: _Optional[float] = ..., interdigitation: _Optional[bool] = ..., max_field_mm: _Optional[_Iterable[float]] = ..., content_hash: _Optional[str] = ...) -> None: ...
 
 class SeriesSummary(_message.Message):
     __slots__ = ("series_id", "modality", "series_instance_uid", "frame_of_reference_uid", "n_slices", "rows", "columns", "spacing_mm", "notes")

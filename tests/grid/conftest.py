@@ -98,8 +98,11 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    # The master's driver lives on the head: shard inputs go through its object store (Ray's
+    # cluster utilities default to 150 MiB, which spills a big CT to disk).
     cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+                      head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+                                      "object_store_memory": 1 << 30})
     ray.init(address=cluster.address, namespace="rtgrid-tests", log_to_driver=False)
     yield cluster
     ray.shutdown()

@@ -1,0 +1,124 @@
+"""The device registry: treatment machines per hospital, their status and queues, and the choice
+of devices by congestion (the patent's claims 8, 9 and 13)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rtgrid.engines.conversion.device import DeviceModelError, list_devices, load_device
+
+from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .ids import now_ms
+from .store.base import Store
+from .store.records import AVAILABLE, BUSY, DOWN, DeviceRecord
+
+STATUSES = (AVAILABLE, BUSY, DOWN)
+DEFAULT_HOSPITAL = "default"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    model_id: str
+    version: str
+    manufacturer: str
+    model: str
+    mlc: str
+    leaf_pairs: int
+    min_leaf_width_mm: float
+    interdigitation: bool
+    max_field_mm: tuple[float, float]
+    content_hash: str
+
+
+def catalog() -> list[CatalogEntry]:
+    """Every device model shipped as a versioned data file."""
+    entries = []
+    for model_id in list_devices():
+        d = load_device(model_id)
+        m = d.machine
+        entries.append(CatalogEntry(
+            model_id, m.version, d.manufacturer, d.model, d.mlc_model, m.n_pairs, float(min(m.leaf_widths_mm)),
+            bool(m.interdigitation), tuple(map(float, m.max_field_mm)), m.content_hash,
+        ))
+    return entries
+
+
+def seed_from_catalog(store: Store) -> int:
+    """An empty registry gets one device per catalog model (the embedded default); returns how many."""
+    if store.list_devices():
+        return 0
+    models = list_devices()
+    for model_id in models:
+        store.upsert_device(DeviceRecord(model_id, DEFAULT_HOSPITAL, model_id, AVAILABLE, 0, now_ms()))
+    return len(models)
+
+
+def set_device(store: Store, device_id: str, *, hospital: str = "", model_id: str = "", status: str = "",
+               queue_length: int = -1) -> DeviceRecord:
+    """Add a device (``hospital`` and ``model_id`` needed) or change its status / queue length."""
+    if status and status not in STATUSES:
+        raise InvalidArgument(f"device status {status!r} is not one of {', '.join(STATUSES)}")
+    if not device_id or len(device_id) > 64:
+        raise InvalidArgument("a device id is 1 to 64 characters")
+    device = store.get_device(device_id)
+    if device is None:
+        if not (hospital and model_id):
+            raise NotFound(f"no device {device_id!r}; to add it give its hospital and model")
+        try:
+            load_device(model_id)
+        except DeviceModelError as exc:
+            raise InvalidArgument(f"device model {model_id!r}: {exc}; catalog: {', '.join(list_devices())}") from None
+        device = DeviceRecord(device_id, hospital, model_id, AVAILABLE, 0, now_ms())
+    elif model_id and model_id != device.model_id:
+        raise FailedPrecondition(f"device {device_id} runs {device.model_id}; a new model is a new device")
+    if status:
+        device.status = status
+    if queue_length >= 0:
+        device.queue_length = queue_length
+    device.updated_ms = now_ms()
+    store.upsert_device(device)
+    return device
+
+
+def congestion_order(devices: list[DeviceRecord]) -> list[DeviceRecord]:
+    """Idle first, then busy; within each, the shortest queue; down devices are left out."""
+    rank = {AVAILABLE: 0, BUSY: 1}
+    usable = [d for d in devices if d.status != DOWN]
+    return sorted(usable, key=lambda d: (rank[d.status], d.queue_length, d.device_id))
+
+
+def resolve_devices(store: Store, spec: str) -> list[str]:
+    """Device ids from a job's ``devices`` parameter: ``ID,ID,...``, ``auto`` or ``auto:N``.
+
+    Raises
+    ------
+    InvalidArgument
+        Unknown ids, a malformed spec, or fewer usable devices than asked for.
+    """
+    spec = spec.strip()
+    if spec == "auto" or spec.startswith("auto:"):
+        try:
+            count = int(spec.partition(":")[2] or 1)
+        except ValueError:
+            raise InvalidArgument(f"devices={spec!r}: auto or auto:N with N a number") from None
+        ranked = congestion_order(store.list_devices())
+        if not 1 <= count <= max(len(ranked), 1) or len(ranked) < count:
+            raise InvalidArgument(f"devices={spec!r}: {len(ranked)} devices are usable (not down)")
+        return [d.device_id for d in ranked[:count]]
+    ids = [s.strip() for s in spec.split(",") if s.strip()]
+    if not ids or len(set(ids)) != len(ids):
+        raise InvalidArgument(f"devices={spec!r}: give distinct device ids, or auto")
+    known = {d.device_id for d in store.list_devices()}
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise InvalidArgument(f"unknown device(s) {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
+    return ids
+
+
+def reroute(store: Store, device_id: str, taken: set[str]) -> str | None:
+    """Another usable device for a conversion planned on ``device_id`` (now down): the least
+    congested one the job does not already use; ``None`` when there is none."""
+    for candidate in congestion_order(store.list_devices()):
+        if candidate.device_id != device_id and candidate.device_id not in taken:
+            return candidate.device_id
+    return None
