@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml setup.py
 
 install: $(STAMP)
 
-# External validators the tests use (dciodvfy from dicom3tools). Debian packages, root on these machines.
+# External references the tests use: dciodvfy (dicom3tools) validates our DICOM, plastimatch
+# computes an independent DVH. Debian packages; root on these machines.
 tools:
-	@command -v dciodvfy >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null; } || echo "warning: could not install dicom3tools"
+	@command -v dciodvfy >/dev/null && command -v plastimatch >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools plastimatch >/dev/null; } || echo "warning: could not install dicom3tools and plastimatch"
 
 proto: install
 	$(PY) -m rtgrid.protos.generate

@@ -12,18 +12,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-_READ_BLOCK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(_READ_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class BlobStore:
     """Blobs under ``root/ab/cdef...``; partial uploads under ``root/partial/``.
 

@@ -14,6 +14,15 @@ from .store.records import AVAILABLE, BUSY, DOWN, DeviceRecord
 
 STATUSES = (AVAILABLE, BUSY, DOWN)
 DEFAULT_HOSPITAL = "default"
+# A device id is what every RTPLAN carries as Treatment Machine Name (DICOM SH: 16 characters).
+MAX_DEVICE_ID = 16
+# Names of the catalog's models when the registry seeds itself, as a department would name them.
+SEED_NAMES = {
+    "varian-truebeam-m120-6x": "TB-M120",
+    "varian-truebeam-hd120-6x": "TB-HD120",
+    "elekta-versahd-agility-6mv": "VERSA-AGILITY",
+    "elekta-synergy-mlci2-6mv": "SYNERGY-MLCI2",
+}
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,8 @@ def seed_from_catalog(store: Store) -> int:
         return 0
     models = list_devices()
     for model_id in models:
-        store.upsert_device(DeviceRecord(model_id, DEFAULT_HOSPITAL, model_id, AVAILABLE, 0, now_ms()))
+        name = SEED_NAMES.get(model_id, model_id[:MAX_DEVICE_ID])
+        store.upsert_device(DeviceRecord(name, DEFAULT_HOSPITAL, model_id, AVAILABLE, 0, now_ms()))
     return len(models)
 
 
@@ -58,8 +68,9 @@ def set_device(store: Store, device_id: str, *, hospital: str = "", model_id: st
     """Add a device (``hospital`` and ``model_id`` needed) or change its status / queue length."""
     if status and status not in STATUSES:
         raise InvalidArgument(f"device status {status!r} is not one of {', '.join(STATUSES)}")
-    if not device_id or len(device_id) > 64:
-        raise InvalidArgument("a device id is 1 to 64 characters")
+    if not device_id or len(device_id) > MAX_DEVICE_ID or "\\" in device_id:
+        raise InvalidArgument(f"device id {device_id!r}: 1 to {MAX_DEVICE_ID} characters, no backslash "
+                              "(it becomes the RTPLAN's Treatment Machine Name)")
     device = store.get_device(device_id)
     if device is None:
         if not (hospital and model_id):

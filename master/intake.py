@@ -20,7 +20,7 @@ from rtgrid.engines.imaging.dicom_files import inspect_dicom
 from rtgrid.engines.imaging.errors import IntakeError
 from rtgrid.engines.imaging.intake import load_series
 
-from .blobs import BlobStore, sha256_file
+from .blobs import BlobStore
 from .codec import series_meta_to_bytes, volume_to_bytes
 from .config import MasterConfig
 from .errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted

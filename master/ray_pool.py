@@ -21,6 +21,17 @@ def worker_actor_name(agent_id: str) -> str:
     return f"rtgrid-agent-{agent_id}"
 
 
+class ShardTaskError(RuntimeError):
+    """The shard's own code raised on the agent; the message is that error, without Ray's wrapping."""
+
+
+def _root_cause(exc: BaseException) -> str:
+    """``Type: message`` of the innermost error of a (nested) Ray task error."""
+    while isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
+        exc = exc.cause
+    return f"{type(exc).__name__}: {exc}"
+
+
 class RayPool:
     """Connects to Ray and sends shard calls to named agent actors.
 
@@ -83,6 +94,8 @@ class RayPool:
         except asyncio.CancelledError:
             ray.cancel(ref)  # the agent's actor stops the shard's task in turn
             raise
+        except ray.exceptions.RayTaskError as exc:
+            raise ShardTaskError(_root_cause(exc)) from None
 
     def shutdown(self) -> None:
         if ray.is_initialized():

@@ -24,7 +24,7 @@ from .events import EventBus
 from .ids import new_id, now_ms
 from .jobs.base import JobContext, VolumeCache
 from .jobs.registry import get_kind
-from .ray_pool import RayPool
+from .ray_pool import RayPool, ShardTaskError
 from .store.base import Store
 from .store.records import (
     ALIVE,
@@ -252,7 +252,8 @@ class Scheduler:
         except Exception as exc:  # a failed shard is data: retried or reported
             self._running.pop(shard.shard_id, None)
             self.pool.forget(agent_id)
-            self._shard_failed(shard, agent_id, f"{type(exc).__name__}: {exc}".strip()[:2000])
+            reason = str(exc) if isinstance(exc, ShardTaskError) else f"{type(exc).__name__}: {exc}"
+            self._shard_failed(shard, agent_id, reason.strip()[:2000])
         else:
             self._running.pop(shard.shard_id, None)
             await asyncio.to_thread(self._shard_succeeded, shard, result_sha, result)
@@ -320,7 +321,8 @@ class Scheduler:
                 self.events.publish(job.job_id, "progress", job.state, stage=job.stage, shards_done=0,
                                     shards_total=total, message=f"stage {job.stage} started")
             else:
-                self._end_job(job, SUCCEEDED, "done")
+                failure = kind.outcome(JobContext(self.store, self.blobs, job, self._volumes))
+                self._end_job(job, FAILED if failure else SUCCEEDED, failure or "done")
 
     def _eta(self, job_id: str, stage: str, done: int, total: int) -> float:
         started = self._stage_started.get((job_id, stage))

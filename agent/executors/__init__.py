@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import contour, plan
+from . import contour, conversion, plan
 
 EXECUTORS: dict[str, Callable[..., dict[str, Any]]] = {
     "contour.slab": contour.contour_slab,
@@ -18,6 +18,7 @@ EXECUTORS: dict[str, Callable[..., dict[str, Any]]] = {
     "plan.setup": plan.plan_setup,
     "plan.beam_dij": plan.beam_dij,
     "plan.optimize": plan.plan_optimize,
+    "plan.convert_device": conversion.convert_device,
 }
 
 

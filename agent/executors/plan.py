@@ -11,17 +11,14 @@ to every beam shard):
 ``isocenter_mm``, ``gantry_deg``, ``bixel_mm``, ``sad_mm``, ``ix:<b>``, ``iy:<b>``
     The beams and the bixel lattice of beam ``b``.
 
-The standard plan (``standard-plan.json``, the artifact that device conversion consumes) holds
-``schema`` (``rtgrid-standard-plan/1``), ``plan_uid``, ``machine`` (id, version, content hash),
-``prescription``, ``order`` (the medical order's text), ``dose_grid`` (origin, spacing,
-direction, shape), ``normalization_factor`` and ``beams``: per beam its gantry, couch and
-collimator angles (IEC 61217, degrees), isocenter (LPS mm), ``bixel_mm``, the lattice ``ix``,
-``iy`` and the optimized ``weights`` (MU-equivalent per bixel, see ``engines.dose.pencil_beam``).
-The plan's dose is the RTDOSE beside it, which references ``plan_uid``.
+The standard plan travels as ``standard-plan.npz``
+(:class:`rtgrid.engines.conversion.standard_plan.StandardPlan`, the artifact device conversion
+consumes); its RTDOSE references the ``plan_uid`` given in ``plan-report.json``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -30,6 +27,7 @@ import pydicom
 import scipy.sparse as sp
 from pydicom.uid import generate_uid
 
+from rtgrid.engines.conversion.standard_plan import StandardPlan
 from rtgrid.engines.dicomrt.rtdose import write_rtdose
 from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
 from rtgrid.engines.dose.beams import Beam, BixelGrid, default_isocenter, make_bixel_grid
@@ -45,14 +43,11 @@ from rtgrid.engines.report.plan_report import render_dose_wash_png, render_dvh_p
 
 from .files import artifact, dataset_bytes
 
-STANDARD_PLAN_SCHEMA = "rtgrid-standard-plan/1"
-
-
 def structures_on_ct(series: ImageSeries, rtstructs: list[bytes]) -> dict[str, np.ndarray]:
     """Masks on the CT grid from RTSTRUCTs; a later structure set wins over an earlier one."""
     masks: dict[str, np.ndarray] = {}
     for data in rtstructs:
-        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+        ds = pydicom.dcmread(io.BytesIO(data))
         masks.update(read_rtstruct(ds, series.volume, frame_of_reference_uid=series.frame_of_reference_uid))
     return masks
 
@@ -88,6 +83,8 @@ def plan_setup(series: ImageSeries, rtstructs: list[bytes], order_text: str, mac
         "spacing_mm": grid.spacing_mm.tolist(), "direction": grid.direction.tolist(), "structures": names,
         "isocenter_mm": isocenter.tolist(), "gantry_deg": list(map(float, gantry_angles_deg)),
         "bixel_mm": bixel_mm, "sad_mm": machine.sad_mm, "body": body,
+        # The structure set the plan is made on (the last one wins on equal names).
+        "rtstruct_uid": str(pydicom.dcmread(io.BytesIO(rtstructs[-1]), stop_before_pixels=True).SOPInstanceUID),
     }
     result.update({f"mask:{name}": mask for name, mask in dose_masks.items()})
     for b, gantry in enumerate(gantry_angles_deg):
@@ -125,23 +122,8 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
     plan_uid = generate_uid()
     rtdose = write_rtdose(dose, grid, series, referenced_rtplan_uid=plan_uid,
                           comment="rtgrid standard plan (pencil beam)")
-    offsets = np.cumsum([0] + [g.n_bixels for g in bixels])
-    standard_plan = {
-        "schema": STANDARD_PLAN_SCHEMA, "plan_uid": plan_uid,
-        "machine": {"id": machine.id, "version": machine.version, "content_hash": machine.content_hash},
-        "prescription": {"target": order.prescription.target, "dose_gy": order.prescription.dose_gy,
-                         "fractions": order.prescription.fractions},
-        "order": order_text, "normalization_factor": fluence.normalization_factor,
-        "dose_grid": {"origin_mm": setup["origin_mm"], "spacing_mm": setup["spacing_mm"],
-                      "direction": setup["direction"], "shape": list(grid.shape)},
-        "rtdose_sop_instance_uid": rtdose.SOPInstanceUID,
-        "beams": [
-            {"gantry_deg": g.beam.gantry_deg, "couch_deg": g.beam.couch_deg, "collimator_deg": g.beam.collimator_deg,
-             "isocenter_mm": g.beam.isocenter_mm.tolist(), "bixel_mm": g.bixel_mm, "ix": g.ix.tolist(),
-             "iy": g.iy.tolist(), "weights": fluence.weights[offsets[b]:offsets[b + 1]].tolist()}
-            for b, g in enumerate(bixels)
-        ],
-    }
+    standard_plan = StandardPlan.from_optimization(machine, tuple(bixels), fluence.weights, grid, dose, order,
+                                                   setup["body"])
     report = {
         "goals": [{"goal": g.goal, "structure": g.structure, "achieved_gy": g.achieved_gy, "limit_gy": g.limit_gy,
                    "met": g.met} for g in goals],
@@ -149,7 +131,10 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
         "optimizer": {"solver": fluence.solver, "iterations": fluence.iterations, "time_s": fluence.time_s,
                       "message": fluence.message, "normalization_factor": fluence.normalization_factor},
         "dose_influence": {"voxels": int(dij.shape[0]), "bixels": int(dij.shape[1]), "nnz": int(dij.nnz)},
-        "machine": standard_plan["machine"], "plan_uid": plan_uid,
+        "machine": {"id": machine.id, "version": machine.version, "content_hash": machine.content_hash},
+        "plan_uid": plan_uid, "rtdose_sop_instance_uid": rtdose.SOPInstanceUID,
+        "beams": [{"gantry_deg": g.beam.gantry_deg, "isocenter_mm": g.beam.isocenter_mm.tolist(),
+                   "bixels": g.n_bixels} for g in bixels],
     }
     dvhs = {name: cumulative_dvh(dose, mask, voxel_cc) for name, mask in masks.items()}
     dvh_png = render_dvh_png({n: (d.dose_gy, d.volume_pct) for n, d in dvhs.items()}, title="Standard plan DVH")
@@ -157,7 +142,7 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
                                     prescription_gy=order.prescription.dose_gy)
     return artifact(
         ("RD.standard.dcm", "rtdose", "RTDOSE", dataset_bytes(rtdose)),
-        ("standard-plan.json", "standard_plan", "", json.dumps(standard_plan).encode()),
+        ("standard-plan.npz", "standard_plan", "", standard_plan.to_bytes()),
         ("plan-report.json", "report", "", json.dumps(report, indent=2).encode()),
         ("dvh.png", "image", "", dvh_png),
         ("dose-wash.png", "image", "", wash_png),

@@ -15,6 +15,10 @@ Delivery: control point ``n`` holds the aperture when the cumulative meterset we
 step-and-shoot segment is a pair of control points with the same aperture and increasing
 weight; a sliding window moves leaves between weights; equal weights with different apertures
 are beam-off transitions.
+
+Numbers are written as their shortest exact decimal when it fits the 16 characters of a DICOM
+DS, else with as many significant digits as fit: read back, positions of up to ~12 significant
+digits are exact, others within 1e-9 mm, and cumulative weights (ratios of MU) within 1e-14.
 """
 
 from __future__ import annotations
@@ -705,7 +709,8 @@ def _read_beam(beam_ds: Dataset, metersets: dict[int, float]) -> tuple[PlanBeam,
             key = "x" if kind in X_JAW_TYPES else "y" if kind in Y_JAW_TYPES else kind
             state[key] = values
         for keyword in ("GantryAngle", "BeamLimitingDeviceAngle", "PatientSupportAngle"):
-            if index > 0 and control.get(keyword) is not None and float(control.get(keyword)) != float(first.get(keyword)):
+            value = control.get(keyword)
+            if index > 0 and value is not None and float(value) != float(first.get(keyword)):
                 raise RtPlanError(
                     f"{label} control point {index} changes {keyword} from {first.get(keyword)} to "
                     f"{control.get(keyword)}; arcs and moving couch / collimator are not supported"

@@ -118,6 +118,10 @@ class JobKind(ABC):
         """The stages of one job (some kinds add stages depending on the parameters)."""
         return self.stages
 
+    def outcome(self, ctx: "JobContext") -> str:
+        """After the last stage: ``""`` when the job succeeded, else why it failed."""
+        return ""
+
     def prepare_shard(self, ctx: "JobContext", shard: ShardRecord) -> str:
         """Called before a shard runs; may change ``shard.target``. Returns a notice for the job's
         watchers (``""``: nothing to say)."""

@@ -25,6 +25,8 @@ Parameters (strings, as they travel)
 ``contours_job``   (``plan`` only) a finished contour job whose RTSTRUCT to use
 ``body``           the outline structure that gets dose (default ``BODY``)
 ``shards``         (``full`` only) z-slabs of the contour stage
+``devices``        device ids (``ID,ID``), ``auto`` or ``auto:N``: adds the ``convert`` stage,
+                   one shard per device: conversion, RTPLAN, independent QA, release on pass
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ from rtgrid.engines.segmentation.classical import STRUCTURE_NAMES
 from ..blobs import BlobStore
 from ..errors import FailedPrecondition, InvalidArgument
 from ..store.base import Store
-from ..store.records import SUCCEEDED, ShardRecord
+from ..devices import resolve_devices, reroute
+from ..store.records import DOWN, SUCCEEDED, ShardRecord
 from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
 from .contour import ContourJob, int_param
 
-PLAN_PARAMS = {"order", "beams", "gantry_angles", "bixel_mm", "dose_grid_mm", "machine", "body"}
+PLAN_PARAMS = {"order", "beams", "gantry_angles", "bixel_mm", "dose_grid_mm", "machine", "body", "devices"}
 MAX_BEAMS = 36
 
 
@@ -86,6 +89,9 @@ class PlanJob(JobKind):
     stages = ("setup", "dose", "optimize")
     extra_params: frozenset[str] = frozenset({"contours_job"})
 
+    def stages_for(self, params: dict[str, str]) -> tuple[str, ...]:
+        return self.stages + (("convert",) if params.get("devices") else ())
+
     # inputs
     def uploaded_rtstructs(self, store: Store, blobs: BlobStore, case_id: str) -> list[bytes]:
         return [blobs.read_bytes(f.sha256) for f in store.list_files(case_id) if f.modality == "RTSTRUCT"]
@@ -121,6 +127,8 @@ class PlanJob(JobKind):
         machine = params.get("machine", STANDARD_MACHINE_ID)
         if machine not in list_machines():
             raise InvalidArgument(f"unknown machine {machine!r}; known: {', '.join(list_machines())}")
+        if params.get("devices"):
+            resolve_devices(store, params["devices"])
         names = self.structure_names(store, blobs, case_id, params)
         body = params.get("body", "BODY")
         if body not in names:
@@ -139,7 +147,32 @@ class PlanJob(JobKind):
         )
 
     def plan_stage(self, ctx: JobContext, stage: str) -> StagePlan:
+        if stage == "convert":  # chosen now, by the congestion of this moment
+            return StagePlan(tuple(resolve_devices(ctx.store, ctx.job.params["devices"])))
         return StagePlan.count(len(gantry_angles(ctx.job.params)) if stage == "dose" else 1)
+
+    def prepare_shard(self, ctx: JobContext, shard: ShardRecord) -> str:
+        """A conversion planned on a device that is now down goes to another usable device."""
+        if shard.stage != "convert":
+            return ""
+        device = ctx.store.get_device(shard.target)
+        if device is None or device.status != DOWN:
+            return ""
+        taken = {s.target for s in ctx.store.list_shards(ctx.job.job_id, "convert")}
+        other = reroute(ctx.store, shard.target, taken)
+        if other is None:
+            raise FailedPrecondition(f"device {shard.target} is down and no other device is usable")
+        notice = f"device {shard.target} is down: its conversion is rerouted to {other}"
+        shard.target = other
+        return notice
+
+    def outcome(self, ctx: JobContext) -> str:
+        """Device plans that failed QA fail the job, with their reasons (passing ones are released)."""
+        if "convert" not in self.stages_for(ctx.job.params):
+            return ""
+        failed = [r for r in ctx.stage_results("convert") if not r["qa_passed"]]
+        return "; ".join(f"QA failed for {r['device']}, nothing released for it: {', '.join(r['qa_reasons'])}"
+                         for r in failed)
 
     def shard_call(self, ctx: JobContext, shard: ShardRecord) -> ShardCall:
         params, stage, index = ctx.job.params, shard.stage, shard.index
@@ -153,6 +186,15 @@ class PlanJob(JobKind):
                 "body": params.get("body", "BODY"),
             }, ShardResources(cpus=1.0, memory_mb=4096))
         setup = ctx.stage_results("setup")[0]
+        if stage == "convert":
+            device = ctx.store.get_device(shard.target)
+            if device is None:
+                raise FailedPrecondition(f"device {shard.target} is no longer registered")
+            return ShardCall("plan.convert_device", {
+                "setup": setup, "standard_plan": ctx.stage_results("optimize")[0]["file:standard-plan.npz"],
+                "series": ctx.series, "device_name": device.device_id, "model_id": device.model_id,
+                "rtstruct_uid": setup["rtstruct_uid"],
+            }, ShardResources(cpus=1.0, memory_mb=4096))
         if stage == "dose":
             return ShardCall("plan.beam_dij", {"setup": setup, "beam_index": index, "machine_id": machine},
                              ShardResources(cpus=1.0, memory_mb=4096))

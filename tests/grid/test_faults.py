@@ -61,7 +61,6 @@ def _assert_same(masks, expected):
 def test_killed_agent_node_its_shards_run_elsewhere(grid, reference, tmp_path):
     case_id, expected = reference
     victim = grid.start_agent("agent-victim")
-    grid.wait_agents(3)
     with grid.client() as client:
         victim_id = next(a.agent_id for a in client.agents() if a.name == "agent-victim" and a.state == 1)
         job = client.submit(case_id, "contour", params={"shards": "12"}, priority=10)

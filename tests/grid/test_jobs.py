@@ -108,7 +108,6 @@ def test_cli_upload_submit_watch_fetch(grid, tmp_path):
 
 def test_priority_changes_and_drain(grid, case_id):
     agent = grid.start_agent("agent-drain")
-    grid.wait_agents(3)
     with grid.client() as client:
         drained = next(a for a in client.agents() if a.name == "agent-drain")
         job = client.submit(case_id, "contour", params={"shards": "4"})

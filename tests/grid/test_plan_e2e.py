@@ -5,7 +5,6 @@ orders that name unknown structures refused."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import grpc
 import numpy as np

@@ -1,0 +1,147 @@
+"""QA before release: an independent check of a device plan that starts from its RTPLAN file alone.
+
+The check reads the plan back from DICOM (nothing from the conversion's memory), rebuilds each
+beam's step-and-shoot segments from the control points, recomputes their dose with the device's
+own beam model, and compares it with the standard plan's dose (3D gamma, AAPM TG-218 criteria by
+default), checks the medical order's goals on the recomputed dose, and the plan's deliverability
+on the device (leaf travel, gaps, field size, MU per segment).
+
+Hard goals: the prescription's coverage and every constraint of priority 1 (the order's most
+important class). Softer goals are reported, not enforced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from rtgrid.engines.conversion.deliverability import deliverability
+from rtgrid.engines.conversion.device import DeviceModel
+from rtgrid.engines.conversion.segment import Segment
+from rtgrid.engines.conversion.segment_dose import segments_dose
+from rtgrid.engines.dicomrt.rtplan import PlanBeam, read_rtplan
+from rtgrid.engines.dose.beams import Beam
+from rtgrid.engines.imaging.volume import Volume
+from rtgrid.engines.optimization.dvh import evaluate_goals
+from rtgrid.engines.optimization.order import MedicalOrder
+
+from .gamma import gamma_3d
+
+# AAPM TG-218 universal tolerance for IMRT QA: 3 % (global) / 2 mm, 10 % threshold, >= 95 % pass.
+GAMMA_DOSE_PERCENT = 3.0
+GAMMA_DISTANCE_MM = 2.0
+GAMMA_THRESHOLD_PERCENT = 10.0
+GAMMA_PASS_RATE_PCT = 95.0
+HARD_PRIORITY = 1
+
+
+class PlanCheckError(ValueError):
+    """The RTPLAN cannot be checked (not step-and-shoot, another device, unreadable)."""
+
+
+@dataclass(frozen=True)
+class QaResult:
+    """Verdict and evidence of one plan's QA."""
+
+    passed: bool
+    reasons: tuple[str, ...]
+    gamma_pass_rate_pct: float
+    gamma_criteria: dict
+    goals: tuple[dict, ...]
+    violations: tuple[str, ...]
+    total_mu: float
+    segments: int
+    dose_gy: np.ndarray = field(repr=False)
+    gamma: np.ndarray = field(repr=False)
+
+    def to_json_dict(self) -> dict:
+        """The report without its arrays."""
+        out = asdict(self)
+        del out["dose_gy"], out["gamma"]
+        return out
+
+
+def segments_of(beam: PlanBeam) -> list[Segment]:
+    """Step-and-shoot segments of a beam: control-point pairs with one aperture and a weight rise.
+
+    Raises
+    ------
+    PlanCheckError
+        When leaves move while the beam is on (a dynamic delivery this check does not model).
+    """
+    segments = []
+    cps = beam.control_points
+    for a, b in zip(cps[:-1], cps[1:]):
+        rise = b.cumulative_weight - a.cumulative_weight
+        if rise <= 0:
+            continue
+        if not np.allclose(a.leaf_positions_mm, b.leaf_positions_mm, atol=1e-6):
+            raise PlanCheckError(f"beam {beam.name}: leaves move while the beam is on (dynamic MLC)")
+        segments.append(Segment(a.leaf_positions_mm[0].copy(), a.leaf_positions_mm[1].copy(), a.jaw_x_mm,
+                                a.jaw_y_mm, rise * beam.meterset_mu))
+    return segments
+
+
+def check_plan(rtplan: Dataset, device: DeviceModel, *, density: Volume, dose_mask: np.ndarray,
+               reference_dose_gy: np.ndarray, masks: dict[str, np.ndarray], order: MedicalOrder) -> QaResult:
+    """Check a device plan from its RTPLAN against the standard plan's dose and the order.
+
+    Parameters
+    ----------
+    rtplan
+        The device plan as DICOM.
+    device
+        The device the plan names (its model id must match ``rtplan``'s).
+    density
+        Relative electron density on the dose grid (its geometry is the dose's).
+    dose_mask
+        Voxels where dose is computed (the body).
+    reference_dose_gy
+        The standard plan's dose (Gy, all fractions) on the same grid.
+    masks
+        Structures of the order on the dose grid.
+    order
+        The medical order.
+
+    Returns
+    -------
+    QaResult
+    """
+    plan = read_rtplan(rtplan)
+    if plan.machine_model_id and plan.machine_model_id != device.id:
+        raise PlanCheckError(f"the plan is for model {plan.machine_model_id!r}, not {device.id!r}")
+    dose = np.zeros(density.shape, dtype=np.float64)
+    violations: list[str] = []
+    n_segments, total_mu = 0, 0.0
+    for b, pb in enumerate(plan.beams):
+        segments = segments_of(pb)
+        n_segments += len(segments)
+        total_mu += sum(s.mu for s in segments)
+        violations += [v.message for v in deliverability(segments, device, beam=b)]
+        beam = Beam(pb.gantry_deg, pb.couch_deg, pb.collimator_deg, np.asarray(pb.isocenter_mm))
+        dose += segments_dose(density, dose_mask, beam, segments, device)
+    dose *= plan.fractions
+    gamma = gamma_3d(reference_dose_gy, dose, density.spacing_mm, dose_percent=GAMMA_DOSE_PERCENT,
+                     distance_mm=GAMMA_DISTANCE_MM, threshold_percent=GAMMA_THRESHOLD_PERCENT)
+    voxel_cc = density.voxel_volume_mm3 / 1000.0
+    goals = evaluate_goals(order, dose, masks, voxel_cc)
+    hard = [True] + [c.priority <= HARD_PRIORITY for c in order.constraints]  # the prescription first
+    reasons = []
+    if gamma.pass_rate_pct < GAMMA_PASS_RATE_PCT:
+        reasons.append(f"gamma {GAMMA_DOSE_PERCENT:g}%/{GAMMA_DISTANCE_MM:g} mm pass rate "
+                       f"{gamma.pass_rate_pct:.1f}% < {GAMMA_PASS_RATE_PCT:g}%")
+    reasons += [f"hard goal missed: {g.goal} (achieved {g.achieved_gy:.2f} Gy)"
+                for g, is_hard in zip(goals, hard) if is_hard and not g.met]
+    reasons += [f"not deliverable: {v}" for v in violations]
+    return QaResult(
+        passed=not reasons, reasons=tuple(reasons), gamma_pass_rate_pct=gamma.pass_rate_pct,
+        gamma_criteria={"dose_percent": GAMMA_DOSE_PERCENT, "distance_mm": GAMMA_DISTANCE_MM,
+                        "threshold_percent": GAMMA_THRESHOLD_PERCENT, "global": True,
+                        "pass_rate_required_pct": GAMMA_PASS_RATE_PCT},
+        goals=tuple({"goal": g.goal, "achieved_gy": g.achieved_gy, "limit_gy": g.limit_gy, "met": g.met,
+                     "hard": h} for g, h in zip(goals, hard)),
+        violations=tuple(violations), total_mu=float(total_mu), segments=n_segments,
+        dose_gy=dose.astype(np.float32), gamma=gamma.gamma,
+    )
