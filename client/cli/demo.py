@@ -2,8 +2,9 @@
 
 Runs ``rtgrid phantom`` and ``rtgrid up`` as child processes (the client never imports the
 master), then plays the hospital through the SDK: upload the CT with the drawn targets, run a
-``full`` job (auto-contouring, then the standard plan against the phantom's medical order),
-watch it, fetch the results and print the order's goals, met or missed.
+``full`` job (auto-contouring, the standard plan against the phantom's medical order, then plans
+for the three least congested linacs, each checked by QA before release), watch it, fetch the
+results and print the order's goals and each device plan's QA verdict.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from ..sdk import Client
 from .output import Format, emit
 
 GRID_START_TIMEOUT_S = 180.0
+# The three least congested linacs of the registry (the embedded grid seeds one per catalog model).
+DEMO_DEVICES = "auto:3"
 
 
 def _rtgrid(*args: str) -> list[str]:
@@ -77,8 +80,9 @@ def demo_command(
             case = client.upload_folder(phantom["ct_dir"], phantom["rtstruct"], label="demo phantom").case
             emit(fmt, {"case_id": case.case_id}, f"uploaded case {case.case_id} ({case.series[0].n_slices} slices)")
             order = Path(phantom["order"]).read_text()
-            job = client.submit(case.case_id, "full", params={"order": order})
-            emit(fmt, {"job_id": job.job_id}, f"full job {job.job_id}: auto-contour, then the standard plan")
+            job = client.submit(case.case_id, "full", params={"order": order, "devices": DEMO_DEVICES})
+            emit(fmt, {"job_id": job.job_id},
+                 f"full job {job.job_id}: auto-contour, standard plan, device plans with QA ({DEMO_DEVICES})")
             code = follow(client, job.job_id, fmt)
             results = out / "results"
             for artifact in client.artifacts(job.job_id):
@@ -86,10 +90,18 @@ def demo_command(
                 emit(fmt, {"path": str(path), "modality": artifact.modality, "kind": artifact.kind}, f"wrote {path}")
             report = results / "plan-report.json"
             if report.exists():
+                emit(fmt, {}, "standard plan goals:")
                 for goal in json.loads(report.read_text())["goals"]:
                     verdict = "met" if goal["met"] else "MISSED"
                     emit(fmt, {"goal": goal["goal"], "achieved_gy": goal["achieved_gy"], "met": goal["met"]},
                          f"  {verdict:<6} {goal['goal']:<28} achieved {goal['achieved_gy']:.2f} Gy")
+            for qa_file in sorted(results.glob("qa.*.json")):
+                qa = json.loads(qa_file.read_text())
+                emit(fmt, {"device": qa["device"], "released": qa["released"], "gamma_pass_rate_pct": qa["gamma_pass_rate_pct"],
+                           "segments": qa["segments"], "total_mu": qa["total_mu"]},
+                     f"device {qa['device']:<14} {'released' if qa['released'] else 'NOT released'}: gamma "
+                     f"{qa['gamma_pass_rate_pct']:.1f}%, {qa['segments']} segments, {qa['total_mu']:.0f} MU/fraction"
+                     + ("" if qa["released"] else f" — {'; '.join(qa['reasons'])}"))
     finally:
         grid.send_signal(signal.SIGTERM)
         try:
