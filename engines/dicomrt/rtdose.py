@@ -17,19 +17,18 @@ column_cosine`` and relative offsets (first value 0).
 
 from __future__ import annotations
 
-import datetime as _dt
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
-from pydicom.uid import RE_VALID_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import RE_VALID_UID
 
+from rtgrid.engines.dicomrt.common import new_rt_dataset
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
 
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
-MANUFACTURER = "rtgrid"
 GRID_FRAME_OFFSET_VECTOR_TAG = Tag(0x3004, 0x000C)
 PIXEL_MAX = np.iinfo(np.uint16).max
 WRITABLE_SUMMATION_TYPES = frozenset({"PLAN"})
@@ -105,46 +104,13 @@ def write_rtdose(
     pixels = np.rint(dose / float(scaling_text)).astype("<u2")
     nz, ny, nx = grid.shape
     di, dj, dk = (float(v) for v in grid.spacing_mm)
-    now = _dt.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    sop_instance_uid = generate_uid()
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_DOSE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.file_meta = meta
-    # SOP Common.
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    ds.SOPClassUID = RT_DOSE_STORAGE
-    ds.SOPInstanceUID = sop_instance_uid
-    # Patient and General Study: copied so the dose files under the CT's patient and study.
-    ds.PatientName = series.patient_name
-    ds.PatientID = series.patient_id
-    ds.PatientBirthDate = series.patient_birth_date
-    ds.PatientSex = series.patient_sex
-    ds.StudyInstanceUID = series.study_instance_uid
-    ds.StudyDate = series.study_date
-    ds.StudyTime = series.study_time
-    ds.ReferringPhysicianName = series.referring_physician_name
-    ds.StudyID = series.study_id
-    ds.AccessionNumber = series.accession_number
-    # RT Series and General Equipment.
-    ds.Modality = "RTDOSE"
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = 1
-    ds.SeriesDate, ds.SeriesTime = date, time
-    ds.OperatorsName = ""
-    ds.Manufacturer = MANUFACTURER
+    ds = new_rt_dataset(series, RT_DOSE_STORAGE, "RTDOSE")
     # Frame of Reference: the CT's, so viewers overlay the dose without registration.
     ds.FrameOfReferenceUID = series.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
     # General Image.
     ds.InstanceNumber = 1
-    ds.ContentDate, ds.ContentTime = date, time
+    ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     # Image Plane.
     ds.ImagePositionPatient = [_decimal(v) for v in grid.origin_mm]
     ds.ImageOrientationPatient = [_decimal(v) for v in (*grid.direction[:, 0], *grid.direction[:, 1])]

@@ -23,20 +23,19 @@ digits are exact, others within 1e-9 mm, and cumulative weights (ratios of MU) w
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import RE_VALID_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import RE_VALID_UID, generate_uid
 
+from rtgrid.engines.dicomrt.common import new_rt_dataset
 from rtgrid.engines.imaging.volume import ImageSeries
 
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
-MANUFACTURER = "rtgrid"
 BEAM_KINDS = frozenset({"STATIC", "DYNAMIC"})
 PATIENT_POSITIONS = frozenset({"HFS", "HFP", "FFS", "FFP", "HFDR", "HFDL", "FFDR", "FFDL"})
 X_JAW_TYPES = ("ASYMX", "X")
@@ -306,47 +305,14 @@ def write_rtplan(
         if not getattr(series, uid_name):
             raise RtPlanError(f"series has an empty {uid_name}; the RT Plan could not be filed under it")
 
-    now = _dt.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    uid = sop_instance_uid or generate_uid()
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_PLAN_STORAGE
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.file_meta = meta
-    # SOP Common.
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    ds.SOPClassUID = RT_PLAN_STORAGE
-    ds.SOPInstanceUID = uid
-    # Patient and General Study: copied so the plan files under the CT's patient and study.
-    ds.PatientName = series.patient_name
-    ds.PatientID = series.patient_id
-    ds.PatientBirthDate = series.patient_birth_date
-    ds.PatientSex = series.patient_sex
-    ds.StudyInstanceUID = series.study_instance_uid
-    ds.StudyDate = series.study_date
-    ds.StudyTime = series.study_time
-    ds.ReferringPhysicianName = series.referring_physician_name
-    ds.StudyID = series.study_id
-    ds.AccessionNumber = series.accession_number
-    # RT Series and General Equipment.
-    ds.Modality = "RTPLAN"
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = 1
-    ds.SeriesDate, ds.SeriesTime = date, time
-    ds.OperatorsName = ""
-    ds.Manufacturer = MANUFACTURER
+    ds = new_rt_dataset(series, RT_PLAN_STORAGE, "RTPLAN", sop_instance_uid)
     ds.InstanceNumber = 1
     # Frame of Reference: the CT's, so the isocenters are in the CT's coordinates.
     ds.FrameOfReferenceUID = series.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
     # RT General Plan.
     ds.RTPlanLabel = plan.label
-    ds.RTPlanDate, ds.RTPlanTime = date, time
+    ds.RTPlanDate, ds.RTPlanTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.RTPlanGeometry = "PATIENT"
     structure_set = Dataset()
     structure_set.ReferencedSOPClassUID = RT_STRUCTURE_SET_STORAGE

@@ -9,25 +9,23 @@ for every contour the SOP Class/Instance UID of its slice as the hospital holds 
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from rtgrid.engines.dicomrt.common import new_rt_dataset
 from rtgrid.engines.dicomrt.contours import mask_to_contours, rasterize_even_odd
 from rtgrid.engines.imaging.volume import ImageSeries, SliceRef, Volume
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 # The SOP Class the standard prescribes for RT Referenced Study items (Study Component Management).
 STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"
-MANUFACTURER = "rtgrid"
 ROI_INTERPRETED_TYPES = frozenset(
     {
         "EXTERNAL", "PTV", "CTV", "GTV", "TREATED_VOLUME", "IRRAD_VOLUME", "BOLUS", "AVOIDANCE",
@@ -125,41 +123,8 @@ def write_rtstruct(
     _check_specs(series, structures)
     if not 0 < len(label) <= 16:
         raise RtStructError(f"structure set label {label!r} must have 1 to 16 characters")
-    now = _dt.datetime.now()
-    sop_instance_uid = generate_uid()
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.InstanceCreationDate = now.strftime("%Y%m%d")
-    ds.InstanceCreationTime = now.strftime("%H%M%S")
-    ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
-    ds.SOPInstanceUID = sop_instance_uid
-    # Patient and General Study: copied so the structure set files under the same patient and study.
-    ds.PatientName = series.patient_name
-    ds.PatientID = series.patient_id
-    ds.PatientBirthDate = series.patient_birth_date
-    ds.PatientSex = series.patient_sex
-    ds.StudyInstanceUID = series.study_instance_uid
-    ds.StudyDate = series.study_date
-    ds.StudyTime = series.study_time
-    ds.ReferringPhysicianName = series.referring_physician_name
-    ds.StudyID = series.study_id
-    ds.AccessionNumber = series.accession_number
-    # RT Series and General Equipment.
-    ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = 1
-    ds.SeriesDate = ds.InstanceCreationDate
-    ds.SeriesTime = ds.InstanceCreationTime
+    ds = new_rt_dataset(series, RT_STRUCTURE_SET_STORAGE, "RTSTRUCT")
     ds.SeriesDescription = description[:64]
-    ds.OperatorsName = ""
-    ds.Manufacturer = MANUFACTURER
     ds.InstanceNumber = 1
     # Frame of Reference: the CT's, so viewers register the contours without asking.
     ds.FrameOfReferenceUID = series.frame_of_reference_uid
