@@ -91,20 +91,43 @@ def set_device(store: Store, device_id: str, *, hospital: str = "", model_id: st
     return device
 
 
-def congestion_order(devices: list[DeviceRecord]) -> list[DeviceRecord]:
-    """Idle first, then busy; within each, the shortest queue; down devices are left out."""
-    rank = {AVAILABLE: 0, BUSY: 1}
-    usable = [d for d in devices if d.status != DOWN]
-    return sorted(usable, key=lambda d: (rank[d.status], d.queue_length, d.device_id))
+RULES = ("congestion", "shortest_queue", "prefer:ID,ID,...")
 
 
-def resolve_devices(store: Store, spec: str) -> list[str]:
-    """Device ids from a job's ``devices`` parameter: ``ID,ID,...``, ``auto`` or ``auto:N``.
+def congestion_order(devices: list[DeviceRecord], rule: str = "congestion") -> list[DeviceRecord]:
+    """Usable devices (not down), best first, by a rule.
+
+    ``congestion`` (default): idle first, then busy; within each, the shortest queue.
+    ``shortest_queue``: the shortest queue, idle or busy. ``prefer:A,B``: the named devices first,
+    in that order, then the rest by congestion.
 
     Raises
     ------
     InvalidArgument
-        Unknown ids, a malformed spec, or fewer usable devices than asked for.
+        For an unknown rule.
+    """
+    rank = {AVAILABLE: 0, BUSY: 1}
+    usable = [d for d in devices if d.status != DOWN]
+    if rule == "congestion":
+        return sorted(usable, key=lambda d: (rank[d.status], d.queue_length, d.device_id))
+    if rule == "shortest_queue":
+        return sorted(usable, key=lambda d: (d.queue_length, rank[d.status], d.device_id))
+    if rule.startswith("prefer:"):
+        preferred = [p.strip() for p in rule.removeprefix("prefer:").split(",") if p.strip()]
+        first = {name: n for n, name in enumerate(preferred)}
+        return sorted(usable, key=lambda d: (first.get(d.device_id, len(first)), rank[d.status], d.queue_length,
+                                             d.device_id))
+    raise InvalidArgument(f"device_rule={rule!r} is not one of {', '.join(RULES)}")
+
+
+def resolve_devices(store: Store, spec: str, rule: str = "congestion") -> list[str]:
+    """Device ids from a job's ``devices`` parameter: ``ID,ID,...``, ``auto`` or ``auto:N``
+    (``auto`` picks by ``rule``, see :func:`congestion_order`).
+
+    Raises
+    ------
+    InvalidArgument
+        Unknown ids, a malformed spec or rule, or fewer usable devices than asked for.
     """
     spec = spec.strip()
     if spec == "auto" or spec.startswith("auto:"):
@@ -112,7 +135,7 @@ def resolve_devices(store: Store, spec: str) -> list[str]:
             count = int(spec.partition(":")[2] or 1)
         except ValueError:
             raise InvalidArgument(f"devices={spec!r}: auto or auto:N with N a number") from None
-        ranked = congestion_order(store.list_devices())
+        ranked = congestion_order(store.list_devices(), rule)
         if not 1 <= count <= max(len(ranked), 1) or len(ranked) < count:
             raise InvalidArgument(f"devices={spec!r}: {len(ranked)} devices are usable (not down)")
         return [d.device_id for d in ranked[:count]]
@@ -126,10 +149,10 @@ def resolve_devices(store: Store, spec: str) -> list[str]:
     return ids
 
 
-def reroute(store: Store, device_id: str, taken: set[str]) -> str | None:
-    """Another usable device for a conversion planned on ``device_id`` (now down): the least
-    congested one the job does not already use; ``None`` when there is none."""
-    for candidate in congestion_order(store.list_devices()):
+def reroute(store: Store, device_id: str, taken: set[str], rule: str = "congestion") -> str | None:
+    """Another usable device for a conversion planned on ``device_id`` (now down): the best one by
+    ``rule`` that the job does not already use; ``None`` when there is none."""
+    for candidate in congestion_order(store.list_devices(), rule):
         if candidate.device_id != device_id and candidate.device_id not in taken:
             return candidate.device_id
     return None

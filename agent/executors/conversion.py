@@ -20,7 +20,7 @@ from rtgrid.engines.dicomrt.rtplan import PlanBeam, PlanData, step_and_shoot_con
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
 from rtgrid.engines.optimization.dvh import cumulative_dvh
 from rtgrid.engines.qa.plan_check import QaResult, check_plan
-from rtgrid.engines.report.plan_report import render_dvh_png
+from rtgrid.engines.report.plan_report import render_dvh_png, render_gamma_png
 
 from .files import artifact, dataset_bytes
 
@@ -79,7 +79,10 @@ def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSer
             break
     report = _qa_report(dp, qa, history, device_name, model_id, passed, reasons)
     files = [(f"qa.{device_name}.json", "qa_report", "", json.dumps(report, indent=2).encode()),
-             (f"qa.{device_name}.png", "image", "", _dvh_comparison(plan, qa, masks, density, device_name, passed))]
+             (f"qa.{device_name}.png", "image", "", _dvh_comparison(plan, qa, masks, density, device_name, passed)),
+             (f"gamma.{device_name}.png", "image", "", render_gamma_png(
+                 qa.gamma, density, title=f"{device_name}: gamma {qa.gamma_pass_rate_pct:.1f}% "
+                                          f"({qa.gamma_criteria['dose_percent']:g}%/{qa.gamma_criteria['distance_mm']:g} mm)"))]
     if passed:
         rtdose = write_rtdose(dp.dose.voxels, density, series, referenced_rtplan_uid=rtplan.SOPInstanceUID,
                               comment=f"rtgrid plan for {device_name}")

@@ -73,6 +73,7 @@ def submit(
     machine: str = typer.Option(None, help="Machine model id (default the standard 6 MV machine)."),
     contours_job: str = typer.Option(None, help="A finished contour job whose contours a plan uses."),
     devices: str = typer.Option(None, help="Device plans too: ID,ID,... or auto / auto:N (chosen by congestion)."),
+    device_rule: str = typer.Option(None, help="How auto chooses: congestion, shortest_queue or prefer:ID,ID."),
     param: list[str] = typer.Option([], "--param", help="Other parameter KEY=VALUE (repeatable)."),
     idempotency_key: str = typer.Option("", help="Submitting twice with one key makes one job."),
     target: str = TargetOption,
@@ -81,7 +82,8 @@ def submit(
     """Submit a job on a case; prints the job id."""
     params = _params(param)
     named = {"beams": beams, "gantry_angles": gantry_angles, "bixel_mm": bixel_mm, "dose_grid_mm": dose_grid_mm,
-             "machine": machine, "contours_job": contours_job, "devices": devices}
+             "machine": machine, "contours_job": contours_job, "devices": devices,
+             "device_rule": device_rule}
     params.update({k: str(v) for k, v in named.items() if v is not None})
     if order is not None:
         params["order"] = order.read_text()

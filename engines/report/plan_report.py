@@ -342,3 +342,55 @@ def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
+
+
+GAMMA_MAX = 2.0
+"""Gamma values are drawn on 0..GAMMA_MAX; 1 is the pass/fail boundary."""
+
+
+def render_gamma_png(gamma: np.ndarray, dose_grid: Volume, *, title: str = "", n_slices: int = 3) -> bytes:
+    """Axial slices of a gamma map: where the plan passes (gamma <= 1) and fails, voxel by voxel.
+
+    Parameters
+    ----------
+    gamma : np.ndarray
+        Gamma index on ``dose_grid`` (``(nz, ny, nx)``), NaN where not evaluated (below threshold).
+    dose_grid : Volume
+        The grid's geometry (slice positions in the titles).
+    title : str
+        Figure title.
+    n_slices : int
+        Slices shown: the one with the most failing voxels and others spread over the evaluated region.
+
+    Returns
+    -------
+    bytes
+        A PNG image.
+    """
+    if gamma.shape != dose_grid.shape:
+        raise PlanReportError(f"gamma map {gamma.shape} does not match the dose grid {dose_grid.shape}")
+    evaluated = np.flatnonzero(np.isfinite(gamma).any(axis=(1, 2)))
+    if evaluated.size == 0:
+        raise PlanReportError("the gamma map holds no evaluated voxel")
+    failing = np.nan_to_num(gamma > 1.0, nan=0).sum(axis=(1, 2))
+    worst = int(np.argmax(failing)) if failing.any() else int(evaluated[evaluated.size // 2])
+    spread = np.linspace(evaluated[0], evaluated[-1], n_slices + 2)[1:-1].round().astype(int)
+    picks = sorted({worst, *spread.tolist()})[: max(n_slices, 1)]
+    figure = Figure(figsize=(WASH_TILE_IN * len(picks) + WASH_COLORBAR_IN, WASH_TILE_IN + WASH_TITLE_IN), dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(picks), squeeze=False)[0]
+    image = None
+    for ax, k in zip(axes, picks):
+        z_mm = float(dose_grid.index_to_lps(np.array([0.0, 0.0, k]))[2])
+        shown = np.ma.masked_invalid(gamma[k])
+        image = ax.imshow(shown, cmap="RdYlGn_r", vmin=0.0, vmax=GAMMA_MAX, interpolation="nearest")
+        ax.set_facecolor("black")
+        n_eval = int(np.isfinite(gamma[k]).sum())
+        fail = int(np.nan_to_num(gamma[k] > 1.0, nan=0).sum())
+        ax.set_title(f"slice {k} ({z_mm:.1f} mm): {fail}/{n_eval} fail", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.colorbar(image, ax=list(axes), label="gamma", fraction=0.03)
+    if title:
+        figure.suptitle(title)
+    return _png(figure)

@@ -27,6 +27,8 @@ Parameters (strings, as they travel)
 ``shards``         (``full`` only) z-slabs of the contour stage
 ``devices``        device ids (``ID,ID``), ``auto`` or ``auto:N``: adds the ``convert`` stage,
                    one shard per device: conversion, RTPLAN, independent QA, release on pass
+``device_rule``    how ``auto`` chooses: ``congestion`` (idle first, then shortest queue; default),
+                   ``shortest_queue``, or ``prefer:ID,ID`` (those first when usable)
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ from ..store.records import DOWN, SUCCEEDED, ShardRecord
 from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
 from .contour import ContourJob, int_param
 
-PLAN_PARAMS = {"order", "beams", "gantry_angles", "bixel_mm", "dose_grid_mm", "machine", "body", "devices"}
+PLAN_PARAMS = {"order", "beams", "gantry_angles", "bixel_mm", "dose_grid_mm", "machine", "body", "devices",
+               "device_rule"}
 MAX_BEAMS = 36
 
 
@@ -128,7 +131,9 @@ class PlanJob(JobKind):
         if machine not in list_machines():
             raise InvalidArgument(f"unknown machine {machine!r}; known: {', '.join(list_machines())}")
         if params.get("devices"):
-            resolve_devices(store, params["devices"])
+            resolve_devices(store, params["devices"], params.get("device_rule", "congestion"))
+        elif "device_rule" in params:
+            raise InvalidArgument("device_rule needs devices=auto (or auto:N)")
         names = self.structure_names(store, blobs, case_id, params)
         body = params.get("body", "BODY")
         if body not in names:
@@ -148,7 +153,8 @@ class PlanJob(JobKind):
 
     def plan_stage(self, ctx: JobContext, stage: str) -> StagePlan:
         if stage == "convert":  # chosen now, by the congestion of this moment
-            return StagePlan(tuple(resolve_devices(ctx.store, ctx.job.params["devices"])))
+            params = ctx.job.params
+            return StagePlan(tuple(resolve_devices(ctx.store, params["devices"], params.get("device_rule", "congestion"))))
         return StagePlan.count(len(gantry_angles(ctx.job.params)) if stage == "dose" else 1)
 
     def prepare_shard(self, ctx: JobContext, shard: ShardRecord) -> str:
@@ -159,7 +165,7 @@ class PlanJob(JobKind):
         if device is None or device.status != DOWN:
             return ""
         taken = {s.target for s in ctx.store.list_shards(ctx.job.job_id, "convert")}
-        other = reroute(ctx.store, shard.target, taken)
+        other = reroute(ctx.store, shard.target, taken, ctx.job.params.get("device_rule", "congestion"))
         if other is None:
             raise FailedPrecondition(f"device {shard.target} is down and no other device is usable")
         notice = f"device {shard.target} is down: its conversion is rerouted to {other}"

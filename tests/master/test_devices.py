@@ -35,6 +35,11 @@ def test_auto_picks_idle_then_shortest_queue_and_skips_down(store):
     with pytest.raises(InvalidArgument, match="3 devices are usable"):
         devices.resolve_devices(store, "auto:4")
     assert devices.reroute(store, "SYNERGY-MLCI2", taken={"VERSA-AGILITY"}) == "TB-HD120"
+    # The user's rules: the shortest queue whether idle or busy, or named devices first.
+    assert devices.resolve_devices(store, "auto", "shortest_queue") == ["TB-M120"]
+    assert devices.resolve_devices(store, "auto:2", "prefer:SYNERGY-MLCI2,TB-HD120") == ["TB-HD120", "VERSA-AGILITY"]
+    with pytest.raises(InvalidArgument, match="device_rule"):
+        devices.resolve_devices(store, "auto", "cheapest")
 
 
 def test_named_devices_and_refusals(store):

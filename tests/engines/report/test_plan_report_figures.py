@@ -162,3 +162,17 @@ def test_dose_wash_rejects_bad_input(phantom, dose_grid, blob_dose) -> None:
         render_dose_wash_png(phantom.ct, blob_dose, dose_grid, prescription_gy=0.0)
     with pytest.raises(PlanReportError, match="dose grid"):
         render_dose_wash_png(phantom.ct, blob_dose[:-1], dose_grid, prescription_gy=60.0)
+
+
+def test_gamma_map_png_shows_the_failing_slice():
+    from rtgrid.engines.report.plan_report import PlanReportError, render_gamma_png
+
+    gamma = np.full((6, 20, 20), np.nan, dtype=np.float32)
+    gamma[1:5, 5:15, 5:15] = 0.4
+    gamma[3, 8:12, 8:12] = 1.7  # fails only on slice 3
+    grid = Volume(np.zeros((6, 20, 20)), origin_mm=(0, 0, -10), spacing_mm=(3, 3, 3))
+    png = render_gamma_png(gamma, grid, title="t", n_slices=2)
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.size[0] > image.size[1]
+    with pytest.raises(PlanReportError, match="no evaluated"):
+        render_gamma_png(np.full((6, 20, 20), np.nan), grid)
