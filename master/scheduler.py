@@ -131,6 +131,10 @@ class Scheduler:
         job = JobRecord(new_id("job"), case_id, kind.name, QUEUED, priority, params, first, now_ms(),
                         idempotency_key=key)
         with self.store.transaction():
+            # Checked again inside the transaction: two submits with one key race to here.
+            existing = self.store.find_job_by_key(key) if key else None
+            if existing is not None:
+                return existing
             self.store.add_job(job)
             self._plan_stage(job, first)
             self.events.publish(job.job_id, "state", QUEUED, stage=job.stage, message=f"{kind.name} job queued")
