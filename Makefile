@@ -7,7 +7,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_TMPDIR ?= /tmp/rtgrid-ray
 
-.PHONY: install tools proto test demo bench-grid bench-dose bench-seg clean
+.PHONY: install tools proto test demo bench-grid bench-dose bench-seg bench-conversion clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-dose: install
 
 bench-seg: install
 	$(PY) -m bench.seg
+
+bench-conversion: install
+	mkdir -p $(RAY_TMPDIR)
+	$(PY) -m bench.conversion
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
