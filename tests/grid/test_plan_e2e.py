@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from rtgrid.engines.conversion.standard_plan import StandardPlan
 from rtgrid.engines.dicomrt.rtdose import read_rtdose
 from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
 from rtgrid.engines.imaging.intake import load_series_dir
@@ -44,18 +45,19 @@ def test_full_job_contours_then_plans(grid, phantom, tmp_path):
         dose_shards = [s for s in client.shards(job.job_id) if s.stage == "dose"]
         assert len(dose_shards) == 5 and len({s.agent_id for s in dose_shards}) == 2
         files = {a.name: client.download(a, tmp_path) for a in client.artifacts(job.job_id)}
-    assert {"RS.contours.dcm", "RD.standard.dcm", "standard-plan.json", "plan-report.json", "dvh.png",
+    assert {"RS.contours.dcm", "RD.standard.dcm", "standard-plan.npz", "plan-report.json", "dvh.png",
             "dose-wash.png"} <= set(files)
     report = json.loads(files["plan-report.json"].read_text())
     assert report["all_goals_met"], [g for g in report["goals"] if not g["met"]]
-    plan = json.loads(files["standard-plan.json"].read_text())
-    assert len(plan["beams"]) == 5 and plan["machine"]["id"] == "rtgrid-standard-6mv"
+    plan = StandardPlan.from_bytes(files["standard-plan.npz"].read_bytes())
+    assert len(plan.beams) == 5 and plan.machine_id == "rtgrid-standard-6mv"
+    assert plan.order.prescription.target == "PTV" and plan.dose.shape == plan.dose.voxels.shape
     # The RTDOSE: valid, on the CT's frame of reference, referencing the standard plan, and its dose
     # agrees with the report (PTV D95 = 60 Gy after normalization).
     series = load_series_dir(case.ct_dir)
     ds = pydicom.dcmread(files["RD.standard.dcm"])
     assert ds.FrameOfReferenceUID == series.frame_of_reference_uid
-    assert ds.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == plan["plan_uid"]
+    assert ds.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == report["plan_uid"]
     assert_valid_per_dciodvfy(files["RD.standard.dcm"])
     dose, grid_volume = read_rtdose(ds)
     assert np.allclose(grid_volume.spacing_mm, 5.0)
