@@ -8,7 +8,6 @@ physician's, on the same CT. Runs locally; plugs into the ``rtgrid`` program lik
 from __future__ import annotations
 
 import io
-
 import math
 from pathlib import Path
 
