@@ -87,6 +87,7 @@ def shard_to_proto(s: ShardRecord) -> pb.Shard:
     return pb.Shard(
         shard_id=s.shard_id, job_id=s.job_id, stage=s.stage, index=s.index, state=_SHARD_STATES[s.state],
         agent_id=s.agent_id, attempts=s.attempts, error=s.error, started_ms=s.started_ms, finished_ms=s.finished_ms,
+        target=s.target,
     )
 
 

@@ -71,7 +71,8 @@ def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSer
                         dose_mask=masks[plan.body], reference_dose_gy=plan.dose.voxels, masks=masks, order=plan.order)
         # What the conversion found undeliverable (e.g. a target wider than the leaf bank) is not
         # visible in the clipped segments the check reads back, so it counts against release too.
-        reasons = list(qa.reasons) + [f"not deliverable: {v.message}" for v in dp.violations]
+        reasons = list(qa.reasons)
+        reasons += [r for r in dict.fromkeys(f"not deliverable: {v.message}" for v in dp.violations) if r not in reasons]
         passed = not reasons
         history.append({"attempt": attempt, "settings": settings, "passed": passed, "reasons": reasons,
                          "gamma_pass_rate_pct": qa.gamma_pass_rate_pct})

@@ -36,6 +36,7 @@ from rtgrid.engines.dose.grid import resample_mask, resample_to_dose_grid
 from rtgrid.engines.dose.machine import load_machine
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
+from rtgrid.engines.optimization.coplanar_plan import full_kernel_dose
 from rtgrid.engines.optimization.dvh import cumulative_dvh, evaluate_goals, plan_metrics
 from rtgrid.engines.optimization.fluence import optimize_fluence
 from rtgrid.engines.optimization.order import load_order
@@ -115,21 +116,24 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
     bixels = [_bixels(setup, b) for b in range(len(per_beam))]
     dij = assemble_dij(per_beam, release=True)
     fluence = optimize_fluence(dij, masks, order, bixel_grids=[np.stack([g.iy, g.ix], axis=1) for g in bixels])
-    dose = fluence.dose_gy.reshape(grid.shape)
+    weights, dose = full_kernel_dose(grid, setup[f"mask:{setup['body']}"], bixels, fluence.weights, machine, order,
+                                     masks[order.prescription.target])
     voxel_cc = grid.voxel_volume_mm3 / 1000.0
     goals = evaluate_goals(order, dose, masks, voxel_cc)
     metrics = plan_metrics(dose, masks, voxel_cc, dose_levels_gy=(order.prescription.dose_gy,))
     plan_uid = generate_uid()
     rtdose = write_rtdose(dose, grid, series, referenced_rtplan_uid=plan_uid,
                           comment="rtgrid standard plan (pencil beam)")
-    standard_plan = StandardPlan.from_optimization(machine, tuple(bixels), fluence.weights, grid, dose, order,
+    standard_plan = StandardPlan.from_optimization(machine, tuple(bixels), weights, grid, dose, order,
                                                    setup["body"])
     report = {
         "goals": [{"goal": g.goal, "structure": g.structure, "achieved_gy": g.achieved_gy, "limit_gy": g.limit_gy,
                    "met": g.met} for g in goals],
         "all_goals_met": all(g.met for g in goals), "metrics": metrics,
         "optimizer": {"solver": fluence.solver, "iterations": fluence.iterations, "time_s": fluence.time_s,
-                      "message": fluence.message, "normalization_factor": fluence.normalization_factor},
+                      "message": fluence.message, "normalization_factor": fluence.normalization_factor,
+                      "dose_of_the_matrix_vs_final_max_gy": float(np.abs(fluence.dose_gy.reshape(grid.shape)
+                                                                         - dose).max())},
         "dose_influence": {"voxels": int(dij.shape[0]), "bixels": int(dij.shape[1]), "nnz": int(dij.nnz)},
         "machine": {"id": machine.id, "version": machine.version, "content_hash": machine.content_hash},
         "plan_uid": plan_uid, "rtdose_sop_instance_uid": rtdose.SOPInstanceUID,

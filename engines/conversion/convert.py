@@ -233,6 +233,16 @@ def convert_plan(
     factor = rx.dose_gy / dose_at_volume(target_doses, rx.normalization_volume_pct)
     dose *= factor
     final = tuple(tuple(replace(s, mu=s.mu * factor) for s in segs) for segs in refined)
+    if any(s.mu < device.min_segment_mu for segs in final for s in segs):
+        # Normalization scaled a segment under the device's minimum MU: lift it, and recompute the
+        # dose from the segments as delivered (the dose always comes from the segments themselves).
+        final = tuple(tuple(replace(s, mu=max(s.mu, device.min_segment_mu)) for s in segs) for segs in final)
+        dose = np.zeros(density.shape, dtype=np.float64)
+        for beam, segs in zip(plan.beams, final):
+            if segs:
+                dose += segments_dose(density, body, beam, segs, device, resolution_mm=resolution_mm,
+                                      compute_device=compute_device)
+        dose *= fractions
     timings["dose"] = time.perf_counter() - t
 
     for n, segs in enumerate(final):

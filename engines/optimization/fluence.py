@@ -1,10 +1,13 @@
 """Fluence map optimization: bixel weights that best meet a medical order.
 
 The objective (see :mod:`.objectives`) is the order's penalties on the dose ``d = Dij x`` plus a
-smoothness term ``s * ||L x||^2 / (n_pairs * x_ref^2)`` between neighbouring bixels of each beam
-(``x_ref`` is the uniform fluence that gives the prescription as mean target dose, which makes
-``s`` independent of the dose engine's units). Fluence is non-negative. Two solvers minimize the
-same objective:
+smoothness term ``s * ||L x||^2 / (n_pairs * x_ref^2)`` between neighbouring bixels of each beam.
+``x_ref`` is the uniform fluence that gives the prescription as mean target dose. The solvers work
+on the scaled weights ``u = x / x_ref`` (order 1, whatever the dose engine's units): L-BFGS-B's
+first step on bounded variables is at most the gradient itself, so with raw weights of order 1e3
+and gradients of order 1e-6 it moved the fluence by a few parts per million, the objective by less
+than its ``ftol`` test, and stopped after one iteration on the flat start. Fluence is
+non-negative. Two solvers minimize the same objective:
 
 - ``"lbfgs"``: scipy's L-BFGS-B, on the CPU;
 - ``"torch"``: a projected L-BFGS (two-loop recursion on the free bixels, projected Armijo
@@ -136,7 +139,7 @@ def optimize_fluence(
     if target_dose_per_unit <= 0:
         raise FluenceOptimizationError(f"no bixel of the dose influence matrix reaches the target {rx.target}")
     x_ref = rx.dose_gy / target_dose_per_unit
-    x0 = np.full(n_bixels, x_ref)
+    u0 = np.ones(n_bixels)  # the flat fluence that gives Rx as mean target dose, in units of x_ref
 
     roughness = None
     if bixel_grids is not None and smoothness > 0:
@@ -145,20 +148,21 @@ def optimize_fluence(
         except ValueError as exc:
             raise FluenceOptimizationError(str(exc)) from exc
         if lap.shape[0]:
-            roughness = (lap, smoothness / (lap.shape[0] * x_ref**2))
+            # s ||L x||^2 / (n_pairs x_ref^2) = s ||L u||^2 / n_pairs
+            roughness = (lap, smoothness / lap.shape[0])
 
     if solver == "lbfgs":
-        x, iterations, history, message = _solve_scipy(dij, terms, rx.dose_gy, roughness, x0, max_iter, ftol)
+        u, iterations, history, message = _solve_scipy(dij, x_ref, terms, rx.dose_gy, roughness, u0, max_iter, ftol)
         used_device = "cpu"
     else:
         import torch  # imported here so the CPU solver does not load it
 
         used_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        x, iterations, history, message = _solve_torch(
-            dij, terms, rx.dose_gy, roughness, x0, max_iter, ftol, used_device
+        u, iterations, history, message = _solve_torch(
+            dij, x_ref, terms, rx.dose_gy, roughness, u0, max_iter, ftol, used_device
         )
 
-    weights = np.clip(x, 0.0, None)
+    weights = np.clip(u, 0.0, None) * x_ref
     dose = (dij @ weights.astype(np.float32)).astype(np.float32)
     coverage = dose_at_volume(dose[indices[rx.target]].astype(np.float64), rx.normalization_volume_pct)
     if coverage <= 0:
@@ -196,23 +200,24 @@ def _voxel_indices(structures: Mapping[str, np.ndarray], name: str, n_voxels: in
     return idx
 
 
-def _solve_scipy(dij, terms, rx_gy, roughness, x0, max_iter, ftol):
+def _solve_scipy(dij, x_ref, terms, rx_gy, roughness, u0, max_iter, ftol):
+    """L-BFGS-B on the scaled weights ``u`` (``x = x_ref u``)."""
     dij_t = dij.T  # a CSC view: its products cost what CSR's do, without a transposed copy
     numpy_terms = to_device(terms, rx_gy, None)
 
-    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
-        value, dose_grad = dose_objective((dij @ x.astype(np.float32)).astype(np.float64), numpy_terms)
-        grad = (dij_t @ dose_grad.astype(np.float32)).astype(np.float64)
+    def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
+        value, dose_grad = dose_objective((dij @ (x_ref * u).astype(np.float32)).astype(np.float64), numpy_terms)
+        grad = x_ref * (dij_t @ dose_grad.astype(np.float32)).astype(np.float64)
         if roughness is not None:
             lap, weight = roughness
-            r = lap @ x
+            r = lap @ u
             value += weight * float(r @ r)
             grad += 2.0 * weight * (lap.T @ r)
         return value, grad
 
     history: list[float] = []
     result = scipy.optimize.minimize(
-        fun, x0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * x0.size,
+        fun, u0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * u0.size,
         callback=lambda intermediate_result: history.append(float(intermediate_result.fun)),
         options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-12, "maxcor": LBFGS_MEMORY},
     )
@@ -234,7 +239,8 @@ def _torch_csr(matrix: sp.csr_matrix, device: str):
         ).to(device)
 
 
-def _solve_torch(dij, terms, rx_gy, roughness, x0, max_iter, ftol, device):
+def _solve_torch(dij, x_ref, terms, rx_gy, roughness, u0, max_iter, ftol, device):
+    """Projected L-BFGS in torch on the scaled weights ``u`` (``x = x_ref u``)."""
     import torch
 
     a = _torch_csr(dij, device)
@@ -245,44 +251,44 @@ def _solve_torch(dij, terms, rx_gy, roughness, x0, max_iter, ftol, device):
         lap, lap_t = _torch_csr(roughness[0], device), _torch_csr(roughness[0].T.tocsr(), device)
         lap_weight = roughness[1]
 
-    def fun(x):
-        value, dose_grad = dose_objective(a @ x, dev_terms)
-        grad = a_t @ dose_grad
+    def fun(u):
+        value, dose_grad = dose_objective(a @ (x_ref * u), dev_terms)
+        grad = x_ref * (a_t @ dose_grad)
         if lap is not None:
-            r = lap @ x
+            r = lap @ u
             value += lap_weight * float(r @ r)
             grad = grad + 2.0 * lap_weight * (lap_t @ r)
         return value, grad
 
-    x = torch.as_tensor(x0, dtype=torch.float32, device=device)
-    f, g = fun(x)
+    u = torch.as_tensor(u0, dtype=torch.float32, device=device)
+    f, g = fun(u)
     memory: list = []
     history: list[float] = []
     message = f"reached max_iter = {max_iter}"
     iterations = 0
     for iterations in range(1, max_iter + 1):
-        free = ~((x <= 0) & (g > 0))
+        free = ~((u <= 0) & (g > 0))
         g_free = torch.where(free, g, torch.zeros_like(g))
-        direction = -_two_loop(g_free, memory, x) * free
+        direction = -_two_loop(g_free, memory, u) * free
         slope = float(direction @ g_free)
         if slope >= 0:  # not a descent direction on the free bixels: restart from steepest descent
             memory.clear()
-            direction = -_two_loop(g_free, memory, x)
+            direction = -_two_loop(g_free, memory, u)
             slope = float(direction @ g_free)
         step = 1.0
         while True:
-            x_new = torch.clamp(x + step * direction, min=0.0)
-            f_new, g_new = fun(x_new)
-            if f_new <= f + _ARMIJO * float(g @ (x_new - x)) or step < 1e-12:
+            u_new = torch.clamp(u + step * direction, min=0.0)
+            f_new, g_new = fun(u_new)
+            if f_new <= f + _ARMIJO * float(g @ (u_new - u)) or step < 1e-12:
                 break
             step *= 0.5
-        s, y = x_new - x, g_new - g
+        s, y = u_new - u, g_new - g
         sy = float(s @ y)
         if sy > 1e-10 * float(y @ y):
             memory.append((s, y, 1.0 / sy))
             del memory[:-LBFGS_MEMORY]
         decrease = (f - f_new) / max(abs(f), abs(f_new), 1.0)
-        x, f, g = x_new, f_new, g_new
+        u, f, g = u_new, f_new, g_new
         history.append(f)
         if step < 1e-12:
             message = "line search found no decrease"
@@ -290,7 +296,7 @@ def _solve_torch(dij, terms, rx_gy, roughness, x0, max_iter, ftol, device):
         if decrease <= ftol:
             message = f"relative reduction of f <= ftol = {ftol:g}"
             break
-    return x.double().cpu().numpy(), iterations, history, message
+    return u.double().cpu().numpy(), iterations, history, message
 
 
 def _two_loop(g, memory, x):

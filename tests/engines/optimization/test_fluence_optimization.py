@@ -163,6 +163,28 @@ def test_torch_solver_agrees_with_lbfgs_b():
     assert runs["torch"].device == "cpu" and (runs["torch"].weights >= 0).all()
 
 
+def test_plan_does_not_depend_on_the_dose_engine_units():
+    """Regression: with a dose influence in mGy per unit weight (weights of order 1e4, gradients
+    of order 1e-7) L-BFGS-B stopped after one iteration on the flat start ("RELATIVE REDUCTION OF
+    F <= FACTR*EPSMCH") and returned the flat fluence, core at ~49 Gy. Scaling the matrix by c and
+    the weights by 1/c is the same problem: both plans must spare the core, and agree."""
+    dij, structures, grids = c_shape_case()
+    order = load_order(
+        "prescription: {target: PTV, dose_gy: 50, fractions: 25}\n"
+        "constraints: [{structure: Core, type: max_dose, dose_gy: 25, priority: 4}]", structures)
+    core, ptv = structures["Core"].reshape(-1), structures["PTV"].reshape(-1)
+    flat = dij @ np.ones(dij.shape[1], dtype=np.float32)
+    flat_core_dmax = flat[core].max() * 50.0 / dose_at_volume(flat[ptv].astype(float), 95.0)
+    assert flat_core_dmax > 45.0  # the plan the one-iteration stop returned
+
+    gy = optimize_fluence(dij, structures, order, bixel_grids=grids, max_iter=300)
+    mgy = optimize_fluence(dij * np.float32(1e-3), structures, order, bixel_grids=grids, max_iter=300)
+    assert mgy.iterations > 50, mgy.message
+    assert mgy.dose_gy[core].max() < 32.0
+    assert abs(float(mgy.dose_gy[core].max()) - float(gy.dose_gy[core].max())) < 0.5
+    np.testing.assert_allclose(mgy.weights * 1e-3, gy.weights, rtol=0, atol=0.02 * gy.weights.max())
+
+
 def test_bad_inputs_are_named():
     dij, structures, _ = c_shape_case(n=20, n_beams=3)
     order = load_order(C_SHAPE_ORDER, structures)

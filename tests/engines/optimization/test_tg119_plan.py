@@ -39,7 +39,7 @@ def test_tg119_c_shape_meets_the_goals(tg119):
     )
     assert influence.dij.shape[1] == sum(b.n_bixels for b in influence.bixels)
     order = load_order(ORDER, influence.masks)
-    plan = optimize_plan(influence, order, max_iter=100)
+    plan = optimize_plan(influence, order, max_iter=80)
     assert (plan.weights >= 0).all()
     dose = plan.dose_gy.reshape(influence.dose_grid.shape)
     voxel_cc = influence.dose_grid.voxel_volume_mm3 / 1000.0
@@ -48,9 +48,9 @@ def test_tg119_c_shape_meets_the_goals(tg119):
     assert ptv["D95"] >= 50.0 - 1e-3
     assert ptv["D10"] <= 55.0
     assert core["D10"] <= 25.0
-    # The core objective is the harder goal with a 1 Gy margin; on the dose grid it lands near it.
-    assert core["D10"] <= 12.0, f"core D10 {core['D10']:.2f} Gy"
+    # TG-119's harder goal, on the dose grid (the order asks for 6 Gy, a 4 Gy planning margin).
+    assert core["D10"] <= 10.0, f"core D10 {core['D10']:.2f} Gy"
     goals = {g.goal: g for g in evaluate_goals(order, dose, influence.masks, voxel_cc)}
     assert goals["OuterTarget D95% >= 50 Gy (prescription)"].met
     assert goals["OuterTarget D10% <= 55 Gy"].met
-    assert np.isclose(goals["Core D10% <= 9 Gy"].achieved_gy, core["D10"])
+    assert np.isclose(goals["Core D10% <= 6 Gy"].achieved_gy, core["D10"])
