@@ -238,7 +238,7 @@ class Artifact(_message.Message):
     def __init__(self, artifact_id: _Optional[str] = ..., job_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., modality: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Shard(_message.Message):
-    __slots__ = ("shard_id", "job_id", "stage", "index", "state", "agent_id", "attempts", "error", "started_ms", "finished_ms")
+    __slots__ = ("shard_id", "job_id", "stage", "index", "state", "agent_id", "attempts", "error", "started_ms", "finished_ms", "target")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,7 @@ class Shard(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STARTED_MS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_MS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
     shard_id: str
     job_id: str
     stage: str
@@ -259,7 +260,8 @@ class Shard(_message.Message):
     error: str
     started_ms: int
     finished_ms: int
-    def __init__(self, shard_id: _Optional[str] = ..., job_id: _Optional[str] = ..., stage: _Optional[str] = ..., index: _Optional[int] = ..., state: _Optional[_Union[ShardState, str]] = ..., agent_id: _Optional[str] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ...) -> None: ...
+    target: str
+    def __init__(self, shard_id: _Optional[str] = ..., job_id: _Optional[str] = ..., stage: _Optional[str] = ..., index: _Optional[int] = ..., state: _Optional[_Union[ShardState, str]] = ..., agent_id: _Optional[str] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., target: _Optional[str] = ...) -> None: ...
 
 class GpuInfo(_message.Message):
     __slots__ = ("name", "memory_bytes")
