@@ -38,19 +38,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
 from bench.grid import (
     BenchError,
     LocalGrid,
     _load,
-    _stdout_for_json_only,
+    run_benchmark,
     say,
     watch_job,
     with_jobs_cancelled,
@@ -288,24 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-object-store-mb", type=int, default=1024,
                         help="object store of the Ray head, where the master puts shard arguments (MiB)")
     parser.add_argument("--job-timeout", type=float, default=900.0, help="seconds allowed per plan job")
-    args = parser.parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the grid is still stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    figures: dict = {"benchmark": "conversion"}
-    status = 0
-    started = time.perf_counter()
-    with _stdout_for_json_only() as stdout_fd:
-        try:
-            run(args, figures)
-        except (Exception, KeyboardInterrupt, SystemExit) as exc:
-            status = 1
-            detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else str(exc)
-            figures["error"] = f"{type(exc).__name__}: {detail}"
-            say(f"FAILED: {figures['error']}")
-        figures["total_s"] = round(time.perf_counter() - started, 3)
-        say(f"total {figures['total_s']:.1f} s")
-        os.write(stdout_fd, (json.dumps(figures) + "\n").encode())
-    return status
+    return run_benchmark("conversion", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -654,10 +654,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-object-store-mb", type=int, default=1024,
                         help="object store of the Ray head, where the master puts shard arguments (MiB)")
     parser.add_argument("--job-timeout", type=float, default=240.0, help="seconds allowed per big contour job")
-    args = parser.parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the grid is still stopped.
+    return run_benchmark("grid", run, parser.parse_args(argv))
+
+
+def run_benchmark(name: str, run, args: argparse.Namespace) -> int:
+    """Run ``run(args, figures)`` and end with one JSON line of ``figures`` on stdout, also on error.
+
+    SIGTERM unwinds like Ctrl-C, so a grid the run started is still stopped. Returns the exit status.
+    """
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    figures: dict = {"benchmark": "grid"}
+    figures: dict = {"benchmark": name}
     status = 0
     started = time.perf_counter()
     with _stdout_for_json_only() as stdout_fd:
