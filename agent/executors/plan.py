@@ -36,9 +36,8 @@ from rtgrid.engines.dose.grid import resample_mask, resample_to_dose_grid
 from rtgrid.engines.dose.machine import load_machine
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
-from rtgrid.engines.optimization.coplanar_plan import full_kernel_dose
+from rtgrid.engines.optimization.coplanar_plan import optimize_on_full_kernel
 from rtgrid.engines.optimization.dvh import cumulative_dvh, evaluate_goals, plan_metrics
-from rtgrid.engines.optimization.fluence import optimize_fluence
 from rtgrid.engines.optimization.order import load_order
 from rtgrid.engines.report.plan_report import render_dose_wash_png, render_dvh_png
 
@@ -115,9 +114,8 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
                 for b in sorted(beams, key=lambda b: b["beam_index"])]
     bixels = [_bixels(setup, b) for b in range(len(per_beam))]
     dij = assemble_dij(per_beam, release=True)
-    fluence = optimize_fluence(dij, masks, order, bixel_grids=[np.stack([g.iy, g.ix], axis=1) for g in bixels])
-    weights, dose = full_kernel_dose(grid, setup[f"mask:{setup['body']}"], bixels, fluence.weights, machine, order,
-                                     masks[order.prescription.target])
+    final = optimize_on_full_kernel(dij, masks, order, grid, setup[f"mask:{setup['body']}"], bixels, machine)
+    fluence, weights, dose = final.fluence, final.weights, final.dose_gy
     voxel_cc = grid.voxel_volume_mm3 / 1000.0
     goals = evaluate_goals(order, dose, masks, voxel_cc)
     metrics = plan_metrics(dose, masks, voxel_cc, dose_levels_gy=(order.prescription.dose_gy,))
@@ -132,6 +130,8 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
         "all_goals_met": all(g.met for g in goals), "metrics": metrics,
         "optimizer": {"solver": fluence.solver, "iterations": fluence.iterations, "time_s": fluence.time_s,
                       "message": fluence.message, "normalization_factor": fluence.normalization_factor,
+                      "far_scatter_correction_rounds": final.correction_rounds,
+                      "optimization_s": final.optimization_s, "full_kernel_dose_s": final.full_dose_s,
                       "dose_of_the_matrix_vs_final_max_gy": float(np.abs(fluence.dose_gy.reshape(grid.shape)
                                                                          - dose).max())},
         "dose_influence": {"voxels": int(dij.shape[0]), "bixels": int(dij.shape[1]), "nnz": int(dij.nnz)},

@@ -3,7 +3,10 @@ refine MU -> dose from the segments -> goals and deliverability.
 
 1. :func:`~.coincidence.coincidence` of the standard machine and the device.
 2. The device's own beamlets for every beam (:func:`~.leaf_grid.device_leaf_grid`, rows = leaf
-   pairs) and their dose influence with the device's kernel.
+   pairs) and their dose influence with the device's kernel, corrected for the far scatter it
+   leaves out (:mod:`rtgrid.engines.dose.far_scatter`), probed with the standard fluence
+   resampled onto the device's bixels: the standard dose to mimic and the segments' final dose
+   are full-kernel doses, so the matrix that bridges them must carry far scatter too.
 3. The ideal device fluence: above the threshold, the standard fluence itself resampled onto the
    device's bixels (reuse); below it, :func:`~.mimic.mimic_dose` to the standard dose.
 4. Per beam, :func:`~.sequencing.sequence_beam` (MU per fraction), then the MU of all segments
@@ -22,15 +25,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from rtgrid.engines.dose.beams import Beam
+from rtgrid.engines.dose.far_scatter import far_scatter_ratio, with_far_scatter
 from rtgrid.engines.dose.machine import MachineModel, load_machine
-from rtgrid.engines.dose.pencil_beam import assemble_dij
+from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dose
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.optimization.dvh import GoalResult, dose_at_volume, evaluate_goals
 
 from .coincidence import DEFAULT_THRESHOLD, CoincidenceReport, coincidence
 from .deliverability import deliverability
 from .device import DeviceModel
-from .leaf_grid import LeafGrid, device_beam_dij, device_leaf_grid, resample_fluence
+from .leaf_grid import LeafGrid, device_beam_dij, device_leaf_grid, lattice_cells, resample_fluence
 from .mimic import mimic_dose
 from .segment import Segment, Violation
 from .segment_dose import DEFAULT_RESOLUTION_MM, segment_open_fractions, segments_dose
@@ -41,6 +45,9 @@ LOST_FLUENCE_TOLERANCE = 0.01
 """Fraction of a beam's standard fluence outside the device's bixels above which reuse is reported."""
 REFINE_TARGET_BOOST = 4.0
 """Extra weight of target voxels in the MU refinement."""
+REFINE_OAR_BOOST = 4.0
+"""Extra weight, in the MU refinement, of the voxels of the order's other structures (the organs at
+risk; the body excepted): their DVH goals are what a coarser aperture set loses first."""
 
 
 class ConversionError(ValueError):
@@ -177,19 +184,22 @@ def convert_plan(
         grids.append(grid)
         violations.extend(replace(v, beam=n) for v in found)
     per_beam = [device_beam_dij(density, body, g, device, compute_device=compute_device) for g in grids]
+    resampled = []
+    for n, (grid, bixels, w) in enumerate(zip(grids, plan.bixels, plan.weights)):
+        device_w, lost = resample_fluence(bixels, w, grid)
+        resampled.append(device_w)
+        if report.reuse_standard_plan and lost > LOST_FLUENCE_TOLERANCE:
+            violations.append(Violation("field_size", n, None, f"{100 * lost:.1f} % of the standard fluence of beam {n} "
+                                                              f"lies outside the leaf bank of {device.id}"))
+    ratio = far_scatter_ratio(assemble_dij(per_beam) @ np.concatenate(resampled).astype(np.float32),
+                              _full_kernel_dose(density, body, grids, resampled, device, compute_device))
+    per_beam = [with_far_scatter(d, ratio) for d in per_beam]
     dij = assemble_dij(per_beam)
     timings["dose_influence"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if report.reuse_standard_plan:
-        parts = []
-        for n, (grid, bixels, w) in enumerate(zip(grids, plan.bixels, plan.weights)):
-            device_w, lost = resample_fluence(bixels, w, grid)
-            parts.append(device_w)
-            if lost > LOST_FLUENCE_TOLERANCE:
-                violations.append(Violation("field_size", n, None, f"{100 * lost:.1f} % of the standard fluence of beam {n} "
-                                                                  f"lies outside the leaf bank of {device.id}"))
-        ideal = np.concatenate(parts)
+        ideal = np.concatenate(resampled)
     else:
         ideal = mimic_dose(dij, plan.dose.voxels, masks, order, bixel_positions=[g.positions for g in grids],
                            max_iter=max_iter).weights
@@ -210,8 +220,12 @@ def convert_plan(
         if segs:
             columns.append(np.asarray((d[rows] @ segment_open_fractions(segs, grids[n], device)).todense()))
             beam_of.extend([n] * len(segs))
-    target_in_rows = np.isin(rows, np.flatnonzero(np.asarray(masks[rx.target]).ravel()))
-    voxel_weights = 1.0 + REFINE_TARGET_BOOST * target_in_rows
+    in_target = np.asarray(masks[rx.target]).ravel()[rows]
+    in_oar = np.zeros(rows.size, dtype=bool)
+    for name in order.structures:
+        if name not in (rx.target, plan.body):
+            in_oar |= np.asarray(masks[name]).ravel()[rows]
+    voxel_weights = 1.0 + REFINE_TARGET_BOOST * in_target + REFINE_OAR_BOOST * (in_oar & ~in_target)
     mu = refine_segment_mu(np.concatenate(columns, axis=1), ideal_dose[rows] / fractions, voxel_weights,
                            np.asarray(beam_of), min_mu=device.min_segment_mu,
                            max_segments_per_beam=device.max_segments_per_beam)
@@ -265,3 +279,14 @@ def convert_plan(
         violations=tuple(violations),
         timings_s=timings,
     )
+
+
+def _full_kernel_dose(density: Volume, body: np.ndarray, grids: list[LeafGrid], weights: list[np.ndarray],
+                      device: DeviceModel, compute_device: str) -> np.ndarray:
+    """Dose (Gy, flat) of per-beam device-bixel weights with the device's full kernel."""
+    dose = np.zeros(density.shape, dtype=np.float64)
+    for grid, w in zip(grids, weights):
+        cells, aggregation = lattice_cells(grid, device.machine.sad_mm)
+        dose += compute_beam_dose(density, body, grid.beam, cells, device.machine, aggregation @ w,
+                                  device=compute_device)
+    return dose.ravel()

@@ -3,7 +3,9 @@
 Chains the standard machine's dose engine and the fluence optimizer: dose grid, equispaced
 coplanar beams at the target's centroid, bixel grids over the target's projection, one dose
 influence matrix per beam (the unit of work a grid shards), and the optimized, normalized
-fluence. Timings of both stages are kept apart, for benchmarks and the job's progress.
+fluence. The final dose is the full kernel's: the optimization is corrected for the far scatter
+the sparse matrix leaves out (:mod:`rtgrid.engines.dose.far_scatter`). Timings of the stages are
+kept apart, for benchmarks and the job's progress.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from rtgrid.engines.dose.beams import Beam, BixelGrid, default_isocenter, make_bixel_grid
+from rtgrid.engines.dose.far_scatter import far_scatter_ratio, with_far_scatter
 from rtgrid.engines.dose.grid import resample_mask, resample_to_dose_grid
 from rtgrid.engines.dose.machine import MachineModel
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij, compute_beam_dose
@@ -108,26 +111,139 @@ def compute_dose_influence(
     return DoseInfluence(grid, dose_masks, bixels, dij, time.perf_counter() - start)
 
 
+@dataclass(frozen=True)
+class FinalPlan:
+    """An optimized plan scored on its full-kernel dose.
+
+    Attributes
+    ----------
+    weights : np.ndarray
+        Bixel weights (all beams), normalized so that the full-kernel dose meets the prescription.
+    dose_gy : np.ndarray
+        Full-kernel dose (float32 Gy, all fractions, dose-grid shape).
+    fluence : FluenceResult
+        The last optimization (on the far-scatter corrected matrix when ``correction_rounds`` > 0).
+    correction_rounds : int
+        Re-optimizations on the corrected matrix after the first one.
+    optimization_s, full_dose_s : float
+        Wall time of all optimizations, and of all full-kernel dose computations.
+    """
+
+    weights: np.ndarray
+    dose_gy: np.ndarray
+    fluence: FluenceResult
+    correction_rounds: int
+    optimization_s: float
+    full_dose_s: float
+
+
+DEFAULT_CORRECTION_ROUNDS = 1
+"""One re-optimization on the corrected matrix: TG-119's core D10 drops from 11.5 to about 10 Gy
+on the 3 mm grid; a second round gains a few tenths more for the same time again."""
+
+
 def optimize_plan(
     influence: DoseInfluence,
     order: MedicalOrder,
+    machine: MachineModel,
+    body: str,
     *,
+    correction_rounds: int = DEFAULT_CORRECTION_ROUNDS,
     solver: str = "lbfgs",
     max_iter: int = 300,
     smoothness: float = DEFAULT_SMOOTHNESS,
     device: str | None = None,
-) -> FluenceResult:
-    """Optimize the fluence of a :class:`DoseInfluence` against ``order`` (with smoothness).
+) -> FinalPlan:
+    """Optimize the fluence of a :class:`DoseInfluence` against ``order``, on the full-kernel dose.
+
+    Parameters
+    ----------
+    influence : DoseInfluence
+    order : MedicalOrder
+    machine : MachineModel
+        The machine of the influence matrix (its full kernel gives the final dose).
+    body : str
+        The structure whose voxels get dose.
+    correction_rounds : int
+        Re-optimizations on the far-scatter corrected matrix (0: the matrix alone).
+    solver, max_iter, smoothness, device
+        As :func:`.fluence.optimize_fluence`.
 
     Returns
     -------
-    FluenceResult
-        ``dose_gy`` reshapes to ``influence.dose_grid.shape``.
+    FinalPlan
     """
-    return optimize_fluence(
-        influence.dij, influence.masks, order, bixel_grids=influence.bixel_positions,
-        solver=solver, max_iter=max_iter, smoothness=smoothness, device=device,
+    return optimize_on_full_kernel(
+        influence.dij, influence.masks, order, influence.dose_grid, influence.masks[body], influence.bixels,
+        machine, correction_rounds=correction_rounds, solver=solver, max_iter=max_iter, smoothness=smoothness,
+        device=device,
     )
+
+
+def optimize_on_full_kernel(
+    dij: sp.csr_matrix,
+    masks: Mapping[str, np.ndarray],
+    order: MedicalOrder,
+    dose_grid: Volume,
+    body: np.ndarray,
+    bixels: Sequence[BixelGrid],
+    machine: MachineModel,
+    *,
+    correction_rounds: int = DEFAULT_CORRECTION_ROUNDS,
+    solver: str = "lbfgs",
+    max_iter: int = 300,
+    smoothness: float = DEFAULT_SMOOTHNESS,
+    device: str | None = None,
+) -> FinalPlan:
+    """Optimize on the influence matrix, then again on it corrected for far scatter.
+
+    Each round takes the per-voxel ratio of the last plan's full-kernel dose to its matrix dose
+    (:func:`~rtgrid.engines.dose.far_scatter.far_scatter_ratio`), scales the matrix's rows by it
+    and optimizes afresh; the result is scored and normalized on its full-kernel dose.
+
+    Parameters
+    ----------
+    dij : scipy.sparse.csr_matrix
+        ``(n_voxels, n_bixels)``, the beams' matrices assembled in ``bixels``' order.
+    masks : Mapping[str, np.ndarray]
+        Structures on the dose grid.
+    order : MedicalOrder
+    dose_grid : Volume
+        Relative electron density on the dose grid.
+    body : np.ndarray
+        Voxels that get dose (dose-grid shape).
+    bixels : sequence of BixelGrid
+        Per beam, in the matrix's column order.
+    machine : MachineModel
+    correction_rounds : int
+        Re-optimizations on the corrected matrix (0: the matrix alone).
+    solver, max_iter, smoothness, device
+        As :func:`.fluence.optimize_fluence`.
+
+    Returns
+    -------
+    FinalPlan
+    """
+    if correction_rounds < 0:
+        raise ValueError(f"correction_rounds must be >= 0, got {correction_rounds}")
+    positions = [np.stack([g.iy, g.ix], axis=1) for g in bixels]
+    target = masks[order.prescription.target]
+    timings = {"optimization": 0.0, "full_dose": 0.0}
+
+    def optimize_and_score(matrix: sp.csr_matrix) -> tuple[FluenceResult, np.ndarray, np.ndarray]:
+        fluence = optimize_fluence(matrix, masks, order, bixel_grids=positions, solver=solver, max_iter=max_iter,
+                                   smoothness=smoothness, device=device)
+        timings["optimization"] += fluence.time_s
+        start = time.perf_counter()
+        weights, dose = full_kernel_dose(dose_grid, body, bixels, fluence.weights, machine, order, target)
+        timings["full_dose"] += time.perf_counter() - start
+        return fluence, weights, dose
+
+    fluence, weights, dose = optimize_and_score(dij)
+    for _ in range(correction_rounds):
+        ratio = far_scatter_ratio(dij @ weights.astype(np.float32), dose)
+        fluence, weights, dose = optimize_and_score(with_far_scatter(dij, ratio))
+    return FinalPlan(weights, dose, fluence, correction_rounds, timings["optimization"], timings["full_dose"])
 
 
 def full_kernel_dose(

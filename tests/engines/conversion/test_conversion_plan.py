@@ -46,7 +46,7 @@ def standard_case():
     machine = load_machine()
     influence = compute_dose_influence(density, masks, "PTV", "BODY", machine, equispaced_gantry_angles(5), dose_grid_mm=4.0)
     order = load_order(ORDER, influence.masks)
-    result = optimize_plan(influence, order, max_iter=60, solver="torch", device="cpu")
+    result = optimize_plan(influence, order, machine, "BODY", max_iter=60, solver="torch", device="cpu")
     plan = StandardPlan.from_optimization(machine, influence.bixels, result.weights, influence.dose_grid, result.dose_gy,
                                           order, "BODY")
     return plan, influence

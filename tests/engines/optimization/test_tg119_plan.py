@@ -33,24 +33,25 @@ def tg119():
 
 
 def test_tg119_c_shape_meets_the_goals(tg119):
+    machine = load_machine("rtgrid-standard-6mv")
     influence = compute_dose_influence(
         tg119.relative_electron_density, tg119.structures, "OuterTarget", "BODY",
-        load_machine("rtgrid-standard-6mv"), equispaced_gantry_angles(9), dose_grid_mm=5.0, bixel_mm=5.0,
+        machine, equispaced_gantry_angles(9), dose_grid_mm=5.0, bixel_mm=5.0,
     )
     assert influence.dij.shape[1] == sum(b.n_bixels for b in influence.bixels)
     order = load_order(ORDER, influence.masks)
-    plan = optimize_plan(influence, order, max_iter=80)
+    plan = optimize_plan(influence, order, machine, "BODY", max_iter=80)
     assert (plan.weights >= 0).all()
-    dose = plan.dose_gy.reshape(influence.dose_grid.shape)
+    dose = plan.dose_gy  # the full kernel's, far scatter included
     voxel_cc = influence.dose_grid.voxel_volume_mm3 / 1000.0
     m = plan_metrics(dose, influence.masks, voxel_cc)
     ptv, core = m["OuterTarget"], m["Core"]
     assert ptv["D95"] >= 50.0 - 1e-3
     assert ptv["D10"] <= 55.0
     assert core["D10"] <= 25.0
-    # TG-119's harder goal, on the dose grid (the order asks for 6 Gy, a 4 Gy planning margin).
+    # TG-119's harder goal, on the full-kernel dose of the 5 mm grid (the order asks for 7 Gy).
     assert core["D10"] <= 10.0, f"core D10 {core['D10']:.2f} Gy"
     goals = {g.goal: g for g in evaluate_goals(order, dose, influence.masks, voxel_cc)}
     assert goals["OuterTarget D95% >= 50 Gy (prescription)"].met
     assert goals["OuterTarget D10% <= 55 Gy"].met
-    assert np.isclose(goals["Core D10% <= 6 Gy"].achieved_gy, core["D10"])
+    assert np.isclose(goals["Core D10% <= 7 Gy"].achieved_gy, core["D10"])
