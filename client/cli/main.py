@@ -74,6 +74,8 @@ def submit(
     contours_job: str = typer.Option(None, help="A finished contour job whose contours a plan uses."),
     devices: str = typer.Option(None, help="Device plans too: ID,ID,... or auto / auto:N (chosen by congestion)."),
     device_rule: str = typer.Option(None, help="How auto chooses: congestion, shortest_queue or prefer:ID,ID."),
+    models: str = typer.Option(None, help="Deep segmentation models for contour jobs: NAME or NAME@VERSION, comma-separated "
+                                          "(see `rtgrid admin models`)."),
     param: list[str] = typer.Option([], "--param", help="Other parameter KEY=VALUE (repeatable)."),
     idempotency_key: str = typer.Option("", help="Submitting twice with one key makes one job."),
     target: str = TargetOption,
@@ -83,7 +85,7 @@ def submit(
     params = _params(param)
     named = {"beams": beams, "gantry_angles": gantry_angles, "bixel_mm": bixel_mm, "dose_grid_mm": dose_grid_mm,
              "machine": machine, "contours_job": contours_job, "devices": devices,
-             "device_rule": device_rule}
+             "device_rule": device_rule, "models": models}
     params.update({k: str(v) for k, v in named.items() if v is not None})
     if order is not None:
         params["order"] = order.read_text()
