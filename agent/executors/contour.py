@@ -15,6 +15,7 @@ from rtgrid.engines.segmentation import classical
 from rtgrid.engines.segmentation.deep.card import ModelCard
 from rtgrid.engines.segmentation.deep.postprocess import postprocess
 
+from .assist import assisted_structures
 from .files import artifact, dataset_bytes
 
 # How each classical structure is typed in the RTSTRUCT, and drawn.
@@ -36,8 +37,8 @@ def contour_slab(hu: np.ndarray, spacing_mm: np.ndarray, direction: np.ndarray, 
     return {"slab": dataclasses.asdict(result.slab), "bits": result.bits}
 
 
-def model_structures(model: dict[str, Any], taken: set[str]) -> tuple[list[StructureSpec], dict[str, Any]]:
-    """One model's label slabs → post-processed structures named by its card, and a summary.
+def model_structures(model: dict[str, Any], taken: set[str]) -> tuple[list[StructureSpec], dict[str, Any], ModelCard]:
+    """One model's label slabs → post-processed structures named by its card, a summary, the card.
 
     A name the RTSTRUCT already holds gets the model's name appended, so nothing is overwritten.
     """
@@ -52,13 +53,13 @@ def model_structures(model: dict[str, Any], taken: set[str]) -> tuple[list[Struc
                                    "AUTOMATIC", origin))
     summary = {"name": model["name"], "version": model["version"], "sha256": model["sha256"],
                "structures": [spec.name for spec in specs], "actors": model["actors"]}
-    return specs, summary
+    return specs, summary, card
 
 
 def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries,
-                  model_results: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Merge slabs (and model label maps), write the RTSTRUCT on the uploaded series, render
-    overlays and a summary."""
+                  model_results: list[dict[str, Any]] | None = None, assist: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge slabs (and model label maps), complete what the user drew (``assist``), write the
+    RTSTRUCT on the uploaded series, render overlays and a summary."""
     results = [classical.SlabResult(classical.Slab(**r["slab"]), r["bits"]) for r in slab_results]
     masks = classical.merge_slabs(results, series.volume)
     specs = [
@@ -67,10 +68,18 @@ def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries,
     ]
     taken = set(masks)
     model_summaries = []
+    model_masks: dict[str, tuple[np.ndarray, str]] = {}  # what assist may refine with, by structure name
     for model in model_results or []:
-        model_specs, summary = model_structures(model, taken)
+        model_specs, summary, card = model_structures(model, taken)
         specs += model_specs
         model_summaries.append(summary)
+        for label, spec in zip(card.labels, model_specs):
+            for name in (label.name, label.rtstruct_name):
+                model_masks.setdefault(name.lower(), (spec.mask, f"{model['name']}@{model['version']}"))
+    assisted: list[dict[str, Any]] = []
+    if assist:
+        assist_specs, assisted = assisted_structures(assist, series, model_masks, taken)
+        specs += assist_specs
     ds = write_rtstruct(series, specs, label="RTGRID-AUTO", description="rtgrid auto-contouring (classical"
                         + (" + deep models" if model_summaries else "") + ")")
     rtstruct = dataset_bytes(ds)
@@ -78,6 +87,7 @@ def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries,
     summary = {
         "structures": {s.name: {"volume_cc": round(float(s.mask.sum()) * voxel_cc, 3)} for s in specs},
         "models": model_summaries,
+        "assisted": assisted,
         "series_instance_uid": series.series_instance_uid,
         "notes": list(series.notes),
     }

@@ -22,10 +22,14 @@ Parameters
     ``NAME`` or ``NAME@VERSION``, comma-separated: registered segmentation models. Resolved at
     submission to the exact packages (stored as ``NAME@VERSION:SHA256``), so a job always names
     the weights that made its contours.
+``assist``
+    What the user drew or pointed at (JSON; see ``rtgrid.master.jobs.assist``): completed in
+    the merge and written beside the drawn structure, marked as machine-completed.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 from rtgrid.engines.segmentation.classical import plan_slabs
@@ -36,6 +40,7 @@ from ..blobs import BlobStore
 from ..errors import InvalidArgument
 from ..store.base import Store
 from ..store.records import JobRecord, ShardRecord
+from .assist import check_assist
 from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
 
 SLICES_PER_SHARD = 16
@@ -94,13 +99,15 @@ class ContourJob(JobKind):
         return ("contour", "segment", "merge") if params.get("models") else self.stages
 
     def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
-        unknown = set(params) - {"shards", "models"}
+        unknown = set(params) - {"shards", "models", "assist"}
         if unknown:
             raise InvalidArgument(f"unknown parameter(s) for a contour job: {', '.join(sorted(unknown))}")
         int_param(params, "shards", 1, MAX_SHARDS)
         params = dict(params)
         if "models" in params:
             params["models"] = resolve_models(store, params["models"])
+        if "assist" in params:
+            check_assist(params["assist"], store, case_id)
         return params
 
     def wants_gpu(self, job: JobRecord, shard: ShardRecord) -> bool:
@@ -147,7 +154,7 @@ class ContourJob(JobKind):
         return ShardCall(
             "contour.merge",
             {"slab_results": ctx.stage_results("contour"), "series": ctx.series,
-             "model_results": self._model_results(ctx)},
+             "model_results": self._model_results(ctx), "assist": json.loads(ctx.job.params.get("assist", "null"))},
             ShardResources(cpus=1.0, memory_mb=4096),
         )
 

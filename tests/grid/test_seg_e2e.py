@@ -9,11 +9,13 @@ import shutil
 import subprocess
 
 import grpc
+import numpy as np
 import pydicom
 import pytest
 
 from rtgrid.agent.models import model_actor_name
-from rtgrid.engines.dicomrt.rtstruct import read_rtstruct, read_rtstruct_rois
+from rtgrid.client.cli.main import assist_param
+from rtgrid.engines.dicomrt.rtstruct import StructureSpec, read_rtstruct, read_rtstruct_rois, write_rtstruct
 from rtgrid.engines.imaging.intake import load_series_dir
 from rtgrid.engines.phantom import make_phantom, write_phantom_case
 from rtgrid.engines.segmentation.deep.phantom_model import PHANTOM_MODEL_CONFIG, train_phantom_model
@@ -67,6 +69,15 @@ def test_registry_over_the_cli_refuses_bad_packages(grid, phantom_model, tmp_pat
 
 def test_contour_with_a_model_merges_and_keeps_it_warm(grid, phantom_model, tmp_path):
     case_dir = write_phantom_case(tmp_path / "case", shape=SHAPE, spacing_mm=SPACING_MM, seed=SEED)
+    truth = make_phantom(SHAPE, SPACING_MM, SEED).labels
+    lungs = truth["Lung_L"] | truth["Lung_R"]
+    # The second job also completes "lungs" drawn on every fifth slice (its model knows "lungs").
+    drawn = np.zeros(SHAPE, bool)
+    drawn[2::5] = lungs[2::5]
+    series = load_series_dir(case_dir.ct_dir)
+    write_rtstruct(series, [StructureSpec("lungs", drawn, "ORGAN", (0, 0, 255), "MANUAL")]).save_as(
+        tmp_path / "drawn.dcm", enforce_file_format=True)
+    extra = [{}, {"assist": assist_param(tmp_path / "drawn.dcm")}]
     with grid.client() as client:
         client.register_model(phantom_model.package_dir)  # idempotent: maybe registered above already
         case = client.upload_folder(case_dir.ct_dir).case
@@ -75,7 +86,8 @@ def test_contour_with_a_model_merges_and_keeps_it_warm(grid, phantom_model, tmp_
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-model" in unknown.value.details()
         runs = []
         for n in (1, 2):
-            _, job, _, files = run_contour_job(client, case_dir.ct_dir, tmp_path / f"job{n}", models=PHANTOM_MODEL_CONFIG.name)
+            _, job, _, files = run_contour_job(client, case_dir.ct_dir, tmp_path / f"job{n}",
+                                               models=PHANTOM_MODEL_CONFIG.name, **extra[n - 1])
             shards = [s for s in client.shards(job.job_id) if s.stage == "segment"]
             runs.append((job, files, shards))
     sha = phantom_model.package_hash
@@ -88,10 +100,20 @@ def test_contour_with_a_model_merges_and_keeps_it_warm(grid, phantom_model, tmp_
     assert set(rois) == CLASSICAL | {"Lungs_DL", "Bones_DL"}
     descriptions = {r.ROIName: r.get("ROIDescription", "") for r in ds.StructureSetROISequence}
     assert sha[:16] in descriptions["Lungs_DL"]
-    masks = read_rtstruct(ds, load_series_dir(case_dir.ct_dir).volume)
-    truth = make_phantom(SHAPE, SPACING_MM, SEED).labels
-    assert dsc(masks["Lungs_DL"], truth["Lung_L"] | truth["Lung_R"]) >= 0.85
+    masks = read_rtstruct(ds, series.volume)
+    assert dsc(masks["Lungs_DL"], lungs) >= 0.85
     assert dsc(masks["Bones_DL"], truth["Bones"]) >= 0.6
+
+    # Assisted: the drawn structure as drawn, beside it the completed one, marked machine-completed.
+    ds = pydicom.dcmread(runs[1][1]["RS.contours.dcm"])
+    rois = {r.name: r for r in read_rtstruct_rois(ds)}
+    assert set(rois) == CLASSICAL | {"Lungs_DL", "Bones_DL", "lungs", "lungs_completed"}
+    assert (rois["lungs"].generation_algorithm, rois["lungs_completed"].generation_algorithm) == ("MANUAL", "SEMIAUTOMATIC")
+    description = {r.ROIName: r.get("ROIDescription", "") for r in ds.StructureSetROISequence}["lungs_completed"]
+    assert description.startswith("machine-completed by rtgrid") and "refined by model rtgrid-phantom@0.1.0" in description
+    masks = read_rtstruct(ds, series.volume)
+    span = slice(2, 38)  # interpolation runs between the first and last drawn slice
+    assert dsc(masks["lungs_completed"][span], lungs[span]) >= 0.9
 
     # Warm: each agent that served the model loaded it once, and served both jobs' shards.
     summaries = [json.loads(files["contours.json"].read_text())["models"][0] for _, files, _ in runs]
