@@ -9,6 +9,7 @@ import signal
 import typer
 
 from .daemon import DEFAULT_OBJECT_STORE_MB, Agent, AgentOptions
+from .models import DEFAULT_CACHE
 
 
 def agent_command(
@@ -18,12 +19,15 @@ def agent_command(
     slots: int = typer.Option(0, help="Shards at once (default: its CPUs)."),
     node_ip: str = typer.Option("127.0.0.1", help="Address of this box that the Ray cluster reaches."),
     object_store_mb: int = typer.Option(DEFAULT_OBJECT_STORE_MB, help="Ray object store size of this node (MiB)."),
+    model_cache: str = typer.Option(str(DEFAULT_CACHE), envvar="RTGRID_MODEL_CACHE",
+                                    help="Folder of segmentation model packages fetched from the master (by hash)."),
 ) -> None:
     """Register with the master, join its Ray cluster and run shards until drained (SIGTERM drains)."""
     if not master:
         raise typer.BadParameter("give --master HOST:PORT or set RTGRID_TARGET", param_hint="--master")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
     options = AgentOptions(master=master, cpus=cpus, slots=slots, node_ip=node_ip, object_store_mb=object_store_mb,
+                           model_cache=model_cache,
                            **({"name": name} if name else {}))
     agent = Agent(options)
     signal.signal(signal.SIGTERM, agent.request_drain)

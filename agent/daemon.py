@@ -21,6 +21,7 @@ import ray
 
 from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
+from .models import DEFAULT_CACHE
 from .ray_node import start_worker_node, stop_node
 from .worker import ShardWorker
 
@@ -35,7 +36,8 @@ DEFAULT_OBJECT_STORE_MB = 1024
 
 @dataclass(frozen=True)
 class AgentOptions:
-    """What an agent offers. ``slots``: shards at once (default: its CPUs)."""
+    """What an agent offers. ``slots``: shards at once (default: its CPUs); ``model_cache``: where
+    segmentation model packages fetched from the master are kept, by hash."""
 
     master: str
     name: str = platform.node()
@@ -43,6 +45,7 @@ class AgentOptions:
     slots: int = 0
     node_ip: str = "127.0.0.1"
     object_store_mb: int = DEFAULT_OBJECT_STORE_MB
+    model_cache: str = str(DEFAULT_CACHE)
 
 
 def home_resource(ray_resource: str) -> str:
@@ -131,7 +134,8 @@ class Agent:
                 resources={home_resource(reg.ray_resource): 1}, num_cpus=0, max_concurrency=1000, get_if_exists=True,
                 max_restarts=0,
             )
-            .remote(self.agent_id, reg.ray_resource)
+            .remote(self.agent_id, reg.ray_resource, self.options.master, self.options.model_cache, self.options.cpus,
+                    len(_gpus()))
         )
         ray.get(actor.ping.remote(), timeout=RAY_NODE_START_TIMEOUT_S)
         return actor

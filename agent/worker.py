@@ -4,7 +4,9 @@ The master calls ``run(task, [kwargs_ref], resources)`` on ``rtgrid-agent-<id>``
 the shard as a Ray task pinned to this agent's node by its custom resource (one unit per running
 shard, so the node's resource count is the agent's slot count) and returns the task's result.
 Keeping the actor thin lets shards run in separate worker processes in parallel, while the actor
-is the place where warm state (loaded models) lives.
+is the place where warm state (loaded models) lives: a shard whose resources name a model
+(``resources["model"]``, a package hash) runs on that model's warm actor on this node
+(:class:`rtgrid.agent.models.ModelActor`), created on first use and kept for later jobs.
 """
 
 from __future__ import annotations
@@ -13,8 +15,14 @@ import asyncio
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .executors import execute
+from .models import ModelActor, model_actor_name
+
+RAY_NAMESPACE = "rtgrid"
+# A model actor's share of one GPU: several models can stay warm on one card.
+MODEL_GPU_SHARE = 0.25
 
 
 @ray.remote(max_retries=0)
@@ -23,17 +31,53 @@ def run_shard(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 class ShardWorker:
-    """Created by the agent daemon as a detached, named actor on the agent's node."""
+    """Created by the agent daemon as a detached, named actor on the agent's node.
 
-    def __init__(self, agent_id: str, ray_resource: str) -> None:
+    Parameters
+    ----------
+    agent_id, ray_resource : str
+        The agent and the custom resource of its node.
+    master : str
+        ``HOST:PORT`` of the master's agent API (model actors fetch packages there).
+    model_cache : str
+        Folder of this agent's model package cache.
+    cpus, gpus : int
+        CPUs and GPUs of this node: model actors use the CPUs' threads, and a share of one GPU
+        when there is one (else they run on the CPU).
+    """
+
+    def __init__(self, agent_id: str, ray_resource: str, master: str = "", model_cache: str = "", cpus: int = 1,
+                 gpus: int = 0) -> None:
         self.agent_id = agent_id
         self.ray_resource = ray_resource
+        self.master = master
+        self.model_cache = model_cache
+        self.cpus = cpus
+        self.gpus = gpus
+        self._models: dict[str, Any] = {}
 
     def ping(self) -> str:
         return self.agent_id
 
-    async def run(self, task: str, kwargs_ref: list, resources: dict[str, float]) -> dict[str, Any]:
+    def _model_actor(self, sha256: str):
+        """This node's warm actor for the model (created, and loaded, on first use)."""
+        if sha256 not in self._models:
+            node = ray.get_runtime_context().get_node_id()
+            self._models[sha256] = (
+                ray.remote(ModelActor)
+                .options(
+                    name=model_actor_name(self.agent_id, sha256), namespace=RAY_NAMESPACE, get_if_exists=True,
+                    num_cpus=0, num_gpus=MODEL_GPU_SHARE if self.gpus else 0, max_restarts=0,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+                )
+                .remote(self.master, sha256, self.model_cache, self.cpus)
+            )
+        return self._models[sha256]
+
+    async def run(self, task: str, kwargs_ref: list, resources: dict[str, Any]) -> dict[str, Any]:
         """Run one shard on this node; ``kwargs_ref`` is ``[ObjectRef]`` so the actor never copies it."""
+        if resources.get("model"):
+            return await self._run_on_model(task, kwargs_ref[0], resources["model"])
         options = {
             "resources": {self.ray_resource: 1},
             "num_cpus": 0,
@@ -45,4 +89,17 @@ class ShardWorker:
             return await ref
         except asyncio.CancelledError:  # the master cancelled the job: free the slot now
             ray.cancel(ref, force=True)
+            raise
+
+    async def _run_on_model(self, task: str, kwargs_ref, sha256: str) -> dict[str, Any]:
+        actor = self._model_actor(sha256)
+        ref = actor.run.remote(task, kwargs_ref)
+        try:
+            return await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref)
+            raise
+        except ray.exceptions.RayActorError:
+            # The model could not be loaded (or its actor died): the next shard builds a new one.
+            self._models.pop(sha256, None)
             raise

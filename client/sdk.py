@@ -31,6 +31,9 @@ DEFAULT_ATTEMPTS = 10
 # With 10 attempts this rides out about a minute of outage (e.g. a master restart).
 MAX_BACKOFF_S = 10.0
 RPC_TIMEOUT_S = 60.0
+# A segmentation model package folder, as ``rtgrid train-seg`` writes it.
+MODEL_PACKAGE_FILES = ("weights.pt", "card.json", "sha256")
+MODEL_CHUNK_BYTES = 1 << 20
 TERMINAL_STATES = (
     common_pb2.JOB_STATE_SUCCEEDED,
     common_pb2.JOB_STATE_FAILED,
@@ -219,6 +222,40 @@ class Client:
 
     def shards(self, job_id: str) -> list[common_pb2.Shard]:
         return list(self.call(self.admin.ListShards, admin_pb2.ListShardsRequest(job_id=job_id)).shards)
+
+    def models(self) -> list[common_pb2.ModelInfo]:
+        return list(self.call(self.admin.ListModels, admin_pb2.ListModelsRequest()).models)
+
+    def register_model(self, package_dir: Path | str) -> common_pb2.ModelInfo:
+        """Send a model package folder (``weights.pt``, ``card.json``, ``sha256``) to the registry.
+
+        The master verifies it before storing it; registering the same package again returns it.
+
+        Raises
+        ------
+        FileNotFoundError
+            When the folder lacks one of the package files.
+        grpc.RpcError
+            INVALID_ARGUMENT (the package does not load, named why), ALREADY_EXISTS (another
+            package holds that name and version).
+        """
+        folder = Path(package_dir)
+        missing = [name for name in MODEL_PACKAGE_FILES if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} is not a model package: missing {', '.join(missing)}")
+        weights, card, sha = (folder / name for name in MODEL_PACKAGE_FILES)
+
+        def messages() -> Iterator[common_pb2.ModelPackageChunk]:
+            yield common_pb2.ModelPackageChunk(sha256=sha.read_text().strip(), card_json=card.read_bytes(),
+                                               weights_bytes=weights.stat().st_size)
+            with weights.open("rb") as fh:
+                while data := fh.read(MODEL_CHUNK_BYTES):
+                    yield common_pb2.ModelPackageChunk(data=data)
+
+        for attempt in self._retrying():
+            with attempt:
+                return self.admin.RegisterModel(messages(), timeout=RPC_TIMEOUT_S * 10)
+        raise AssertionError("unreachable")
 
     def cluster_status(self) -> admin_pb2.ClusterStatus:
         return self.call(self.admin.GetClusterStatus, admin_pb2.ClusterStatusRequest())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from rtgrid.protos.v1 import common_pb2 as pb
 
 from .store.records import (
@@ -12,6 +14,7 @@ from .store.records import (
     EventRecord,
     FileRecord,
     JobRecord,
+    ModelRecord,
     SeriesRecord,
     ShardRecord,
 )
@@ -122,4 +125,14 @@ def catalog_entry_to_proto(e) -> pb.DeviceModelInfo:
         model_id=e.model_id, version=e.version, manufacturer=e.manufacturer, model=e.model, mlc=e.mlc,
         leaf_pairs=e.leaf_pairs, min_leaf_width_mm=e.min_leaf_width_mm, interdigitation=e.interdigitation,
         max_field_mm=list(e.max_field_mm), content_hash=e.content_hash,
+    )
+
+
+def model_to_proto(m: ModelRecord) -> pb.ModelInfo:
+    card = json.loads(m.card_json)
+    return pb.ModelInfo(
+        name=m.name, version=m.version, sha256=m.sha256, architecture=m.architecture,
+        labels=[label["rtstruct_name"] for label in card.get("labels", [])],
+        metrics_json=json.dumps(card.get("validation_metrics", {}), sort_keys=True), card_json=m.card_json,
+        weights_bytes=m.weights_bytes, registered_ms=m.registered_ms,
     )

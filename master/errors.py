@@ -29,3 +29,7 @@ class ResourceExhausted(MasterError):
 
 class DataLoss(MasterError):
     status = grpc.StatusCode.DATA_LOSS
+
+
+class AlreadyExists(MasterError):
+    status = grpc.StatusCode.ALREADY_EXISTS

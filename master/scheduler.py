@@ -2,7 +2,7 @@
 
 Ray has no priorities, so the order lives here: ready shards are taken highest job priority
 first, then oldest job, then shard index, and placed on live, non-draining agents with a free
-slot. A failed shard is tried again on another agent up to ``max_shard_attempts``; then its job
+slot; shards that want a GPU go to GPU agents when any is live (:func:`eligible_agents`). A failed shard is tried again on another agent up to ``max_shard_attempts``; then its job
 fails with the reason. Everything that changes is written to the store before it is announced,
 so a restarted master resumes where it stopped (finished shards are never recomputed).
 """
@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .blobs import BlobStore
@@ -37,6 +38,7 @@ from .store.records import (
     RUNNING,
     SUCCEEDED,
     TERMINAL_JOB_STATES,
+    AgentRecord,
     ArtifactRecord,
     JobRecord,
     ShardRecord,
@@ -44,6 +46,37 @@ from .store.records import (
 
 log = logging.getLogger(__name__)
 TICK_S = 0.5
+
+
+def eligible_agents(free: dict[str, int], live: Sequence[AgentRecord], wants_gpu: bool) -> dict[str, int]:
+    """The agents a shard may go to now, with their free slots.
+
+    The rule: a shard that wants a GPU goes only to agents that reported GPUs whenever at least
+    one such agent is live (it waits for a free slot there rather than run slowly on a CPU);
+    when no GPU agent is live it goes to CPU agents, where it runs on the CPU. Other shards go
+    to any agent.
+
+    Parameters
+    ----------
+    free : dict of str to int
+        Free slots per live agent id.
+    live : sequence of AgentRecord
+        The live agents (alive, with a worker on the Ray cluster); ``gpus`` as they reported.
+    wants_gpu : bool
+        Whether the shard wants a GPU (``JobKind.wants_gpu``).
+
+    Returns
+    -------
+    dict of str to int
+        Agent id to free slots (> 0), possibly empty.
+    """
+    candidates = {agent_id: n for agent_id, n in free.items() if n > 0}
+    if not wants_gpu:
+        return candidates
+    gpu_agents = {a.agent_id for a in live if a.gpus}
+    if not gpu_agents:
+        return candidates
+    return {agent_id: n for agent_id, n in candidates.items() if agent_id in gpu_agents}
 
 
 def _check_priority(priority: int) -> None:
@@ -206,24 +239,24 @@ class Scheduler:
                 agent.state = LOST
                 self.store.upsert_agent(agent)
 
-    def _free_agents(self) -> dict[str, int]:
-        return {
-            a.agent_id: a.slots - self.running_on(a.agent_id)
-            for a in self.store.list_agents()
-            if a.state == ALIVE and a.slots - self.running_on(a.agent_id) > 0 and self.pool.actor(a.agent_id) is not None
-        }
+    def _live_agents(self) -> list[AgentRecord]:
+        """Agents that can take work: alive, with their worker on the Ray cluster."""
+        return [a for a in self.store.list_agents() if a.state == ALIVE and self.pool.actor(a.agent_id) is not None]
 
     # placement
     def _place_ready_shards(self) -> None:
-        free = self._free_agents()
-        if not free:
-            return
+        live = self._live_agents()
+        free = {a.agent_id: a.slots - self.running_on(a.agent_id) for a in live}
+        jobs: dict[str, JobRecord] = {}
         for shard in self.store.ready_shards():
             if shard.shard_id in self._running:
                 continue
-            candidates = {a: n for a, n in free.items() if n > 0}
-            if not candidates:
+            if not any(n > 0 for n in free.values()):
                 return
+            job = jobs.get(shard.job_id) or jobs.setdefault(shard.job_id, self._job(shard.job_id))
+            candidates = eligible_agents(free, live, get_kind(job.kind).wants_gpu(job, shard))
+            if not candidates:
+                continue  # it waits for a GPU agent's slot; other shards may still go elsewhere
             avoid = self._avoid.get(shard.shard_id)
             if avoid in candidates and len(candidates) > 1:
                 del candidates[avoid]

@@ -150,3 +150,50 @@ def devices_set(
         d = _wrap(client.call)(client.admin.SetDevice, request)
     emit(fmt, {**as_dict(d), "status": _device_status(d.status)},
          f"{d.device_id} {_device_status(d.status)} queue={d.queue_length}")
+
+
+models_app = typer.Typer(help="The registry of segmentation models.", invoke_without_command=True)
+admin_app.add_typer(models_app, name="models")
+
+
+def _model_record(m: common_pb2.ModelInfo) -> dict:
+    import json
+
+    return {"name": m.name, "version": m.version, "sha256": m.sha256, "architecture": m.architecture,
+            "labels": list(m.labels), "metrics": json.loads(m.metrics_json or "{}"), "weights_bytes": m.weights_bytes,
+            "registered_ms": m.registered_ms}
+
+
+def _model_line(m: common_pb2.ModelInfo) -> str:
+    import json
+
+    metrics = json.loads(m.metrics_json or "{}")
+    score = f"mean_dsc={metrics['mean_dsc']:.3f}" if isinstance(metrics.get("mean_dsc"), (int, float)) else ""
+    return f"{m.name}@{m.version:<8} {m.sha256[:12]}  {m.architecture:<26} {','.join(m.labels)}  {score}"
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context, target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """List registered models: name, version, hash, architecture, labels, validation metrics."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _client(target) as client:
+        for m in _wrap(client.models)():
+            emit(fmt, _model_record(m), _model_line(m))
+
+
+@models_app.command("add")
+def models_add(
+    package: str = typer.Argument(..., help="A model package folder (weights.pt, card.json, sha256), e.g. from `rtgrid train-seg`."),
+    target: str = TargetOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Register a model package; the master verifies hash, card, architecture and weights first."""
+    from .output import EXIT_REFUSED, fail
+
+    with _client(target) as client:
+        try:
+            m = _wrap(client.register_model)(package)
+        except FileNotFoundError as exc:
+            fail(str(exc), EXIT_REFUSED)
+    emit(fmt, _model_record(m), _model_line(m))

@@ -6,6 +6,8 @@ request (its gRPC status and message are printed); 4 the master could not be rea
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -74,6 +76,11 @@ def submit(
     contours_job: str = typer.Option(None, help="A finished contour job whose contours a plan uses."),
     devices: str = typer.Option(None, help="Device plans too: ID,ID,... or auto / auto:N (chosen by congestion)."),
     device_rule: str = typer.Option(None, help="How auto chooses: congestion, shortest_queue or prefer:ID,ID."),
+    models: str = typer.Option(None, help="Deep segmentation models for contour jobs: NAME or NAME@VERSION, comma-separated "
+                                          "(see `rtgrid admin models`)."),
+    assist: Path = typer.Option(None, exists=True, dir_okay=False,
+                                help="Contour jobs: complete a structure from an RTSTRUCT drawn on a few slices, or from "
+                                     "a JSON seed/box ({\"name\", \"seed_mm\" or \"box_mm\", \"hu_range\", ...})."),
     param: list[str] = typer.Option([], "--param", help="Other parameter KEY=VALUE (repeatable)."),
     idempotency_key: str = typer.Option("", help="Submitting twice with one key makes one job."),
     target: str = TargetOption,
@@ -83,14 +90,28 @@ def submit(
     params = _params(param)
     named = {"beams": beams, "gantry_angles": gantry_angles, "bixel_mm": bixel_mm, "dose_grid_mm": dose_grid_mm,
              "machine": machine, "contours_job": contours_job, "devices": devices,
-             "device_rule": device_rule}
+             "device_rule": device_rule, "models": models}
     params.update({k: str(v) for k, v in named.items() if v is not None})
     if order is not None:
         params["order"] = order.read_text()
+    if assist is not None:
+        params["assist"] = assist_param(assist)
     with _client(target) as client:
         job = client.submit(case_id, kind, params, priority, idempotency_key)
     emit(fmt, {"job_id": job.job_id, "case_id": job.case_id, "kind": job.kind, "state": state_name(job.state)},
          job.job_id)
+
+
+def assist_param(path: Path) -> str:
+    """The ``assist`` job parameter from a file: a DICOM RTSTRUCT travels base64-encoded in JSON,
+    a JSON seed or box as it is (the master checks either)."""
+    data = path.read_bytes()
+    if data[128:132] == b"DICM":
+        return json.dumps({"rtstruct_base64": base64.b64encode(data).decode("ascii")})
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise typer.BadParameter(f"{path} is neither a DICOM RTSTRUCT nor JSON text", param_hint="--assist") from None
 
 
 def follow(client: Client, job_id: str, fmt: Format) -> int:

@@ -85,6 +85,34 @@ def interpolate_slices(
     return result
 
 
+def complete_drawn_structure(drawn: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, list[int]]:
+    """Complete a structure drawn on some slices of a volume (e.g. rasterised from an RTSTRUCT).
+
+    Parameters
+    ----------
+    drawn : np.ndarray
+        Boolean ``(nz, ny, nx)``: the user's contours; slices without any are "not drawn".
+    spacing_mm : sequence of float
+        ``(di, dj, dk)`` in mm.
+
+    Returns
+    -------
+    (np.ndarray, list of int)
+        The completed mask (:func:`interpolate_slices` between the drawn slices) and the indices
+        of the drawn slices.
+
+    Raises
+    ------
+    AssistInputError
+        When nothing is drawn.
+    """
+    drawn = np.asarray(drawn, dtype=bool)
+    slices = [int(z) for z in np.flatnonzero(drawn.any(axis=(1, 2)))]
+    if not slices:
+        raise AssistInputError("the structure has no drawn contour")
+    return interpolate_slices({z: drawn[z] for z in slices}, drawn.shape, spacing_mm), slices
+
+
 def _index_of(volume: Volume, point_mm: Sequence[float], what: str) -> tuple[int, int, int]:
     """Nearest voxel ``(k, j, i)`` of an LPS point, or AssistInputError when outside the volume."""
     i, j, k = np.rint(volume.lps_to_index(np.asarray(point_mm, dtype=np.float64))).astype(int)

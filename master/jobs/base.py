@@ -27,11 +27,17 @@ from ..store.records import SUCCEEDED, JobRecord, SeriesRecord, ShardRecord
 
 @dataclass(frozen=True)
 class ShardResources:
-    """What one shard needs on an agent (mapped to Ray resources)."""
+    """What one shard needs on an agent (mapped to Ray resources).
+
+    ``model``: the package hash of a segmentation model the shard runs on; the agent serves such
+    a shard from that model's warm actor. Whether a shard wants a GPU agent is the job kind's
+    word (:meth:`JobKind.wants_gpu`), so the scheduler can place it without building its call.
+    """
 
     cpus: float = 1.0
     gpus: float = 0.0
     memory_mb: int = 1024
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,11 @@ class JobKind(ABC):
     def outcome(self, ctx: "JobContext") -> str:
         """After the last stage: ``""`` when the job succeeded, else why it failed."""
         return ""
+
+    def wants_gpu(self, job: JobRecord, shard: ShardRecord) -> bool:
+        """True when the shard runs faster on a GPU (decided from the records alone, cheaply:
+        the scheduler asks for every ready shard)."""
+        return False
 
     def prepare_shard(self, ctx: "JobContext", shard: ShardRecord) -> str:
         """Called before a shard runs; may change ``shard.target``. Returns a notice for the job's

@@ -1,29 +1,53 @@
-"""Job kind ``contour``: classical auto-contouring split into z-slabs, merged into one RTSTRUCT.
+"""Job kind ``contour``: classical auto-contouring split into z-slabs, deep models split into slice
+batches, merged into one RTSTRUCT.
 
 Stages
 ------
 ``contour``
     One shard per slab (``engines.segmentation.classical.plan_slabs``); each reads its slab of
     the CT plus a halo and returns the structures of its own slices.
+``segment`` (only with ``models``)
+    One shard per model and batch of slices; each runs on the agent's warm actor of that model
+    and returns a uint8 label slab. These shards want a GPU agent.
 ``merge``
-    One shard: global steps (3-D components, left/right), the RTSTRUCT referencing the uploaded
-    CT, PNG overlays and a JSON summary. These become the job's artifacts.
+    One shard: global steps (3-D components, left/right), post-processing of each model's label
+    map as its card says, the RTSTRUCT referencing the uploaded CT, PNG overlays and a JSON
+    summary. These become the job's artifacts.
+
+Parameters
+----------
+``shards``
+    Number of classical slabs (default: one per 16 slices).
+``models``
+    ``NAME`` or ``NAME@VERSION``, comma-separated: registered segmentation models. Resolved at
+    submission to the exact packages (stored as ``NAME@VERSION:SHA256``), so a job always names
+    the weights that made its contours.
+``assist``
+    What the user drew or pointed at (JSON; see ``rtgrid.master.jobs.assist``): completed in
+    the merge and written beside the drawn structure, marked as machine-completed.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 from rtgrid.engines.segmentation.classical import plan_slabs
+from rtgrid.engines.segmentation.deep.inference import plan_slice_batches
 
+from .. import models
 from ..blobs import BlobStore
 from ..errors import InvalidArgument
 from ..store.base import Store
-from ..store.records import ShardRecord
+from ..store.records import JobRecord, ShardRecord
+from .assist import check_assist
 from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
 
 SLICES_PER_SHARD = 16
 MAX_SHARDS = 64
+# Slices per segmentation shard: large enough to batch well on a GPU, small enough to spread.
+SEGMENT_SLICES_PER_SHARD = 32
+MAX_MODELS_PER_JOB = 8
 
 
 def int_param(params: dict[str, str], name: str, low: int, high: int) -> int | None:
@@ -38,24 +62,71 @@ def int_param(params: dict[str, str], name: str, low: int, high: int) -> int | N
     return value
 
 
+def model_hashes(params: dict[str, str]) -> list[str]:
+    """The package hashes of a validated job's ``models`` parameter, in order."""
+    return [item.rpartition(":")[2] for item in params.get("models", "").split(",") if item]
+
+
+def resolve_models(store: Store, spec: str) -> str:
+    """``NAME[@VERSION],...`` to ``NAME@VERSION:SHA256,...`` (duplicates dropped).
+
+    Raises
+    ------
+    NotFound
+        A model is not registered (named in the message).
+    InvalidArgument
+        The list is empty or too long.
+    """
+    names = [item.strip() for item in spec.split(",") if item.strip()]
+    if not names:
+        raise InvalidArgument("parameter models is empty; give NAME or NAME@VERSION, comma-separated")
+    if len(names) > MAX_MODELS_PER_JOB:
+        raise InvalidArgument(f"parameter models names {len(names)} models; at most {MAX_MODELS_PER_JOB}")
+    resolved: list[str] = []
+    for name in names:
+        record = models.resolve(store, name)
+        item = f"{record.name}@{record.version}:{record.sha256}"
+        if item not in resolved:
+            resolved.append(item)
+    return ",".join(resolved)
+
+
 class ContourJob(JobKind):
     name = "contour"
     stages = ("contour", "merge")
 
+    def stages_for(self, params: dict[str, str]) -> tuple[str, ...]:
+        return ("contour", "segment", "merge") if params.get("models") else self.stages
+
     def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
-        unknown = set(params) - {"shards"}
+        unknown = set(params) - {"shards", "models", "assist"}
         if unknown:
             raise InvalidArgument(f"unknown parameter(s) for a contour job: {', '.join(sorted(unknown))}")
         int_param(params, "shards", 1, MAX_SHARDS)
-        return dict(params)
+        params = dict(params)
+        if "models" in params:
+            params["models"] = resolve_models(store, params["models"])
+        if "assist" in params:
+            check_assist(params["assist"], store, case_id)
+        return params
+
+    def wants_gpu(self, job: JobRecord, shard: ShardRecord) -> bool:
+        return shard.stage == "segment"
 
     def _slabs(self, ctx: JobContext):
         nz = ctx.series_record.n_slices
         n_parts = int_param(ctx.job.params, "shards", 1, MAX_SHARDS) or math.ceil(nz / SLICES_PER_SHARD)
         return plan_slabs(nz, min(n_parts, nz))
 
+    def _batches(self, ctx: JobContext) -> list[tuple[int, int]]:
+        return plan_slice_batches(ctx.series_record.n_slices, SEGMENT_SLICES_PER_SHARD)
+
     def plan_stage(self, ctx: JobContext, stage: str) -> StagePlan:
-        return StagePlan.count(len(self._slabs(ctx)) if stage == "contour" else 1)
+        if stage == "contour":
+            return StagePlan.count(len(self._slabs(ctx)))
+        if stage == "segment":
+            return StagePlan.count(len(model_hashes(ctx.job.params)) * len(self._batches(ctx)))
+        return StagePlan.count(1)
 
     def shard_call(self, ctx: JobContext, shard: ShardRecord) -> ShardCall:
         volume = ctx.volume
@@ -71,8 +142,33 @@ class ContourJob(JobKind):
                 },
                 ShardResources(cpus=1.0, memory_mb=1024),
             )
+        if shard.stage == "segment":
+            batches = self._batches(ctx)
+            sha256 = model_hashes(ctx.job.params)[shard.index // len(batches)]
+            start, stop = batches[shard.index % len(batches)]
+            return ShardCall(
+                "contour.segment",
+                {"hu": volume.voxels[start:stop], "spacing_mm": volume.spacing_mm, "direction": volume.direction},
+                ShardResources(cpus=1.0, memory_mb=2048, model=sha256),
+            )
         return ShardCall(
             "contour.merge",
-            {"slab_results": ctx.stage_results("contour"), "series": ctx.series},
+            {"slab_results": ctx.stage_results("contour"), "series": ctx.series,
+             "model_results": self._model_results(ctx), "assist": json.loads(ctx.job.params.get("assist", "null"))},
             ShardResources(cpus=1.0, memory_mb=4096),
         )
+
+    def _model_results(self, ctx: JobContext) -> list[dict]:
+        """Per model: its card and registry identity, and its label slabs in slice order."""
+        hashes = model_hashes(ctx.job.params)
+        if not hashes:
+            return []
+        results = ctx.stage_results("segment")
+        per_model = len(results) // len(hashes)
+        out = []
+        for position, sha256 in enumerate(hashes):
+            record = models.get(ctx.store, sha256)
+            mine = results[position * per_model : (position + 1) * per_model]
+            out.append({"name": record.name, "version": record.version, "sha256": sha256, "card_json": record.card_json,
+                        "labels": [r["labels"] for r in mine], "actors": [r["actor"] for r in mine]})
+        return out

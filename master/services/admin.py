@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from rtgrid.protos.v1 import admin_pb2, admin_pb2_grpc
 
-from .. import agents, devices
+from .. import agents, devices, models
 from ..convert import (
     agent_state_to_proto,
     agent_to_proto,
@@ -13,6 +15,7 @@ from ..convert import (
     device_to_proto,
     job_state_from_proto,
     job_to_proto,
+    model_to_proto,
     shard_to_proto,
 )
 from ..errors import InvalidArgument, NotFound
@@ -96,3 +99,27 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         )
         self.scheduler.wake()
         return device_to_proto(device)
+
+    @unary
+    async def RegisterModel(self, request_iterator, context):
+        receiver = None
+        try:
+            async for chunk in request_iterator:
+                if receiver is None:
+                    receiver = models.PackageReceiver(self.store, self.scheduler.blobs, chunk.sha256, chunk.card_json,
+                                                      chunk.weights_bytes)
+                elif chunk.sha256 or chunk.card_json:
+                    raise InvalidArgument("only the first message of a model package names it (sha256, card_json)")
+                if chunk.data:
+                    await asyncio.to_thread(receiver.write, chunk.data)
+            if receiver is None:
+                raise InvalidArgument("the model package stream carried no messages")
+            record = await asyncio.to_thread(receiver.finish)
+        finally:
+            if receiver is not None:
+                receiver.discard()
+        return model_to_proto(record)
+
+    @unary
+    async def ListModels(self, request, context):
+        return admin_pb2.ListModelsResponse(models=[model_to_proto(m) for m in self.store.list_models()])

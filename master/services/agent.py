@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc
+from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
-from .. import agents
-from ..config import MasterConfig
+from .. import agents, models
+from ..config import DOWNLOAD_CHUNK_BYTES, MasterConfig
 from ..convert import agent_to_proto, gpus_from_proto
 from ..scheduler import Scheduler
 from ..store.base import Store
 from ..store.records import DRAINING
-from .common import unary
+from .common import stream, unary
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -52,3 +52,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def Deregister(self, request, context):
         agent = agents.deregister(self.store, request.agent_id)
         return agent_to_proto(agent, self.scheduler.running_on(agent.agent_id))
+
+    @stream
+    async def FetchModel(self, request, context):
+        model = models.get(self.store, request.sha256)
+        yield common_pb2.ModelPackageChunk(sha256=model.sha256, card_json=model.card_json.encode("utf-8"),
+                                           weights_bytes=model.weights_bytes)
+        for _, data in self.scheduler.blobs.iter_chunks(model.weights_sha256, 0, DOWNLOAD_CHUNK_BYTES):
+            yield common_pb2.ModelPackageChunk(data=data)

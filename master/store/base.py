@@ -14,6 +14,7 @@ from .records import (
     EventRecord,
     FileRecord,
     JobRecord,
+    ModelRecord,
     SeriesRecord,
     ShardRecord,
     UploadRecord,
@@ -132,3 +133,17 @@ class Store(ABC):
     def get_device(self, device_id: str) -> DeviceRecord | None: ...
     @abstractmethod
     def list_devices(self) -> list[DeviceRecord]: ...
+
+    # segmentation models
+    @abstractmethod
+    def add_model(self, model: ModelRecord) -> None:
+        """Raises ``KeyError`` when the hash, or the name and version, is already registered."""
+
+    @abstractmethod
+    def get_model(self, sha256: str) -> ModelRecord | None: ...
+    @abstractmethod
+    def find_models(self, name: str, version: str = "") -> list[ModelRecord]:
+        """Models of that name (and version, when given), newest registration first."""
+
+    @abstractmethod
+    def list_models(self) -> list[ModelRecord]: ...

@@ -142,3 +142,18 @@ class DeviceRecord:
     status: str
     queue_length: int
     updated_ms: int
+
+
+@dataclass
+class ModelRecord:
+    """A registered segmentation model package: ``card_json`` is card.json byte for byte (as
+    text), the weights are the blob ``weights_sha256``; ``sha256`` is the package content hash."""
+
+    sha256: str
+    name: str
+    version: str
+    architecture: str
+    card_json: str
+    weights_sha256: str
+    weights_bytes: int
+    registered_ms: int

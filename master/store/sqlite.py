@@ -29,6 +29,7 @@ from .records import (
     EventRecord,
     FileRecord,
     JobRecord,
+    ModelRecord,
     SeriesRecord,
     ShardRecord,
     UploadRecord,
@@ -48,6 +49,7 @@ _TABLES: dict[type, tuple[str, str]] = {
     ArtifactRecord: ("artifacts", "artifact_id"),
     AgentRecord: ("agents", "agent_id"),
     DeviceRecord: ("devices", "device_id"),
+    ModelRecord: ("models", "sha256"),
 }
 
 _INDEXES = (
@@ -59,6 +61,7 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS uploads_case ON uploads(case_id, file_name, sha256)",
     "CREATE INDEX IF NOT EXISTS series_case ON series(case_id)",
     "CREATE INDEX IF NOT EXISTS artifacts_job ON artifacts(job_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS models_name ON models(name, version)",
 )
 
 
@@ -211,6 +214,7 @@ class SqliteStore(Store):
             "SELECT 1 FROM series WHERE volume_sha256 = ? OR meta_sha256 = ?",
             "SELECT 1 FROM shards WHERE result_sha256 = ?",
             "SELECT 1 FROM artifacts WHERE sha256 = ?",
+            "SELECT 1 FROM models WHERE weights_sha256 = ?",
         )
         with self._lock:
             return any(
@@ -307,6 +311,23 @@ class SqliteStore(Store):
 
     def list_devices(self) -> list[DeviceRecord]:
         return self._select(DeviceRecord, tail="ORDER BY hospital, device_id")
+
+    # segmentation models
+    def add_model(self, model: ModelRecord) -> None:
+        try:
+            self._insert(model)
+        except sqlite3.IntegrityError:
+            raise KeyError(f"model {model.name} {model.version} ({model.sha256}) is already registered") from None
+
+    def get_model(self, sha256: str) -> ModelRecord | None:
+        return self._one(ModelRecord, "sha256 = ?", (sha256,))
+
+    def find_models(self, name: str, version: str = "") -> list[ModelRecord]:
+        where, args = ("name = ? AND version = ?", (name, version)) if version else ("name = ?", (name,))
+        return self._select(ModelRecord, where, args, "ORDER BY registered_ms DESC, rowid DESC")
+
+    def list_models(self) -> list[ModelRecord]:
+        return self._select(ModelRecord, tail="ORDER BY name, registered_ms")
 
 
 __all__ = ["SqliteStore", "PENDING"]

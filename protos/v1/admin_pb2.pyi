@@ -123,3 +123,13 @@ class SetDeviceRequest(_message.Message):
     status: _common_pb2.DeviceStatus
     queue_length: int
     def __init__(self, device_id: _Optional[str] = ..., hospital: _Optional[str] = ..., model_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeviceStatus, str]] = ..., queue_length: _Optional[int] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[_common_pb2.ModelInfo, _Mapping]]] = ...) -> None: ...

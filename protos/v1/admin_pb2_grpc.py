@@ -80,6 +80,16 @@ class AdminServiceStub:
                 request_serializer=rtgrid_dot_v1_dot_admin__pb2.SetDeviceRequest.SerializeToString,
                 response_deserializer=rtgrid_dot_v1_dot_common__pb2.Device.FromString,
                 _registered_method=True)
+        self.RegisterModel = channel.stream_unary(
+                '/rtgrid.v1.AdminService/RegisterModel',
+                request_serializer=rtgrid_dot_v1_dot_common__pb2.ModelPackageChunk.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_common__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/rtgrid.v1.AdminService/ListModels',
+                request_serializer=rtgrid_dot_v1_dot_admin__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_admin__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -141,6 +151,19 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterModel(self, request_iterator, context):
+        """Registers a segmentation model package (first message: hash and card; then the weights).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +211,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetDevice,
                     request_deserializer=rtgrid_dot_v1_dot_admin__pb2.SetDeviceRequest.FromString,
                     response_serializer=rtgrid_dot_v1_dot_common__pb2.Device.SerializeToString,
+            ),
+            'RegisterModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.RegisterModel,
+                    request_deserializer=rtgrid_dot_v1_dot_common__pb2.ModelPackageChunk.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_common__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=rtgrid_dot_v1_dot_admin__pb2.ListModelsRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_admin__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -433,6 +466,60 @@ class AdminService:
             '/rtgrid.v1.AdminService/SetDevice',
             rtgrid_dot_v1_dot_admin__pb2.SetDeviceRequest.SerializeToString,
             rtgrid_dot_v1_dot_common__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/rtgrid.v1.AdminService/RegisterModel',
+            rtgrid_dot_v1_dot_common__pb2.ModelPackageChunk.SerializeToString,
+            rtgrid_dot_v1_dot_common__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.AdminService/ListModels',
+            rtgrid_dot_v1_dot_admin__pb2.ListModelsRequest.SerializeToString,
+            rtgrid_dot_v1_dot_admin__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,11 @@ class AgentServiceStub:
                 request_serializer=rtgrid_dot_v1_dot_agent__pb2.DeregisterRequest.SerializeToString,
                 response_deserializer=rtgrid_dot_v1_dot_common__pb2.Agent.FromString,
                 _registered_method=True)
+        self.FetchModel = channel.unary_stream(
+                '/rtgrid.v1.AgentService/FetchModel',
+                request_serializer=rtgrid_dot_v1_dot_agent__pb2.FetchModelRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_common__pb2.ModelPackageChunk.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -85,6 +90,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchModel(self, request, context):
+        """A registered segmentation model package by its content hash (first message: hash and card).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +119,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Deregister,
                     request_deserializer=rtgrid_dot_v1_dot_agent__pb2.DeregisterRequest.FromString,
                     response_serializer=rtgrid_dot_v1_dot_common__pb2.Agent.SerializeToString,
+            ),
+            'FetchModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchModel,
+                    request_deserializer=rtgrid_dot_v1_dot_agent__pb2.FetchModelRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_common__pb2.ModelPackageChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +234,33 @@ class AgentService:
             '/rtgrid.v1.AgentService/Deregister',
             rtgrid_dot_v1_dot_agent__pb2.DeregisterRequest.SerializeToString,
             rtgrid_dot_v1_dot_common__pb2.Agent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rtgrid.v1.AgentService/FetchModel',
+            rtgrid_dot_v1_dot_agent__pb2.FetchModelRequest.SerializeToString,
+            rtgrid_dot_v1_dot_common__pb2.ModelPackageChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -313,3 +313,37 @@ class DataChunk(_message.Message):
     offset: int
     data: bytes
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ModelPackageChunk(_message.Message):
+    __slots__ = ("sha256", "card_json", "weights_bytes", "data")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CARD_JSON_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    card_json: bytes
+    weights_bytes: int
+    data: bytes
+    def __init__(self, sha256: _Optional[str] = ..., card_json: _Optional[bytes] = ..., weights_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "version", "sha256", "architecture", "labels", "metrics_json", "card_json", "weights_bytes", "registered_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    CARD_JSON_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    sha256: str
+    architecture: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    metrics_json: str
+    card_json: str
+    weights_bytes: int
+    registered_ms: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., sha256: _Optional[str] = ..., architecture: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., metrics_json: _Optional[str] = ..., card_json: _Optional[str] = ..., weights_bytes: _Optional[int] = ..., registered_ms: _Optional[int] = ...) -> None: ...

@@ -45,6 +45,8 @@ class Grid:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "rtgrid.agent", "--master", self.target, "--name", name, "--cpus", str(cpus)],
                 start_new_session=True,
+                # Model packages are fetched into this grid's own cache, not the user's.
+                env={**os.environ, "RTGRID_MODEL_CACHE": str(self.data_dir / "model-cache")},
             )
             self.agents.append(proc)
             if self._wait_ready(name, proc):

@@ -96,6 +96,8 @@ def load_package(directory: str | Path, device: str = "cpu") -> tuple[nn.Module,
         A file is missing, the hash does not match, or the weights do not fit the card's architecture.
     ModelCardError
         The card misses a field or holds an unusable value.
+    UnknownArchitectureError
+        The card names an architecture rtgrid cannot build.
     """
     directory = Path(directory)
     for name in (WEIGHTS_FILE, CARD_FILE, HASH_FILE):
@@ -112,7 +114,12 @@ def load_package(directory: str | Path, device: str = "cpu") -> tuple[nn.Module,
         )
     card = read_card(directory)
     model = build_model(card.architecture, card.in_channels, card.n_classes, **card.architecture_kwargs)
-    state = torch.load(io.BytesIO(weights), map_location=device, weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(weights), map_location=device, weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a state dict
+        raise ModelPackageError(f"{directory / WEIGHTS_FILE} is not a readable torch state dict: {error}") from None
+    if not isinstance(state, dict):
+        raise ModelPackageError(f"{directory / WEIGHTS_FILE} holds a {type(state).__name__}, not a state dict")
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
