@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 
 from rtgrid.engines.conversion.convert import DevicePlan, convert_plan
 from rtgrid.engines.conversion.device import load_device
+from rtgrid.engines.conversion.mimic import tightened_order
 from rtgrid.engines.conversion.standard_plan import StandardPlan
 from rtgrid.engines.dicomrt.rtdose import write_rtdose
 from rtgrid.engines.dicomrt.rtplan import PlanBeam, PlanData, step_and_shoot_control_points, write_rtplan
@@ -25,7 +26,8 @@ from rtgrid.engines.report.plan_report import render_dvh_png, render_gamma_png
 from .files import artifact, dataset_bytes
 
 # Bounded regeneration: each attempt after a QA failure sequences finer and re-optimizes on the
-# device's own model instead of reusing the standard fluence.
+# device's own model instead of reusing the standard fluence, with the hard goals it missed
+# tightened by how far it fell short of the standard plan (adjusted goals).
 ATTEMPTS = (
     {"n_levels": 10},
     {"n_levels": 20, "threshold": 1.0},
@@ -61,8 +63,9 @@ def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSer
     masks = {name: setup[f"mask:{name}"] for name in setup["structures"]}
     rx = plan.order.prescription
     history = []
+    objectives = plan.order
     for attempt, settings in enumerate(ATTEMPTS, start=1):
-        dp = convert_plan(plan, density, masks, device, **settings)
+        dp = convert_plan(plan, density, masks, device, objectives=objectives, **settings)
         rtplan = write_rtplan(_plan_data(dp, device_name, model_id, rx.fractions, rx.dose_gy, rtstruct_uid), series,
                               sop_instance_uid=generate_uid())
         rtplan_bytes = dataset_bytes(rtplan)
@@ -75,9 +78,11 @@ def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSer
         reasons += [r for r in dict.fromkeys(f"not deliverable: {v.message}" for v in dp.violations) if r not in reasons]
         passed = not reasons
         history.append({"attempt": attempt, "settings": settings, "passed": passed, "reasons": reasons,
-                         "gamma_pass_rate_pct": qa.gamma_pass_rate_pct})
+                         "gamma_pass_rate_pct": qa.gamma_pass_rate_pct,
+                         "objectives": [c.describe() for c in objectives.constraints]})
         if passed:
             break
+        objectives = tightened_order(objectives, _shortfalls_gy(qa))
     report = _qa_report(dp, qa, history, device_name, model_id, passed, reasons)
     files = [(f"qa.{device_name}.json", "qa_report", "", json.dumps(report, indent=2).encode()),
              (f"qa.{device_name}.png", "image", "", _dvh_comparison(plan, qa, masks, density, device_name, passed)),
@@ -92,6 +97,18 @@ def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSer
     result = artifact(*files)
     result.update({"device": device_name, "qa_passed": passed, "qa_reasons": reasons})
     return result
+
+
+def _shortfalls_gy(qa: QaResult) -> list[float]:
+    """Per constraint of the order, how far the device plan fell behind the standard plan on a
+    hard goal it missed (0 elsewhere). ``qa.goals`` lists the prescription first."""
+    shortfalls = []
+    for goal in qa.goals[1:]:
+        behind = goal["achieved_gy"] - goal["standard_plan_gy"]
+        if goal["lower_bound"]:
+            behind = -behind
+        shortfalls.append(max(behind, 0.0) if goal["hard"] and not goal["met"] else 0.0)
+    return shortfalls
 
 
 def _qa_report(dp: DevicePlan, qa: QaResult, history: list[dict], device_name: str, model_id: str, passed: bool,

@@ -30,6 +30,7 @@ from rtgrid.engines.dose.machine import MachineModel, load_machine
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dose
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.optimization.dvh import GoalResult, dose_at_volume, evaluate_goals
+from rtgrid.engines.optimization.order import MedicalOrder
 
 from .coincidence import DEFAULT_THRESHOLD, CoincidenceReport, coincidence
 from .deliverability import deliverability
@@ -120,6 +121,7 @@ def convert_plan(
     max_iter: int = 200,
     resolution_mm: float = DEFAULT_RESOLUTION_MM,
     compute_device: str = "cpu",
+    objectives: MedicalOrder | None = None,
 ) -> DevicePlan:
     """Convert a standard plan into a deliverable plan for ``device``.
 
@@ -146,6 +148,10 @@ def convert_plan(
         Aperture lattice of the final dose.
     compute_device
         ``"cpu"`` or ``"gpu"`` for the dose engine.
+    objectives
+        The order dose mimicking optimizes, e.g. the plan's with a goal tightened after a QA
+        failure (:func:`tightened_order`); the goals are always judged on the plan's own order.
+        Default: the plan's order.
 
     Returns
     -------
@@ -201,7 +207,7 @@ def convert_plan(
     if report.reuse_standard_plan:
         ideal = np.concatenate(resampled)
     else:
-        ideal = mimic_dose(dij, plan.dose.voxels, masks, order, bixel_positions=[g.positions for g in grids],
+        ideal = mimic_dose(dij, plan.dose.voxels, masks, objectives or order, bixel_positions=[g.positions for g in grids],
                            max_iter=max_iter).weights
     ideal_dose = (dij @ ideal.astype(np.float32)).astype(np.float32)
     timings["fluence"] = time.perf_counter() - t
@@ -226,7 +232,10 @@ def convert_plan(
         if name not in (rx.target, plan.body):
             in_oar |= np.asarray(masks[name]).ravel()[rows]
     voxel_weights = 1.0 + REFINE_TARGET_BOOST * in_target + REFINE_OAR_BOOST * (in_oar & ~in_target)
-    mu = refine_segment_mu(np.concatenate(columns, axis=1), ideal_dose[rows] / fractions, voxel_weights,
+    # The segments' MU reproduce the standard plan's dose, which QA compares with, rather than the
+    # ideal fluence's: the refinement then also undoes what resampling and sequencing lost.
+    reference = np.asarray(plan.dose.voxels, dtype=np.float64).ravel()
+    mu = refine_segment_mu(np.concatenate(columns, axis=1), reference[rows] / fractions, voxel_weights,
                            np.asarray(beam_of), min_mu=device.min_segment_mu,
                            max_segments_per_beam=device.max_segments_per_beam)
     refined, k = [], 0

@@ -68,6 +68,33 @@ def reference_dvh_goals(reference_dose_gy: np.ndarray, masks: Mapping[str, np.nd
     return tuple(goals)
 
 
+def tightened_order(order: MedicalOrder, shortfalls_gy: Sequence[float]) -> MedicalOrder:
+    """The order with each constraint's level moved by how far a device plan fell short of it.
+
+    After a QA failure, the next conversion asks more of the goals the device plan missed (an
+    upper bound ``D`` becomes ``D - s``, a lower bound ``D + s``), so that mimicking pushes harder
+    where the last plan lost; the goals themselves are still judged on the original order.
+
+    Parameters
+    ----------
+    order : MedicalOrder
+    shortfalls_gy : sequence of float
+        One per constraint of ``order`` (0 leaves it as it is), Gy.
+
+    Returns
+    -------
+    MedicalOrder
+        Levels never below 0 Gy.
+    """
+    if len(shortfalls_gy) != len(order.constraints):
+        raise DoseMimickingError(f"{len(shortfalls_gy)} shortfalls for {len(order.constraints)} constraints")
+    constraints = tuple(
+        replace(c, dose_gy=max(c.dose_gy + s if c.is_lower_bound else c.dose_gy - s, 0.0)) if s > 0 else c
+        for c, s in zip(order.constraints, shortfalls_gy)
+    )
+    return replace(order, constraints=constraints)
+
+
 def mimic_weights(reference_dose_gy: np.ndarray, target_voxels: np.ndarray, rx_gy: float,
                   target_boost: float = DEFAULT_TARGET_BOOST, isodose_boost: float = DEFAULT_ISODOSE_BOOST) -> np.ndarray:
     """Per-voxel weights ``w_i`` of the voxel-wise term (see the module docstring)."""

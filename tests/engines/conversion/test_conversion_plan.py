@@ -11,6 +11,7 @@ import torch
 from rtgrid.engines.conversion.convert import convert_plan
 from rtgrid.engines.conversion.device import load_device
 from rtgrid.engines.conversion.leaf_grid import device_leaf_grid
+from rtgrid.engines.conversion.mimic import DoseMimickingError, tightened_order
 from rtgrid.engines.conversion.standard_plan import StandardPlan
 from rtgrid.engines.dose.beams import Beam, equispaced_gantry_angles
 from rtgrid.engines.dose.machine import load_machine
@@ -115,3 +116,21 @@ def test_target_longer_than_the_field_is_reported():
     assert "beyond the leaf bank of varian-truebeam-hd120-6x (-110.0 .. 110.0 mm, maximum field Y 220 mm)" in violations[0].message
     assert grid.shape[0] == device.n_pairs  # every pair used, the rest cannot be reached
     assert not device_leaf_grid(Beam(0.0, 0.0, 0.0, np.zeros(3)), masks["PTV"], density, load_device("varian-truebeam-m120-6x"))[1]
+
+
+def test_tightened_order_asks_more_of_the_goals_a_device_plan_missed():
+    order = load_order(ORDER.replace("constraints:\n", "constraints:\n  - {structure: PTV, type: min_dvh, dose_gy: 60, volume_pct: 95}\n"),
+                       ("PTV", "OAR", "BODY"))
+    shortfalls = [0.0] * len(order.constraints)
+    upper = next(i for i, c in enumerate(order.constraints) if not c.is_lower_bound)
+    lower = next(i for i, c in enumerate(order.constraints) if c.is_lower_bound)
+    shortfalls[upper], shortfalls[lower] = 1.5, 0.5
+    tightened = tightened_order(order, shortfalls)
+    for i, (before, after) in enumerate(zip(order.constraints, tightened.constraints)):
+        expected = {upper: before.dose_gy - 1.5, lower: before.dose_gy + 0.5}.get(i, before.dose_gy)
+        assert after.dose_gy == pytest.approx(expected) and after.structure == before.structure
+    assert tightened.prescription == order.prescription
+    # never below 0 Gy; a wrong number of shortfalls is refused
+    assert tightened_order(order, [1e3 if i == upper else 0.0 for i in range(len(shortfalls))]).constraints[upper].dose_gy == 0.0
+    with pytest.raises(DoseMimickingError, match="constraints"):
+        tightened_order(order, shortfalls[:-1])
