@@ -138,8 +138,9 @@ class FinalPlan:
 
 
 DEFAULT_CORRECTION_ROUNDS = 1
-"""One re-optimization on the corrected matrix: TG-119's core D10 drops from 11.5 to about 10 Gy
-on the 3 mm grid; a second round gains a few tenths more for the same time again."""
+"""One re-optimization on the corrected matrix: on TG-119 (3 mm grid, full-kernel dose) the core's
+D10 drops from 12.0 to 10.8 Gy as PTV D10 rises from 53.0 to 54.6 Gy; a second round gained a
+few tenths of a Gy more in trials, for as much time again."""
 
 
 def optimize_plan(
@@ -154,25 +155,7 @@ def optimize_plan(
     smoothness: float = DEFAULT_SMOOTHNESS,
     device: str | None = None,
 ) -> FinalPlan:
-    """Optimize the fluence of a :class:`DoseInfluence` against ``order``, on the full-kernel dose.
-
-    Parameters
-    ----------
-    influence : DoseInfluence
-    order : MedicalOrder
-    machine : MachineModel
-        The machine of the influence matrix (its full kernel gives the final dose).
-    body : str
-        The structure whose voxels get dose.
-    correction_rounds : int
-        Re-optimizations on the far-scatter corrected matrix (0: the matrix alone).
-    solver, max_iter, smoothness, device
-        As :func:`.fluence.optimize_fluence`.
-
-    Returns
-    -------
-    FinalPlan
-    """
+    """:func:`optimize_on_full_kernel` on a :class:`DoseInfluence` (``body`` names its outline)."""
     return optimize_on_full_kernel(
         influence.dij, influence.masks, order, influence.dose_grid, influence.masks[body], influence.bixels,
         machine, correction_rounds=correction_rounds, solver=solver, max_iter=max_iter, smoothness=smoothness,
