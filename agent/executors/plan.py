@@ -131,7 +131,7 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
         "optimizer": {"solver": fluence.solver, "iterations": fluence.iterations, "time_s": fluence.time_s,
                       "message": fluence.message, "normalization_factor": fluence.normalization_factor,
                       "far_scatter_correction_rounds": final.correction_rounds,
-                      "optimization_s": final.optimization_s, "full_kernel_dose_s": final.full_dose_s,
+                      "optimization_s": final.optimization_s, "final_dose_s": final.final_dose_s,
                       "dose_of_the_matrix_vs_final_max_gy": float(np.abs(fluence.dose_gy.reshape(grid.shape)
                                                                          - dose).max())},
         "dose_influence": {"voxels": int(dij.shape[0]), "bixels": int(dij.shape[1]), "nnz": int(dij.nnz)},

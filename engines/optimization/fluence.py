@@ -89,6 +89,7 @@ def optimize_fluence(
     smoothness: float = DEFAULT_SMOOTHNESS,
     ftol: float = DEFAULT_FTOL,
     device: str | None = None,
+    initial_weights: np.ndarray | None = None,
 ) -> FluenceResult:
     """Optimize non-negative bixel weights against a medical order.
 
@@ -114,6 +115,8 @@ def optimize_fluence(
         Relative objective decrease under which the solvers stop.
     device : str, optional
         Torch device for ``solver="torch"``; default ``"cuda"`` when available, else ``"cpu"``.
+    initial_weights : np.ndarray, optional
+        Start from these weights (e.g. an earlier solution) instead of the flat fluence.
 
     Returns
     -------
@@ -139,7 +142,12 @@ def optimize_fluence(
     if target_dose_per_unit <= 0:
         raise FluenceOptimizationError(f"no bixel of the dose influence matrix reaches the target {rx.target}")
     x_ref = rx.dose_gy / target_dose_per_unit
-    u0 = np.ones(n_bixels)  # the flat fluence that gives Rx as mean target dose, in units of x_ref
+    if initial_weights is None:
+        u0 = np.ones(n_bixels)  # the flat fluence that gives Rx as mean target dose, in units of x_ref
+    else:
+        u0 = np.clip(np.asarray(initial_weights, dtype=np.float64).ravel(), 0.0, None) / x_ref
+        if u0.size != n_bixels:
+            raise FluenceOptimizationError(f"{u0.size} initial weights for {n_bixels} bixels")
 
     roughness = None
     if bixel_grids is not None and smoothness > 0:

@@ -196,3 +196,19 @@ def test_bad_inputs_are_named():
         optimize_fluence(dij, {**structures, "BODY": np.ones(399, dtype=bool)}, order)
     with pytest.raises(FluenceOptimizationError, match="no bixel of the dose influence matrix reaches the target PTV"):
         optimize_fluence(sp.csr_matrix(dij.shape, dtype=np.float32), structures, order)
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "torch"])
+def test_a_warm_start_resumes_from_the_solution(solver):
+    # Started from its own solution, the optimizer has little left to do: it stops early, with an
+    # objective no worse, and the same plan (the normalization is scale-free).
+    dij, structures, grids = c_shape_case()
+    order = load_order(C_SHAPE_ORDER, structures)
+    cold = optimize_fluence(dij, structures, order, bixel_grids=grids, solver=solver, max_iter=300)
+    warm = optimize_fluence(dij, structures, order, bixel_grids=grids, solver=solver, max_iter=300,
+                            initial_weights=cold.weights / cold.normalization_factor)
+    assert warm.iterations < cold.iterations / 2, (warm.iterations, cold.iterations)
+    assert warm.objective_history[-1] <= cold.objective_history[-1] * (1 + 1e-3)
+    np.testing.assert_allclose(warm.dose_gy, cold.dose_gy, atol=0.02 * 50.0)
+    with pytest.raises(FluenceOptimizationError, match="3 initial weights"):
+        optimize_fluence(dij, structures, order, initial_weights=np.ones(3))
