@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import grpc
 import ray
@@ -35,7 +36,11 @@ DEFAULT_OBJECT_STORE_MB = 1024
 
 @dataclass(frozen=True)
 class AgentOptions:
-    """What an agent offers. ``slots``: shards at once (default: its CPUs)."""
+    """What an agent offers. ``slots``: shards at once (default: its CPUs).
+
+    ``ca``, ``cert`` and ``key`` are PEM files for mutual TLS with the master's internal port;
+    without them the agent speaks plaintext (a master started with ``--insecure``).
+    """
 
     master: str
     name: str = platform.node()
@@ -43,6 +48,21 @@ class AgentOptions:
     slots: int = 0
     node_ip: str = "127.0.0.1"
     object_store_mb: int = DEFAULT_OBJECT_STORE_MB
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def master_channel(options: AgentOptions) -> grpc.Channel:
+    """The channel to the master: mutual TLS with the agent's certificate, or plaintext."""
+    if options.cert is None:
+        return grpc.insecure_channel(options.master)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=options.ca.read_bytes() if options.ca else None,
+        private_key=options.key.read_bytes() if options.key else None,
+        certificate_chain=options.cert.read_bytes(),
+    )
+    return grpc.secure_channel(options.master, credentials)
 
 
 def home_resource(ray_resource: str) -> str:
@@ -83,7 +103,7 @@ class Agent:
 
     def __init__(self, options: AgentOptions) -> None:
         self.options = options
-        self._channel = grpc.insecure_channel(options.master)
+        self._channel = master_channel(options)
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         self._stop = threading.Event()
         self._ray_node = None

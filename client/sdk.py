@@ -61,26 +61,73 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def channel_credentials(ca: Path | str | None = None, token: str | None = None, cert: Path | str | None = None,
+                        key: Path | str | None = None) -> grpc.ChannelCredentials | None:
+    """TLS credentials (with the token as call credentials), or None for plaintext.
+
+    Raises
+    ------
+    ValueError
+        When only one of ``cert`` and ``key`` is given.
+    """
+    if not (ca or token or cert):
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("a client certificate needs both cert and key")
+    tls = grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes() if ca else None,
+        private_key=Path(key).read_bytes() if key else None,
+        certificate_chain=Path(cert).read_bytes() if cert else None,
+    )
+    return grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(token)) if token else tls
+
+
+def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    return grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+
+
 class Client:
     """A connection to an rtgrid master.
 
     Parameters
     ----------
     target : str
-        ``HOST:PORT`` of the master; default ``$RTGRID_TARGET`` or ``127.0.0.1:50051``.
+        ``HOST:PORT`` of the master's public port; default ``$RTGRID_TARGET`` or ``127.0.0.1:50051``.
     attempts : int
         Tries per call for transient failures.
+    ca : Path | str | None
+        CA certificate (PEM) the master's certificate is checked against; default ``$RTGRID_CA``.
+        Without it, but with a token or certificate, the system's trusted roots are used.
+    token : str | None
+        The hospital's API token, sent as ``authorization: Bearer`` metadata; default ``$RTGRID_TOKEN``.
+    cert, key : Path | str | None
+        A client certificate and key (operators; default ``$RTGRID_CERT`` / ``$RTGRID_KEY``) for the
+        master's internal, mutual-TLS port.
+    admin_target : str | None
+        ``HOST:PORT`` for the admin API (the internal port); default ``$RTGRID_ADMIN_TARGET`` or ``target``.
+
+    With none of ``ca``, ``token``, ``cert`` the channel is plaintext (a master started with
+    ``--insecure`` on loopback).
     """
 
-    def __init__(self, target: str | None = None, attempts: int = DEFAULT_ATTEMPTS) -> None:
-        self.target = target or os.environ.get("RTGRID_TARGET", "127.0.0.1:50051")
-        self.channel = grpc.insecure_channel(self.target)
+    def __init__(self, target: str | None = None, attempts: int = DEFAULT_ATTEMPTS, *, ca: Path | str | None = None,
+                 token: str | None = None, cert: Path | str | None = None, key: Path | str | None = None,
+                 admin_target: str | None = None) -> None:
+        env = os.environ.get
+        self.target = target or env("RTGRID_TARGET", "127.0.0.1:50051")
+        admin_target = admin_target or env("RTGRID_ADMIN_TARGET") or self.target
+        credentials = channel_credentials(ca or env("RTGRID_CA"), token or env("RTGRID_TOKEN"),
+                                          cert or env("RTGRID_CERT"), key or env("RTGRID_KEY"))
+        self.channel = _channel(self.target, credentials)
+        self._admin_channel = self.channel if admin_target == self.target else _channel(admin_target, credentials)
         self.hospital = hospital_pb2_grpc.HospitalServiceStub(self.channel)
-        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self._admin_channel)
         self._attempts = attempts
 
     def close(self) -> None:
         self.channel.close()
+        if self._admin_channel is not self.channel:
+            self._admin_channel.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -222,3 +269,18 @@ class Client:
 
     def cluster_status(self) -> admin_pb2.ClusterStatus:
         return self.call(self.admin.GetClusterStatus, admin_pb2.ClusterStatusRequest())
+
+    def add_hospital(self, name: str) -> admin_pb2.AddHospitalResponse:
+        """Create a hospital; the reply carries its API token, shown this once."""
+        return self.call(self.admin.AddHospital, admin_pb2.AddHospitalRequest(name=name))
+
+    def hospitals(self) -> list[admin_pb2.Hospital]:
+        return list(self.call(self.admin.ListHospitals, admin_pb2.ListHospitalsRequest()).hospitals)
+
+    def revoke_hospital(self, name: str) -> admin_pb2.Hospital:
+        return self.call(self.admin.RevokeHospital, admin_pb2.RevokeHospitalRequest(name=name))
+
+    def audit(self, principal: str = "", action: str = "", since_ms: int = 0, limit: int = 0) -> list[admin_pb2.AuditEntry]:
+        """Audit entries, oldest first, filtered by who, action and time (all optional)."""
+        request = admin_pb2.ListAuditRequest(principal=principal, action=action, since_ms=since_ms, limit=limit)
+        return list(self.call(self.admin.ListAudit, request).entries)

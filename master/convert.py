@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from rtgrid.protos.v1 import admin_pb2
 from rtgrid.protos.v1 import common_pb2 as pb
 
 from .store.records import (
     AgentRecord,
     ArtifactRecord,
+    AuditRecord,
     CaseRecord,
     DeviceRecord,
     EventRecord,
     FileRecord,
+    HospitalRecord,
     JobRecord,
     SeriesRecord,
     ShardRecord,
@@ -122,4 +125,15 @@ def catalog_entry_to_proto(e) -> pb.DeviceModelInfo:
         model_id=e.model_id, version=e.version, manufacturer=e.manufacturer, model=e.model, mlc=e.mlc,
         leaf_pairs=e.leaf_pairs, min_leaf_width_mm=e.min_leaf_width_mm, interdigitation=e.interdigitation,
         max_field_mm=list(e.max_field_mm), content_hash=e.content_hash,
+    )
+
+
+def hospital_to_proto(h: HospitalRecord) -> admin_pb2.Hospital:
+    return admin_pb2.Hospital(name=h.name, created_ms=h.created_ms, revoked_ms=h.revoked_ms)
+
+
+def audit_to_proto(e: AuditRecord) -> admin_pb2.AuditEntry:
+    return admin_pb2.AuditEntry(
+        audit_id=e.audit_id, time_ms=e.time_ms, principal=e.principal, role=e.role, action=e.action, method=e.method,
+        objects=e.objects, outcome=e.outcome, detail=e.detail, peer=e.peer,
     )

@@ -19,6 +19,10 @@ class NotFound(MasterError):
     status = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(MasterError):
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+
 class FailedPrecondition(MasterError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 

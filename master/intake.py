@@ -44,10 +44,11 @@ class Intake:
     config: MasterConfig
 
 
-def create_case(intake: Intake, label: str) -> CaseRecord:
+def create_case(intake: Intake, label: str, hospital: str = "") -> CaseRecord:
+    """A new, open case owned by ``hospital``."""
     if len(label) > 256:
         raise InvalidArgument(f"case label is {len(label)} characters; at most 256")
-    case = CaseRecord(new_id("case"), label, False, now_ms())
+    case = CaseRecord(new_id("case"), label, False, now_ms(), hospital)
     intake.store.add_case(case)
     return case
 

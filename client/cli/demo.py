@@ -33,7 +33,9 @@ def _rtgrid(*args: str) -> list[str]:
 
 
 def _start_grid(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(_rtgrid("up", "--port", "0", "--data", str(data_dir)), stdout=subprocess.PIPE, text=True)
+    # The demo runs on this machine only: plaintext on loopback (see README for a TLS deployment).
+    proc = subprocess.Popen(_rtgrid("up", "--port", "0", "--data", str(data_dir), "--insecure"), stdout=subprocess.PIPE,
+                            text=True)
     deadline = time.monotonic() + GRID_START_TIMEOUT_S
     assert proc.stdout is not None
     while time.monotonic() < deadline:

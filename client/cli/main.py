@@ -16,20 +16,19 @@ from rtgrid.protos.v1 import common_pb2
 
 from ..sdk import Client, state_name
 from .admin import admin_app
+from .connect import client as _client
+from .connect import connection_options
 from .demo import demo_command
 from .output import EXIT_JOB_FAILED, Format, as_dict, emit, fail, rpc_errors
 
 
-app = typer.Typer(help="rtgrid: cloud radiotherapy planning grid.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="rtgrid: cloud radiotherapy planning grid.", no_args_is_help=True, add_completion=False,
+                  callback=connection_options)
 app.add_typer(admin_app, name="admin")
 app.command("demo")(demo_command)
 
 TargetOption = typer.Option(None, "--target", envvar="RTGRID_TARGET", help="Master HOST:PORT.")
 FormatOption = typer.Option(Format.text, "--format", help="text or json (one object per line).")
-
-
-def _client(target: str | None) -> Client:
-    return Client(target or "127.0.0.1:50051")
 
 
 @app.command()
