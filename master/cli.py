@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from .config import MAX_ACTIVE_JOBS_PER_HOSPITAL, MAX_CHUNK_BYTES, MAX_FILE_BYTES, MasterConfig
+from .config import MAX_ACTIVE_JOBS_PER_HOSPITAL, MAX_CASE_BYTES, MAX_CHUNK_BYTES, MAX_FILE_BYTES, MasterConfig
 from .security.tls import TlsFiles, check_insecure_host
 from .server import Master
 
@@ -61,6 +61,7 @@ def up_command(
     agent_key: Path = typer.Option(None, help="Private key of the local agents (with TLS)."),
     insecure: bool = typer.Option(False, "--insecure", help="Plaintext without authentication; loopback only."),
     max_file_bytes: int = typer.Option(MAX_FILE_BYTES, help="Largest file one upload may carry."),
+    max_case_bytes: int = typer.Option(MAX_CASE_BYTES, help="Most bytes one case may hold."),
     max_chunk_bytes: int = typer.Option(MAX_CHUNK_BYTES, help="Largest upload chunk (sets the gRPC message limit)."),
     max_active_jobs: int = typer.Option(MAX_ACTIVE_JOBS_PER_HOSPITAL, help="Queued plus running jobs per hospital."),
 ) -> None:
@@ -92,7 +93,8 @@ def up_command(
     config = MasterConfig(
         data_dir=data.resolve(), host=host, port=port, ray_address=ray_address, internal_port=internal_port,
         tls=None if insecure else TlsFiles(tls_cert.resolve(), tls_key.resolve(), tls_ca.resolve()),
-        max_file_bytes=max_file_bytes, max_chunk_bytes=max_chunk_bytes, max_active_jobs_per_hospital=max_active_jobs,
+        max_file_bytes=max_file_bytes, max_case_bytes=max_case_bytes, max_chunk_bytes=max_chunk_bytes,
+        max_active_jobs_per_hospital=max_active_jobs,
     )
     asyncio.run(_run_embedded(config, agents, agent_cpus, agent_tls))
 

@@ -17,6 +17,7 @@ MAX_CHUNK_BYTES = 1 << 20
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 MAX_FILE_BYTES = 2 << 30
 MAX_FILES_PER_CASE = 10_000
+MAX_CASE_BYTES = 16 << 30
 MAX_PRIORITY = 1000
 # Queued plus running jobs one hospital may have at once; more is RESOURCE_EXHAUSTED.
 MAX_ACTIVE_JOBS_PER_HOSPITAL = 16
@@ -56,6 +57,7 @@ class MasterConfig:
     max_chunk_bytes: int = MAX_CHUNK_BYTES
     max_file_bytes: int = MAX_FILE_BYTES
     max_files_per_case: int = MAX_FILES_PER_CASE
+    max_case_bytes: int = MAX_CASE_BYTES
     tls: TlsFiles | None = None
     internal_port: int = 50052
     max_active_jobs_per_hospital: int = MAX_ACTIVE_JOBS_PER_HOSPITAL
