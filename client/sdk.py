@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -25,6 +27,9 @@ from rtgrid.protos.v1 import (
     hospital_pb2,
     hospital_pb2_grpc,
 )
+
+if TYPE_CHECKING:  # pydicom loads only when a hospital pseudonymizes
+    from .pseudonym import Pseudonymizer
 
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 DEFAULT_ATTEMPTS = 10
@@ -150,9 +155,13 @@ class Client:
                 return method(request, timeout=timeout)
 
     # upload
-    def upload_folder(self, *paths: Path | str, label: str = "", chunk_bytes: int | None = None) -> UploadResult:
+    def upload_folder(self, *paths: Path | str, label: str = "", chunk_bytes: int | None = None,
+                      pseudonymizer: "Pseudonymizer | None" = None) -> UploadResult:
         """Upload every file under the given folders (and the given files) into a new case, and
         commit it: one CT series, plus e.g. an RTSTRUCT drawn on it.
+
+        With a ``pseudonymizer`` the files are pseudonymized copies (see :mod:`.pseudonym`) and the
+        default label is the patient's pseudonym: no identity leaves the hospital.
 
         Raises
         ------
@@ -170,6 +179,10 @@ class Client:
         clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
             raise ValueError(f"two files share the name {clash[0]!r}; a case keeps files by name")
+        if pseudonymizer is not None:
+            with tempfile.TemporaryDirectory(prefix="rtgrid-pseudonymized-") as tmp:
+                copies, pseudonym = pseudonymizer.pseudonymize(files_to_send, Path(tmp))
+                return self.upload_folder(*copies, label=label or pseudonym, chunk_bytes=chunk_bytes)
         label = label or Path(paths[0]).name
         case = self.call(self.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label=label))
         try:
@@ -239,8 +252,13 @@ class Client:
     def artifacts(self, job_id: str) -> list[common_pb2.Artifact]:
         return list(self.call(self.hospital.ListArtifacts, hospital_pb2.ListArtifactsRequest(job_id=job_id)).artifacts)
 
-    def download(self, artifact: common_pb2.Artifact, out_dir: Path) -> Path:
-        """Download an artifact into ``out_dir``, resuming a partial file; checks its sha256."""
+    def download(self, artifact: common_pb2.Artifact, out_dir: Path,
+                 reidentify: "Pseudonymizer | None" = None) -> Path:
+        """Download an artifact into ``out_dir``, resuming a partial file; checks its sha256.
+
+        With ``reidentify`` a DICOM result of a pseudonymized patient gets the patient's identity
+        and the original UIDs back (after the checksum check, so it no longer matches the master's).
+        """
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / Path(artifact.name).name
         partial = target.with_name(target.name + ".part")
@@ -255,6 +273,8 @@ class Client:
             partial.unlink()
             raise IOError(f"{artifact.name}: downloaded bytes do not match the master's sha256")
         partial.replace(target)
+        if reidentify is not None:
+            reidentify.reidentify_file(target)
         return target
 
     # operators

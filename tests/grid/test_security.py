@@ -10,12 +10,14 @@ import sqlite3
 import subprocess
 
 import grpc
+import pydicom
 import pytest
 
 from rtgrid.client.sdk import Client
 from rtgrid.engines.phantom import write_phantom_case
 from rtgrid.protos.v1 import admin_pb2, agent_pb2, agent_pb2_grpc, common_pb2, hospital_pb2
 
+from ..client.test_pseudonym import IDENTITY, with_identity
 from .conftest import HOSPITAL, make_pki, rtgrid_cmd
 
 SHAPE, SPACING = (16, 64, 64), (3.0, 3.0, 3.0)
@@ -220,3 +222,35 @@ def test_audit_log_says_who_did_what(grid, contoured, other_token, tmp_path):
         assert not any(grid.token in str(e) or other_token in str(e) for e in entries)
         later = operator.audit(since_ms=max(e.time_ms for e in entries) + 1)
         assert all(e.time_ms > max(x.time_ms for x in entries) for e in later)
+
+
+def test_pseudonymized_upload_and_reidentified_results(grid, tmp_path):
+    """Through the CLI: the grid never holds the patient's identity; results come back with it."""
+    originals = with_identity(tmp_path / "patient")
+    mapping = tmp_path / "hospital" / "pseudonyms.json"
+    up = _cli(grid, "upload", *map(str, originals), "--pseudonymize", "--pseudonym-map", str(mapping), "--format", "json")
+    assert up.returncode == 0, up.stderr
+    case_id = json.loads(up.stdout)["case_id"]
+    with grid.client() as client:
+        job = client.submit(case_id, "contour", params={"shards": "2"})
+        assert list(client.watch(job.job_id))[-1].state == common_pb2.JOB_STATE_SUCCEEDED
+        case = client.call(client.hospital.GetCase, hospital_pb2.GetCaseRequest(case_id=case_id))
+        assert case.label.startswith("RTG-")
+    secrets_ = [v.encode() for v in IDENTITY.values()]
+    for path in [*grid.data_dir.rglob("*")]:
+        if path.is_file():
+            raw = path.read_bytes()
+            assert not any(s in raw for s in secrets_), path
+    fetched = _cli(grid, "fetch", job.job_id, "--out", str(tmp_path / "results"), "--reidentify",
+                   "--pseudonym-map", str(mapping), "--format", "json")
+    assert fetched.returncode == 0, fetched.stderr
+    rtstruct = next(json.loads(line)["path"] for line in fetched.stdout.splitlines()
+                    if json.loads(line)["kind"] == "rtstruct")
+    result = pydicom.dcmread(rtstruct)
+    assert str(result.PatientName) == IDENTITY["PatientName"] and result.PatientID == IDENTITY["PatientID"]
+    cts = [pydicom.dcmread(p) for p in originals if pydicom.dcmread(p).Modality == "CT"]
+    referenced = {c.ReferencedSOPInstanceUID for roi in result.ROIContourSequence
+                  for contour in roi.get("ContourSequence", []) for c in contour.get("ContourImageSequence", [])}
+    assert referenced and referenced <= {ds.SOPInstanceUID for ds in cts}  # the hospital's own CT UIDs
+    assert result.StudyInstanceUID == cts[0].StudyInstanceUID
+    assert {r.ReferencedFrameOfReferenceUID for r in result.StructureSetROISequence} == {cts[0].FrameOfReferenceUID}
