@@ -65,6 +65,8 @@ def test_missing_or_bad_token_is_unauthenticated(grid, contoured):
     with Client(grid.target, ca=grid.pki.ca, attempts=1) as anonymous:
         code, message = _code(lambda: anonymous.hospital.GetCase(request, timeout=10))
         assert code == grpc.StatusCode.UNAUTHENTICATED and "token" in message
+        watch = hospital_pb2.WatchJobRequest(job_id=contoured[1].job_id)  # streams are guarded the same way
+        assert _code(lambda: list(anonymous.hospital.WatchJob(watch, timeout=10)))[0] == grpc.StatusCode.UNAUTHENTICATED
     with grid.hospital_client("rtg_" + "x" * 43) as forged:
         code, message = _code(lambda: forged.hospital.GetCase(request, timeout=10))
         assert code == grpc.StatusCode.UNAUTHENTICATED and "unknown or revoked" in message
