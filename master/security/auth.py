@@ -31,7 +31,7 @@ from rtgrid.protos.v1 import admin_pb2, agent_pb2, hospital_pb2
 from ..ids import new_id, now_ms
 from ..store.base import Store
 from ..store.records import AuditRecord
-from .certs import AGENT_ROLE, OPERATOR_ROLE, client_role
+from .certs import AGENT_ROLE, CLIENT_ROLES, OPERATOR_ROLE, client_role
 from .tokens import hospital_for_token
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,9 @@ def current_principal() -> Principal:
 
 @functools.lru_cache(maxsize=256)
 def _certificate_principal(cert_pem: bytes) -> Principal:
+    """The role a CA-signed certificate names; only agent and operator certificates carry one."""
     role, name = client_role(cert_pem)
-    return Principal(name, role)
+    return Principal(name, role if role in CLIENT_ROLES else "")
 
 
 def _bearer(context: grpc.aio.ServicerContext) -> str | None:
@@ -127,9 +128,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or role is None:
             return handler
         actions = _ACTIONS.get(service, {})
-        return _guarded(handler, functools.partial(self._admit, service, method, role),
-                        functools.partial(self._audit, f"{service.rpartition('.')[2]}/{method}",
-                                          actions.get(method, actions.get("*", ""))))
+        name = f"{service.rpartition('.')[2]}/{method}"  # e.g. HospitalService/GetCase
+        return _guarded(handler, functools.partial(self._admit, name, role),
+                        functools.partial(self._audit, name, actions.get(method, actions.get("*", ""))))
 
     # who
     def _identify(self, context: grpc.aio.ServicerContext) -> list[Principal]:
@@ -145,7 +146,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             found.append(Principal(hospital.name, HOSPITAL_ROLE))
         return found
 
-    async def _admit(self, service: str, method: str, role: str, context) -> Principal:
+    async def _admit(self, method: str, role: str, context) -> Principal:
         if self.insecure:
             return LOCAL
         callers: list[Principal] = []
@@ -160,10 +161,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     return caller
             who = " and ".join(f"{c.role} {c.name!r}" for c in callers)
             raise _Refused(grpc.StatusCode.PERMISSION_DENIED,
-                           f"{who} may not call {service.rpartition('.')[2]}/{method}: it needs the {role} role")
+                           f"{who} may not call {method}: it needs the {role} role")
         except _Refused as refused:
-            self._write(callers[0] if callers else Principal("", ""), f"{service.rpartition('.')[2]}/{method}", "auth", {}, refused.code.name,
-                        str(refused), context)
+            caller = callers[0] if callers else Principal("", "")
+            self._write(caller, method, "auth", {}, refused.code.name, str(refused), context)
             await context.abort(refused.code, str(refused))
             raise  # abort raises; this line is never reached
 
