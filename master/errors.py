@@ -23,6 +23,10 @@ class AlreadyExists(MasterError):
     status = grpc.StatusCode.ALREADY_EXISTS
 
 
+class PermissionDenied(MasterError):
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
 class FailedPrecondition(MasterError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 

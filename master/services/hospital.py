@@ -33,7 +33,8 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
         self.blobs = intake_state.blobs
         self.scheduler = scheduler
         self.events = events
-        self._submit_lock = threading.Lock()  # the per-hospital job limit is checked and applied as one step
+        # Per hospital, the job limit is checked and applied as one step (hospitals do not wait on each other).
+        self._submit_locks: dict[str, threading.Lock] = {}
 
     # ownership: the caller's own objects, or NOT_FOUND
     def _own_case(self, case_id: str) -> CaseRecord:
@@ -138,7 +139,7 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
         return self._job_proto(job)
 
     def _submit(self, hospital: str, request, key: str) -> JobRecord:
-        with self._submit_lock:
+        with self._submit_locks.setdefault(hospital, threading.Lock()):
             existing = self.store.find_job_by_key(key) if key else None
             if existing is not None:
                 return existing

@@ -130,6 +130,7 @@ class AgentRecord:
     state: str
     last_heartbeat_ms: int
     ray_resource: str
+    identity: str = ""  # the CN of the certificate it registered with: only that certificate may act for it
 
 
 AVAILABLE, BUSY, DOWN = "available", "busy", "down"

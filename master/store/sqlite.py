@@ -37,8 +37,9 @@ from .records import (
 )
 
 SCHEMA_VERSION = 3
-# Version 3 added case owners, hospitals and the audit log; a version-2 store is migrated in place.
-_MIGRATIONS = {2: ('ALTER TABLE cases ADD COLUMN "hospital" DEFAULT \'\'',)}
+# Version 3 added case owners, agent identities, hospitals and the audit log; a version-2 store is migrated in place.
+_MIGRATIONS = {2: ('ALTER TABLE cases ADD COLUMN "hospital" DEFAULT \'\'',
+                  'ALTER TABLE agents ADD COLUMN "identity" DEFAULT \'\'')}
 R = TypeVar("R")
 
 _TABLES: dict[type, tuple[str, str]] = {

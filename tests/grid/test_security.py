@@ -15,6 +15,7 @@ import pytest
 
 from rtgrid.client.sdk import Client
 from rtgrid.engines.phantom import write_phantom_case
+from rtgrid.master.security.certs import Issued, make_client_cert
 from rtgrid.protos.v1 import admin_pb2, agent_pb2, agent_pb2_grpc, common_pb2, hospital_pb2
 
 from ..client.test_pseudonym import IDENTITY, with_identity
@@ -112,6 +113,25 @@ def test_each_identity_reaches_only_its_api(grid, contoured):
         assert _code(lambda: operator.hospital.GetCase(get_case, timeout=10))[0] == grpc.StatusCode.PERMISSION_DENIED
         stub = agent_pb2_grpc.AgentServiceStub(operator.channel)
         assert _code(lambda: stub.Heartbeat(heartbeat, timeout=10))[0] == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_an_agent_certificate_acts_only_for_its_own_agent(grid, tmp_path):
+    """Another agent certificate of the same CA cannot beat, drain or take over the grid's agents."""
+    ca = Issued(grid.pki.ca.read_bytes(), grid.pki.ca.with_name("ca.key").read_bytes())
+    cert, key = make_client_cert(ca, "intruder", "agent").write(tmp_path, "intruder")
+    with grid.operator_client() as operator:
+        victim = next(a for a in operator.agents() if a.name == "agent-a")
+    with Client(grid.internal_target, ca=grid.pki.ca, cert=cert, key=key, attempts=1) as intruder:
+        stub = agent_pb2_grpc.AgentServiceStub(intruder.channel)
+        for call in (lambda: stub.Heartbeat(agent_pb2.HeartbeatRequest(agent_id=victim.agent_id), timeout=10),
+                     lambda: stub.Drain(agent_pb2.AgentDrainRequest(agent_id=victim.agent_id), timeout=10),
+                     lambda: stub.Deregister(agent_pb2.DeregisterRequest(agent_id=victim.agent_id), timeout=10),
+                     lambda: stub.Register(agent_pb2.RegisterRequest(agent_id=victim.agent_id, name="x", cpus=1),
+                                           timeout=10)):
+            code, message = _code(call)
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "another certificate" in message
+    with grid.operator_client() as operator:  # and the victim beats on, with its own certificate
+        assert next(a for a in operator.agents() if a.agent_id == victim.agent_id).state == common_pb2.AGENT_STATE_ALIVE
 
 
 def _not_found_like_a_missing_id(call_real, call_missing) -> str:

@@ -120,12 +120,16 @@ def test_a_version_2_store_is_migrated(tmp_path):
     with sqlite3.connect(path) as conn:
         conn.execute('CREATE TABLE cases ("case_id", "label", "committed", "created_ms", PRIMARY KEY (case_id))')
         conn.execute("INSERT INTO cases VALUES ('case-1', 'old', 1, 5)")
+        conn.execute('CREATE TABLE agents ("agent_id", "name", "hostname", "cpus", "ram_bytes", "gpus", '
+                     '"engine_versions", "slots", "state", "last_heartbeat_ms", "ray_resource", PRIMARY KEY (agent_id))')
+        conn.execute("""INSERT INTO agents VALUES ('agent-1', 'a', 'h', 1, 1, '[]', '{}', 1, 'alive', 5, 'r')""")
         conn.execute("PRAGMA user_version=2")
     store = SqliteStore(path)
     try:
         case = store.get_case("case-1")
         assert case.hospital == "" and case.label == "old"
         assert store.list_cases("st-luke") == [] and store.list_cases() == [case]
+        assert store.get_agent("agent-1").identity == ""  # an agent from before: any agent certificate may resume it
     finally:
         store.close()
     with sqlite3.connect(path) as conn:
