@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from pathlib import Path
 
 import typer
 
@@ -21,14 +22,23 @@ def agent_command(
     object_store_mb: int = typer.Option(DEFAULT_OBJECT_STORE_MB, help="Ray object store size of this node (MiB)."),
     model_cache: str = typer.Option(str(DEFAULT_CACHE), envvar="RTGRID_MODEL_CACHE",
                                     help="Folder of segmentation model packages fetched from the master (by hash)."),
+    ca: Path = typer.Option(None, envvar="RTGRID_CA", help="CA certificate of the grid (PEM)."),
+    cert: Path = typer.Option(None, envvar="RTGRID_CERT", help="This agent's client certificate (PEM)."),
+    key: Path = typer.Option(None, envvar="RTGRID_KEY", help="This agent's private key (PEM)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plaintext, to a master started with --insecure."),
 ) -> None:
-    """Register with the master, join its Ray cluster and run shards until drained (SIGTERM drains)."""
+    """Register with the master's internal port (mutual TLS), join its Ray cluster and run shards
+    until drained (SIGTERM drains)."""
     if not master:
         raise typer.BadParameter("give --master HOST:PORT or set RTGRID_TARGET", param_hint="--master")
+    if insecure == (cert is not None):
+        raise typer.BadParameter("give --cert and --key (with --ca) for mutual TLS, or --insecure", param_hint="--cert")
+    if cert is not None and key is None:
+        raise typer.BadParameter("--cert needs --key", param_hint="--key")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
     options = AgentOptions(master=master, cpus=cpus, slots=slots, node_ip=node_ip, object_store_mb=object_store_mb,
                            model_cache=model_cache,
-                           **({"name": name} if name else {}))
+                           ca=ca, cert=cert, key=key, **({"name": name} if name else {}))
     agent = Agent(options)
     signal.signal(signal.SIGTERM, agent.request_drain)
     signal.signal(signal.SIGINT, agent.request_drain)

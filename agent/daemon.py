@@ -15,12 +15,14 @@ import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import grpc
 import ray
 
 from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
+from .channel import MasterLink
 from .models import DEFAULT_CACHE
 from .ray_node import start_worker_node, stop_node
 from .worker import ShardWorker
@@ -37,7 +39,11 @@ DEFAULT_OBJECT_STORE_MB = 1024
 @dataclass(frozen=True)
 class AgentOptions:
     """What an agent offers. ``slots``: shards at once (default: its CPUs); ``model_cache``: where
-    segmentation model packages fetched from the master are kept, by hash."""
+    segmentation model packages fetched from the master are kept, by hash.
+
+    ``ca``, ``cert`` and ``key`` are PEM files for mutual TLS with the master's internal port;
+    without them the agent speaks plaintext (a master started with ``--insecure``).
+    """
 
     master: str
     name: str = platform.node()
@@ -46,6 +52,14 @@ class AgentOptions:
     node_ip: str = "127.0.0.1"
     object_store_mb: int = DEFAULT_OBJECT_STORE_MB
     model_cache: str = str(DEFAULT_CACHE)
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def master_link(options: AgentOptions) -> MasterLink:
+    """How this agent and its actors reach the master."""
+    return MasterLink(options.master, options.ca, options.cert, options.key)
 
 
 def home_resource(ray_resource: str) -> str:
@@ -86,7 +100,7 @@ class Agent:
 
     def __init__(self, options: AgentOptions) -> None:
         self.options = options
-        self._channel = grpc.insecure_channel(options.master)
+        self._channel = master_link(options).channel()
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         self._stop = threading.Event()
         self._ray_node = None
@@ -134,7 +148,7 @@ class Agent:
                 resources={home_resource(reg.ray_resource): 1}, num_cpus=0, max_concurrency=1000, get_if_exists=True,
                 max_restarts=0,
             )
-            .remote(self.agent_id, reg.ray_resource, self.options.master, self.options.model_cache, self.options.cpus,
+            .remote(self.agent_id, reg.ray_resource, master_link(self.options), self.options.model_cache, self.options.cpus,
                     len(_gpus()))
         )
         ray.get(actor.ping.remote(), timeout=RAY_NODE_START_TIMEOUT_S)

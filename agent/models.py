@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.segmentation.deep.package import CARD_FILE, HASH_FILE, WEIGHTS_FILE, ModelPackageError
 from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc
+
+from .channel import MasterLink
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def model_actor_name(agent_id: str, sha256: str) -> str:
     return f"rtgrid-model-{agent_id}-{sha256[:16]}"
 
 
-def fetch_package(master: str, sha256: str, cache_dir: Path) -> Path:
+def fetch_package(master: MasterLink, sha256: str, cache_dir: Path) -> Path:
     """The package folder of ``sha256`` in the cache, fetched from the master when absent.
 
     Raises
@@ -53,7 +54,7 @@ def fetch_package(master: str, sha256: str, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{sha256[:16]}-", dir=cache_dir))
     try:
-        with grpc.insecure_channel(master) as channel:
+        with master.channel() as channel:
             chunks = agent_pb2_grpc.AgentServiceStub(channel).FetchModel(
                 agent_pb2.FetchModelRequest(sha256=sha256), timeout=FETCH_TIMEOUT_S
             )
@@ -89,8 +90,8 @@ class ModelActor:
 
     Parameters
     ----------
-    master : str
-        ``HOST:PORT`` of the master's agent API (to fetch the package).
+    master : MasterLink
+        The master's agent API and how to reach it (to fetch the package).
     sha256 : str
         Package content hash.
     cache_dir : str
@@ -101,7 +102,7 @@ class ModelActor:
         Slices per forward pass (bounds memory).
     """
 
-    def __init__(self, master: str, sha256: str, cache_dir: str, threads: int = 1, batch_slices: int = 8) -> None:
+    def __init__(self, master: MasterLink, sha256: str, cache_dir: str, threads: int = 1, batch_slices: int = 8) -> None:
         import torch
 
         from rtgrid.engines.segmentation.deep.inference import SegmentationRunner

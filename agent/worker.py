@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from .channel import MasterLink
 from .executors import execute
 from .models import ModelActor, model_actor_name
 
@@ -37,8 +38,8 @@ class ShardWorker:
     ----------
     agent_id, ray_resource : str
         The agent and the custom resource of its node.
-    master : str
-        ``HOST:PORT`` of the master's agent API (model actors fetch packages there).
+    master : MasterLink
+        The master's agent API and how to reach it (model actors fetch packages there).
     model_cache : str
         Folder of this agent's model package cache.
     cpus, gpus : int
@@ -46,7 +47,7 @@ class ShardWorker:
         when there is one (else they run on the CPU).
     """
 
-    def __init__(self, agent_id: str, ray_resource: str, master: str = "", model_cache: str = "", cpus: int = 1,
+    def __init__(self, agent_id: str, ray_resource: str, master: MasterLink | None = None, model_cache: str = "", cpus: int = 1,
                  gpus: int = 0) -> None:
         self.agent_id = agent_id
         self.ray_resource = ray_resource

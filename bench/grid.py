@@ -136,7 +136,7 @@ class LocalGrid:
     def start_master(self, ray_address: str) -> str:
         self.master = subprocess.Popen(
             _rtgrid_cmd("up", "--port", "0", "--data", str(self.data_dir), "--ray-address", ray_address,
-                        "--agents", "0"),
+                        "--agents", "0", "--insecure"),
             stdout=subprocess.PIPE, stderr=self._log("master"), text=True, start_new_session=True,
         )
         lines: queue.Queue[str] = queue.Queue()
@@ -164,7 +164,8 @@ class LocalGrid:
 
     def start_agent(self, name: str, cpus: int) -> None:
         self.agents[name] = subprocess.Popen(
-            [sys.executable, "-m", "rtgrid.agent", "--master", self.target, "--name", name, "--cpus", str(cpus)],
+            [sys.executable, "-m", "rtgrid.agent", "--master", self.target, "--name", name, "--cpus", str(cpus),
+             "--insecure"],
             stdout=self._log(name), stderr=subprocess.STDOUT, start_new_session=True,
         )
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -25,6 +27,9 @@ from rtgrid.protos.v1 import (
     hospital_pb2,
     hospital_pb2_grpc,
 )
+
+if TYPE_CHECKING:  # pydicom loads only when a hospital pseudonymizes
+    from .pseudonym import Pseudonymizer
 
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 DEFAULT_ATTEMPTS = 10
@@ -64,26 +69,73 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def channel_credentials(ca: Path | str | None = None, token: str | None = None, cert: Path | str | None = None,
+                        key: Path | str | None = None) -> grpc.ChannelCredentials | None:
+    """TLS credentials (with the token as call credentials), or None for plaintext.
+
+    Raises
+    ------
+    ValueError
+        When only one of ``cert`` and ``key`` is given.
+    """
+    if not (ca or token or cert):
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("a client certificate needs both cert and key")
+    tls = grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes() if ca else None,
+        private_key=Path(key).read_bytes() if key else None,
+        certificate_chain=Path(cert).read_bytes() if cert else None,
+    )
+    return grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(token)) if token else tls
+
+
+def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    return grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+
+
 class Client:
     """A connection to an rtgrid master.
 
     Parameters
     ----------
     target : str
-        ``HOST:PORT`` of the master; default ``$RTGRID_TARGET`` or ``127.0.0.1:50051``.
+        ``HOST:PORT`` of the master's public port; default ``$RTGRID_TARGET`` or ``127.0.0.1:50051``.
     attempts : int
         Tries per call for transient failures.
+    ca : Path | str | None
+        CA certificate (PEM) the master's certificate is checked against; default ``$RTGRID_CA``.
+        Without it, but with a token or certificate, the system's trusted roots are used.
+    token : str | None
+        The hospital's API token, sent as ``authorization: Bearer`` metadata; default ``$RTGRID_TOKEN``.
+    cert, key : Path | str | None
+        A client certificate and key (operators; default ``$RTGRID_CERT`` / ``$RTGRID_KEY``) for the
+        master's internal, mutual-TLS port.
+    admin_target : str | None
+        ``HOST:PORT`` for the admin API (the internal port); default ``$RTGRID_ADMIN_TARGET`` or ``target``.
+
+    With none of ``ca``, ``token``, ``cert`` the channel is plaintext (a master started with
+    ``--insecure`` on loopback).
     """
 
-    def __init__(self, target: str | None = None, attempts: int = DEFAULT_ATTEMPTS) -> None:
-        self.target = target or os.environ.get("RTGRID_TARGET", "127.0.0.1:50051")
-        self.channel = grpc.insecure_channel(self.target)
+    def __init__(self, target: str | None = None, attempts: int = DEFAULT_ATTEMPTS, *, ca: Path | str | None = None,
+                 token: str | None = None, cert: Path | str | None = None, key: Path | str | None = None,
+                 admin_target: str | None = None) -> None:
+        env = os.environ.get
+        self.target = target or env("RTGRID_TARGET", "127.0.0.1:50051")
+        admin_target = admin_target or env("RTGRID_ADMIN_TARGET") or self.target
+        credentials = channel_credentials(ca or env("RTGRID_CA"), token or env("RTGRID_TOKEN"),
+                                          cert or env("RTGRID_CERT"), key or env("RTGRID_KEY"))
+        self.channel = _channel(self.target, credentials)
+        self._admin_channel = self.channel if admin_target == self.target else _channel(admin_target, credentials)
         self.hospital = hospital_pb2_grpc.HospitalServiceStub(self.channel)
-        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self._admin_channel)
         self._attempts = attempts
 
     def close(self) -> None:
         self.channel.close()
+        if self._admin_channel is not self.channel:
+            self._admin_channel.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -106,9 +158,13 @@ class Client:
                 return method(request, timeout=timeout)
 
     # upload
-    def upload_folder(self, *paths: Path | str, label: str = "", chunk_bytes: int | None = None) -> UploadResult:
+    def upload_folder(self, *paths: Path | str, label: str = "", chunk_bytes: int | None = None,
+                      pseudonymizer: "Pseudonymizer | None" = None) -> UploadResult:
         """Upload every file under the given folders (and the given files) into a new case, and
         commit it: one CT series, plus e.g. an RTSTRUCT drawn on it.
+
+        With a ``pseudonymizer`` the files are pseudonymized copies (see :mod:`.pseudonym`) and the
+        default label is the patient's pseudonym: no identity leaves the hospital.
 
         Raises
         ------
@@ -126,6 +182,10 @@ class Client:
         clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
             raise ValueError(f"two files share the name {clash[0]!r}; a case keeps files by name")
+        if pseudonymizer is not None:
+            with tempfile.TemporaryDirectory(prefix="rtgrid-pseudonymized-") as tmp:
+                copies, pseudonym = pseudonymizer.pseudonymize(files_to_send, Path(tmp))
+                return self.upload_folder(*copies, label=label or pseudonym, chunk_bytes=chunk_bytes)
         label = label or Path(paths[0]).name
         case = self.call(self.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label=label))
         try:
@@ -195,8 +255,13 @@ class Client:
     def artifacts(self, job_id: str) -> list[common_pb2.Artifact]:
         return list(self.call(self.hospital.ListArtifacts, hospital_pb2.ListArtifactsRequest(job_id=job_id)).artifacts)
 
-    def download(self, artifact: common_pb2.Artifact, out_dir: Path) -> Path:
-        """Download an artifact into ``out_dir``, resuming a partial file; checks its sha256."""
+    def download(self, artifact: common_pb2.Artifact, out_dir: Path,
+                 reidentify: "Pseudonymizer | None" = None) -> Path:
+        """Download an artifact into ``out_dir``, resuming a partial file; checks its sha256.
+
+        With ``reidentify`` a DICOM result of a pseudonymized patient gets the patient's identity
+        and the original UIDs back (after the checksum check, so it no longer matches the master's).
+        """
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / Path(artifact.name).name
         partial = target.with_name(target.name + ".part")
@@ -211,6 +276,8 @@ class Client:
             partial.unlink()
             raise IOError(f"{artifact.name}: downloaded bytes do not match the master's sha256")
         partial.replace(target)
+        if reidentify is not None:
+            reidentify.reidentify_file(target)
         return target
 
     # operators
@@ -259,3 +326,18 @@ class Client:
 
     def cluster_status(self) -> admin_pb2.ClusterStatus:
         return self.call(self.admin.GetClusterStatus, admin_pb2.ClusterStatusRequest())
+
+    def add_hospital(self, name: str) -> admin_pb2.AddHospitalResponse:
+        """Create a hospital; the reply carries its API token, shown this once."""
+        return self.call(self.admin.AddHospital, admin_pb2.AddHospitalRequest(name=name))
+
+    def hospitals(self) -> list[admin_pb2.Hospital]:
+        return list(self.call(self.admin.ListHospitals, admin_pb2.ListHospitalsRequest()).hospitals)
+
+    def revoke_hospital(self, name: str) -> admin_pb2.Hospital:
+        return self.call(self.admin.RevokeHospital, admin_pb2.RevokeHospitalRequest(name=name))
+
+    def audit(self, principal: str = "", action: str = "", since_ms: int = 0, limit: int = 0) -> list[admin_pb2.AuditEntry]:
+        """Audit entries, oldest first, filtered by who, action and time (all optional)."""
+        request = admin_pb2.ListAuditRequest(principal=principal, action=action, since_ms=since_ms, limit=limit)
+        return list(self.call(self.admin.ListAudit, request).entries)

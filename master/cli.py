@@ -17,18 +17,20 @@ from pathlib import Path
 
 import typer
 
-from .config import MasterConfig
+from .config import MAX_ACTIVE_JOBS_PER_HOSPITAL, MAX_CASE_BYTES, MAX_CHUNK_BYTES, MAX_FILE_BYTES, MasterConfig
+from .security.tls import TlsFiles, check_insecure_host
 from .server import Master
 
 
-async def _run_embedded(config: MasterConfig, agents: int, agent_cpus: int) -> None:
+async def _run_embedded(config: MasterConfig, agents: int, agent_cpus: int, agent_tls: list[str]) -> None:
     master = Master(config)
     await master.start()
-    print(json.dumps({"event": "ready", "target": master.address, "data_dir": str(config.data_dir)}), flush=True)
+    print(json.dumps({"event": "ready", "target": master.address, "internal_target": master.internal_address,
+                      "tls": config.tls is not None, "data_dir": str(config.data_dir)}), flush=True)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "rtgrid.agent", "--master", master.address, "--name", f"local-{i + 1}",
-             "--cpus", str(agent_cpus)],
+            [sys.executable, "-m", "rtgrid.agent", "--master", master.internal_address, "--name", f"local-{i + 1}",
+             "--cpus", str(agent_cpus), *agent_tls],
         )
         for i in range(agents)
     ]
@@ -45,20 +47,56 @@ async def _run_embedded(config: MasterConfig, agents: int, agent_cpus: int) -> N
 
 
 def up_command(
-    port: int = typer.Option(50051, help="gRPC port on 127.0.0.1 (0 picks a free one)."),
+    port: int = typer.Option(50051, help="Public gRPC port, for hospitals (0 picks a free one)."),
+    internal_port: int = typer.Option(50052, help="Mutual-TLS port for agents and operators (0 picks a free one)."),
     data: Path = typer.Option(Path("rtgrid-data"), help="Folder for the SQLite store and blobs."),
     host: str = typer.Option("127.0.0.1", help="Listen address."),
     ray_address: str = typer.Option(None, help="Join this Ray cluster instead of starting a local head."),
     agents: int = typer.Option(1, help="Local agents to start (0: none)."),
     agent_cpus: int = typer.Option(os.cpu_count() or 1, help="CPUs each local agent offers."),
+    tls_cert: Path = typer.Option(None, envvar="RTGRID_TLS_CERT", help="The master's certificate (PEM)."),
+    tls_key: Path = typer.Option(None, envvar="RTGRID_TLS_KEY", help="The master's private key (PEM)."),
+    tls_ca: Path = typer.Option(None, envvar="RTGRID_TLS_CA", help="The CA that signs agent and operator certificates."),
+    agent_cert: Path = typer.Option(None, help="Client certificate of the local agents (with TLS)."),
+    agent_key: Path = typer.Option(None, help="Private key of the local agents (with TLS)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plaintext without authentication; loopback only."),
+    max_file_bytes: int = typer.Option(MAX_FILE_BYTES, help="Largest file one upload may carry."),
+    max_case_bytes: int = typer.Option(MAX_CASE_BYTES, help="Most bytes one case may hold."),
+    max_chunk_bytes: int = typer.Option(MAX_CHUNK_BYTES, help="Largest upload chunk (sets the gRPC message limit)."),
+    max_active_jobs: int = typer.Option(MAX_ACTIVE_JOBS_PER_HOSPITAL, help="Queued plus running jobs per hospital."),
 ) -> None:
     """Start the embedded grid: master + local Ray head + SQLite + blob folder + local agent(s).
 
-    Prints one JSON line with the target once ready; runs until Ctrl-C or SIGTERM.
+    Serves TLS with --tls-cert/--tls-key/--tls-ca (make them with `rtgrid certs`), or plaintext on
+    a loopback address with --insecure. Prints one JSON line with the targets once ready; runs
+    until Ctrl-C or SIGTERM.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s master %(levelname)s %(message)s")
-    config = MasterConfig(data_dir=data.resolve(), host=host, port=port, ray_address=ray_address)
-    asyncio.run(_run_embedded(config, agents, agent_cpus))
+    tls_given = [p for p in (tls_cert, tls_key, tls_ca) if p is not None]
+    if insecure and tls_given:
+        raise typer.BadParameter("give either --insecure or the TLS files, not both", param_hint="--insecure")
+    if not insecure and len(tls_given) != 3:
+        raise typer.BadParameter("give --tls-cert, --tls-key and --tls-ca (make them with `rtgrid certs`), or "
+                                 "--insecure to serve plaintext on a loopback address", param_hint="--tls-cert")
+    if insecure:
+        try:
+            check_insecure_host(host)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--insecure") from None
+    agent_tls = ["--insecure"]
+    if not insecure:
+        if agents and (agent_cert is None or agent_key is None):
+            raise typer.BadParameter("local agents need --agent-cert and --agent-key (or --agents 0)",
+                                     param_hint="--agent-cert")
+        agent_tls = ["--ca", str(tls_ca.resolve()), *(["--cert", str(agent_cert.resolve()), "--key",
+                                                     str(agent_key.resolve())] if agents else [])]
+    config = MasterConfig(
+        data_dir=data.resolve(), host=host, port=port, ray_address=ray_address, internal_port=internal_port,
+        tls=None if insecure else TlsFiles(tls_cert.resolve(), tls_key.resolve(), tls_ca.resolve()),
+        max_file_bytes=max_file_bytes, max_case_bytes=max_case_bytes, max_chunk_bytes=max_chunk_bytes,
+        max_active_jobs_per_hospital=max_active_jobs,
+    )
+    asyncio.run(_run_embedded(config, agents, agent_cpus, agent_tls))
 
 
 def phantom_command(

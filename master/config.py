@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .security.tls import TlsFiles
+
 # Agents heartbeat every HEARTBEAT_INTERVAL_S; after HEARTBEAT_PATIENCE missed beats they are lost.
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_PATIENCE = 5
@@ -15,7 +17,12 @@ MAX_CHUNK_BYTES = 1 << 20
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 MAX_FILE_BYTES = 2 << 30
 MAX_FILES_PER_CASE = 10_000
+MAX_CASE_BYTES = 16 << 30
 MAX_PRIORITY = 1000
+# Queued plus running jobs one hospital may have at once; more is RESOURCE_EXHAUSTED.
+MAX_ACTIVE_JOBS_PER_HOSPITAL = 16
+# gRPC messages carry at most one chunk plus this much for the other fields.
+MESSAGE_OVERHEAD_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,14 @@ class MasterConfig:
         gRPC listen address; ``port=0`` picks a free port.
     ray_address : str | None
         Join this Ray cluster; ``None`` starts a local Ray head in the master process.
+    tls : TlsFiles | None
+        Certificate, key and CA of the master; ``None`` is the insecure mode (plaintext, no
+        authentication), refused unless ``host`` is a loopback address.
+    internal_port : int
+        The mutual-TLS port for agents and operators (``0`` picks a free port); unused when
+        insecure (everything is served on ``port``).
+    max_active_jobs_per_hospital : int
+        Queued plus running jobs per hospital.
     """
 
     data_dir: Path
@@ -42,6 +57,14 @@ class MasterConfig:
     max_chunk_bytes: int = MAX_CHUNK_BYTES
     max_file_bytes: int = MAX_FILE_BYTES
     max_files_per_case: int = MAX_FILES_PER_CASE
+    max_case_bytes: int = MAX_CASE_BYTES
+    tls: TlsFiles | None = None
+    internal_port: int = 50052
+    max_active_jobs_per_hospital: int = MAX_ACTIVE_JOBS_PER_HOSPITAL
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_chunk_bytes + MESSAGE_OVERHEAD_BYTES
 
     @property
     def db_path(self) -> Path:

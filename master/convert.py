@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 
+from rtgrid.protos.v1 import admin_pb2
 from rtgrid.protos.v1 import common_pb2 as pb
 
 from .store.records import (
     AgentRecord,
     ArtifactRecord,
+    AuditRecord,
     CaseRecord,
     DeviceRecord,
     EventRecord,
     FileRecord,
+    HospitalRecord,
     JobRecord,
     ModelRecord,
     SeriesRecord,
@@ -135,4 +138,15 @@ def model_to_proto(m: ModelRecord) -> pb.ModelInfo:
         labels=[label["rtstruct_name"] for label in card.get("labels", [])],
         metrics_json=json.dumps(card.get("validation_metrics", {}), sort_keys=True), card_json=m.card_json,
         weights_bytes=m.weights_bytes, registered_ms=m.registered_ms,
+    )
+
+
+def hospital_to_proto(h: HospitalRecord) -> admin_pb2.Hospital:
+    return admin_pb2.Hospital(name=h.name, created_ms=h.created_ms, revoked_ms=h.revoked_ms)
+
+
+def audit_to_proto(e: AuditRecord) -> admin_pb2.AuditEntry:
+    return admin_pb2.AuditEntry(
+        audit_id=e.audit_id, time_ms=e.time_ms, principal=e.principal, role=e.role, action=e.action, method=e.method,
+        objects=e.objects, outcome=e.outcome, detail=e.detail, peer=e.peer,
     )

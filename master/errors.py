@@ -19,6 +19,14 @@ class NotFound(MasterError):
     status = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(MasterError):
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(MasterError):
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
 class FailedPrecondition(MasterError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -29,7 +37,3 @@ class ResourceExhausted(MasterError):
 
 class DataLoss(MasterError):
     status = grpc.StatusCode.DATA_LOSS
-
-
-class AlreadyExists(MasterError):
-    status = grpc.StatusCode.ALREADY_EXISTS

@@ -44,10 +44,11 @@ class Intake:
     config: MasterConfig
 
 
-def create_case(intake: Intake, label: str) -> CaseRecord:
+def create_case(intake: Intake, label: str, hospital: str = "") -> CaseRecord:
+    """A new, open case owned by ``hospital``."""
     if len(label) > 256:
         raise InvalidArgument(f"case label is {len(label)} characters; at most 256")
-    case = CaseRecord(new_id("case"), label, False, now_ms())
+    case = CaseRecord(new_id("case"), label, False, now_ms(), hospital)
     intake.store.add_case(case)
     return case
 
@@ -77,7 +78,8 @@ def start_upload(intake: Intake, case_id: str, file_name: str, size_bytes: int, 
         raise InvalidArgument(f"{file_name}: size_bytes must be positive, got {size_bytes}")
     if size_bytes > intake.config.max_file_bytes:
         raise ResourceExhausted(
-            f"{file_name}: {size_bytes} bytes exceeds the limit of {intake.config.max_file_bytes} bytes per file"
+            f"{file_name}: {size_bytes} bytes exceeds the limit of {intake.config.max_file_bytes} bytes per file "
+            "(max_file_bytes)"
         )
     existing = intake.store.find_upload(case_id, file_name, sha256)
     if existing is not None:
@@ -85,9 +87,19 @@ def start_upload(intake: Intake, case_id: str, file_name: str, size_bytes: int, 
     if intake.store.find_file(case_id, file_name, sha256) is not None:
         # Already received whole: report it complete so the client goes straight to finish.
         return UploadRecord("", case_id, file_name, size_bytes, sha256, size_bytes, now_ms())
-    n_files = len(intake.store.list_files(case_id)) + len(intake.store.list_uploads(case_id))
+    files, uploads = intake.store.list_files(case_id), intake.store.list_uploads(case_id)
+    n_files = len(files) + len(uploads)
     if n_files >= intake.config.max_files_per_case:
-        raise ResourceExhausted(f"case {case_id} already holds {n_files} files; the limit is {intake.config.max_files_per_case}")
+        raise ResourceExhausted(
+            f"case {case_id} already holds {n_files} files; the limit is {intake.config.max_files_per_case} "
+            "(max_files_per_case)"
+        )
+    held = sum(f.size_bytes for f in files) + sum(u.size_bytes for u in uploads)
+    if held + size_bytes > intake.config.max_case_bytes:
+        raise ResourceExhausted(
+            f"{file_name}: the case would hold {held + size_bytes} bytes; the limit is {intake.config.max_case_bytes} "
+            "bytes per case (max_case_bytes)"
+        )
     upload = UploadRecord(secrets.token_hex(12), case_id, file_name, size_bytes, sha256, 0, now_ms())
     intake.blobs.partial_path(upload.upload_id).write_bytes(b"")
     intake.store.add_upload(upload)
@@ -105,7 +117,8 @@ def write_chunk(intake: Intake, upload: UploadRecord, offset: int, data: bytes, 
     """Append one chunk durably; the offset must be exactly what the master holds."""
     if len(data) > intake.config.max_chunk_bytes:
         raise ResourceExhausted(
-            f"{upload.file_name}: chunk of {len(data)} bytes exceeds the limit of {intake.config.max_chunk_bytes}"
+            f"{upload.file_name}: chunk of {len(data)} bytes exceeds the limit of {intake.config.max_chunk_bytes} "
+            "bytes per chunk (max_chunk_bytes)"
         )
     if offset != upload.committed_bytes:
         raise FailedPrecondition(

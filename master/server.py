@@ -19,6 +19,8 @@ from .events import EventBus
 from .intake import Intake
 from .ray_pool import RayPool
 from .scheduler import Scheduler
+from .security.auth import AuthInterceptor
+from .security.tls import check_insecure_host
 from .services.admin import AdminService
 from .services.agent import AgentService
 from .services.hospital import HospitalService
@@ -45,6 +47,7 @@ class Master:
     def __init__(self, config: MasterConfig) -> None:
         self.config = config
         self.port = 0
+        self.internal_port = 0
         self.store = SqliteStore(config.db_path)
         self.blobs = BlobStore(config.blob_dir)
         self.pool: RayPool | None = None
@@ -54,23 +57,32 @@ class Master:
 
     @property
     def address(self) -> str:
+        """The public port: hospitals (TLS + API token)."""
         return f"{self.config.host}:{self.port}"
+
+    @property
+    def internal_address(self) -> str:
+        """The internal port: agents and operators (mutual TLS); the public one when insecure."""
+        return f"{self.config.host}:{self.internal_port}"
 
     async def start(self) -> int:
         """Start Ray, the scheduler and the gRPC server; returns the bound port."""
         loop = asyncio.get_running_loop()
+        if self.config.tls is None:
+            check_insecure_host(self.config.host)
         self.pool = RayPool(self.config.ray_address)
         seeded = seed_from_catalog(self.store)
         if seeded:
             log.info("device registry was empty: one device per catalog model (%d)", seeded)
         events = EventBus(self.store, loop)
         self.scheduler = Scheduler(self.store, self.blobs, events, self.pool, self.config)
-        message_limit = self.config.max_chunk_bytes + (1 << 20)
+        message_limit = self.config.max_message_bytes
         self._server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.store, insecure=self.config.tls is None)],
             options=[
                 ("grpc.max_receive_message_length", message_limit),
                 ("grpc.max_send_message_length", message_limit),
-            ]
+            ],
         )
         hospital_pb2_grpc.add_HospitalServiceServicer_to_server(
             HospitalService(Intake(self.store, self.blobs, self.config), self.scheduler, events), self._server
@@ -84,15 +96,32 @@ class Master:
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._server,
         )
-        self.port = self._server.add_insecure_port(f"{self.config.host}:{self.config.port}")
-        if self.port == 0:
-            raise RuntimeError(f"could not listen on {self.config.host}:{self.config.port}")
+        self._listen()
         await self._server.start()
         self.scheduler.start()
         for name in ("", *SERVICE_NAMES):
             await _set_serving(self._health, name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("master listening on %s (data in %s, ray at %s)", self.address, self.config.data_dir, self.pool.address)
+        log.info("master listening on %s, internal %s (%s; data in %s, ray at %s)", self.address, self.internal_address,
+                 "TLS" if self.config.tls else "INSECURE: plaintext, no authentication", self.config.data_dir,
+                 self.pool.address)
         return self.port
+
+    def _listen(self) -> None:
+        host, tls = self.config.host, self.config.tls
+
+        def bind(port: int, credentials: grpc.ServerCredentials | None) -> int:
+            address = f"{host}:{port}"
+            bound = (self._server.add_secure_port(address, credentials) if credentials
+                     else self._server.add_insecure_port(address))
+            if bound == 0:
+                raise RuntimeError(f"could not listen on {address}")
+            return bound
+
+        if tls is None:
+            self.port = self.internal_port = bind(self.config.port, None)
+            return
+        self.port = bind(self.config.port, tls.server_credentials(require_client_cert=False))
+        self.internal_port = bind(self.config.internal_port, tls.server_credentials(require_client_cert=True))
 
     async def stop(self, grace_s: float = 2.0) -> None:
         for name in ("", *SERVICE_NAMES):

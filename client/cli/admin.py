@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import typer
 
 from rtgrid.protos.v1 import common_pb2
 
-from ..sdk import Client, state_name
+from ..sdk import state_name
+from .connect import client as _client
 from .output import Format, as_dict, emit, rpc_errors
 
 admin_app = typer.Typer(help="Operate the grid: agents, jobs, shards, priorities, drain, status.", no_args_is_help=True)
 
 TargetOption = typer.Option(None, "--target", envvar="RTGRID_TARGET", help="Master HOST:PORT.")
 FormatOption = typer.Option(Format.text, "--format", help="text or json (one object per line).")
-
-
-def _client(target: str | None) -> Client:
-    return Client(target or "127.0.0.1:50051")
 
 
 def _agent_state(value: int) -> str:
@@ -197,3 +196,72 @@ def models_add(
         except FileNotFoundError as exc:
             fail(str(exc), EXIT_REFUSED)
     emit(fmt, _model_record(m), _model_line(m))
+
+
+hospitals_app = typer.Typer(help="Hospitals (tenants) and their API tokens.", no_args_is_help=True)
+admin_app.add_typer(hospitals_app, name="hospitals")
+
+
+def _hospital_line(h) -> str:
+    return f"{h.name:<24} created {_when(h.created_ms)}" + (f"  REVOKED {_when(h.revoked_ms)}" if h.revoked_ms else "")
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds")
+
+
+@hospitals_app.command("add")
+def hospitals_add(name: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """Create a hospital and print its API token (shown only this once; the master keeps a digest)."""
+    with _client(target) as client:
+        reply = _wrap(client.add_hospital)(name)
+    emit(fmt, {"name": reply.hospital.name, "token": reply.token}, reply.token)
+
+
+@hospitals_app.command("list")
+def hospitals_list(target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """List hospitals and whether their token is live."""
+    with _client(target) as client:
+        for h in _wrap(client.hospitals)():
+            emit(fmt, as_dict(h), _hospital_line(h))
+
+
+@hospitals_app.command("revoke")
+def hospitals_revoke(name: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """Revoke a hospital's token at once (its cases stay; `add` issues a new token)."""
+    with _client(target) as client:
+        h = _wrap(client.revoke_hospital)(name)
+    emit(fmt, as_dict(h), _hospital_line(h))
+
+
+def _since_ms(value: str | None) -> int:
+    """ISO 8601 time (UTC unless it says otherwise) or a duration back from now: 30m, 12h, 7d."""
+    if not value:
+        return 0
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1] in units and value[:-1].isdigit():
+        return int((datetime.now(timezone.utc).timestamp() - int(value[:-1]) * units[value[-1]]) * 1000)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: an ISO time (2026-11-21T10:00) or a duration (30m, 12h, 7d)",
+                                 param_hint="--since") from None
+    return int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+
+
+@admin_app.command()
+def audit(
+    hospital: str = typer.Option("", help="Only what this hospital (or agent / operator CN) did."),
+    action: str = typer.Option("", help="upload, view, download, submit, cancel, admin, agent or auth (refusals)."),
+    since: str = typer.Option(None, help="From this ISO time, or this far back (30m, 12h, 7d)."),
+    limit: int = typer.Option(0, help="At most this many entries (0: the default page)."),
+    target: str = TargetOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """The audit log, oldest first: who did what to which objects, when, and the outcome."""
+    with _client(target) as client:
+        entries = _wrap(client.audit)(hospital, action, _since_ms(since), limit)
+    for e in entries:
+        objects = " ".join(f"{k}={v}" for k, v in sorted(e.objects.items()))
+        emit(fmt, as_dict(e), f"{_when(e.time_ms)}  {e.role}:{e.principal or '-':<16} {e.action:<8} {e.method:<34} "
+                              f"{e.outcome:<18} {objects}" + (f"  ({e.detail})" if e.detail else ""))

@@ -1,7 +1,8 @@
 """``rtgrid demo``: the whole path on a generated phantom patient, on the embedded grid.
 
-Runs ``rtgrid phantom`` and ``rtgrid up`` as child processes (the client never imports the
-master), then plays the hospital through the SDK: upload the CT with the drawn targets, run a
+Runs ``rtgrid phantom``, ``rtgrid certs`` and ``rtgrid up`` (TLS, the agent on mutual TLS) as
+child processes (the client never imports the master); the operator issues a hospital token,
+then the demo plays the hospital through the SDK: upload the CT with the drawn targets, run a
 ``full`` job (auto-contouring, the standard plan against the phantom's medical order, then plans
 for the three least congested linacs, each checked by QA before release), watch it, fetch the
 results and print the order's goals and each device plan's QA verdict.
@@ -32,8 +33,16 @@ def _rtgrid(*args: str) -> list[str]:
     return [sys.executable, "-c", "from rtgrid.client.cli.main import main; main()", *args]
 
 
-def _start_grid(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(_rtgrid("up", "--port", "0", "--data", str(data_dir)), stdout=subprocess.PIPE, text=True)
+def _start_grid(work: Path) -> tuple[subprocess.Popen, dict[str, str], dict[str, str]]:
+    """The secure deployment on this machine: a private CA, TLS, an agent with its certificate."""
+    made = subprocess.run(_rtgrid("certs", "--out", str(work / "pki")), check=True, stdout=subprocess.PIPE, text=True)
+    pki = json.loads(made.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen(
+        _rtgrid("up", "--port", "0", "--internal-port", "0", "--data", str(work / "grid"),
+                "--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"], "--tls-ca", pki["ca"],
+                "--agent-cert", pki["agent:agent:cert"], "--agent-key", pki["agent:agent:key"]),
+        stdout=subprocess.PIPE, text=True,
+    )
     deadline = time.monotonic() + GRID_START_TIMEOUT_S
     assert proc.stdout is not None
     while time.monotonic() < deadline:
@@ -41,7 +50,7 @@ def _start_grid(data_dir: Path) -> tuple[subprocess.Popen, str]:
         if not line:
             break
         if line.startswith("{"):
-            return proc, json.loads(line)["target"]
+            return proc, json.loads(line), pki
     proc.kill()
     raise RuntimeError("the embedded grid did not start (see its log above)")
 
@@ -72,9 +81,13 @@ def demo_command(
     made = subprocess.run(_rtgrid("phantom", "--out", str(phantom_dir), "--slices", str(slices), "--size", str(size)),
                           check=True, stdout=subprocess.PIPE, text=True)
     phantom = json.loads(made.stdout.strip().splitlines()[-1])
-    grid, target = _start_grid(work / "grid")
+    grid, ready, pki = _start_grid(work)
     try:
-        with Client(target) as client:
+        operator = dict(ca=pki["ca"], cert=pki["operator:operator:cert"], key=pki["operator:operator:key"])
+        with Client(ready["internal_target"], **operator) as admin:
+            token = admin.add_hospital("demo-hospital").token  # the operator makes the hospital's token
+        emit(fmt, {"target": ready["target"]}, f"grid up with TLS at {ready['target']}; hospital token issued")
+        with Client(ready["target"], token=token, admin_target=ready["internal_target"], **operator) as client:
             _wait_for_agent(client)
             # The hospital sends the CT with the targets and organs at risk its physician drew.
             case = client.upload_folder(phantom["ct_dir"], phantom["rtstruct"], label="demo phantom").case

@@ -18,20 +18,28 @@ from rtgrid.protos.v1 import common_pb2
 
 from ..sdk import Client, state_name
 from .admin import admin_app
+from .connect import client as _client
+from .connect import connection_options
 from .demo import demo_command
 from .output import EXIT_JOB_FAILED, Format, as_dict, emit, fail, rpc_errors
 
 
-app = typer.Typer(help="rtgrid: cloud radiotherapy planning grid.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="rtgrid: cloud radiotherapy planning grid.", no_args_is_help=True, add_completion=False,
+                  callback=connection_options)
 app.add_typer(admin_app, name="admin")
 app.command("demo")(demo_command)
 
 TargetOption = typer.Option(None, "--target", envvar="RTGRID_TARGET", help="Master HOST:PORT.")
+MappingOption = typer.Option(Path("rtgrid-pseudonyms.json"), "--pseudonym-map", envvar="RTGRID_PSEUDONYM_MAP",
+                             help="The hospital's pseudonym mapping (kept here, never uploaded).")
+
+
+def _pseudonymizer(path: Path):
+    from ..pseudonym import Pseudonymizer  # pydicom loads only when asked for
+
+    return Pseudonymizer(path)
+
 FormatOption = typer.Option(Format.text, "--format", help="text or json (one object per line).")
-
-
-def _client(target: str | None) -> Client:
-    return Client(target or "127.0.0.1:50051")
 
 
 @app.command()
@@ -39,12 +47,18 @@ def _client(target: str | None) -> Client:
 def upload(
     paths: list[Path] = typer.Argument(..., exists=True, help="Folders or files: one CT series, optionally an RTSTRUCT drawn on it."),
     label: str = typer.Option("", help="A label for the case (no patient identifiers needed)."),
+    pseudonymize: bool = typer.Option(False, "--pseudonymize", help="Replace patient identifiers and UIDs first."),
+    pseudonym_map: Path = MappingOption,
     target: str = TargetOption,
     fmt: Format = FormatOption,
 ) -> None:
-    """Upload a CT series (and an RTSTRUCT drawn on it, if any) as a new case; prints the case id."""
+    """Upload a CT series (and an RTSTRUCT drawn on it, if any) as a new case; prints the case id.
+
+    With --pseudonymize the grid gets pseudonymized copies; the mapping stays in --pseudonym-map.
+    """
+    pseudonymizer = _pseudonymizer(pseudonym_map) if pseudonymize else None
     with _client(target) as client:
-        result = client.upload_folder(*paths, label=label)
+        result = client.upload_folder(*paths, label=label, pseudonymizer=pseudonymizer)
     case = result.case
     series = case.series[0] if case.series else None
     emit(fmt, {"case_id": case.case_id, "files": len(result.files), "series": as_dict(series) if series else None},
@@ -153,16 +167,22 @@ def watch(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) -
 def fetch(
     job_id: str,
     out: Path = typer.Option(..., "--out", help="Folder to write the job's artifacts into."),
+    reidentify: bool = typer.Option(False, "--reidentify", help="Give DICOM results of a pseudonymized patient "
+                                                                 "the patient's identity and original UIDs back."),
+    pseudonym_map: Path = MappingOption,
     target: str = TargetOption,
     fmt: Format = FormatOption,
 ) -> None:
     """Download every artifact of a job; lists the files written with their DICOM modality."""
+    if reidentify and not pseudonym_map.exists():
+        fail(f"--reidentify needs the pseudonym mapping, and {pseudonym_map} does not exist", 2)
+    pseudonymizer = _pseudonymizer(pseudonym_map) if reidentify else None
     with _client(target) as client:
         artifacts = client.artifacts(job_id)
         if not artifacts:
             fail(f"job {job_id} has no artifacts (yet)", EXIT_JOB_FAILED)
         for artifact in artifacts:
-            path = client.download(artifact, out)
+            path = client.download(artifact, out, reidentify=pseudonymizer)
             emit(fmt, {"path": str(path), "kind": artifact.kind, "modality": artifact.modality,
                        "size_bytes": artifact.size_bytes, "sha256": artifact.sha256},
                  f"{path}  {artifact.modality or artifact.kind}")

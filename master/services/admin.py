@@ -9,6 +9,8 @@ from rtgrid.protos.v1 import admin_pb2, admin_pb2_grpc
 from .. import agents, devices, models
 from ..convert import (
     agent_state_to_proto,
+    audit_to_proto,
+    hospital_to_proto,
     agent_to_proto,
     catalog_entry_to_proto,
     device_status_from_proto,
@@ -21,10 +23,12 @@ from ..convert import (
 from ..errors import InvalidArgument, NotFound
 from ..ray_pool import RayPool
 from ..scheduler import Scheduler
+from ..security import tokens
 from ..store.base import Store
 from .common import unary
 
 DEFAULT_JOB_PAGE = 100
+DEFAULT_AUDIT_PAGE = 1000
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
@@ -123,3 +127,24 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     @unary
     async def ListModels(self, request, context):
         return admin_pb2.ListModelsResponse(models=[model_to_proto(m) for m in self.store.list_models()])
+
+    @unary
+    async def AddHospital(self, request, context):
+        record, token = tokens.add_hospital(self.store, request.name)
+        return admin_pb2.AddHospitalResponse(hospital=hospital_to_proto(record), token=token)
+
+    @unary
+    async def ListHospitals(self, request, context):
+        return admin_pb2.ListHospitalsResponse(hospitals=[hospital_to_proto(h) for h in self.store.list_hospitals()])
+
+    @unary
+    async def RevokeHospital(self, request, context):
+        return hospital_to_proto(tokens.revoke_hospital(self.store, request.name))
+
+    @unary
+    async def ListAudit(self, request, context):
+        if request.limit < 0 or request.since_ms < 0:
+            raise InvalidArgument("limit and since_ms must not be negative")
+        entries = self.store.list_audit(request.principal, request.action, request.since_ms,
+                                        request.limit or DEFAULT_AUDIT_PAGE)
+        return admin_pb2.ListAuditResponse(entries=[audit_to_proto(e) for e in entries])

@@ -8,6 +8,7 @@ from .. import agents, models
 from ..config import DOWNLOAD_CHUNK_BYTES, MasterConfig
 from ..convert import agent_to_proto, gpus_from_proto
 from ..scheduler import Scheduler
+from ..security.auth import current_principal
 from ..store.base import Store
 from ..store.records import DRAINING
 from .common import stream, unary
@@ -25,7 +26,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         agent = agents.register(
             self.store, agent_id=request.agent_id, name=request.name, hostname=request.hostname, cpus=request.cpus,
             ram_bytes=request.ram_bytes, gpus=gpus_from_proto(request.gpus),
-            engine_versions=dict(request.engine_versions), slots=request.slots,
+            engine_versions=dict(request.engine_versions), slots=request.slots, identity=current_principal().name,
         )
         self.scheduler.wake()
         return agent_pb2.RegisterResponse(
@@ -33,8 +34,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             heartbeat_interval_s=self.config.heartbeat_interval_s, heartbeat_patience=self.config.heartbeat_patience,
         )
 
+    def _own(self, agent_id: str) -> None:
+        """Heartbeat, drain and deregister only the agent this certificate registered."""
+        agent = self.store.get_agent(agent_id)
+        if agent is not None:
+            agents.check_identity(agent, current_principal().name)
+
     @unary
     async def Heartbeat(self, request, context):
+        self._own(request.agent_id)
         agent = agents.heartbeat(self.store, request.agent_id)
         if agent is None:
             return agent_pb2.HeartbeatResponse(known=False)
@@ -45,11 +53,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     @unary
     async def Drain(self, request, context):
+        self._own(request.agent_id)
         agent = agents.drain(self.store, request.agent_id)
         return agent_to_proto(agent, self.scheduler.running_on(agent.agent_id))
 
     @unary
     async def Deregister(self, request, context):
+        self._own(request.agent_id)
         agent = agents.deregister(self.store, request.agent_id)
         return agent_to_proto(agent, self.scheduler.running_on(agent.agent_id))
 

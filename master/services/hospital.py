@@ -1,18 +1,25 @@
-"""Hospital API servicer: thin — each RPC translates protobuf and calls one plain function."""
+"""Hospital API servicer: thin — each RPC translates protobuf and calls one plain function.
+
+Tenant isolation lives here: every case, upload, job and artifact is reached through the case it
+belongs to, and a case owned by another hospital is answered exactly like a missing one
+(NOT_FOUND with the same message), so a hospital cannot even learn that it exists.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from rtgrid.protos.v1 import common_pb2, hospital_pb2, hospital_pb2_grpc
 
 from .. import intake
 from ..config import DOWNLOAD_CHUNK_BYTES
 from ..convert import artifact_to_proto, case_to_proto, event_to_proto, job_to_proto
-from ..errors import InvalidArgument, NotFound
+from ..errors import InvalidArgument, NotFound, ResourceExhausted
 from ..events import EventBus
 from ..scheduler import Scheduler
-from ..store.records import TERMINAL_JOB_STATES
+from ..security.auth import current_principal
+from ..store.records import TERMINAL_JOB_STATES, CaseRecord, JobRecord
 from .common import stream, unary
 
 # A watcher re-reads the store at least this often, even without a wake-up.
@@ -26,17 +33,42 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
         self.blobs = intake_state.blobs
         self.scheduler = scheduler
         self.events = events
+        # Per hospital, the job limit is checked and applied as one step (hospitals do not wait on each other).
+        self._submit_locks: dict[str, threading.Lock] = {}
+
+    # ownership: the caller's own objects, or NOT_FOUND
+    def _own_case(self, case_id: str) -> CaseRecord:
+        case = intake.get_case(self.intake, case_id)
+        if case.hospital != current_principal().name:
+            raise NotFound(f"no case {case_id!r}")
+        return case
+
+    def _get_job(self, job_id: str) -> JobRecord:
+        job = self.store.get_job(job_id)
+        case = self.store.get_case(job.case_id) if job is not None else None
+        if case is None or case.hospital != current_principal().name:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def _own_upload(self, upload_id: str):
+        upload = intake.get_upload(self.intake, upload_id)
+        try:
+            self._own_case(upload.case_id)
+        except NotFound:
+            raise NotFound(f"no open upload {upload_id!r} (finished, abandoned or never started)") from None
+        return upload
 
     def _case_proto(self, case_id: str) -> common_pb2.Case:
-        case = intake.get_case(self.intake, case_id)
+        case = self._own_case(case_id)
         return case_to_proto(case, self.store.list_series(case_id), self.store.list_files(case_id))
 
     @unary
     async def CreateCase(self, request, context):
-        return self._case_proto(intake.create_case(self.intake, request.label).case_id)
+        return self._case_proto(intake.create_case(self.intake, request.label, current_principal().name).case_id)
 
     @unary
     async def StartUpload(self, request, context):
+        self._own_case(request.case_id)
         upload = intake.start_upload(self.intake, request.case_id, request.file_name, request.size_bytes, request.sha256)
         return self._status(upload)
 
@@ -51,7 +83,7 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
         upload = None
         async for chunk in request_iterator:
             if upload is None or upload.upload_id != chunk.upload_id:
-                upload = intake.get_upload(self.intake, chunk.upload_id)
+                upload = self._own_upload(chunk.upload_id)
             upload = await asyncio.to_thread(
                 intake.write_chunk, self.intake, upload, chunk.offset, chunk.data, chunk.crc32
             )
@@ -61,6 +93,7 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def FinishUpload(self, request, context):
+        self._own_upload(request.upload_id)
         record = await asyncio.to_thread(intake.finish_upload, self.intake, request.upload_id)
         return hospital_pb2.UploadedFile(
             file_id=record.file_id, case_id=record.case_id, file_name=record.file_name, modality=record.modality,
@@ -70,6 +103,7 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def CommitCase(self, request, context):
+        self._own_case(request.case_id)
         await asyncio.to_thread(intake.commit_case, self.intake, request.case_id)
         return self._case_proto(request.case_id)
 
@@ -85,24 +119,38 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def ListCases(self, request, context):
-        return hospital_pb2.ListCasesResponse(cases=[self._case_proto(c.case_id) for c in self.store.list_cases()])
+        cases = self.store.list_cases(current_principal().name)
+        return hospital_pb2.ListCasesResponse(cases=[self._case_proto(c.case_id) for c in cases])
 
     def _job_proto(self, job) -> common_pb2.Job:
-        return job_to_proto(job, *self.scheduler.shard_progress(job.job_id))
+        proto = job_to_proto(job, *self.scheduler.shard_progress(job.job_id))
+        proto.idempotency_key = proto.idempotency_key.removeprefix(current_principal().name + "/")
+        return proto
 
     @unary
     async def SubmitJob(self, request, context):
-        job = await asyncio.to_thread(
-            self.scheduler.submit, request.case_id, request.kind, dict(request.params), request.priority,
-            request.idempotency_key,
-        )
+        self._own_case(request.case_id)
+        if request.params.get("contours_job"):
+            self._get_job(request.params["contours_job"])  # contours of another hospital's job: not found
+        hospital = current_principal().name
+        # Keys are per hospital: one hospital's key never finds another's job.
+        key = f"{hospital}/{request.idempotency_key}" if request.idempotency_key else ""
+        job = await asyncio.to_thread(self._submit, hospital, request, key)
         return self._job_proto(job)
 
-    def _get_job(self, job_id: str):
-        job = self.store.get_job(job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id!r}")
-        return job
+    def _submit(self, hospital: str, request, key: str) -> JobRecord:
+        with self._submit_locks.setdefault(hospital, threading.Lock()):
+            existing = self.store.find_job_by_key(key) if key else None
+            if existing is not None:
+                return existing
+            limit = self.intake.config.max_active_jobs_per_hospital
+            active = self.store.count_active_jobs(hospital)
+            if active >= limit:
+                raise ResourceExhausted(
+                    f"hospital {hospital!r} has {active} jobs queued or running; the limit is {limit} concurrent "
+                    "jobs per hospital (max_active_jobs_per_hospital): wait for one to finish or cancel one"
+                )
+            return self.scheduler.submit(request.case_id, request.kind, dict(request.params), request.priority, key)
 
     @unary
     async def GetJob(self, request, context):
@@ -123,6 +171,7 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def CancelJob(self, request, context):
+        self._get_job(request.job_id)
         return self._job_proto(self.scheduler.cancel(request.job_id))
 
     @unary
@@ -135,8 +184,12 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
     @stream
     async def DownloadArtifact(self, request, context):
         artifact = self.store.get_artifact(request.artifact_id)
-        if artifact is None:
-            raise NotFound(f"no artifact {request.artifact_id!r}")
+        try:
+            if artifact is None:
+                raise NotFound("")
+            self._get_job(artifact.job_id)
+        except NotFound:
+            raise NotFound(f"no artifact {request.artifact_id!r}") from None
         if not 0 <= request.offset <= artifact.size_bytes:
             raise InvalidArgument(f"offset {request.offset} is outside the artifact's {artifact.size_bytes} bytes")
         for offset, data in self.blobs.iter_chunks(artifact.sha256, request.offset, DOWNLOAD_CHUNK_BYTES):

@@ -9,10 +9,12 @@ from contextlib import AbstractContextManager
 from .records import (
     AgentRecord,
     ArtifactRecord,
+    AuditRecord,
     DeviceRecord,
     CaseRecord,
     EventRecord,
     FileRecord,
+    HospitalRecord,
     JobRecord,
     ModelRecord,
     SeriesRecord,
@@ -40,7 +42,8 @@ class Store(ABC):
     @abstractmethod
     def get_case(self, case_id: str) -> CaseRecord | None: ...
     @abstractmethod
-    def list_cases(self) -> list[CaseRecord]: ...
+    def list_cases(self, hospital: str | None = None) -> list[CaseRecord]:
+        """All cases, or those ``hospital`` owns."""
     @abstractmethod
     def set_case_committed(self, case_id: str) -> None: ...
     @abstractmethod
@@ -85,6 +88,9 @@ class Store(ABC):
     def list_jobs(self, states: Sequence[str] = (), limit: int = 100) -> list[JobRecord]: ...
     @abstractmethod
     def update_job(self, job: JobRecord) -> None: ...
+    @abstractmethod
+    def count_active_jobs(self, hospital: str) -> int:
+        """Queued or running jobs on the cases ``hospital`` owns."""
 
     @abstractmethod
     def add_shards(self, shards: Sequence[ShardRecord]) -> None: ...
@@ -147,3 +153,21 @@ class Store(ABC):
 
     @abstractmethod
     def list_models(self) -> list[ModelRecord]: ...
+    # hospitals and the audit log
+    @abstractmethod
+    def add_hospital(self, hospital: HospitalRecord) -> None: ...
+    @abstractmethod
+    def get_hospital(self, name: str) -> HospitalRecord | None: ...
+    @abstractmethod
+    def find_hospital_by_token(self, token_sha256: str) -> HospitalRecord | None:
+        """The hospital whose token has this digest, unless revoked."""
+
+    @abstractmethod
+    def list_hospitals(self) -> list[HospitalRecord]: ...
+    @abstractmethod
+    def update_hospital(self, hospital: HospitalRecord) -> None: ...
+    @abstractmethod
+    def add_audit(self, entry: AuditRecord) -> None: ...
+    @abstractmethod
+    def list_audit(self, principal: str = "", action: str = "", since_ms: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Audit entries oldest first, filtered by who, what and since when (all optional)."""

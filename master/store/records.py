@@ -18,6 +18,7 @@ class CaseRecord:
     label: str
     committed: bool
     created_ms: int
+    hospital: str = ""  # the owner: only this hospital sees the case, its jobs and artifacts
 
 
 @dataclass
@@ -129,6 +130,7 @@ class AgentRecord:
     state: str
     last_heartbeat_ms: int
     ray_resource: str
+    identity: str = ""  # the CN of the certificate it registered with: only that certificate may act for it
 
 
 AVAILABLE, BUSY, DOWN = "available", "busy", "down"
@@ -157,3 +159,29 @@ class ModelRecord:
     weights_sha256: str
     weights_bytes: int
     registered_ms: int
+
+
+@dataclass
+class HospitalRecord:
+    """A tenant. Only the sha256 of its API token is kept; the token itself is shown once."""
+
+    name: str
+    token_sha256: str
+    created_ms: int
+    revoked_ms: int = 0
+
+
+@dataclass
+class AuditRecord:
+    """Who did what to which objects, when, and how it ended (a gRPC status name)."""
+
+    audit_id: str
+    time_ms: int
+    principal: str
+    role: str
+    action: str  # upload | view | download | submit | cancel | admin | agent
+    method: str
+    objects: dict[str, str]
+    outcome: str
+    detail: str = ""  # the refusal's message, if any
+    peer: str = ""  # the caller's address as gRPC saw it

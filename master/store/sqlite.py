@@ -24,10 +24,12 @@ from .records import (
     TERMINAL_JOB_STATES,
     AgentRecord,
     ArtifactRecord,
+    AuditRecord,
     DeviceRecord,
     CaseRecord,
     EventRecord,
     FileRecord,
+    HospitalRecord,
     JobRecord,
     ModelRecord,
     SeriesRecord,
@@ -35,7 +37,10 @@ from .records import (
     UploadRecord,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Version 3 added case owners, agent identities, hospitals and the audit log; a version-2 store is migrated in place.
+_MIGRATIONS = {2: ('ALTER TABLE cases ADD COLUMN "hospital" DEFAULT \'\'',
+                  'ALTER TABLE agents ADD COLUMN "identity" DEFAULT \'\'')}
 R = TypeVar("R")
 
 _TABLES: dict[type, tuple[str, str]] = {
@@ -50,6 +55,8 @@ _TABLES: dict[type, tuple[str, str]] = {
     AgentRecord: ("agents", "agent_id"),
     DeviceRecord: ("devices", "device_id"),
     ModelRecord: ("models", "sha256"),
+    HospitalRecord: ("hospitals", "name"),
+    AuditRecord: ("audit", "audit_id"),
 }
 
 _INDEXES = (
@@ -62,6 +69,9 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS series_case ON series(case_id)",
     "CREATE INDEX IF NOT EXISTS artifacts_job ON artifacts(job_id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS models_name ON models(name, version)",
+    "CREATE INDEX IF NOT EXISTS cases_hospital ON cases(hospital)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS hospitals_token ON hospitals(token_sha256)",
+    "CREATE INDEX IF NOT EXISTS audit_time ON audit(time_ms)",
 )
 
 
@@ -98,8 +108,10 @@ class SqliteStore(Store):
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self.transaction():
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, SCHEMA_VERSION, *_MIGRATIONS):
                 raise RuntimeError(f"{path}: store schema {version}, this master knows {SCHEMA_VERSION}")
+            for ddl in _MIGRATIONS.get(version, ()):
+                self._conn.execute(ddl)
             for record in _TABLES:
                 self._conn.execute(_create_table(record))
             for ddl in _INDEXES:
@@ -164,8 +176,10 @@ class SqliteStore(Store):
     def get_case(self, case_id: str) -> CaseRecord | None:
         return self._one(CaseRecord, "case_id = ?", (case_id,))
 
-    def list_cases(self) -> list[CaseRecord]:
-        return self._select(CaseRecord, tail="ORDER BY created_ms")
+    def list_cases(self, hospital: str | None = None) -> list[CaseRecord]:
+        if hospital is None:
+            return self._select(CaseRecord, tail="ORDER BY created_ms")
+        return self._select(CaseRecord, "hospital = ?", (hospital,), "ORDER BY created_ms")
 
     def set_case_committed(self, case_id: str) -> None:
         self._exec("UPDATE cases SET committed = 1 WHERE case_id = ?", (case_id,))
@@ -237,6 +251,14 @@ class SqliteStore(Store):
 
     def update_job(self, job: JobRecord) -> None:
         self._insert(job, replace=True)
+
+    def count_active_jobs(self, hospital: str) -> int:
+        live = (QUEUED, RUNNING)
+        with self._lock:
+            return self._conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state IN (?, ?) "
+                "AND case_id IN (SELECT case_id FROM cases WHERE hospital = ?)", (*live, hospital),
+            ).fetchone()[0]
 
     def add_shards(self, shards: Sequence[ShardRecord]) -> None:
         with self.transaction():
@@ -328,6 +350,34 @@ class SqliteStore(Store):
 
     def list_models(self) -> list[ModelRecord]:
         return self._select(ModelRecord, tail="ORDER BY name, registered_ms")
+    # hospitals and the audit log
+    def add_hospital(self, hospital: HospitalRecord) -> None:
+        self._insert(hospital)
+
+    def get_hospital(self, name: str) -> HospitalRecord | None:
+        return self._one(HospitalRecord, "name = ?", (name,))
+
+    def find_hospital_by_token(self, token_sha256: str) -> HospitalRecord | None:
+        return self._one(HospitalRecord, "token_sha256 = ? AND revoked_ms = 0", (token_sha256,))
+
+    def list_hospitals(self) -> list[HospitalRecord]:
+        return self._select(HospitalRecord, tail="ORDER BY name")
+
+    def update_hospital(self, hospital: HospitalRecord) -> None:
+        self._insert(hospital, replace=True)
+
+    def add_audit(self, entry: AuditRecord) -> None:
+        self._insert(entry)
+
+    def list_audit(self, principal: str = "", action: str = "", since_ms: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        where, args = ["time_ms >= ?"], [since_ms]
+        if principal:
+            where.append("principal = ?")
+            args.append(principal)
+        if action:
+            where.append("action = ?")
+            args.append(action)
+        return self._select(AuditRecord, " AND ".join(where), args, f"ORDER BY time_ms, rowid LIMIT {int(limit)}")
 
 
 __all__ = ["SqliteStore", "PENDING"]

@@ -90,6 +90,26 @@ class AdminServiceStub:
                 request_serializer=rtgrid_dot_v1_dot_admin__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=rtgrid_dot_v1_dot_admin__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.AddHospital = channel.unary_unary(
+                '/rtgrid.v1.AdminService/AddHospital',
+                request_serializer=rtgrid_dot_v1_dot_admin__pb2.AddHospitalRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_admin__pb2.AddHospitalResponse.FromString,
+                _registered_method=True)
+        self.ListHospitals = channel.unary_unary(
+                '/rtgrid.v1.AdminService/ListHospitals',
+                request_serializer=rtgrid_dot_v1_dot_admin__pb2.ListHospitalsRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_admin__pb2.ListHospitalsResponse.FromString,
+                _registered_method=True)
+        self.RevokeHospital = channel.unary_unary(
+                '/rtgrid.v1.AdminService/RevokeHospital',
+                request_serializer=rtgrid_dot_v1_dot_admin__pb2.RevokeHospitalRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_admin__pb2.Hospital.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/rtgrid.v1.AdminService/ListAudit',
+                request_serializer=rtgrid_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -164,6 +184,32 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddHospital(self, request, context):
+        """Hospitals (tenants) and their API tokens; a token is shown once, when made.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHospitals(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeHospital(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The audit log: who uploaded, viewed, downloaded, submitted, cancelled or administered what.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +267,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=rtgrid_dot_v1_dot_admin__pb2.ListModelsRequest.FromString,
                     response_serializer=rtgrid_dot_v1_dot_admin__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'AddHospital': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddHospital,
+                    request_deserializer=rtgrid_dot_v1_dot_admin__pb2.AddHospitalRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_admin__pb2.AddHospitalResponse.SerializeToString,
+            ),
+            'ListHospitals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHospitals,
+                    request_deserializer=rtgrid_dot_v1_dot_admin__pb2.ListHospitalsRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_admin__pb2.ListHospitalsResponse.SerializeToString,
+            ),
+            'RevokeHospital': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeHospital,
+                    request_deserializer=rtgrid_dot_v1_dot_admin__pb2.RevokeHospitalRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_admin__pb2.Hospital.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=rtgrid_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -520,6 +586,114 @@ class AdminService:
             '/rtgrid.v1.AdminService/ListModels',
             rtgrid_dot_v1_dot_admin__pb2.ListModelsRequest.SerializeToString,
             rtgrid_dot_v1_dot_admin__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddHospital(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.AdminService/AddHospital',
+            rtgrid_dot_v1_dot_admin__pb2.AddHospitalRequest.SerializeToString,
+            rtgrid_dot_v1_dot_admin__pb2.AddHospitalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHospitals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.AdminService/ListHospitals',
+            rtgrid_dot_v1_dot_admin__pb2.ListHospitalsRequest.SerializeToString,
+            rtgrid_dot_v1_dot_admin__pb2.ListHospitalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeHospital(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.AdminService/RevokeHospital',
+            rtgrid_dot_v1_dot_admin__pb2.RevokeHospitalRequest.SerializeToString,
+            rtgrid_dot_v1_dot_admin__pb2.Hospital.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.AdminService/ListAudit',
+            rtgrid_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            rtgrid_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,6 +1,10 @@
 """A real grid for end-to-end tests: a Ray head from Ray's cluster utilities, a master process
 serving gRPC on 127.0.0.1 with SQLite and a blob folder, and two agent processes that each join
-the Ray cluster as their own worker node."""
+the Ray cluster as their own worker node.
+
+The grid is the secure deployment: a private CA from `rtgrid certs`, TLS on the master's public
+port, mutual TLS on its internal port (agents and the operator), and a hospital API token. Every
+end-to-end test goes through that path."""
 
 from __future__ import annotations
 
@@ -24,16 +28,65 @@ def rtgrid_cmd(*args: str) -> list[str]:
     return [sys.executable, "-c", "from rtgrid.client.cli.main import main; main()", *args]
 
 
+@dataclass(frozen=True)
+class Pki:
+    """The PEM files `rtgrid certs` made for the test deployment."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    agent_cert: Path
+    agent_key: Path
+    operator_cert: Path
+    operator_key: Path
+
+    def master_args(self) -> list[str]:
+        return ["--tls-cert", str(self.server_cert), "--tls-key", str(self.server_key), "--tls-ca", str(self.ca)]
+
+    def agent_args(self) -> list[str]:
+        return ["--ca", str(self.ca), "--cert", str(self.agent_cert), "--key", str(self.agent_key)]
+
+
+def make_pki(folder: Path) -> Pki:
+    made = subprocess.run(rtgrid_cmd("certs", "--out", str(folder), "--agent", "agent", "--operator", "operator"),
+                          check=True, stdout=subprocess.PIPE, text=True)
+    files = json.loads(made.stdout.strip().splitlines()[-1])
+    return Pki(*(Path(files[k]) for k in ("ca", "server_cert", "server_key", "agent:agent:cert", "agent:agent:key",
+                                          "operator:operator:cert", "operator:operator:key")))
+
+
+HOSPITAL = "hospital-a"
+
+
 @dataclass
 class Grid:
-    target: str
+    target: str  # the public port (hospitals: TLS + token)
+    internal_target: str  # the internal port (agents and the operator: mutual TLS)
     data_dir: Path
     ray_address: str
     master: subprocess.Popen
+    pki: Pki
+    token: str = ""  # HOSPITAL's API token
     agents: list[subprocess.Popen] = field(default_factory=list)
 
     def client(self) -> Client:
-        return Client(self.target)
+        """The hospital (its token, on the public port) and the operator (its certificate, admin API)."""
+        return Client(self.target, ca=self.pki.ca, token=self.token, cert=self.pki.operator_cert,
+                      key=self.pki.operator_key, admin_target=self.internal_target)
+
+    def hospital_client(self, token: str, target: str | None = None) -> Client:
+        """A hospital with only its token."""
+        return Client(target or self.target, ca=self.pki.ca, token=token)
+
+    def env(self) -> dict[str, str]:
+        """The environment the CLI reads to be this grid's hospital and operator."""
+        return {"RTGRID_TARGET": self.target, "RTGRID_ADMIN_TARGET": self.internal_target, "RTGRID_CA": str(self.pki.ca),
+                "RTGRID_TOKEN": self.token, "RTGRID_CERT": str(self.pki.operator_cert),
+                "RTGRID_KEY": str(self.pki.operator_key)}
+
+    def operator_client(self) -> Client:
+        """The operator alone, on the internal port."""
+        return Client(self.internal_target, ca=self.pki.ca, cert=self.pki.operator_cert, key=self.pki.operator_key)
 
     def start_agent(self, name: str, cpus: int = 1, tries: int = 3) -> subprocess.Popen:
         """Start an agent process and wait until its worker is up on its own Ray node.
@@ -43,7 +96,8 @@ class Grid:
         """
         for attempt in range(1, tries + 1):
             proc = subprocess.Popen(
-                [sys.executable, "-m", "rtgrid.agent", "--master", self.target, "--name", name, "--cpus", str(cpus)],
+                [sys.executable, "-m", "rtgrid.agent", "--master", self.internal_target, "--name", name,
+                 "--cpus", str(cpus), *self.pki.agent_args()],
                 start_new_session=True,
                 # Model packages are fetched into this grid's own cache, not the user's.
                 env={**os.environ, "RTGRID_MODEL_CACHE": str(self.data_dir / "model-cache")},
@@ -55,7 +109,7 @@ class Grid:
 
     def _wait_ready(self, name: str, proc: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> bool:
         deadline = time.monotonic() + timeout_s
-        with self.client() as client:
+        with self.operator_client() as client:
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
                     return False
@@ -76,9 +130,12 @@ def _actor_ready(agent_id: str) -> bool:
         return False
 
 
-def start_master(data_dir: Path, ray_address: str, port: str = "0") -> tuple[subprocess.Popen, str]:
+def start_master(data_dir: Path, ray_address: str, pki: Pki, port: str = "0", internal_port: str = "0",
+                 *extra: str) -> tuple[subprocess.Popen, str, str]:
+    """A master with TLS; returns the process, its public and its internal target."""
     proc = subprocess.Popen(
-        rtgrid_cmd("up", "--port", port, "--data", str(data_dir), "--ray-address", ray_address, "--agents", "0"),
+        rtgrid_cmd("up", "--port", port, "--internal-port", internal_port, "--data", str(data_dir),
+                   "--ray-address", ray_address, "--agents", "0", *pki.master_args(), *extra),
         stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -87,7 +144,8 @@ def start_master(data_dir: Path, ray_address: str, port: str = "0") -> tuple[sub
         if not line:
             break
         if line.startswith("{"):
-            return proc, json.loads(line)["target"]
+            ready = json.loads(line)
+            return proc, ready["target"], ready["internal_target"]
     proc.kill()
     raise RuntimeError("master did not start")
 
@@ -120,11 +178,18 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def grid(ray_cluster, tmp_path_factory) -> Grid:
-    """Master + two agents (two Ray worker nodes) on a Ray head, all on 127.0.0.1."""
+def pki(tmp_path_factory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def grid(ray_cluster, pki, tmp_path_factory) -> Grid:
+    """Master + two agents (two Ray worker nodes) on a Ray head, all on 127.0.0.1, with TLS."""
     data_dir = tmp_path_factory.mktemp("grid")
-    master, target = start_master(data_dir, ray_cluster.address)
-    g = Grid(target, data_dir, ray_cluster.address, master)
+    master, target, internal_target = start_master(data_dir, ray_cluster.address, pki)
+    g = Grid(target, internal_target, data_dir, ray_cluster.address, master, pki)
+    with g.operator_client() as operator:
+        g.token = operator.add_hospital(HOSPITAL).token
     # One after the other: two raylets starting at once on 2 busy cores can miss Ray's 30 s start limit.
     g.start_agent("agent-a")
     g.start_agent("agent-b")

@@ -28,7 +28,7 @@ def test_agents_register_on_their_own_ray_nodes(grid):
 
 
 def test_health_and_reflection(grid):
-    with grpc.insecure_channel(grid.target) as channel:
+    with grpc.secure_channel(grid.target, grpc.ssl_channel_credentials(grid.pki.ca.read_bytes())) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "rtgrid.v1.HospitalService", "rtgrid.v1.AgentService", "rtgrid.v1.AdminService"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)

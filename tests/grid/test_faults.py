@@ -91,7 +91,7 @@ def _remember_ct(ct_dir):
 
 def test_master_killed_and_restarted_mid_job(grid, reference, tmp_path):
     case_id, expected = reference
-    port = grid.target.rsplit(":", 1)[1]
+    port, internal_port = grid.target.rsplit(":", 1)[1], grid.internal_target.rsplit(":", 1)[1]
     with grid.client() as client:
         job = client.submit(case_id, "contour", params={"shards": "12"})
         seen = []
@@ -103,7 +103,7 @@ def test_master_killed_and_restarted_mid_job(grid, reference, tmp_path):
         done_before = {s.shard_id: s for s in client.shards(job.job_id) if s.state == common_pb2.SHARD_STATE_SUCCEEDED}
         os.killpg(grid.master.pid, signal.SIGKILL)
         grid.master.wait()
-        grid.master, target = start_master(grid.data_dir, grid.ray_address, port=port)
+        grid.master, target, _ = start_master(grid.data_dir, grid.ray_address, grid.pki, port, internal_port)
         assert target == grid.target
         # The watcher resumes after the last event it saw; nothing is lost or repeated.
         rest = list(client.watch(job.job_id, after_seq=seen[-1].seq))

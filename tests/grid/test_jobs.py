@@ -77,7 +77,7 @@ def test_failed_shard_is_retried_then_job_fails_with_reason(grid, tmp_path):
 
 
 def _cli(grid, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RTGRID_TARGET": grid.target}
+    env = {**os.environ, **grid.env()}
     return subprocess.run(rtgrid_cmd(*args), capture_output=True, text=True, env=env, timeout=300)
 
 

@@ -5,6 +5,7 @@ warm on the agents between jobs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -33,7 +34,8 @@ def phantom_model(tmp_path_factory):
 
 
 def _cli(grid, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(rtgrid_cmd(*args, "--target", grid.target), capture_output=True, text=True, timeout=120)
+    return subprocess.run(rtgrid_cmd(*args), capture_output=True, text=True, env={**os.environ, **grid.env()},
+                          timeout=120)
 
 
 def _actor_stats(agent_id: str, sha256: str) -> dict:
