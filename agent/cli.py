@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 
 import typer
+
+from rtgrid.engines.logsetup import configure_logging
 
 from .daemon import DEFAULT_OBJECT_STORE_MB, Agent, AgentOptions
 
@@ -18,12 +19,19 @@ def agent_command(
     slots: int = typer.Option(0, help="Shards at once (default: its CPUs)."),
     node_ip: str = typer.Option("127.0.0.1", help="Address of this box that the Ray cluster reaches."),
     object_store_mb: int = typer.Option(DEFAULT_OBJECT_STORE_MB, help="Ray object store size of this node (MiB)."),
+    metrics_port: int = typer.Option(None, help="Serve Prometheus /metrics on this port (0 picks a free one)."),
+    metrics_host: str = typer.Option("127.0.0.1", help="Address of the /metrics endpoint."),
+    log_format: str = typer.Option("text", help="Log lines on stderr: text or json (with the agent id)."),
 ) -> None:
     """Register with the master, join its Ray cluster and run shards until drained (SIGTERM drains)."""
     if not master:
         raise typer.BadParameter("give --master HOST:PORT or set RTGRID_TARGET", param_hint="--master")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
+    try:
+        configure_logging("agent", log_format)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
     options = AgentOptions(master=master, cpus=cpus, slots=slots, node_ip=node_ip, object_store_mb=object_store_mb,
+                           metrics_host=metrics_host, metrics_port=metrics_port,
                            **({"name": name} if name else {}))
     agent = Agent(options)
     signal.signal(signal.SIGTERM, agent.request_drain)

@@ -21,6 +21,7 @@ import ray
 
 from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
+from .metrics import AgentMetrics
 from .ray_node import start_worker_node, stop_node
 from .worker import ShardWorker
 
@@ -43,6 +44,8 @@ class AgentOptions:
     slots: int = 0
     node_ip: str = "127.0.0.1"
     object_store_mb: int = DEFAULT_OBJECT_STORE_MB
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # None: no /metrics endpoint; 0: a free port
 
 
 def home_resource(ray_resource: str) -> str:
@@ -89,6 +92,7 @@ class Agent:
         self._ray_node = None
         self.agent_id = ""
         self.registration: agent_pb2.RegisterResponse | None = None
+        self.metrics = AgentMetrics()
 
     def request_drain(self, *_: object) -> None:
         """SIGTERM handler: finish running shards, take no new ones, then exit."""
@@ -106,6 +110,7 @@ class Agent:
         )
         self.agent_id = response.agent_id
         self.registration = response
+        self.metrics.registrations.inc()
         return response
 
     def _start_ray_node(self, reg: agent_pb2.RegisterResponse) -> None:
@@ -138,7 +143,10 @@ class Agent:
 
     def run(self) -> int:
         reg = self.register()
-        log.info("registered as %s; joining ray at %s", self.agent_id, reg.ray_address)
+        log.info("registered as %s; joining ray at %s", self.agent_id, reg.ray_address, extra={"agent_id": self.agent_id})
+        if self.options.metrics_port is not None:
+            port = self.metrics.serve(self.options.metrics_host, self.options.metrics_port)
+            log.info("metrics at http://%s:%d/metrics", self.options.metrics_host, port, extra={"agent_id": self.agent_id})
         # Heartbeats start at once: joining Ray can take longer than the master's patience.
         beats = threading.Thread(target=self._heartbeat_until_drained, args=(reg,), name="heartbeat", daemon=True)
         beats.start()
@@ -160,6 +168,7 @@ class Agent:
             ray.shutdown()
             self._stop_ray_node()
             self._channel.close()
+            self.metrics.stop()
         return 0
 
     def _heartbeat_until_drained(self, reg: agent_pb2.RegisterResponse) -> None:
@@ -176,7 +185,9 @@ class Agent:
                     log.info("draining: finishing running shards")
                 beat = self._stub.Heartbeat(agent_pb2.HeartbeatRequest(agent_id=self.agent_id), timeout=RPC_TIMEOUT_S)
                 unreachable_since = None
+                self.metrics.beat(beat.running_shards)
             except grpc.RpcError as exc:
+                self.metrics.heartbeat_failures.inc()
                 unreachable_since = unreachable_since or time.monotonic()
                 if self._stop.is_set() and time.monotonic() - unreachable_since > patience_s:
                     log.warning("master unreachable while stopping; leaving")

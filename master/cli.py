@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -17,18 +16,23 @@ from pathlib import Path
 
 import typer
 
+from rtgrid.engines.logsetup import configure_logging
+
 from .config import MasterConfig
 from .server import Master
 
 
-async def _run_embedded(config: MasterConfig, agents: int, agent_cpus: int) -> None:
+async def _run_embedded(config: MasterConfig, agents: int, agent_cpus: int, log_format: str) -> None:
     master = Master(config)
     await master.start()
-    print(json.dumps({"event": "ready", "target": master.address, "data_dir": str(config.data_dir)}), flush=True)
+    ready = {"event": "ready", "target": master.address, "data_dir": str(config.data_dir)}
+    if config.metrics_port is not None:
+        ready["metrics"] = f"{config.metrics_host}:{master.metrics_port}"
+    print(json.dumps(ready), flush=True)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "rtgrid.agent", "--master", master.address, "--name", f"local-{i + 1}",
-             "--cpus", str(agent_cpus)],
+             "--cpus", str(agent_cpus), "--log-format", log_format],
         )
         for i in range(agents)
     ]
@@ -51,14 +55,21 @@ def up_command(
     ray_address: str = typer.Option(None, help="Join this Ray cluster instead of starting a local head."),
     agents: int = typer.Option(1, help="Local agents to start (0: none)."),
     agent_cpus: int = typer.Option(os.cpu_count() or 1, help="CPUs each local agent offers."),
+    metrics_port: int = typer.Option(None, help="Serve Prometheus /metrics on this port (0 picks a free one)."),
+    metrics_host: str = typer.Option("127.0.0.1", help="Address of the /metrics endpoint."),
+    log_format: str = typer.Option("text", help="Log lines on stderr: text or json (with job and shard ids)."),
 ) -> None:
     """Start the embedded grid: master + local Ray head + SQLite + blob folder + local agent(s).
 
     Prints one JSON line with the target once ready; runs until Ctrl-C or SIGTERM.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s master %(levelname)s %(message)s")
-    config = MasterConfig(data_dir=data.resolve(), host=host, port=port, ray_address=ray_address)
-    asyncio.run(_run_embedded(config, agents, agent_cpus))
+    try:
+        configure_logging("master", log_format)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
+    config = MasterConfig(data_dir=data.resolve(), host=host, port=port, ray_address=ray_address,
+                          metrics_host=metrics_host, metrics_port=metrics_port)
+    asyncio.run(_run_embedded(config, agents, agent_cpus, log_format))
 
 
 def phantom_command(

@@ -42,6 +42,8 @@ class MasterConfig:
     max_chunk_bytes: int = MAX_CHUNK_BYTES
     max_file_bytes: int = MAX_FILE_BYTES
     max_files_per_case: int = MAX_FILES_PER_CASE
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # None: no /metrics endpoint; 0: a free port
 
     @property
     def db_path(self) -> Path:

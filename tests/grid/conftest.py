@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,8 @@ class Grid:
     ray_address: str
     master: subprocess.Popen
     agents: list[subprocess.Popen] = field(default_factory=list)
+    metrics: str = ""  # the master's /metrics HOST:PORT
+    agent_metrics: dict[str, str] = field(default_factory=dict)  # agent name -> its /metrics HOST:PORT
 
     def client(self) -> Client:
         return Client(self.target)
@@ -42,10 +45,13 @@ class Grid:
         missed, and the agent then exits with that error. Such an agent is started again.
         """
         for attempt in range(1, tries + 1):
+            metrics = f"127.0.0.1:{free_port()}"
             proc = subprocess.Popen(
-                [sys.executable, "-m", "rtgrid.agent", "--master", self.target, "--name", name, "--cpus", str(cpus)],
+                [sys.executable, "-m", "rtgrid.agent", "--master", self.target, "--name", name, "--cpus", str(cpus),
+                 "--metrics-port", metrics.rpartition(":")[2]],
                 start_new_session=True,
             )
+            self.agent_metrics[name] = metrics
             self.agents.append(proc)
             if self._wait_ready(name, proc):
                 return proc
@@ -74,10 +80,25 @@ def _actor_ready(agent_id: str) -> bool:
         return False
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_master(data_dir: Path, ray_address: str, port: str = "0") -> tuple[subprocess.Popen, str]:
+    proc, ready = start_master_with(data_dir, ray_address, port)
+    return proc, ready["target"]
+
+
+def start_master_with(data_dir: Path, ray_address: str, port: str = "0", args: tuple[str, ...] = (),
+                      log_path: Path | None = None) -> tuple[subprocess.Popen, dict]:
+    """A master process; returns it with its ready line (target, and metrics when asked for).
+    ``log_path``: its stderr (the log) goes to this file instead of the test's output."""
     proc = subprocess.Popen(
-        rtgrid_cmd("up", "--port", port, "--data", str(data_dir), "--ray-address", ray_address, "--agents", "0"),
+        rtgrid_cmd("up", "--port", port, "--data", str(data_dir), "--ray-address", ray_address, "--agents", "0", *args),
         stdout=subprocess.PIPE, text=True, start_new_session=True,
+        stderr=log_path.open("a") if log_path is not None else None,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -85,7 +106,7 @@ def start_master(data_dir: Path, ray_address: str, port: str = "0") -> tuple[sub
         if not line:
             break
         if line.startswith("{"):
-            return proc, json.loads(line)["target"]
+            return proc, json.loads(line)
     proc.kill()
     raise RuntimeError("master did not start")
 
@@ -121,8 +142,10 @@ def ray_cluster():
 def grid(ray_cluster, tmp_path_factory) -> Grid:
     """Master + two agents (two Ray worker nodes) on a Ray head, all on 127.0.0.1."""
     data_dir = tmp_path_factory.mktemp("grid")
-    master, target = start_master(data_dir, ray_cluster.address)
-    g = Grid(target, data_dir, ray_cluster.address, master)
+    # Metrics on a free port; the log as JSON lines in data_dir/master.log (tests read both).
+    master, ready = start_master_with(data_dir, ray_cluster.address, args=("--metrics-port", "0", "--log-format", "json"),
+                                      log_path=data_dir / "master.log")
+    g = Grid(ready["target"], data_dir, ray_cluster.address, master, metrics=ready["metrics"])
     # One after the other: two raylets starting at once on 2 busy cores can miss Ray's 30 s start limit.
     g.start_agent("agent-a")
     g.start_agent("agent-b")
