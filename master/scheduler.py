@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .blobs import BlobStore
+from .blobs import BlobStore, BlobWriteError
 from .codec import pack
 from .config import MAX_PRIORITY, MasterConfig
 from .errors import FailedPrecondition, InvalidArgument, NotFound
@@ -267,6 +267,10 @@ class Scheduler:
         except asyncio.CancelledError:
             self._running.pop(shard.shard_id, None)
             raise
+        except BlobWriteError as exc:  # the master's disk, not the agent: no retry helps
+            self._running.pop(shard.shard_id, None)
+            self.metrics.shard_seconds.labels(shard.stage, "failed").observe(time.monotonic() - started)
+            self._fail_on_master(job.job_id, shard, str(exc))
         except Exception as exc:  # a failed shard is data: retried or reported
             self._running.pop(shard.shard_id, None)
             self.pool.forget(agent_id)
@@ -279,8 +283,23 @@ class Scheduler:
             self.metrics.shard_seconds.labels(shard.stage, "succeeded").observe(seconds)
             log.info("shard %s (%s #%d) of job %s succeeded on %s in %.2f s", shard.shard_id, shard.stage, shard.index,
                      job.job_id, agent_id, seconds, extra=ids)
-            await asyncio.to_thread(self._shard_succeeded, shard, result_sha, result)
+            try:
+                await asyncio.to_thread(self._shard_succeeded, shard, result_sha, result)
+            except BlobWriteError as exc:  # an artifact did not fit: its transaction was rolled back
+                if not self.store.blob_in_use(result_sha):
+                    self.blobs.delete(result_sha)
+                self._fail_on_master(job.job_id, shard, str(exc))
         self.wake()
+
+    def _fail_on_master(self, job_id: str, shard: ShardRecord, reason: str) -> None:
+        """A shard's work was done but the master could not keep it: the job fails with the reason."""
+        job = self._job(job_id)
+        if job.state in TERMINAL_JOB_STATES:
+            return
+        log.error("job %s fails: shard %s (%s #%d) could not be stored: %s", job_id, shard.shard_id, shard.stage,
+                  shard.index, reason, extra={"job_id": job_id, "shard_id": shard.shard_id})
+        with self.store.transaction():
+            self._end_job(job, FAILED, f"shard {shard.stage}#{shard.index} could not be stored: {reason}")
 
     def _prepare_call(self, shard: ShardRecord, job: JobRecord):
         """The kind's last word on the shard (e.g. a reroute), then its call."""
