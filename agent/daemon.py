@@ -168,7 +168,6 @@ class Agent:
             ray.shutdown()
             self._stop_ray_node()
             self._channel.close()
-            self.metrics.stop()
         return 0
 
     def _heartbeat_until_drained(self, reg: agent_pb2.RegisterResponse) -> None:

@@ -26,7 +26,6 @@ class AgentMetrics:
                                     "Unix time of the last answered heartbeat (s).", registry=self.registry)
         self.running_shards = Gauge("rtgrid_agent_running_shards", "Shards running here, as the master counts them.",
                                     registry=self.registry)
-        self._server = None
 
     def beat(self, running_shards: int) -> None:
         """Count an answered heartbeat."""
@@ -35,12 +34,6 @@ class AgentMetrics:
         self.running_shards.set(running_shards)
 
     def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` on ``host:port`` (``port=0`` picks a free one); returns the bound port."""
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return self._server.server_port
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Serve ``/metrics`` on ``host:port`` (``port=0`` picks a free one) from a daemon thread,
+        which ends with the agent's process; returns the bound port."""
+        return start_http_server(port, addr=host, registry=self.registry)[0].server_port

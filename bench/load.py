@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.grid import LocalGrid, _load, _percentile, run_benchmark, say, with_jobs_cancelled
+from bench.grid import LocalGrid, _load, _percentile, grid_session, run_benchmark, say
 from rtgrid.client.sdk import Client, state_name
 from rtgrid.engines.phantom import write_phantom_case
 from rtgrid.protos.v1 import hospital_pb2
@@ -162,6 +162,24 @@ def summarize(runs: list[HospitalRun], wave_s: float) -> dict:
     return figures
 
 
+def wave(address: str, cts: list[Path], args: argparse.Namespace) -> tuple[list[HospitalRun], float]:
+    """All hospitals at once, bounded by ``args.wave_timeout``; returns their runs and the wave's wall time."""
+    runs = [HospitalRun(f"hospital-{i:02d}") for i in range(len(cts))]
+    barrier = threading.Barrier(len(cts))
+    threads = [threading.Thread(target=hospital, args=(r, address, ct, barrier, args.job_timeout), daemon=True)
+               for r, ct in zip(runs, cts)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    deadline = started + args.wave_timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.perf_counter()))
+    for r, t in zip(runs, threads):
+        if t.is_alive():
+            r.error = f"still running after the wave timeout of {args.wave_timeout:.0f} s"
+    return runs, max((r.finished for r in runs if r.finished), default=started) - started
+
+
 def run(args: argparse.Namespace, figures: dict) -> None:
     shape = (args.slices, args.size, args.size)
     spacing_mm = (500.0 / args.size, 500.0 / args.size, 5.0)
@@ -176,8 +194,7 @@ def run(args: argparse.Namespace, figures: dict) -> None:
         (tmp / "data").mkdir()
         (tmp / "logs").mkdir()
         grid = LocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
-        sampler = None
-        try:
+        with grid_session(grid):
             started = time.perf_counter()
             address = grid.start_master(grid.start_ray())
             with Client(address) as client:
@@ -188,24 +205,12 @@ def run(args: argparse.Namespace, figures: dict) -> None:
             figures["grid_start_s"] = round(time.perf_counter() - started, 3)
             sampler = RssSampler(grid.master.pid)
             figures["master_rss_start_mb"] = round(sampler.rss_mb(), 1)
-            sampler.start()
             say(f"grid up in {figures['grid_start_s']:.1f} s; {args.hospitals} hospitals start together ...")
-            runs = [HospitalRun(f"hospital-{i:02d}") for i in range(args.hospitals)]
-            barrier = threading.Barrier(args.hospitals)
-            threads = [threading.Thread(target=hospital, args=(r, address, ct, barrier, args.job_timeout), daemon=True)
-                       for r, ct in zip(runs, cts)]
-            wave_started = time.perf_counter()
-            for t in threads:
-                t.start()
-            deadline = wave_started + args.wave_timeout
-            for t in threads:
-                t.join(max(0.0, deadline - time.perf_counter()))
-            stuck = [r.name for r, t in zip(runs, threads) if t.is_alive()]
-            for r in runs:
-                if r.name in stuck:
-                    r.error = f"still running after the wave timeout of {args.wave_timeout:.0f} s"
-            wave_s = max((r.finished for r in runs if r.finished), default=wave_started) - wave_started
-            sampler.stop()
+            sampler.start()
+            try:
+                runs, wave_s = wave(address, cts, args)
+            finally:
+                sampler.stop()
             figures.update(summarize(runs, wave_s))
             figures["master_rss_peak_mb"] = round(max(sampler.samples, default=0.0), 1)
             figures["master_rss_samples"] = len(sampler.samples)
@@ -213,17 +218,8 @@ def run(args: argparse.Namespace, figures: dict) -> None:
                 f"({figures['jobs_per_min']} jobs/min); events in order for {figures['events_in_order']}; "
                 f"upload {figures['upload_mb_per_s']} MB/s; master RSS {figures['master_rss_start_mb']} -> peak "
                 f"{figures['master_rss_peak_mb']} MiB")
-            if stuck or figures["jobs_succeeded"] != len(runs) or figures["events_in_order"] != len(runs):
-                raise RuntimeError(f"not every job finished with every event in order: {figures.get('errors', stuck)}")
-        except BaseException:
-            grid.dump_log_tails()
-            raise
-        finally:
-            if sampler is not None:
-                sampler.stop()
-            say("stopping the grid ...")
-            with_jobs_cancelled(grid)
-            grid.close()
+            if figures["jobs_succeeded"] != len(runs) or figures["events_in_order"] != len(runs):
+                raise RuntimeError(f"not every job finished with every event in order: {figures.get('errors')}")
     figures["load_avg_end"] = _load()
 
 
