@@ -30,13 +30,23 @@ class Grid:
     target: str
     data_dir: Path
     ray_address: str
-    master: subprocess.Popen
+    master: subprocess.Popen | None
     agents: list[subprocess.Popen] = field(default_factory=list)
     metrics: str = ""  # the master's /metrics HOST:PORT
     agent_metrics: dict[str, str] = field(default_factory=dict)  # agent name -> its /metrics HOST:PORT
 
     def client(self) -> Client:
         return Client(self.target)
+
+    def start_master(self, port: str = "0") -> str:
+        """Start this grid's master (again, e.g. after killing it, on the same store); returns its
+        target. Metrics on a free port; the log as JSON lines appended to data_dir/master.log."""
+        self.master, ready = start_master_with(
+            self.data_dir, self.ray_address, port, args=("--metrics-port", "0", "--log-format", "json"),
+            log_path=self.data_dir / "master.log",
+        )
+        self.metrics = ready["metrics"]
+        return ready["target"]
 
     def start_agent(self, name: str, cpus: int = 1, tries: int = 3) -> subprocess.Popen:
         """Start an agent process and wait until its worker is up on its own Ray node.
@@ -142,14 +152,12 @@ def ray_cluster():
 def grid(ray_cluster, tmp_path_factory) -> Grid:
     """Master + two agents (two Ray worker nodes) on a Ray head, all on 127.0.0.1."""
     data_dir = tmp_path_factory.mktemp("grid")
-    # Metrics on a free port; the log as JSON lines in data_dir/master.log (tests read both).
-    master, ready = start_master_with(data_dir, ray_cluster.address, args=("--metrics-port", "0", "--log-format", "json"),
-                                      log_path=data_dir / "master.log")
-    g = Grid(ready["target"], data_dir, ray_cluster.address, master, metrics=ready["metrics"])
+    g = Grid("", data_dir, ray_cluster.address, None)
+    g.target = g.start_master()
     # One after the other: two raylets starting at once on 2 busy cores can miss Ray's 30 s start limit.
     g.start_agent("agent-a")
     g.start_agent("agent-b")
     yield g
     for proc in g.agents:
         stop_process(proc)
-    stop_process(master)
+    stop_process(g.master)
