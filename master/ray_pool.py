@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import ray
@@ -16,8 +15,6 @@ import ray
 log = logging.getLogger(__name__)
 
 RAY_NAMESPACE = "rtgrid"
-# An agent whose actor Ray did not know is looked up again after this long.
-MISSING_ACTOR_RECHECK_S = 1.0
 
 
 def worker_actor_name(agent_id: str) -> str:
@@ -47,7 +44,6 @@ class RayPool:
 
     def __init__(self, address: str | None) -> None:
         self._actors: dict[str, Any] = {}
-        self._missing_since: dict[str, float] = {}  # agent id -> when Ray last said it has no actor
         if ray.is_initialized():
             self.address = ray.get_runtime_context().gcs_address
             return
@@ -65,17 +61,10 @@ class RayPool:
     def actor(self, agent_id: str):
         """The agent's worker actor, or ``None`` when it is not (or not yet, or no longer) there."""
         if agent_id not in self._actors:
-            # Ask Ray again only after a pause: each lookup is a blocking round trip to the GCS, and
-            # an agent that registered but never joined Ray would otherwise cost one every tick.
-            last_missing = self._missing_since.get(agent_id)
-            if last_missing is not None and time.monotonic() - last_missing < MISSING_ACTOR_RECHECK_S:
-                return None
             try:
                 self._actors[agent_id] = ray.get_actor(worker_actor_name(agent_id), namespace=RAY_NAMESPACE)
             except ValueError:
-                self._missing_since[agent_id] = time.monotonic()
                 return None
-            self._missing_since.pop(agent_id, None)
         return self._actors[agent_id]
 
     def forget(self, agent_id: str) -> None:
