@@ -48,7 +48,7 @@ def _snapshot(grid) -> dict[str, object]:
     return counts
 
 
-def _still_serving(grid, client, good_series: Path) -> None:
+def _still_serving(client) -> None:
     health = health_pb2_grpc.HealthStub(client.channel)
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
     case = client.call(client.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label="after a bad request"))
@@ -72,17 +72,17 @@ def test_bad_dicom_refused_and_nothing_stored(grid, good_series, tmp_path, entry
         before = _snapshot(grid)
         _refused(lambda: client.upload_folder(folder), entry.status, entry.words, named)
         assert _snapshot(grid) == before
-        _still_serving(grid, client, good_series)
+        _still_serving(client)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_PLAN_PARAMS))
-def test_bad_order_or_params_refused_and_no_job(grid, contoured_case, good_series, name):
+def test_bad_order_or_params_refused_and_no_job(grid, contoured_case, name):
     params, words = BAD_PLAN_PARAMS[name]
     with grid.client() as client:
         before = _snapshot(grid)
         _refused(lambda: client.submit(contoured_case, "full", params=params), "INVALID_ARGUMENT", words)
         assert _snapshot(grid) == before
-        _still_serving(grid, client, good_series)
+        _still_serving(client)
 
 
 def _raw_upload(client, case_id: str, data: bytes) -> str:
@@ -97,7 +97,7 @@ def _raw_upload(client, case_id: str, data: bytes) -> str:
     (3 << 20, ("larger than max",)),          # beyond the gRPC message limit: refused by gRPC itself
     ((1 << 20) + 4096, ("chunk", "limit")),   # within the message limit, beyond the chunk limit
 ], ids=["over-message-limit", "over-chunk-limit"])
-def test_oversized_chunk_refused(grid, good_series, chunk_bytes, words):
+def test_oversized_chunk_refused(grid, chunk_bytes, words):
     data = b"\0" * chunk_bytes
     with grid.client() as client:
         case = client.call(client.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label="oversized"))
@@ -108,7 +108,7 @@ def test_oversized_chunk_refused(grid, good_series, chunk_bytes, words):
         assert _snapshot(grid) == before
         assert (grid.data_dir / "blobs" / "partial" / f"{upload_id}.part").stat().st_size == 0
         client.call(client.hospital.DeleteCase, hospital_pb2.DeleteCaseRequest(case_id=case.case_id))
-        _still_serving(grid, client, good_series)
+        _still_serving(client)
 
 
 @pytest.mark.parametrize("build, status, words", [
@@ -120,10 +120,10 @@ def test_oversized_chunk_refused(grid, good_series, chunk_bytes, words):
     (lambda c: (c.admin.ListJobs, admin_pb2.ListJobsRequest(limit=-5)), "INVALID_ARGUMENT", ("limit",)),
     (lambda c: (c.admin.ListJobs, admin_pb2.ListJobsRequest(states=[77])), "INVALID_ARGUMENT", ("77",)),
 ], ids=["huge-label", "huge-params", "negative-limit", "unknown-state"])
-def test_oversized_or_out_of_range_fields(grid, good_series, build, status, words):
+def test_oversized_or_out_of_range_fields(grid, build, status, words):
     with grid.client() as client:
         before = _snapshot(grid)
         method, request = build(client)
         _refused(lambda: method(request, timeout=30), status, words)
         assert _snapshot(grid) == before
-        _still_serving(grid, client, good_series)
+        _still_serving(client)
