@@ -7,7 +7,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_TMPDIR ?= /tmp/rtgrid-ray
 
-.PHONY: install tools proto test demo bench-grid bench-dose bench-seg bench-conversion clean
+.PHONY: install tools proto test demo bench-grid bench-dose bench-seg bench-conversion bench-load clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-seg: install
 bench-conversion: install
 	mkdir -p $(RAY_TMPDIR)
 	$(PY) -m bench.conversion
+
+bench-load: install
+	mkdir -p $(RAY_TMPDIR)
+	$(PY) -m bench.load
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

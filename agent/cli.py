@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 from pathlib import Path
 
 import typer
+
+from rtgrid.engines.logsetup import configure_logging
 
 from .daemon import DEFAULT_OBJECT_STORE_MB, Agent, AgentOptions
 from .models import DEFAULT_CACHE
@@ -26,6 +27,9 @@ def agent_command(
     cert: Path = typer.Option(None, envvar="RTGRID_CERT", help="This agent's client certificate (PEM)."),
     key: Path = typer.Option(None, envvar="RTGRID_KEY", help="This agent's private key (PEM)."),
     insecure: bool = typer.Option(False, "--insecure", help="Plaintext, to a master started with --insecure."),
+    metrics_port: int = typer.Option(None, help="Serve Prometheus /metrics on this port (0 picks a free one)."),
+    metrics_host: str = typer.Option("127.0.0.1", help="Address of the /metrics endpoint."),
+    log_format: str = typer.Option("text", help="Log lines on stderr: text or json (with the agent id)."),
 ) -> None:
     """Register with the master's internal port (mutual TLS), join its Ray cluster and run shards
     until drained (SIGTERM drains)."""
@@ -35,9 +39,12 @@ def agent_command(
         raise typer.BadParameter("give --cert and --key (with --ca) for mutual TLS, or --insecure", param_hint="--cert")
     if cert is not None and key is None:
         raise typer.BadParameter("--cert needs --key", param_hint="--key")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
+    try:
+        configure_logging("agent", log_format)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
     options = AgentOptions(master=master, cpus=cpus, slots=slots, node_ip=node_ip, object_store_mb=object_store_mb,
-                           model_cache=model_cache,
+                           model_cache=model_cache, metrics_host=metrics_host, metrics_port=metrics_port,
                            ca=ca, cert=cert, key=key, **({"name": name} if name else {}))
     agent = Agent(options)
     signal.signal(signal.SIGTERM, agent.request_drain)

@@ -24,6 +24,7 @@ from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 from .channel import MasterLink
 from .models import DEFAULT_CACHE
+from .metrics import AgentMetrics
 from .ray_node import start_worker_node, stop_node
 from .worker import ShardWorker
 
@@ -55,6 +56,8 @@ class AgentOptions:
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # None: no /metrics endpoint; 0: a free port
 
 
 def master_link(options: AgentOptions) -> MasterLink:
@@ -106,6 +109,7 @@ class Agent:
         self._ray_node = None
         self.agent_id = ""
         self.registration: agent_pb2.RegisterResponse | None = None
+        self.metrics = AgentMetrics()
 
     def request_drain(self, *_: object) -> None:
         """SIGTERM handler: finish running shards, take no new ones, then exit."""
@@ -123,6 +127,7 @@ class Agent:
         )
         self.agent_id = response.agent_id
         self.registration = response
+        self.metrics.registrations.inc()
         return response
 
     def _start_ray_node(self, reg: agent_pb2.RegisterResponse) -> None:
@@ -156,7 +161,10 @@ class Agent:
 
     def run(self) -> int:
         reg = self.register()
-        log.info("registered as %s; joining ray at %s", self.agent_id, reg.ray_address)
+        log.info("registered as %s; joining ray at %s", self.agent_id, reg.ray_address, extra={"agent_id": self.agent_id})
+        if self.options.metrics_port is not None:
+            port = self.metrics.serve(self.options.metrics_host, self.options.metrics_port)
+            log.info("metrics at http://%s:%d/metrics", self.options.metrics_host, port, extra={"agent_id": self.agent_id})
         # Heartbeats start at once: joining Ray can take longer than the master's patience.
         beats = threading.Thread(target=self._heartbeat_until_drained, args=(reg,), name="heartbeat", daemon=True)
         beats.start()
@@ -194,7 +202,9 @@ class Agent:
                     log.info("draining: finishing running shards")
                 beat = self._stub.Heartbeat(agent_pb2.HeartbeatRequest(agent_id=self.agent_id), timeout=RPC_TIMEOUT_S)
                 unreachable_since = None
+                self.metrics.beat(beat.running_shards)
             except grpc.RpcError as exc:
+                self.metrics.heartbeat_failures.inc()
                 unreachable_since = unreachable_since or time.monotonic()
                 if self._stop.is_set() and time.monotonic() - unreachable_since > patience_s:
                     log.warning("master unreachable while stopping; leaving")

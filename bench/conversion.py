@@ -47,10 +47,10 @@ from bench.grid import (
     BenchError,
     LocalGrid,
     _load,
+    grid_session,
     run_benchmark,
     say,
     watch_job,
-    with_jobs_cancelled,
 )
 from rtgrid.client.sdk import Client, state_name
 from rtgrid.engines.conversion.coincidence import DEFAULT_THRESHOLD
@@ -233,7 +233,7 @@ def run(args: argparse.Namespace, figures: dict) -> None:
         (tmp / "data").mkdir()
         (tmp / "logs").mkdir()
         grid = LocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
-        try:
+        with grid_session(grid):
             started = time.perf_counter()
             ray_address = grid.start_ray()
             address = grid.start_master(ray_address)
@@ -264,13 +264,6 @@ def run(args: argparse.Namespace, figures: dict) -> None:
                 figures["runs"] = runs
                 figures["summary"] = summarize(runs, target)
                 say(f"summary: convert stage {figures['summary']['convert_stage_s']}")
-        except BaseException:
-            grid.dump_log_tails()
-            raise
-        finally:
-            say("stopping the grid ...")
-            with_jobs_cancelled(grid)
-            grid.close()
     figures["load_avg_end"] = _load()
 
 

@@ -532,7 +532,7 @@ def run(args: argparse.Namespace, figures: dict) -> None:
         (tmp / "data").mkdir()
         (tmp / "logs").mkdir()
         grid = LocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
-        try:
+        with grid_session(grid):
             started = time.perf_counter()
             ray_address = grid.start_ray()
             target = grid.start_master(ray_address)
@@ -586,13 +586,6 @@ def run(args: argparse.Namespace, figures: dict) -> None:
                 figures["grid"] = grid_figures
                 figures["ratios"] = _ratios(engine, grid_figures, shard_counts)
                 say(f"ratios: {json.dumps(figures['ratios'])}")
-        except BaseException:
-            grid.dump_log_tails()
-            raise
-        finally:
-            say("stopping the grid ...")
-            with_jobs_cancelled(grid)
-            grid.close()
     figures["load_avg_end"] = _load()
 
 
@@ -607,6 +600,21 @@ def with_jobs_cancelled(grid: LocalGrid) -> None:
                     client.cancel(job.job_id)
     except grpc.RpcError as exc:
         say(f"  could not cancel leftover jobs: {exc.code()}")
+
+
+@contextmanager
+def grid_session(grid: LocalGrid) -> Iterator[LocalGrid]:
+    """Around a benchmark's use of ``grid``: on failure print the children's log tails; always
+    cancel what is left and stop the grid."""
+    try:
+        yield grid
+    except BaseException:
+        grid.dump_log_tails()
+        raise
+    finally:
+        say("stopping the grid ...")
+        with_jobs_cancelled(grid)
+        grid.close()
 
 
 def _ratios(engine: dict, grid: dict, shard_counts: list[int]) -> dict[str, float]:

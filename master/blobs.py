@@ -1,16 +1,41 @@
 """Content-addressed blob store on disk: files are named by their sha256.
 
 Writes go to a temporary file in the same folder, are fsynced, then renamed into place, so a
-blob either exists whole or not at all (a crash never leaves half a blob under its name).
+blob either exists whole or not at all (a crash never leaves half a blob under its name). A write
+the disk refuses for space (full disk, quota, file size limit) raises :class:`BlobWriteError`
+(RESOURCE_EXHAUSTED) naming the store's folder.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import ResourceExhausted
+
+# The ways a disk says "no room": full, over quota, over the process's file size limit.
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class BlobWriteError(ResourceExhausted):
+    """The blob store's disk has no room for a write."""
+
+
+def write_fully(fh: io.RawIOBase, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file: a nearly full disk takes part of a write and
+    says nothing; the write of the rest then fails with the disk's error."""
+    view = memoryview(data)
+    while view:
+        written = fh.write(view)
+        if not written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
 
 class BlobStore:
     """Blobs under ``root/ab/cdef...``; partial uploads under ``root/partial/``.
@@ -31,6 +56,18 @@ class BlobStore:
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.root / sha256[:2] / sha256[2:]
 
+    @contextmanager
+    def writing(self, what: str) -> Iterator[None]:
+        """Around a write into the store: a refusal for space becomes :class:`BlobWriteError`."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in NO_ROOM_ERRNOS:
+                raise
+            raise BlobWriteError(
+                f"the blob store's disk at {self.root} has no room: {what} could not be written ({exc.strerror})"
+            ) from exc
+
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).exists()
 
@@ -39,17 +76,17 @@ class BlobStore:
         sha = hashlib.sha256(data).hexdigest()
         target = self.path(sha)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with self.writing(f"a blob of {len(data)} bytes"):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+                try:
+                    with os.fdopen(fd, "wb", buffering=0) as fh:
+                        write_fully(fh, data)
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, target)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
         return sha
 
     def adopt(self, path: Path, sha256: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -17,20 +16,26 @@ from pathlib import Path
 
 import typer
 
+from rtgrid.engines.logsetup import configure_logging
+
 from .config import MAX_ACTIVE_JOBS_PER_HOSPITAL, MAX_CASE_BYTES, MAX_CHUNK_BYTES, MAX_FILE_BYTES, MasterConfig
 from .security.tls import TlsFiles, check_insecure_host
 from .server import Master
 
 
-async def _run_embedded(config: MasterConfig, agents: int, agent_cpus: int, agent_tls: list[str]) -> None:
+async def _run_embedded(config: MasterConfig, agents: int, agent_cpus: int, agent_tls: list[str],
+                        log_format: str) -> None:
     master = Master(config)
     await master.start()
-    print(json.dumps({"event": "ready", "target": master.address, "internal_target": master.internal_address,
-                      "tls": config.tls is not None, "data_dir": str(config.data_dir)}), flush=True)
+    ready = {"event": "ready", "target": master.address, "internal_target": master.internal_address,
+             "tls": config.tls is not None, "data_dir": str(config.data_dir)}
+    if config.metrics_port is not None:
+        ready["metrics"] = f"{config.metrics_host}:{master.metrics_port}"
+    print(json.dumps(ready), flush=True)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "rtgrid.agent", "--master", master.internal_address, "--name", f"local-{i + 1}",
-             "--cpus", str(agent_cpus), *agent_tls],
+             "--cpus", str(agent_cpus), "--log-format", log_format, *agent_tls],
         )
         for i in range(agents)
     ]
@@ -64,6 +69,9 @@ def up_command(
     max_case_bytes: int = typer.Option(MAX_CASE_BYTES, help="Most bytes one case may hold."),
     max_chunk_bytes: int = typer.Option(MAX_CHUNK_BYTES, help="Largest upload chunk (sets the gRPC message limit)."),
     max_active_jobs: int = typer.Option(MAX_ACTIVE_JOBS_PER_HOSPITAL, help="Queued plus running jobs per hospital."),
+    metrics_port: int = typer.Option(None, help="Serve Prometheus /metrics on this port (0 picks a free one)."),
+    metrics_host: str = typer.Option("127.0.0.1", help="Address of the /metrics endpoint."),
+    log_format: str = typer.Option("text", help="Log lines on stderr: text or json (with job and shard ids)."),
 ) -> None:
     """Start the embedded grid: master + local Ray head + SQLite + blob folder + local agent(s).
 
@@ -71,7 +79,10 @@ def up_command(
     a loopback address with --insecure. Prints one JSON line with the targets once ready; runs
     until Ctrl-C or SIGTERM.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s master %(levelname)s %(message)s")
+    try:
+        configure_logging("master", log_format)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
     tls_given = [p for p in (tls_cert, tls_key, tls_ca) if p is not None]
     if insecure and tls_given:
         raise typer.BadParameter("give either --insecure or the TLS files, not both", param_hint="--insecure")
@@ -94,9 +105,9 @@ def up_command(
         data_dir=data.resolve(), host=host, port=port, ray_address=ray_address, internal_port=internal_port,
         tls=None if insecure else TlsFiles(tls_cert.resolve(), tls_key.resolve(), tls_ca.resolve()),
         max_file_bytes=max_file_bytes, max_case_bytes=max_case_bytes, max_chunk_bytes=max_chunk_bytes,
-        max_active_jobs_per_hospital=max_active_jobs,
+        max_active_jobs_per_hospital=max_active_jobs, metrics_host=metrics_host, metrics_port=metrics_port,
     )
-    asyncio.run(_run_embedded(config, agents, agent_cpus, agent_tls))
+    asyncio.run(_run_embedded(config, agents, agent_cpus, agent_tls, log_format))
 
 
 def phantom_command(

@@ -65,6 +65,8 @@ class MasterConfig:
     @property
     def max_message_bytes(self) -> int:
         return self.max_chunk_bytes + MESSAGE_OVERHEAD_BYTES
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # None: no /metrics endpoint; 0: a free port
 
     @property
     def db_path(self) -> Path:

@@ -3,6 +3,7 @@ of devices by congestion (the patent's claims 8, 9 and 13)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from rtgrid.engines.conversion.device import DeviceModelError, list_devices, load_device
@@ -39,8 +40,10 @@ class CatalogEntry:
     content_hash: str
 
 
-def catalog() -> list[CatalogEntry]:
-    """Every device model shipped as a versioned data file."""
+@functools.lru_cache(maxsize=1)
+def catalog() -> tuple[CatalogEntry, ...]:
+    """Every device model shipped as a versioned data file (read once: parsing them all takes a
+    few hundred ms, which must not stall the server's event loop on every ListDevices)."""
     entries = []
     for model_id in list_devices():
         d = load_device(model_id)
@@ -49,7 +52,7 @@ def catalog() -> list[CatalogEntry]:
             model_id, m.version, d.manufacturer, d.model, d.mlc_model, m.n_pairs, float(min(m.leaf_widths_mm)),
             bool(m.interdigitation), tuple(map(float, m.max_field_mm)), m.content_hash,
         ))
-    return entries
+    return tuple(entries)
 
 
 def seed_from_catalog(store: Store) -> int:

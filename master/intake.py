@@ -20,7 +20,7 @@ from rtgrid.engines.imaging.dicom_files import inspect_dicom
 from rtgrid.engines.imaging.errors import IntakeError
 from rtgrid.engines.imaging.intake import load_series
 
-from .blobs import BlobStore
+from .blobs import BlobStore, BlobWriteError, write_fully
 from .codec import series_meta_to_bytes, volume_to_bytes
 from .config import MasterConfig
 from .errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
@@ -101,7 +101,8 @@ def start_upload(intake: Intake, case_id: str, file_name: str, size_bytes: int, 
             "bytes per case (max_case_bytes)"
         )
     upload = UploadRecord(secrets.token_hex(12), case_id, file_name, size_bytes, sha256, 0, now_ms())
-    intake.blobs.partial_path(upload.upload_id).write_bytes(b"")
+    with intake.blobs.writing(f"{file_name}: the partial upload file"):
+        intake.blobs.partial_path(upload.upload_id).write_bytes(b"")
     intake.store.add_upload(upload)
     return upload
 
@@ -132,12 +133,15 @@ def write_chunk(intake: Intake, upload: UploadRecord, offset: int, data: bytes, 
             f"{upload.file_name}: chunk ends at byte {offset + len(data)}, past the declared size {upload.size_bytes}"
         )
     path = intake.blobs.partial_path(upload.upload_id)
-    with path.open("r+b") as fh:
+    with intake.blobs.writing(f"{upload.file_name}: the chunk at byte {offset}"), path.open("r+b", buffering=0) as fh:
         fh.seek(offset)
-        fh.write(data)
-        fh.truncate()
-        fh.flush()
-        os.fsync(fh.fileno())
+        try:
+            write_fully(fh, data)
+            fh.truncate()
+            os.fsync(fh.fileno())
+        except OSError:
+            fh.truncate(offset)  # the partial file keeps exactly the bytes the store says it holds
+            raise
     upload.committed_bytes = offset + len(data)
     intake.store.set_upload_committed(upload.upload_id, upload.committed_bytes)
     return upload
@@ -211,7 +215,14 @@ def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
         delete_case(intake, case_id)
         raise InvalidArgument(str(exc)) from exc
     volume_sha = intake.blobs.put_bytes(volume_to_bytes(series.volume))
-    meta_sha = intake.blobs.put_bytes(series_meta_to_bytes(series))
+    try:
+        meta_sha = intake.blobs.put_bytes(series_meta_to_bytes(series))
+    except BlobWriteError:
+        # The case stays uncommitted with its files (commit again once there is room); no
+        # volume blob is left that nothing refers to.
+        if not intake.store.blob_in_use(volume_sha):
+            intake.blobs.delete(volume_sha)
+        raise
     nz, ny, nx = series.volume.shape
     record = SeriesRecord(
         new_id("series"), case_id, series.modality, series.series_instance_uid, series.frame_of_reference_uid,

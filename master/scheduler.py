@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .blobs import BlobStore
+from .blobs import BlobStore, BlobWriteError
 from .codec import pack
 from .config import MAX_PRIORITY, MasterConfig
 from .errors import FailedPrecondition, InvalidArgument, NotFound
@@ -25,6 +25,7 @@ from .events import EventBus
 from .ids import new_id, now_ms
 from .jobs.base import JobContext, VolumeCache
 from .jobs.registry import get_kind
+from .metrics import MasterMetrics
 from .ray_pool import RayPool, ShardTaskError
 from .store.base import Store
 from .store.records import (
@@ -96,8 +97,10 @@ class _Running:
 class Scheduler:
     """Owns job and shard state transitions; one per master."""
 
-    def __init__(self, store: Store, blobs: BlobStore, events: EventBus, pool: RayPool, config: MasterConfig) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, events: EventBus, pool: RayPool, config: MasterConfig,
+                 metrics: MasterMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics or MasterMetrics()
         self.blobs = blobs
         self.events = events
         self.pool = pool
@@ -171,6 +174,8 @@ class Scheduler:
             self.store.add_job(job)
             self._plan_stage(job, first)
             self.events.publish(job.job_id, "state", QUEUED, stage=job.stage, message=f"{kind.name} job queued")
+        self.metrics.jobs_submitted.labels(kind.name).inc()
+        log.info("job %s (%s) queued on case %s", job.job_id, kind.name, case_id, extra={"job_id": job.job_id})
         self.wake()
         return job
 
@@ -222,12 +227,17 @@ class Scheduler:
                 shard.state = CANCELLED
                 self.store.update_shard(shard)
         self.events.publish(job.job_id, "state", state, stage=job.stage, message=message)
+        self.metrics.jobs_finished.labels(job.kind, state).inc()
+        log.info("job %s %s: %s", job.job_id, state, message, extra={"job_id": job.job_id})
 
     def shard_progress(self, job_id: str) -> tuple[int, int]:
         shards = self.store.list_shards(job_id)
         return sum(s.state == SUCCEEDED for s in shards), len(shards)
 
     # agents
+    def running_count(self) -> int:
+        return len(self._running)
+
     def running_on(self, agent_id: str) -> int:
         return sum(r.agent_id == agent_id for r in self._running.values())
 
@@ -279,6 +289,10 @@ class Scheduler:
         self._running[shard.shard_id] = _Running(shard.shard_id, job.job_id, agent_id, task)
 
     async def _run_shard(self, shard: ShardRecord, job: JobRecord, agent_id: str) -> None:
+        started = time.monotonic()
+        ids = {"job_id": job.job_id, "shard_id": shard.shard_id, "agent_id": agent_id}
+        log.info("shard %s (%s #%d) of job %s started on %s", shard.shard_id, shard.stage, shard.index, job.job_id,
+                 agent_id, extra=ids)
         try:
             call = await asyncio.to_thread(self._prepare_call, shard, job)
             result = await self.pool.call(agent_id, call.task, call.kwargs, dataclasses.asdict(call.resources))
@@ -286,15 +300,39 @@ class Scheduler:
         except asyncio.CancelledError:
             self._running.pop(shard.shard_id, None)
             raise
+        except BlobWriteError as exc:  # the master's disk, not the agent: no retry helps
+            self._running.pop(shard.shard_id, None)
+            self.metrics.shard_seconds.labels(shard.stage, "failed").observe(time.monotonic() - started)
+            self._fail_on_master(job.job_id, shard, str(exc))
         except Exception as exc:  # a failed shard is data: retried or reported
             self._running.pop(shard.shard_id, None)
             self.pool.forget(agent_id)
             reason = str(exc) if isinstance(exc, ShardTaskError) else f"{type(exc).__name__}: {exc}"
+            self.metrics.shard_seconds.labels(shard.stage, "failed").observe(time.monotonic() - started)
             self._shard_failed(shard, agent_id, reason.strip()[:2000])
         else:
             self._running.pop(shard.shard_id, None)
-            await asyncio.to_thread(self._shard_succeeded, shard, result_sha, result)
+            seconds = time.monotonic() - started
+            self.metrics.shard_seconds.labels(shard.stage, "succeeded").observe(seconds)
+            log.info("shard %s (%s #%d) of job %s succeeded on %s in %.2f s", shard.shard_id, shard.stage, shard.index,
+                     job.job_id, agent_id, seconds, extra=ids)
+            try:
+                await asyncio.to_thread(self._shard_succeeded, shard, result_sha, result)
+            except BlobWriteError as exc:  # an artifact did not fit: its transaction was rolled back
+                if not self.store.blob_in_use(result_sha):
+                    self.blobs.delete(result_sha)
+                self._fail_on_master(job.job_id, shard, str(exc))
         self.wake()
+
+    def _fail_on_master(self, job_id: str, shard: ShardRecord, reason: str) -> None:
+        """A shard's work was done but the master could not keep it: the job fails with the reason."""
+        job = self._job(job_id)
+        if job.state in TERMINAL_JOB_STATES:
+            return
+        log.error("job %s fails: shard %s (%s #%d) could not be stored: %s", job_id, shard.shard_id, shard.stage,
+                  shard.index, reason, extra={"job_id": job_id, "shard_id": shard.shard_id})
+        with self.store.transaction():
+            self._end_job(job, FAILED, f"shard {shard.stage}#{shard.index} could not be stored: {reason}")
 
     def _prepare_call(self, shard: ShardRecord, job: JobRecord):
         """The kind's last word on the shard (e.g. a reroute), then its call."""
@@ -311,7 +349,8 @@ class Scheduler:
         job = self._job(shard.job_id)
         if job.state in TERMINAL_JOB_STATES:
             return
-        log.warning("shard %s (%s #%d) failed on %s: %s", shard.shard_id, shard.stage, shard.index, agent_id, reason)
+        log.warning("shard %s (%s #%d) failed on %s: %s", shard.shard_id, shard.stage, shard.index, agent_id, reason,
+                    extra={"job_id": job.job_id, "shard_id": shard.shard_id, "agent_id": agent_id})
         with self.store.transaction():
             shard.error = reason
             if shard.attempts < self.config.max_shard_attempts:

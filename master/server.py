@@ -17,6 +17,7 @@ from .config import MasterConfig
 from .devices import seed_from_catalog
 from .events import EventBus
 from .intake import Intake
+from .metrics import MasterMetrics
 from .ray_pool import RayPool
 from .scheduler import Scheduler
 from .security.auth import AuthInterceptor
@@ -54,6 +55,8 @@ class Master:
         self.scheduler: Scheduler | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self.metrics = MasterMetrics()
+        self.metrics_port = 0
 
     @property
     def address(self) -> str:
@@ -75,7 +78,8 @@ class Master:
         if seeded:
             log.info("device registry was empty: one device per catalog model (%d)", seeded)
         events = EventBus(self.store, loop)
-        self.scheduler = Scheduler(self.store, self.blobs, events, self.pool, self.config)
+        self.scheduler = Scheduler(self.store, self.blobs, events, self.pool, self.config, self.metrics)
+        self.metrics.watch(self.scheduler)
         message_limit = self.config.max_message_bytes
         self._server = grpc.aio.server(
             interceptors=[AuthInterceptor(self.store, insecure=self.config.tls is None)],
@@ -99,6 +103,9 @@ class Master:
         self._listen()
         await self._server.start()
         self.scheduler.start()
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+            log.info("metrics at http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
         for name in ("", *SERVICE_NAMES):
             await _set_serving(self._health, name, health_pb2.HealthCheckResponse.SERVING)
         log.info("master listening on %s, internal %s (%s; data in %s, ray at %s)", self.address, self.internal_address,
@@ -130,6 +137,7 @@ class Master:
             await self._server.stop(grace_s)
         if self.scheduler is not None:
             await self.scheduler.stop()
+        self.metrics.stop()
         self.store.close()
         if self.pool is not None:
             self.pool.shutdown()

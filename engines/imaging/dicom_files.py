@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def read_dicom(data: bytes, file_name: str) -> InspectedFile:
 
     has_pixel_data = "PixelData" in dataset
     pixels = _decode_pixels(dataset, transfer_syntax, file_name) if has_pixel_data else None
-    slope, intercept = _rescale(dataset, has_pixel_data, modality, notes)
+    slope, intercept = _rescale(dataset, has_pixel_data, modality, notes, file_name)
     info = DicomFileInfo(
         file_name=file_name,
         modality=modality,
@@ -459,12 +460,20 @@ def _numbers(dataset: Dataset, keyword: str, count: int, file_name: str) -> tupl
     return numbers
 
 
-def _rescale(dataset: Dataset, has_pixel_data: bool, modality: str, notes: list[str]) -> tuple[float, float]:
+def _rescale(
+    dataset: Dataset, has_pixel_data: bool, modality: str, notes: list[str], file_name: str
+) -> tuple[float, float]:
     slope = _float(dataset, "RescaleSlope")
     intercept = _float(dataset, "RescaleIntercept")
     if has_pixel_data and modality == "CT" and (slope is None or intercept is None):
         notes.append("RescaleSlope/RescaleIntercept absent on a CT image; assumed 1 and 0")
-    return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
+    slope, intercept = (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
+    # A NaN or infinite rescale makes every voxel meaningless; a zero slope maps them all to one value.
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
+        raise InvalidAttributeError(
+            file_name, f"RescaleSlope {slope!r} / RescaleIntercept {intercept!r} must be finite, the slope non-zero"
+        )
+    return slope, intercept
 
 
 def _decode_pixels(dataset: Dataset, transfer_syntax: UID, file_name: str) -> np.ndarray:

@@ -27,6 +27,11 @@ PRIORITY_HIGHEST = 1
 PRIORITY_LOWEST = 5
 DEFAULT_PRIORITY = 2
 DEFAULT_NORMALIZATION_VOLUME_PCT = 95.0
+#: Sanity bounds on an order's doses: beyond them the order is a typo (often cGy written as Gy),
+#: not a treatment. Ablative single fractions reach about 34 Gy; external-beam courses stay far
+#: below 200 Gy.
+MAX_DOSE_GY = 200.0
+MAX_DOSE_PER_FRACTION_GY = 40.0
 
 _TOP_LEVEL_KEYS = {"prescription", "constraints", "name"}
 _PRESCRIPTION_KEYS = {"target", "dose_gy", "fractions", "normalization_volume_pct", "priority"}
@@ -218,6 +223,13 @@ def _number(raw: Mapping[str, Any], key: str, where: str) -> float:
     return float(value)
 
 
+def _check_dose_bound(dose_gy: float, where: str) -> None:
+    if dose_gy > MAX_DOSE_GY:
+        raise MedicalOrderError(
+            f"{where}: dose_gy {dose_gy:g} is above {MAX_DOSE_GY:g} Gy, no treatment's dose (cGy written as Gy?)"
+        )
+
+
 def _priority(raw: Mapping[str, Any], where: str) -> int:
     value = raw.get("priority", DEFAULT_PRIORITY)
     if isinstance(value, bool) or not isinstance(value, int) or not PRIORITY_HIGHEST <= value <= PRIORITY_LOWEST:
@@ -238,11 +250,17 @@ def _parse_prescription(raw: Any, known: set[str], source: str) -> Prescription:
     dose_gy = _number(raw, "dose_gy", where)
     if dose_gy <= 0:
         raise MedicalOrderError(f"{where}: dose_gy must be positive, got {dose_gy:g}")
+    _check_dose_bound(dose_gy, where)
     fractions = raw.get("fractions")
     if fractions is None:
         raise MedicalOrderError(f"{where}: 'fractions' is missing")
     if isinstance(fractions, bool) or not isinstance(fractions, int) or fractions < 1:
         raise MedicalOrderError(f"{where}: fractions must be a whole number >= 1, got {fractions!r}")
+    if dose_gy / fractions > MAX_DOSE_PER_FRACTION_GY:
+        raise MedicalOrderError(
+            f"{where}: {dose_gy:g} Gy in {fractions} fraction(s) is {dose_gy / fractions:g} Gy per fraction, "
+            f"above the {MAX_DOSE_PER_FRACTION_GY:g} Gy any fraction can safely carry"
+        )
     norm_pct = DEFAULT_NORMALIZATION_VOLUME_PCT
     if "normalization_volume_pct" in raw:
         norm_pct = _number(raw, "normalization_volume_pct", where)
@@ -266,6 +284,7 @@ def _parse_constraint(raw: Any, index: int, known: set[str], source: str) -> Con
     dose_gy = _number(raw, "dose_gy", where)
     if dose_gy < 0:
         raise MedicalOrderError(f"{where}: dose_gy must not be negative, got {dose_gy:g}")
+    _check_dose_bound(dose_gy, where)
     if kind in LOWER_BOUND_TYPES and dose_gy == 0:
         raise MedicalOrderError(f"{where}: a {kind} of 0 Gy asks for nothing; remove it")
     volume_pct = None

@@ -13,7 +13,6 @@ import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
@@ -82,6 +81,29 @@ class VolumeCache:
         return volume
 
 
+class lazy_attribute:
+    """``functools.cached_property`` without its lock.
+
+    On Python 3.11 that lock is one per property for *all* instances, held while the value is
+    computed. Computing ``series_record`` takes the store's lock, and ``Scheduler.submit`` reads
+    it inside a store transaction: two threads (a submit, a shard being prepared) then wait on
+    each other for ever. Contexts are not shared between threads, so no lock is needed.
+    """
+
+    def __init__(self, func) -> None:
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.func(instance)
+        return value
+
+
 class JobContext:
     """Read access to a job's inputs and earlier stage results, loaded lazily and once."""
 
@@ -91,18 +113,18 @@ class JobContext:
         self.job = job
         self._volumes = volumes or VolumeCache(blobs, size=1)
 
-    @cached_property
+    @lazy_attribute
     def series_record(self) -> SeriesRecord:
         series = self.store.list_series(self.job.case_id)
         if not series:
             raise FailedPrecondition(f"case {self.job.case_id} has no committed image series")
         return series[0]
 
-    @cached_property
+    @lazy_attribute
     def volume(self) -> Volume:
         return self._volumes.get(self.series_record.volume_sha256)
 
-    @cached_property
+    @lazy_attribute
     def series(self) -> ImageSeries:
         return series_from_bytes(self.blobs.read_bytes(self.series_record.meta_sha256), self.volume)
 

@@ -124,6 +124,11 @@ class PlanJob(JobKind):
             raise InvalidArgument(f"unknown parameter(s) for a {self.name} job: {', '.join(sorted(unknown))}")
         if not params.get("order"):
             raise InvalidArgument("a plan needs a medical order: parameter order (YAML or JSON text)")
+        if "\n" not in params["order"] and params["order"].strip().lower().endswith((".yaml", ".yml", ".json")):
+            # load_order reads such a value as a path: the master must never open its own files for a client.
+            raise InvalidArgument(
+                f"parameter order={params['order']!r} looks like a file path; send the order's text, not a path"
+            )
         gantry_angles(params)
         _float_param(params, "bixel_mm", 5.0, 2.0, 20.0)
         _float_param(params, "dose_grid_mm", 3.0, 1.0, 10.0)

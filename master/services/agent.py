@@ -46,6 +46,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         agent = agents.heartbeat(self.store, request.agent_id)
         if agent is None:
             return agent_pb2.HeartbeatResponse(known=False)
+        self.scheduler.metrics.heartbeats.labels(agent.agent_id).inc()
         self.scheduler.wake()
         return agent_pb2.HeartbeatResponse(
             drain=agent.state == DRAINING, running_shards=self.scheduler.running_on(agent.agent_id), known=True

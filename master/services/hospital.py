@@ -87,6 +87,7 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
             upload = await asyncio.to_thread(
                 intake.write_chunk, self.intake, upload, chunk.offset, chunk.data, chunk.crc32
             )
+            self.scheduler.metrics.bytes_received.labels("upload").inc(len(chunk.data))
         if upload is None:
             raise InvalidArgument("the upload stream carried no chunks")
         return self._status(upload)
@@ -194,3 +195,4 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
             raise InvalidArgument(f"offset {request.offset} is outside the artifact's {artifact.size_bytes} bytes")
         for offset, data in self.blobs.iter_chunks(artifact.sha256, request.offset, DOWNLOAD_CHUNK_BYTES):
             yield common_pb2.DataChunk(offset=offset, data=data)
+            self.scheduler.metrics.bytes_sent.labels("download").inc(len(data))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,13 +65,17 @@ class Grid:
     internal_target: str  # the internal port (agents and the operator: mutual TLS)
     data_dir: Path
     ray_address: str
-    master: subprocess.Popen
-    pki: Pki
+    master: subprocess.Popen | None
+    pki: Pki | None  # None: a plaintext master (--insecure, loopback), where every caller may do anything
     token: str = ""  # HOSPITAL's API token
     agents: list[subprocess.Popen] = field(default_factory=list)
+    metrics: str = ""  # the master's /metrics HOST:PORT
+    agent_metrics: dict[str, str] = field(default_factory=dict)  # agent name -> its /metrics HOST:PORT
 
     def client(self) -> Client:
         """The hospital (its token, on the public port) and the operator (its certificate, admin API)."""
+        if self.pki is None:
+            return Client(self.target)
         return Client(self.target, ca=self.pki.ca, token=self.token, cert=self.pki.operator_cert,
                       key=self.pki.operator_key, admin_target=self.internal_target)
 
@@ -86,7 +91,19 @@ class Grid:
 
     def operator_client(self) -> Client:
         """The operator alone, on the internal port."""
+        if self.pki is None:
+            return Client(self.target)
         return Client(self.internal_target, ca=self.pki.ca, cert=self.pki.operator_cert, key=self.pki.operator_key)
+
+    def start_master(self, port: str = "0", internal_port: str = "0") -> str:
+        """Start this grid's master (again, e.g. after killing it, on the same store); returns its
+        public target. Metrics on a free port; the log as JSON lines appended to data_dir/master.log."""
+        self.master, ready = start_master_with(
+            self.data_dir, self.ray_address, self.pki, port, internal_port,
+            args=("--metrics-port", "0", "--log-format", "json"), log_path=self.data_dir / "master.log",
+        )
+        self.target, self.internal_target, self.metrics = ready["target"], ready["internal_target"], ready["metrics"]
+        return self.target
 
     def start_agent(self, name: str, cpus: int = 1, tries: int = 3) -> subprocess.Popen:
         """Start an agent process and wait until its worker is up on its own Ray node.
@@ -95,13 +112,16 @@ class Grid:
         missed, and the agent then exits with that error. Such an agent is started again.
         """
         for attempt in range(1, tries + 1):
+            metrics = f"127.0.0.1:{free_port()}"
             proc = subprocess.Popen(
                 [sys.executable, "-m", "rtgrid.agent", "--master", self.internal_target, "--name", name,
-                 "--cpus", str(cpus), *self.pki.agent_args()],
+                 "--cpus", str(cpus), "--metrics-port", metrics.rpartition(":")[2],
+                 *(self.pki.agent_args() if self.pki else ["--insecure"])],
                 start_new_session=True,
                 # Model packages are fetched into this grid's own cache, not the user's.
                 env={**os.environ, "RTGRID_MODEL_CACHE": str(self.data_dir / "model-cache")},
             )
+            self.agent_metrics[name] = metrics
             self.agents.append(proc)
             if self._wait_ready(name, proc):
                 return proc
@@ -130,13 +150,29 @@ def _actor_ready(agent_id: str) -> bool:
         return False
 
 
-def start_master(data_dir: Path, ray_address: str, pki: Pki, port: str = "0", internal_port: str = "0",
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_master(data_dir: Path, ray_address: str, pki: Pki | None, port: str = "0", internal_port: str = "0",
                  *extra: str) -> tuple[subprocess.Popen, str, str]:
-    """A master with TLS; returns the process, its public and its internal target."""
+    """A master (TLS with ``pki``, else plaintext); returns the process, its public and internal target."""
+    proc, ready = start_master_with(data_dir, ray_address, pki, port, internal_port, args=extra)
+    return proc, ready["target"], ready["internal_target"]
+
+
+def start_master_with(data_dir: Path, ray_address: str, pki: Pki | None, port: str = "0", internal_port: str = "0",
+                      args: tuple[str, ...] = (), log_path: Path | None = None) -> tuple[subprocess.Popen, dict]:
+    """A master process (TLS with ``pki``, else plaintext); returns it with its ready line (targets,
+    and metrics when asked for). ``log_path``: its stderr (the log) goes to this file instead."""
     proc = subprocess.Popen(
         rtgrid_cmd("up", "--port", port, "--internal-port", internal_port, "--data", str(data_dir),
-                   "--ray-address", ray_address, "--agents", "0", *pki.master_args(), *extra),
+                   "--ray-address", ray_address, "--agents", "0", *(pki.master_args() if pki else ["--insecure"]),
+                   *args),
         stdout=subprocess.PIPE, text=True, start_new_session=True,
+        stderr=log_path.open("a") if log_path is not None else None,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -144,8 +180,7 @@ def start_master(data_dir: Path, ray_address: str, pki: Pki, port: str = "0", in
         if not line:
             break
         if line.startswith("{"):
-            ready = json.loads(line)
-            return proc, ready["target"], ready["internal_target"]
+            return proc, json.loads(line)
     proc.kill()
     raise RuntimeError("master did not start")
 
@@ -186,8 +221,8 @@ def pki(tmp_path_factory) -> Pki:
 def grid(ray_cluster, pki, tmp_path_factory) -> Grid:
     """Master + two agents (two Ray worker nodes) on a Ray head, all on 127.0.0.1, with TLS."""
     data_dir = tmp_path_factory.mktemp("grid")
-    master, target, internal_target = start_master(data_dir, ray_cluster.address, pki)
-    g = Grid(target, internal_target, data_dir, ray_cluster.address, master, pki)
+    g = Grid("", "", data_dir, ray_cluster.address, None, pki)
+    g.start_master()
     with g.operator_client() as operator:
         g.token = operator.add_hospital(HOSPITAL).token
     # One after the other: two raylets starting at once on 2 busy cores can miss Ray's 30 s start limit.
@@ -196,4 +231,4 @@ def grid(ray_cluster, pki, tmp_path_factory) -> Grid:
     yield g
     for proc in g.agents:
         stop_process(proc)
-    stop_process(master)
+    stop_process(g.master)

@@ -17,7 +17,6 @@ from rtgrid.engines.imaging.intake import load_series_dir
 from rtgrid.engines.phantom import write_phantom_case
 from rtgrid.protos.v1 import common_pb2
 
-from .conftest import start_master
 
 SHAPE, SPACING = (48, 96, 96), (3.0, 3.0, 3.0)
 WAIT_S = 300
@@ -103,7 +102,7 @@ def test_master_killed_and_restarted_mid_job(grid, reference, tmp_path):
         done_before = {s.shard_id: s for s in client.shards(job.job_id) if s.state == common_pb2.SHARD_STATE_SUCCEEDED}
         os.killpg(grid.master.pid, signal.SIGKILL)
         grid.master.wait()
-        grid.master, target, _ = start_master(grid.data_dir, grid.ray_address, grid.pki, port, internal_port)
+        target = grid.start_master(port=port, internal_port=internal_port)
         assert target == grid.target
         # The watcher resumes after the last event it saw; nothing is lost or repeated.
         rest = list(client.watch(job.job_id, after_seq=seen[-1].seq))
