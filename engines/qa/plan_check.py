@@ -94,6 +94,12 @@ def segments_of(beam: PlanBeam) -> list[Segment]:
     return segments
 
 
+def _goal_kinds(order: MedicalOrder) -> tuple[list[bool], list[bool]]:
+    """Per goal in :func:`evaluate_goals`' order (the prescription first): hard?, lower bound?"""
+    return ([True] + [c.priority <= HARD_PRIORITY for c in order.constraints],
+            [True] + [c.is_lower_bound for c in order.constraints])
+
+
 def hard_goal_failures(order: MedicalOrder, goals: list[GoalResult], standard: list[GoalResult]) -> list[str]:
     """The hard goals a device plan misses by more than ``HARD_GOAL_SLACK`` of Rx beyond the standard plan.
 
@@ -109,8 +115,7 @@ def hard_goal_failures(order: MedicalOrder, goals: list[GoalResult], standard: l
     list of str
         One reason per failing goal, naming it and both plans' values.
     """
-    hard = [True] + [c.priority <= HARD_PRIORITY for c in order.constraints]
-    lower = [True] + [c.is_lower_bound for c in order.constraints]
+    hard, lower = _goal_kinds(order)
     slack = HARD_GOAL_SLACK * order.prescription.dose_gy
     reasons = []
     for g, ref, is_hard, low in zip(goals, standard, hard, lower):
@@ -166,9 +171,7 @@ def check_plan(rtplan: Dataset, device: DeviceModel, *, density: Volume, dose_ma
     rx_gy = order.prescription.dose_gy
     goals = evaluate_goals(order, dose, masks, voxel_cc, tolerance_gy=GOAL_TOLERANCE * rx_gy)
     standard = evaluate_goals(order, reference_dose_gy, masks, voxel_cc, tolerance_gy=GOAL_TOLERANCE * rx_gy)
-    # The prescription first, as evaluate_goals reports it.
-    hard = [True] + [c.priority <= HARD_PRIORITY for c in order.constraints]
-    lower = [True] + [c.is_lower_bound for c in order.constraints]
+    hard, lower = _goal_kinds(order)
     reasons = []
     if gamma.pass_rate_pct < GAMMA_PASS_RATE_PCT:
         reasons.append(f"gamma {GAMMA_DOSE_PERCENT:g}%/{GAMMA_DISTANCE_MM:g} mm pass rate "
