@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 DEFAULT_ATTEMPTS = 10
 # With 10 attempts this rides out about a minute of outage (e.g. a master restart).
 MAX_BACKOFF_S = 10.0
+CLOSE_TIMEOUT_S = 10.0
+"""Longest wait for the channels to close (see :meth:`Client.close`)."""
 RPC_TIMEOUT_S = 60.0
 # A segmentation model package folder, as ``rtgrid train-seg`` writes it.
 MODEL_PACKAGE_FILES = ("weights.pt", "card.json", "sha256")
@@ -133,9 +136,16 @@ class Client:
         self._attempts = attempts
 
     def close(self) -> None:
-        self.channel.close()
-        if self._admin_channel is not self.channel:
-            self._admin_channel.close()
+        """Close the channels, waiting at most ``CLOSE_TIMEOUT_S``: grpc's ``Channel.close`` can
+        deadlock after a failed TLS handshake (grpc/grpc#20026; seen here with a client that offered
+        no certificate to a mutual-TLS port), and a caller must never hang on it."""
+        channels = {id(c): c for c in (self.channel, self._admin_channel)}.values()
+        closers = [threading.Thread(target=c.close, name="rtgrid-channel-close", daemon=True) for c in channels]
+        for closer in closers:
+            closer.start()
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        for closer in closers:
+            closer.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "Client":
         return self
