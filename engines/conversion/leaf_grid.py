@@ -38,7 +38,8 @@ class LeafGrid:
     first_pair : int
         Device leaf pair of row 0 (rows are consecutive pairs).
     row_edges_mm : np.ndarray
-        ``(n_rows + 1,)`` leaf-pair edges along Y (mm at isocenter).
+        ``(n_rows + 1,)`` leaf-pair edges along Y (mm at isocenter), the outer two moved in to the
+        Y jaws' opening: a leaf wider than the lattice may reach beyond the field, the jaws trim it.
     column_edges_mm : np.ndarray
         ``(n_cols + 1,)`` column edges along X.
     lattice_mm : float
@@ -95,7 +96,9 @@ def device_leaf_grid(beam: Beam, target_mask: np.ndarray, dose_grid: Volume, dev
     """The device bixels covering a target's beam's-eye-view projection plus a margin.
 
     Whole leaf pairs are kept: a pair holds bixels in every column where any part of it covers
-    the projection. Parts of the projection beyond the leaf bank or the maximum field are not
+    the projection. Along Y the Y jaws close on the projection's edges (on the lattice), so the
+    outermost pairs' bixels may be narrower than their leaves: with 10 mm leaves a field edge
+    would otherwise land up to a leaf width beyond the target and its margin. Parts of the projection beyond the leaf bank or the maximum field are not
     deliverable: they are dropped and reported.
 
     Parameters
@@ -155,10 +158,13 @@ def device_leaf_grid(beam: Beam, target_mask: np.ndarray, dose_grid: Volume, dev
     cells = np.unique(np.stack([pair[keep], col[keep]], axis=1), axis=0)
     first, last = int(cells[:, 0].min()), int(cells[:, 0].max())
     c0, c1 = int(cells[:, 1].min()), int(cells[:, 1].max())
+    row_edges = bounds[first:last + 2].astype(np.float64)
+    row_edges[0] = max(row_edges[0], float(fine.iy[keep].min()) * lat)
+    row_edges[-1] = min(row_edges[-1], float(fine.iy[keep].max() + 1) * lat)
     return LeafGrid(
         beam=beam,
         first_pair=first,
-        row_edges_mm=bounds[first:last + 2].copy(),
+        row_edges_mm=row_edges,
         column_edges_mm=np.arange(c0, c1 + 2) * column_mm,
         lattice_mm=lat,
         rows=cells[:, 0] - first,
