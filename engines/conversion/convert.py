@@ -29,6 +29,7 @@ from rtgrid.engines.dose.far_scatter import far_scatter_ratio, with_far_scatter
 from rtgrid.engines.dose.machine import MachineModel, load_machine
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dose
 from rtgrid.engines.imaging.volume import Volume
+from rtgrid.engines.optimization.coplanar_plan import CORRECTION_MAX_ITER, DEFAULT_CORRECTION_ROUNDS
 from rtgrid.engines.optimization.dvh import GoalResult, dose_at_volume, evaluate_goals
 from rtgrid.engines.optimization.order import MedicalOrder
 
@@ -122,6 +123,7 @@ def convert_plan(
     resolution_mm: float = DEFAULT_RESOLUTION_MM,
     compute_device: str = "cpu",
     objectives: MedicalOrder | None = None,
+    correction_rounds: int = DEFAULT_CORRECTION_ROUNDS,
 ) -> DevicePlan:
     """Convert a standard plan into a deliverable plan for ``device``.
 
@@ -152,6 +154,10 @@ def convert_plan(
         The order dose mimicking optimizes, e.g. the plan's with a goal tightened after a QA
         failure (:func:`tightened_order`); the goals are always judged on the plan's own order.
         Default: the plan's order.
+    correction_rounds
+        After dose mimicking, how often the matrix is corrected again for far scatter, probed
+        with the mimicked fluence, and mimicking resumed from it (as for the standard plan,
+        :func:`~rtgrid.engines.optimization.coplanar_plan.optimize_on_full_kernel`).
 
     Returns
     -------
@@ -197,18 +203,32 @@ def convert_plan(
         if report.reuse_standard_plan and lost > LOST_FLUENCE_TOLERANCE:
             violations.append(Violation("field_size", n, None, f"{100 * lost:.1f} % of the standard fluence of beam {n} "
                                                               f"lies outside the leaf bank of {device.id}"))
-    ratio = far_scatter_ratio(assemble_dij(per_beam) @ np.concatenate(resampled).astype(np.float32),
-                              _full_kernel_dose(density, body, grids, resampled, device, compute_device))
-    per_beam = [with_far_scatter(d, ratio) for d in per_beam]
+    raw_beams = per_beam
+    raw_dij = assemble_dij(raw_beams)
+
+    def corrected_for(weights: np.ndarray) -> list:
+        full = _full_kernel_dose(density, body, grids, np.split(weights, np.cumsum([g.n_bixels for g in grids])[:-1]),
+                                 device, compute_device)
+        ratio = far_scatter_ratio(raw_dij @ weights.astype(np.float32), full)
+        return [with_far_scatter(d, ratio) for d in raw_beams]
+
+    ideal = np.concatenate(resampled)
+    per_beam = corrected_for(ideal)
     dij = assemble_dij(per_beam)
     timings["dose_influence"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if report.reuse_standard_plan:
-        ideal = np.concatenate(resampled)
-    else:
-        ideal = mimic_dose(dij, plan.dose.voxels, masks, objectives or order, bixel_positions=[g.positions for g in grids],
+    if not report.reuse_standard_plan:
+        positions = [g.positions for g in grids]
+        ideal = mimic_dose(dij, plan.dose.voxels, masks, objectives or order, bixel_positions=positions,
                            max_iter=max_iter).weights
+        for _ in range(correction_rounds):
+            # the mimicked fluence moves away from the standard one where the device's beam
+            # differs, and its far scatter with it: probe again, resume from the solution
+            per_beam = corrected_for(ideal)
+            dij = assemble_dij(per_beam)
+            ideal = mimic_dose(dij, plan.dose.voxels, masks, objectives or order, bixel_positions=positions,
+                               max_iter=min(max_iter, CORRECTION_MAX_ITER), initial_weights=ideal).weights
     ideal_dose = (dij @ ideal.astype(np.float32)).astype(np.float32)
     timings["fluence"] = time.perf_counter() - t
 

@@ -121,6 +121,7 @@ def mimic_dose(
     smoothness: float = DEFAULT_SMOOTHNESS,
     max_iter: int = 300,
     ftol: float = DEFAULT_FTOL,
+    initial_weights: np.ndarray | None = None,
 ) -> FluenceResult:
     """Device fluence that reproduces a reference dose and its DVHs while keeping the order's goals.
 
@@ -142,6 +143,9 @@ def mimic_dose(
         Priority (1..5) of the reference-DVH goals.
     smoothness, max_iter, ftol
         As :func:`rtgrid.engines.optimization.fluence.optimize_fluence`.
+    initial_weights
+        Bixel weights to start from (e.g. the last solution, after the matrix was corrected for
+        far scatter); default: uniform weights that give the target the prescription on average.
 
     Returns
     -------
@@ -191,6 +195,12 @@ def mimic_dose(
         if lap.shape[0]:
             roughness = (lap, smoothness / (lap.shape[0] * x_ref**2))
     dij_t = dij.T
+    if initial_weights is None:
+        u0 = np.ones(n_bixels)
+    else:
+        if np.size(initial_weights) != n_bixels:
+            raise DoseMimickingError(f"{np.size(initial_weights)} initial weights for {n_bixels} bixels")
+        u0 = np.clip(np.asarray(initial_weights, dtype=np.float64).ravel(), 0.0, None) / x_ref
 
     def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
         # the variables are weights in units of x_ref (order 1), which keeps L-BFGS-B's first
@@ -211,7 +221,7 @@ def mimic_dose(
 
     history: list[float] = []
     result = scipy.optimize.minimize(
-        fun, np.ones(n_bixels), jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * n_bixels,
+        fun, u0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * n_bixels,
         callback=lambda intermediate_result: history.append(float(intermediate_result.fun)),
         options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-12, "maxcor": LBFGS_MEMORY},
     )
