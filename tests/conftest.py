@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+# The Makefile exports these; a bare `pytest` needs them too, or Ray binds (and its worker nodes
+# look for the head on) the machine's network address instead of 127.0.0.1 and the grid tests hang.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TMPDIR", "/tmp/rtgrid-ray")
+Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
