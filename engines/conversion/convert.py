@@ -47,9 +47,6 @@ LOST_FLUENCE_TOLERANCE = 0.01
 """Fraction of a beam's standard fluence outside the device's bixels above which reuse is reported."""
 REFINE_TARGET_BOOST = 4.0
 """Extra weight of target voxels in the MU refinement."""
-REFINE_OAR_BOOST = 4.0
-"""Extra weight, in the MU refinement, of the voxels of the order's other structures (the organs at
-risk; the body excepted): their DVH goals are what a coarser aperture set loses first."""
 
 
 class ConversionError(ValueError):
@@ -247,11 +244,7 @@ def convert_plan(
             columns.append(np.asarray((d[rows] @ segment_open_fractions(segs, grids[n], device)).todense()))
             beam_of.extend([n] * len(segs))
     in_target = np.asarray(masks[rx.target]).ravel()[rows]
-    in_oar = np.zeros(rows.size, dtype=bool)
-    for name in order.structures:
-        if name not in (rx.target, plan.body):
-            in_oar |= np.asarray(masks[name]).ravel()[rows]
-    voxel_weights = 1.0 + REFINE_TARGET_BOOST * in_target + REFINE_OAR_BOOST * (in_oar & ~in_target)
+    voxel_weights = 1.0 + REFINE_TARGET_BOOST * in_target
     # The segments' MU reproduce the standard plan's dose, which QA compares with, rather than the
     # ideal fluence's: the refinement then also undoes what resampling and sequencing lost.
     reference = np.asarray(plan.dose.voxels, dtype=np.float64).ravel()
