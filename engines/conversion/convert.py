@@ -3,12 +3,15 @@ refine MU -> dose from the segments -> goals and deliverability.
 
 1. :func:`~.coincidence.coincidence` of the standard machine and the device.
 2. The device's own beamlets for every beam (:func:`~.leaf_grid.device_leaf_grid`, rows = leaf
-   pairs) and their dose influence with the device's kernel, corrected for the far scatter it
-   leaves out (:mod:`rtgrid.engines.dose.far_scatter`), probed with the standard fluence
-   resampled onto the device's bixels: the standard dose to mimic and the segments' final dose
-   are full-kernel doses, so the matrix that bridges them must carry far scatter too.
+   pairs, the Y jaws closing on the target's ends) and their dose influence with the device's
+   kernel, corrected for the far scatter it leaves out (:mod:`rtgrid.engines.dose.far_scatter`),
+   probed with the standard fluence resampled onto the device's bixels: the standard dose to
+   mimic and the segments' final dose are full-kernel doses, so the matrix that bridges them must
+   carry far scatter too.
 3. The ideal device fluence: above the threshold, the standard fluence itself resampled onto the
-   device's bixels (reuse); below it, :func:`~.mimic.mimic_dose` to the standard dose.
+   device's bixels (reuse); below it, :func:`~.mimic.mimic_dose` to the standard dose, then
+   ``correction_rounds`` times the matrix corrected again with the mimicked fluence as the probe
+   and mimicking resumed from it.
 4. Per beam, :func:`~.sequencing.sequence_beam` (MU per fraction), then the MU of all segments
    refitted together (:func:`~.sequencing.refine_segment_mu`) to the ideal fluence's dose.
 5. The dose recomputed from the segments' apertures (:func:`~.segment_dose.segments_dose`), the
