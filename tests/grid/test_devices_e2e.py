@@ -82,5 +82,12 @@ constraints:
         events = list(client.watch(job.job_id))
         assert events[-1].state == common_pb2.JOB_STATE_FAILED
         assert "QA failed for TB-HD120" in events[-1].message and "field" in events[-1].message
-        names = {a.name for a in client.artifacts(job.job_id)}
-    assert "qa.TB-HD120.json" in names and not any(n.startswith(("RP.", "RD.TB")) for n in names)
+        artifacts = {a.name: a for a in client.artifacts(job.job_id)}
+        qa = json.loads(client.download(artifacts["qa.TB-HD120.json"], tmp_path).read_text())
+    assert not any(n.startswith(("RP.", "RD.TB")) for n in artifacts)
+    # every attempt failed; the report describes the one that came closest, and lists them all
+    attempts = qa["attempts"]
+    assert len(attempts) == 3 and not any(a["passed"] for a in attempts)
+    closest = max(attempts, key=lambda a: (-len(a["reasons"]), a["gamma_pass_rate_pct"]))
+    assert qa["reported_attempt"] == closest["attempt"] and not qa["released"]
+    assert qa["gamma_pass_rate_pct"] == pytest.approx(closest["gamma_pass_rate_pct"]) and qa["reasons"] == closest["reasons"]
