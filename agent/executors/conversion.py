@@ -64,6 +64,7 @@ def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSer
     rx = plan.order.prescription
     history = []
     objectives = plan.order
+    best = None
     for attempt, settings in enumerate(ATTEMPTS, start=1):
         dp = convert_plan(plan, density, masks, device, objectives=objectives, **settings)
         rtplan = write_rtplan(_plan_data(dp, device_name, model_id, rx.fractions, rx.dose_gy, rtstruct_uid), series,
@@ -83,7 +84,7 @@ def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSer
         # A regeneration can do worse than the attempt before it (a tightened goal costs gamma
         # elsewhere): the report shows the attempt that came closest, with every attempt's history.
         closeness = (passed, -len(reasons), qa.gamma_pass_rate_pct)
-        if attempt == 1 or closeness > best[0]:
+        if best is None or closeness > best[0]:
             best = (closeness, attempt, dp, qa, rtplan, rtplan_bytes, reasons)
         if passed:
             break

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
+import scipy.sparse as sp
 
 from rtgrid.engines.dose.beams import Beam
 from rtgrid.engines.dose.far_scatter import far_scatter_ratio, with_far_scatter
@@ -205,10 +206,10 @@ def convert_plan(
                                                               f"lies outside the leaf bank of {device.id}"))
     raw_beams = per_beam
     raw_dij = assemble_dij(raw_beams)
+    offsets = np.cumsum([0] + [g.n_bixels for g in grids])
 
-    def corrected_for(weights: np.ndarray) -> list:
-        full = _full_kernel_dose(density, body, grids, np.split(weights, np.cumsum([g.n_bixels for g in grids])[:-1]),
-                                 device, compute_device)
+    def corrected_for(weights: np.ndarray) -> list[sp.csr_matrix]:
+        full = _full_kernel_dose(density, body, grids, np.split(weights, offsets[1:-1]), device, compute_device)
         ratio = far_scatter_ratio(raw_dij @ weights.astype(np.float32), full)
         return [with_far_scatter(d, ratio) for d in raw_beams]
 
@@ -234,7 +235,6 @@ def convert_plan(
 
     t = time.perf_counter()
     fractions = rx.fractions
-    offsets = np.cumsum([0] + [g.n_bixels for g in grids])
     maps = tuple(g.to_map(ideal[offsets[n]:offsets[n + 1]]) / fractions for n, g in enumerate(grids))
     sequenced = [sequence_beam(m, g, device, n_levels=n_levels) for m, g in zip(maps, grids)]
     timings["sequencing"] = time.perf_counter() - t

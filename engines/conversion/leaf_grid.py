@@ -98,8 +98,9 @@ def device_leaf_grid(beam: Beam, target_mask: np.ndarray, dose_grid: Volume, dev
     Whole leaf pairs are kept: a pair holds bixels in every column where any part of it covers
     the projection. Along Y the Y jaws close on the projection's edges (on the lattice), so the
     outermost pairs' bixels may be narrower than their leaves: with 10 mm leaves a field edge
-    would otherwise land up to a leaf width beyond the target and its margin. Parts of the projection beyond the leaf bank or the maximum field are not
-    deliverable: they are dropped and reported.
+    would otherwise land up to a leaf width beyond the target and its margin. Parts of the
+    projection beyond the leaf bank or the maximum field are not deliverable: they are dropped
+    and reported.
 
     Parameters
     ----------
