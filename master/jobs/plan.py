@@ -37,7 +37,7 @@ import io
 
 import pydicom
 
-from rtgrid.engines.dicomrt.rtstruct import read_rtstruct_rois
+from rtgrid.engines.dicomrt.rtstruct import RoiInfo, read_rtstruct_rois
 from rtgrid.engines.dose.beams import equispaced_gantry_angles
 from rtgrid.engines.dose.machine import STANDARD_MACHINE_ID, MachineModelError, list_machines
 from rtgrid.engines.optimization.order import MedicalOrderError, load_order
@@ -83,8 +83,19 @@ def gantry_angles(params: dict[str, str]) -> list[float]:
     return equispaced_gantry_angles(int_param(params, "beams", 1, MAX_BEAMS) or 9)
 
 
+def _rtstruct_rois(data: bytes) -> list[RoiInfo]:
+    return read_rtstruct_rois(pydicom.dcmread(io.BytesIO(data)))
+
+
 def _rtstruct_names(data: bytes) -> set[str]:
-    return {roi.name for roi in read_rtstruct_rois(pydicom.dcmread(io.BytesIO(data)))}
+    return {roi.name for roi in _rtstruct_rois(data)}
+
+
+def _case_frame_of_reference(store: Store, case_id: str) -> str:
+    series = store.list_series(case_id)
+    if not series:
+        raise FailedPrecondition(f"case {case_id} has no committed CT series")
+    return series[0].frame_of_reference_uid
 
 
 class PlanJob(JobKind):
@@ -99,18 +110,36 @@ class PlanJob(JobKind):
     def uploaded_rtstructs(self, store: Store, blobs: BlobStore, case_id: str) -> list[bytes]:
         return [blobs.read_bytes(f.sha256) for f in store.list_files(case_id) if f.modality == "RTSTRUCT"]
 
-    def earlier_rtstructs(self, store: Store, blobs: BlobStore, params: dict[str, str]) -> list[bytes]:
-        """The RTSTRUCT of the contour job named in ``contours_job``, if any."""
+    def earlier_rtstructs(self, store: Store, blobs: BlobStore, case_id: str, params: dict[str, str]) -> list[bytes]:
+        """The RTSTRUCT of the contour job named in ``contours_job``, if any: of this case only.
+
+        Checked at submission and again whenever a stage reads them, so that one patient's contours
+        can never reach another patient's plan.
+        """
         job_id = params.get("contours_job")
         if not job_id:
             return []
         job = store.get_job(job_id)
         if job is None or job.kind != "contour" or job.state != SUCCEEDED:
             raise InvalidArgument(f"contours_job={job_id!r} is not a finished contour job")
-        return [blobs.read_bytes(a.sha256) for a in store.list_artifacts(job_id) if a.kind == "rtstruct"]
+        if job.case_id != case_id:
+            raise InvalidArgument(
+                f"contours_job={job_id!r} contoured case {job.case_id}, not case {case_id}: "
+                "a plan uses only its own case's contours"
+            )
+        rtstructs = [blobs.read_bytes(a.sha256) for a in store.list_artifacts(job_id) if a.kind == "rtstruct"]
+        frame = _case_frame_of_reference(store, case_id)
+        for data in rtstructs:
+            elsewhere = {r.frame_of_reference_uid for r in _rtstruct_rois(data)} - {frame}
+            if elsewhere:
+                raise InvalidArgument(
+                    f"contours_job={job_id!r} holds structures on frame of reference {', '.join(sorted(elsewhere))}, "
+                    f"not on case {case_id}'s CT frame of reference {frame}"
+                )
+        return rtstructs
 
     def structure_names(self, store: Store, blobs: BlobStore, case_id: str, params: dict[str, str]) -> set[str]:
-        rtstructs = self.earlier_rtstructs(store, blobs, params) + self.uploaded_rtstructs(store, blobs, case_id)
+        rtstructs = self.earlier_rtstructs(store, blobs, case_id, params) + self.uploaded_rtstructs(store, blobs, case_id)
         if not rtstructs:
             raise FailedPrecondition(
                 "a plan needs contours: upload an RTSTRUCT with the CT, name a finished contour job "
@@ -152,7 +181,7 @@ class PlanJob(JobKind):
     # stages
     def rtstructs(self, ctx: JobContext) -> list[bytes]:
         """Automatic contours first, uploaded ones last (they win on equal names)."""
-        return self.earlier_rtstructs(ctx.store, ctx.blobs, ctx.job.params) + self.uploaded_rtstructs(
+        return self.earlier_rtstructs(ctx.store, ctx.blobs, ctx.job.case_id, ctx.job.params) + self.uploaded_rtstructs(
             ctx.store, ctx.blobs, ctx.job.case_id
         )
 
@@ -223,7 +252,7 @@ class FullJob(PlanJob):
     extra_params = frozenset({"shards"})
     _contour = ContourJob()
 
-    def earlier_rtstructs(self, store: Store, blobs: BlobStore, params: dict[str, str]) -> list[bytes]:
+    def earlier_rtstructs(self, store: Store, blobs: BlobStore, case_id: str, params: dict[str, str]) -> list[bytes]:
         return []
 
     def structure_names(self, store: Store, blobs: BlobStore, case_id: str, params: dict[str, str]) -> set[str]:

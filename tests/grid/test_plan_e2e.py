@@ -83,6 +83,11 @@ def test_plan_on_earlier_contour_job_and_bad_orders(grid, phantom):
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "PTV" in caught.value.details()
         impossible = PHANTOM_ORDER.replace("dose_gy: 60,", "dose_gy: -60,")
         with_rs = client.upload_folder(case.ct_dir, rtstruct).case
+        # Another case of the same hospital, even of the same CT: its contours never reach this plan.
+        with pytest.raises(grpc.RpcError) as caught:
+            client.submit(with_rs.case_id, "plan", params={"order": order.read_text(), "contours_job": contour.job_id})
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert ct_only.case_id in caught.value.details() and with_rs.case_id in caught.value.details()
         with pytest.raises(grpc.RpcError) as caught:
             client.submit(with_rs.case_id, "full", params={"order": impossible})
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "dose" in caught.value.details().lower()
