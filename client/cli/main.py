@@ -21,6 +21,7 @@ from .admin import admin_app
 from .connect import client as _client
 from .connect import connection_options
 from .demo import demo_command
+from .gateway import gateway_command
 from .output import EXIT_JOB_FAILED, Format, as_dict, emit, fail, rpc_errors
 
 
@@ -28,6 +29,7 @@ app = typer.Typer(help="rtgrid: cloud radiotherapy planning grid.", no_args_is_h
                   callback=connection_options)
 app.add_typer(admin_app, name="admin")
 app.command("demo")(demo_command)
+app.command("gateway")(gateway_command)
 
 TargetOption = typer.Option(None, "--target", envvar="RTGRID_TARGET", help="Master HOST:PORT.")
 MappingOption = typer.Option(Path("rtgrid-pseudonyms.json"), "--pseudonym-map", envvar="RTGRID_PSEUDONYM_MAP",
