@@ -88,7 +88,7 @@ def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSer
             best = (closeness, attempt, dp, qa, rtplan, rtplan_bytes, reasons)
         if passed:
             break
-        objectives = tightened_order(objectives, _shortfalls_gy(qa))
+        objectives = tightened_order(objectives, _shortfalls_gy(qa, len(plan.order.levels)))
     (passed, _, _), reported, dp, qa, rtplan, rtplan_bytes, reasons = best
     report = _qa_report(dp, qa, history, device_name, model_id, passed, reasons) | {"reported_attempt": reported}
     files = [(f"qa.{device_name}.json", "qa_report", "", json.dumps(report, indent=2).encode()),
@@ -106,11 +106,11 @@ def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSer
     return result
 
 
-def _shortfalls_gy(qa: QaResult) -> list[float]:
+def _shortfalls_gy(qa: QaResult, n_levels: int) -> list[float]:
     """Per constraint of the order, how far the device plan fell behind the standard plan on a
-    hard goal it missed (0 elsewhere). ``qa.goals`` lists the prescription first."""
+    hard goal it missed (0 elsewhere). ``qa.goals`` lists the ``n_levels`` prescription levels first."""
     shortfalls = []
-    for goal in qa.goals[1:]:
+    for goal in qa.goals[n_levels:]:
         behind = goal["achieved_gy"] - goal["standard_plan_gy"]
         if goal["lower_bound"]:
             behind = -behind

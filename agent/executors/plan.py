@@ -37,7 +37,7 @@ from rtgrid.engines.dose.machine import load_machine
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
 from rtgrid.engines.optimization.coplanar_plan import optimize_on_full_kernel
-from rtgrid.engines.optimization.dvh import cumulative_dvh, evaluate_goals, plan_metrics
+from rtgrid.engines.optimization.dvh import cumulative_dvh, evaluate_goals, plan_metrics, targets_mask
 from rtgrid.engines.optimization.order import load_order
 from rtgrid.engines.report.plan_report import render_dose_wash_png, render_dvh_png
 
@@ -75,9 +75,10 @@ def plan_setup(series: ImageSeries, rtstructs: list[bytes], order_text: str, mac
     ct = series.volume
     density = ct.with_voxels(hu_to_relative_electron_density(ct.voxels))
     grid = resample_to_dose_grid(density, dose_grid_mm)
-    names = sorted({c.structure for c in order.constraints} | {order.prescription.target, body})
+    names = sorted(set(order.structures) | {body})
     dose_masks = {name: resample_mask(masks[name], density, grid) for name in names}
-    isocenter = default_isocenter(dose_masks[order.prescription.target], grid)
+    covered = targets_mask(order, dose_masks)  # beams cover every prescription level's target
+    isocenter = default_isocenter(covered, grid)
     result: dict[str, Any] = {
         "density": grid.voxels.astype(np.float32), "origin_mm": grid.origin_mm.tolist(),
         "spacing_mm": grid.spacing_mm.tolist(), "direction": grid.direction.tolist(), "structures": names,
@@ -89,7 +90,7 @@ def plan_setup(series: ImageSeries, rtstructs: list[bytes], order_text: str, mac
     result.update({f"mask:{name}": mask for name, mask in dose_masks.items()})
     for b, gantry in enumerate(gantry_angles_deg):
         beam = Beam(float(gantry), 0.0, 0.0, isocenter)
-        bixels = make_bixel_grid(beam, dose_masks[order.prescription.target], grid, machine, bixel_mm)
+        bixels = make_bixel_grid(beam, covered, grid, machine, bixel_mm)
         result[f"ix:{b}"], result[f"iy:{b}"] = bixels.ix, bixels.iy
     return result
 

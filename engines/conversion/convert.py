@@ -34,7 +34,7 @@ from rtgrid.engines.dose.machine import MachineModel, load_machine
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dose
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.optimization.coplanar_plan import CORRECTION_MAX_ITER, DEFAULT_CORRECTION_ROUNDS
-from rtgrid.engines.optimization.dvh import GoalResult, dose_at_volume, evaluate_goals
+from rtgrid.engines.optimization.dvh import GoalResult, dose_at_volume, evaluate_goals, targets_mask
 from rtgrid.engines.optimization.order import MedicalOrder
 
 from .coincidence import DEFAULT_THRESHOLD, CoincidenceReport, coincidence
@@ -184,6 +184,7 @@ def convert_plan(
     if missing:
         raise ConversionError(f"no mask for {missing}; masks given: {sorted(masks)}")
     body = np.asarray(masks[plan.body], dtype=bool)
+    targets = targets_mask(order, masks)  # every prescription level's target
 
     t = time.perf_counter()
     report = coincidence(standard, device.machine, threshold)
@@ -193,7 +194,7 @@ def convert_plan(
     violations: list[Violation] = []
     grids = []
     for n, beam in enumerate(plan.beams):
-        grid, found = device_leaf_grid(beam, masks[rx.target], density, device, column_mm, margin_mm)
+        grid, found = device_leaf_grid(beam, targets, density, device, column_mm, margin_mm)
         grids.append(grid)
         violations.extend(replace(v, beam=n) for v in found)
     per_beam = [device_beam_dij(density, body, g, device, compute_device=compute_device) for g in grids]

@@ -57,7 +57,7 @@ def reference_dvh_goals(reference_dose_gy: np.ndarray, masks: Mapping[str, np.nd
         doses = flat[np.asarray(masks[name]).reshape(-1)] if np.asarray(masks[name]).dtype == bool else flat[masks[name]]
         if doses.size == 0:
             continue
-        if name == rx.target:
+        if name in order.targets:
             goals.append(Constraint(name, "min_dvh", dose_at_volume(doses, 98.0), 98.0, priority))
             goals.append(Constraint(name, "max_dvh", dose_at_volume(doses, 2.0), 2.0, priority))
             continue
@@ -219,7 +219,7 @@ def mimic_dose(
             grad += 2.0 * lap_weight * (lap.T @ r)
         return value, grad * x_ref
 
-    history: list[float] = []
+    history: list[float] = [fun(u0)[0]]  # the start's objective first, as optimize_fluence's
     result = scipy.optimize.minimize(
         fun, u0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * n_bixels,
         callback=lambda intermediate_result: history.append(float(intermediate_result.fun)),

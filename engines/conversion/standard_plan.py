@@ -99,6 +99,7 @@ class StandardPlan:
                        "isocenter_mm": b.isocenter_mm.tolist(), "patient_position": b.patient_position} for b in self.beams],
             "bixels": [{"bixel_mm": g.bixel_mm, "sad_mm": g.sad_mm} for g in self.bixels],
             "order": {"prescription": asdict(self.order.prescription),
+                      "lower_levels": [asdict(level) for level in self.order.lower_levels],
                       "constraints": [asdict(c) for c in self.order.constraints],
                       "name": self.order.name, "source": self.order.source},
         }
@@ -142,7 +143,8 @@ class StandardPlan:
             dose = Volume(archive["dose_gy"], archive["dose_origin_mm"], archive["dose_spacing_mm"], archive["dose_direction"])
             o = meta["order"]
             order = MedicalOrder(Prescription(**o["prescription"]), tuple(Constraint(**c) for c in o["constraints"]),
-                                 name=o["name"], source=o["source"])
+                                 name=o["name"], source=o["source"],
+                                 lower_levels=tuple(Prescription(**level) for level in o.get("lower_levels", [])))
         except KeyError as exc:
             raise StandardPlanError(f"standard plan archive lacks {exc}") from exc
         return cls(meta["machine_id"], meta["machine_hash"], beams, bixels, weights, dose, order, meta["body"])

@@ -62,7 +62,7 @@ class DoseInfluence:
 def compute_dose_influence(
     density: Volume,
     masks: Mapping[str, np.ndarray],
-    target: str,
+    target: str | Sequence[str],
     body: str,
     machine: MachineModel,
     gantry_angles_deg: Sequence[float],
@@ -72,7 +72,7 @@ def compute_dose_influence(
     patient_position: str = "HFS",
     device: str = "cpu",
 ) -> DoseInfluence:
-    """Coplanar beams at the target's centroid and their dose influence on the dose grid.
+    """Coplanar beams at the targets' centroid and their dose influence on the dose grid.
 
     Parameters
     ----------
@@ -80,8 +80,11 @@ def compute_dose_influence(
         Relative electron density on the CT grid.
     masks : Mapping[str, np.ndarray]
         Structures on the CT grid (boolean, ``density``'s shape).
-    target, body : str
-        Names of the target (bixels cover it) and of the outline (voxels that get dose rows).
+    target : str or sequence of str
+        The target, or every prescription level's target (``MedicalOrder.targets``): the bixels
+        cover their union.
+    body : str
+        The outline (voxels that get dose rows).
     machine : MachineModel
     gantry_angles_deg : sequence of float
         Couch and collimator stay at 0.
@@ -100,9 +103,11 @@ def compute_dose_influence(
     start = time.perf_counter()
     grid = resample_to_dose_grid(density, dose_grid_mm)
     dose_masks = {name: resample_mask(mask, density, grid) for name, mask in masks.items()}
-    isocenter = default_isocenter(dose_masks[target], grid)
+    targets = [target] if isinstance(target, str) else list(target)
+    covered = np.logical_or.reduce([dose_masks[name] for name in targets])
+    isocenter = default_isocenter(covered, grid)
     beams = [Beam(float(g), 0.0, 0.0, isocenter, patient_position) for g in gantry_angles_deg]
-    bixels = tuple(make_bixel_grid(beam, dose_masks[target], grid, machine, bixel_mm) for beam in beams)
+    bixels = tuple(make_bixel_grid(beam, covered, grid, machine, bixel_mm) for beam in beams)
     per_beam = [
         compute_beam_dij(grid, dose_masks[body], beam, grid_b, machine, device=device)
         for beam, grid_b in zip(beams, bixels)

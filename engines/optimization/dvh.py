@@ -201,9 +201,14 @@ def plan_metrics(dose_gy: np.ndarray, masks: dict[str, np.ndarray], voxel_volume
     return metrics
 
 
+def targets_mask(order: MedicalOrder, masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The union of the order's prescription targets (boolean, the masks' shape): what beams cover."""
+    return np.logical_or.reduce([np.asarray(masks[target], dtype=bool) for target in order.targets])
+
+
 def evaluate_goals(order: MedicalOrder, dose_gy: np.ndarray, masks: dict[str, np.ndarray],
                    voxel_volume_cc: float, tolerance_gy: float = 1e-6) -> list[GoalResult]:
-    """Check every goal of the order, the prescription's coverage first.
+    """Check every goal of the order, the coverage of each prescription level first.
 
     Parameters
     ----------
@@ -230,15 +235,14 @@ def evaluate_goals(order: MedicalOrder, dose_gy: np.ndarray, masks: dict[str, np
     missing = [name for name in order.structures if name not in masks]
     if missing:
         raise DvhError(f"no mask for {missing} named by the order from {order.source}; masks given: {sorted(masks)}")
-    rx = order.prescription
-    target = structure_doses(dose_gy, masks[rx.target], rx.target)
-    coverage = dose_at_volume(target, rx.normalization_volume_pct)
-    results = [
-        GoalResult(
-            f"{rx.target} D{rx.normalization_volume_pct:g}% >= {rx.dose_gy:g} Gy (prescription)",
-            rx.target, coverage, rx.dose_gy, coverage >= rx.dose_gy - tolerance_gy,
-        )
-    ]
+    results = []
+    for level in order.levels:
+        target = structure_doses(dose_gy, masks[level.target], level.target)
+        coverage = dose_at_volume(target, level.normalization_volume_pct)
+        results.append(GoalResult(
+            f"{level.target} D{level.normalization_volume_pct:g}% >= {level.dose_gy:g} Gy (prescription)",
+            level.target, coverage, level.dose_gy, coverage >= level.dose_gy - tolerance_gy,
+        ))
     for c in order.constraints:
         doses = structure_doses(dose_gy, masks[c.structure], c.structure)
         achieved = {

@@ -58,7 +58,7 @@ class FluenceResult:
         Factor applied to the optimized weights so that target D(v) = Rx.
     iterations : int
     objective_history : tuple of float
-        Objective after each iteration (before normalization).
+        Objective at the start, then after each iteration (before normalization).
     time_s : float
         Wall time of the whole call.
     solver : str
@@ -223,7 +223,9 @@ def _solve_scipy(dij, x_ref, terms, rx_gy, roughness, u0, max_iter, ftol):
             grad += 2.0 * weight * (lap.T @ r)
         return value, grad
 
-    history: list[float] = []
+    # The start's objective first: a start already at the optimum (a warm start) may end in a
+    # failed first line search (scipy >= 1.15 says ABNORMAL) and leave no iterate of its own.
+    history: list[float] = [fun(u0)[0]]
     result = scipy.optimize.minimize(
         fun, u0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * u0.size,
         callback=lambda intermediate_result: history.append(float(intermediate_result.fun)),
@@ -271,7 +273,7 @@ def _solve_torch(dij, x_ref, terms, rx_gy, roughness, u0, max_iter, ftol, device
     u = torch.as_tensor(u0, dtype=torch.float32, device=device)
     f, g = fun(u)
     memory: list = []
-    history: list[float] = []
+    history: list[float] = [f]  # the start's objective first, as the scipy solver's
     message = f"reached max_iter = {max_iter}"
     iterations = 0
     for iterations in range(1, max_iter + 1):

@@ -5,7 +5,8 @@ structure and multiplied by the weight of its priority; the objective is their s
 
     f(d) = sum_t  w_t / n_t * sum_{i in t} (violation_i / Rx)^2
 
-- ``uniform`` (from the prescription): ``d_i - Rx`` on every target voxel;
+- ``uniform`` (from each prescription level): ``d_i - Rx_level`` on every voxel of the level's target
+  that no higher level's target holds;
 - ``min_dose`` / ``max_dose``: dose under / over the level;
 - ``min_mean_dose`` / ``max_mean_dose``: the mean under / over the level (one value, n_t = 1);
 - ``min_dvh`` / ``max_dvh`` (Wu & Mohan, Med. Phys. 27 (2000) 701): only the voxels that stand
@@ -74,15 +75,21 @@ def build_penalty_terms(order: MedicalOrder, voxels: Mapping[str, np.ndarray]) -
     Returns
     -------
     list of PenaltyTerm
-        The prescription's uniformity term first, then one term per constraint.
+        One uniformity term per prescription level first, then one term per constraint. A lower
+        level's term leaves out the voxels of the higher levels' targets (the higher level
+        governs where targets overlap).
     """
-    rx = order.prescription
-    terms = [
-        PenaltyTerm(
-            f"{rx.target} uniform {rx.dose_gy:g} Gy", "uniform", voxels[rx.target], rx.dose_gy, 0.0,
-            PRIORITY_WEIGHTS[rx.priority],
-        )
-    ]
+    terms = []
+    higher = np.zeros(0, dtype=np.int64)
+    for level in order.levels:
+        own = np.setdiff1d(np.asarray(voxels[level.target], dtype=np.int64), higher, assume_unique=False)
+        higher = np.union1d(higher, voxels[level.target])
+        if own.size == 0:
+            continue  # wholly inside a higher level's target
+        terms.append(PenaltyTerm(
+            f"{level.target} uniform {level.dose_gy:g} Gy", "uniform", own, level.dose_gy, 0.0,
+            PRIORITY_WEIGHTS[level.priority],
+        ))
     for c in order.constraints:
         fraction = (c.volume_pct or 0.0) / 100.0
         terms.append(

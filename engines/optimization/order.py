@@ -32,10 +32,18 @@ DEFAULT_NORMALIZATION_VOLUME_PCT = 95.0
 #: below 200 Gy.
 MAX_DOSE_GY = 200.0
 MAX_DOSE_PER_FRACTION_GY = 40.0
+#: Clinical ranges of a course: hyperfractionated head-and-neck schedules reach about 70 fractions
+#: (1.15 Gy twice daily, EORTC 22791); low-dose palliation goes down to 0.5 Gy per fraction.
+#: Beyond them the order is a typo, not a treatment.
+MAX_FRACTIONS = 80
+MIN_DOSE_PER_FRACTION_GY = 0.5
+#: Prescription levels of one order (simultaneous integrated boost: PTV70 / PTV63 / PTV56).
+MAX_PRESCRIPTION_LEVELS = 5
 
-_TOP_LEVEL_KEYS = {"prescription", "constraints", "name"}
+_TOP_LEVEL_KEYS = {"prescription", "prescriptions", "fractions", "constraints", "name"}
 _PRESCRIPTION_KEYS = {"target", "dose_gy", "fractions", "normalization_volume_pct", "priority"}
-_CONSTRAINT_KEYS = {"structure", "type", "dose_gy", "volume_pct", "priority"}
+_LEVEL_KEYS = {"target", "dose_gy", "normalization_volume_pct", "priority"}
+_CONSTRAINT_KEYS = {"structure", "type", "dose_gy", "volume_pct", "priority", "hard"}
 
 
 class MedicalOrderError(ValueError):
@@ -88,6 +96,10 @@ class Constraint:
         Volume in percent of the structure for ``min_dvh`` / ``max_dvh``; None otherwise.
     priority : int
         1 (highest) .. 5 (lowest): the weight class of its penalty in optimization.
+    hard : bool
+        A limit the plan must not miss by more than the release tolerance (a failed plan
+        otherwise). Default: True for ``max_dose`` (how orders write serial-organ tolerances such
+        as the cord's), False for the others, which the optimizer trades against each other.
     """
 
     structure: str
@@ -95,6 +107,7 @@ class Constraint:
     dose_gy: float
     volume_pct: float | None = None
     priority: int = DEFAULT_PRIORITY
+    hard: bool = False
 
     @property
     def is_lower_bound(self) -> bool:
@@ -123,17 +136,31 @@ class MedicalOrder:
         Optional free-text name of the order.
     source : str
         Where it was read from (file path or ``<text>``), for messages and the audit trail.
+    lower_levels : tuple of Prescription
+        Further prescription levels, in decreasing dose, with the same fractions (a simultaneous
+        integrated boost); where targets overlap, the higher level governs.
     """
 
     prescription: Prescription
     constraints: tuple[Constraint, ...]
     name: str = ""
     source: str = "<text>"
+    lower_levels: tuple[Prescription, ...] = ()
+
+    @property
+    def levels(self) -> tuple[Prescription, ...]:
+        """Every prescription level, highest dose first (the first one sets the normalization)."""
+        return (self.prescription,) + self.lower_levels
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The targets of the prescription levels, highest dose first."""
+        return tuple(level.target for level in self.levels)
 
     @property
     def structures(self) -> tuple[str, ...]:
-        """Every structure the order names, target first, without repeats."""
-        names = [self.prescription.target] + [c.structure for c in self.constraints]
+        """Every structure the order names, targets first, without repeats."""
+        names = list(self.targets) + [c.structure for c in self.constraints]
         return tuple(dict.fromkeys(names))
 
 
@@ -167,9 +194,7 @@ def load_order(path_or_text: str | Path, structure_names: Collection[str]) -> Me
         raise MedicalOrderError(f"{source}: an order is a mapping with 'prescription' and 'constraints', got {type(raw).__name__}")
     _reject_unknown_keys(raw, _TOP_LEVEL_KEYS, f"{source}")
     known = set(structure_names)
-    if "prescription" not in raw:
-        raise MedicalOrderError(f"{source}: 'prescription' is missing")
-    prescription = _parse_prescription(raw["prescription"], known, source)
+    levels = _parse_levels(raw, known, source)
     raw_constraints = raw.get("constraints", [])
     if raw_constraints is None:
         raw_constraints = []
@@ -181,7 +206,7 @@ def load_order(path_or_text: str | Path, structure_names: Collection[str]) -> Me
     name = raw.get("name", "")
     if not isinstance(name, str):
         raise MedicalOrderError(f"{source}: 'name' must be text, got {name!r}")
-    order = MedicalOrder(prescription, constraints, name=name, source=source)
+    order = MedicalOrder(levels[0], constraints, name=name, source=source, lower_levels=levels[1:])
     _check_consistency(order)
     return order
 
@@ -239,10 +264,51 @@ def _priority(raw: Mapping[str, Any], where: str) -> int:
     return value
 
 
-def _parse_prescription(raw: Any, known: set[str], source: str) -> Prescription:
-    where = f"{source}: prescription"
+def _parse_levels(raw: Mapping[str, Any], known: set[str], source: str) -> tuple[Prescription, ...]:
+    """``prescription:`` (one level, its own fractions) or ``prescriptions:`` with ``fractions:``."""
+    if "prescription" in raw and "prescriptions" in raw:
+        raise MedicalOrderError(f"{source}: give either 'prescription' or 'prescriptions', not both")
+    if "prescription" in raw:
+        if "fractions" in raw:
+            raise MedicalOrderError(f"{source}: 'fractions' goes inside 'prescription' (top level only with 'prescriptions')")
+        return (_parse_prescription(raw["prescription"], known, source),)
+    if "prescriptions" not in raw:
+        raise MedicalOrderError(f"{source}: 'prescription' is missing (or 'prescriptions' with 'fractions')")
+    items = raw["prescriptions"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_PRESCRIPTION_LEVELS:
+        raise MedicalOrderError(
+            f"{source}: 'prescriptions' must be a list of 1 to {MAX_PRESCRIPTION_LEVELS} levels, got {items!r}"[:400]
+        )
+    if "fractions" not in raw:
+        raise MedicalOrderError(f"{source}: 'fractions' is missing (one number for all prescription levels)")
+    levels = []
+    for index, item in enumerate(items):
+        where = f"{source}: prescriptions[{index}]"
+        if not isinstance(item, Mapping):
+            raise MedicalOrderError(f"{where}: must be a mapping with target and dose_gy, got {item!r}"[:400])
+        _reject_unknown_keys(item, _LEVEL_KEYS, where)
+        levels.append(_parse_prescription({**item, "fractions": raw["fractions"]}, known, source, where))
+    for higher, lower in zip(levels, levels[1:]):
+        if lower.dose_gy >= higher.dose_gy:
+            raise MedicalOrderError(
+                f"{source}: prescription levels out of order: {lower.target} {lower.dose_gy:g} Gy comes after "
+                f"{higher.target} {higher.dose_gy:g} Gy; list them from the highest dose down, each dose once"
+            )
+    targets = [level.target for level in levels]
+    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    if repeated:
+        raise MedicalOrderError(f"{source}: target {', '.join(repeated)} has more than one prescription level")
+    if any("normalization_volume_pct" in item for item in items[1:]):
+        raise MedicalOrderError(
+            f"{source}: only the first (highest) level sets the normalization (normalization_volume_pct)"
+        )
+    return tuple(levels)
+
+
+def _parse_prescription(raw: Any, known: set[str], source: str, where: str = "") -> Prescription:
+    where = where or f"{source}: prescription"
     if not isinstance(raw, Mapping):
-        raise MedicalOrderError(f"{where}: must be a mapping with target, dose_gy, fractions, got {raw!r}")
+        raise MedicalOrderError(f"{where}: must be a mapping with target, dose_gy, fractions, got {raw!r}"[:400])
     _reject_unknown_keys(raw, _PRESCRIPTION_KEYS, where)
     if "target" not in raw:
         raise MedicalOrderError(f"{where}: 'target' is missing")
@@ -254,12 +320,20 @@ def _parse_prescription(raw: Any, known: set[str], source: str) -> Prescription:
     fractions = raw.get("fractions")
     if fractions is None:
         raise MedicalOrderError(f"{where}: 'fractions' is missing")
-    if isinstance(fractions, bool) or not isinstance(fractions, int) or fractions < 1:
-        raise MedicalOrderError(f"{where}: fractions must be a whole number >= 1, got {fractions!r}")
-    if dose_gy / fractions > MAX_DOSE_PER_FRACTION_GY:
+    if isinstance(fractions, bool) or not isinstance(fractions, int) or not 1 <= fractions <= MAX_FRACTIONS:
         raise MedicalOrderError(
-            f"{where}: {dose_gy:g} Gy in {fractions} fraction(s) is {dose_gy / fractions:g} Gy per fraction, "
+            f"{where}: fractions must be a whole number from 1 to {MAX_FRACTIONS}, got {str(fractions)[:40]}"
+        )
+    per_fraction = dose_gy / fractions
+    if per_fraction > MAX_DOSE_PER_FRACTION_GY:
+        raise MedicalOrderError(
+            f"{where}: {dose_gy:g} Gy in {fractions} fraction(s) is {per_fraction:g} Gy per fraction, "
             f"above the {MAX_DOSE_PER_FRACTION_GY:g} Gy any fraction can safely carry"
+        )
+    if per_fraction < MIN_DOSE_PER_FRACTION_GY:
+        raise MedicalOrderError(
+            f"{where}: {dose_gy:g} Gy in {fractions} fractions is {per_fraction:.3g} Gy per fraction, "
+            f"below the {MIN_DOSE_PER_FRACTION_GY:g} Gy of any clinical schedule"
         )
     norm_pct = DEFAULT_NORMALIZATION_VOLUME_PCT
     if "normalization_volume_pct" in raw:
@@ -296,7 +370,10 @@ def _parse_constraint(raw: Any, index: int, known: set[str], source: str) -> Con
             )
     elif "volume_pct" in raw:
         raise MedicalOrderError(f"{where}: volume_pct only applies to min_dvh and max_dvh, not to {kind}")
-    return Constraint(structure, kind, dose_gy, volume_pct, _priority(raw, where))
+    hard = raw.get("hard", kind == "max_dose")
+    if not isinstance(hard, bool):
+        raise MedicalOrderError(f"{where}: 'hard' must be true or false, got {hard!r}"[:400])
+    return Constraint(structure, kind, dose_gy, volume_pct, _priority(raw, where), hard)
 
 
 def _dvh_level(constraint: Constraint) -> float | None:

@@ -96,8 +96,9 @@ def segments_of(beam: PlanBeam) -> list[Segment]:
 
 def _goal_kinds(order: MedicalOrder) -> tuple[list[bool], list[bool]]:
     """Per goal in :func:`evaluate_goals`' order (the prescription first): hard?, lower bound?"""
-    return ([True] + [c.priority <= HARD_PRIORITY for c in order.constraints],
-            [True] + [c.is_lower_bound for c in order.constraints])
+    levels = [True] * len(order.levels)
+    return (levels + [c.priority <= HARD_PRIORITY for c in order.constraints],
+            levels + [c.is_lower_bound for c in order.constraints])
 
 
 def hard_goal_failures(order: MedicalOrder, goals: list[GoalResult], standard: list[GoalResult]) -> list[str]:

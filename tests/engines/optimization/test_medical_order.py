@@ -80,8 +80,11 @@ def test_bad_constraints_are_rejected_with_the_reason(constraint, message):
     [
         ("{target: Tumour, dose_gy: 50, fractions: 25}", "unknown structure 'Tumour'"),
         ("{target: OuterTarget, dose_gy: 0, fractions: 25}", "dose_gy must be positive"),
-        ("{target: OuterTarget, dose_gy: 50, fractions: 0}", "fractions must be a whole number >= 1, got 0"),
-        ("{target: OuterTarget, dose_gy: 50, fractions: 2.5}", "fractions must be a whole number >= 1, got 2.5"),
+        ("{target: OuterTarget, dose_gy: 50, fractions: 0}", "fractions must be a whole number from 1 to 80, got 0"),
+        ("{target: OuterTarget, dose_gy: 50, fractions: 2.5}", "fractions must be a whole number from 1 to 80, got 2.5"),
+        # found by an adversarial review: 10^12 fractions planned to "succeeded"
+        ("{target: OuterTarget, dose_gy: 50, fractions: 1000000000000}", "from 1 to 80, got 1000000000000"),
+        ("{target: OuterTarget, dose_gy: 5, fractions: 40}", "0.125 Gy per fraction, below the 0.5 Gy"),
         ("{target: OuterTarget, dose_gy: 50}", "'fractions' is missing"),
         ("{target: OuterTarget, dose_gy: 50, fractions: 25, normalization_volume_pct: 101}", "normalization_volume_pct"),
     ],
