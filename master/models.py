@@ -14,6 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from rtgrid.engines.segmentation.deep.builtin import builtin_packages
 from rtgrid.engines.segmentation.deep.card import ModelCard, ModelCardError
 from rtgrid.engines.segmentation.deep.models import UnknownArchitectureError
 from rtgrid.engines.segmentation.deep.package import (
@@ -147,6 +148,37 @@ class PackageReceiver:
         """Drop what was received (after :meth:`finish` too: the weights were moved away)."""
         self._file.close()
         self._partial.unlink(missing_ok=True)
+
+
+def register_package_dir(store: Store, blobs: BlobStore, directory: Path) -> ModelRecord:
+    """Register a package folder (verified like an upload; the existing record if already there).
+
+    Raises
+    ------
+    InvalidArgument, AlreadyExists
+        As :meth:`PackageReceiver.finish`.
+    """
+    weights = (directory / WEIGHTS_FILE).read_bytes()
+    receiver = PackageReceiver(store, blobs, (directory / HASH_FILE).read_text().strip(),
+                               (directory / CARD_FILE).read_bytes(), len(weights))
+    try:
+        receiver.write(weights)
+        return receiver.finish()
+    finally:
+        receiver.discard()
+
+
+def register_builtin_models(store: Store, blobs: BlobStore) -> list[ModelRecord]:
+    """On an empty registry, register the packages that ship with rtgrid; otherwise nothing.
+
+    Returns
+    -------
+    list[ModelRecord]
+        The records registered now (empty when the registry already held a model).
+    """
+    if store.list_models():
+        return []
+    return [register_package_dir(store, blobs, directory) for directory in builtin_packages()]
 
 
 def resolve(store: Store, spec: str) -> ModelRecord:

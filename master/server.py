@@ -18,6 +18,7 @@ from .devices import seed_from_catalog
 from .events import EventBus
 from .intake import Intake
 from .metrics import MasterMetrics
+from .models import register_builtin_models
 from .ray_pool import RayPool
 from .scheduler import Scheduler
 from .security.auth import AuthInterceptor
@@ -77,6 +78,10 @@ class Master:
         seeded = seed_from_catalog(self.store)
         if seeded:
             log.info("device registry was empty: one device per catalog model (%d)", seeded)
+        builtin = register_builtin_models(self.store, self.blobs)
+        if builtin:
+            log.info("model registry was empty: registered the built-in models %s",
+                     ", ".join(f"{m.name}@{m.version}" for m in builtin))
         events = EventBus(self.store, loop)
         self.scheduler = Scheduler(self.store, self.blobs, events, self.pool, self.config, self.metrics)
         self.metrics.watch(self.scheduler)

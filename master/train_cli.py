@@ -5,7 +5,11 @@ that make each one, architecture, preprocessing, optimisation, augmentation, see
 of ``TrainConfig``) and the cases. A case is a CT (DICOM series folder, or a NIfTI file) with
 either an RTSTRUCT drawn on it (``"rtstruct"``: its ROI names are the sources) or a label map
 on its grid (``"labels"``, with ``"label_names"``: ``{value: name}`` or a JSON file of it; or
-give class sources as label values). Paths are relative to the configuration file. Training
+give class sources as label values), or OpenKBP patients (``"openkbp"``: a ``pt_N.npz`` file or
+a glob of them, e.g. ``"../shared/data/openkbp/train/pt_*.npz"``; their masks carry TG-263 names,
+and an organ a patient lacks was not contoured: it is left out of that patient's loss). A case
+entry with ``"validation": true`` goes to model selection (its case ids become
+``validation_case_ids``). Paths are relative to the configuration file. Training
 writes a checkpoint each epoch (a rerun resumes), and the best epoch's model package under
 ``OUT/package``, which ``rtgrid admin models add`` registers. Example::
 
@@ -23,8 +27,11 @@ writes a checkpoint each epoch (a rerun resumes), and the best epoch's model pac
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
+import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ import typer
 
 from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
 from rtgrid.engines.imaging.intake import load_series_dir
+from rtgrid.engines.imaging.openkbp import OAR_NAMES, load_openkbp_patient
 from rtgrid.engines.segmentation.deep.augment import AugmentConfig
 from rtgrid.engines.segmentation.deep.first_model import read_image_volume
 from rtgrid.engines.segmentation.deep.training import (
@@ -86,6 +94,73 @@ def load_train_config(path: Path) -> tuple[TrainConfig, list[dict[str, Any]]]:
     return config, cases
 
 
+def openkbp_paths(entry: dict[str, Any], base: Path, position: int) -> list[Path]:
+    """The ``.npz`` files an ``openkbp`` case entry names (a file or a glob), sorted by patient number.
+
+    Raises
+    ------
+    TrainSetupError
+        Unknown fields, or a pattern that matches no file.
+    """
+    where = f"cases[{position}]"
+    unknown = sorted(set(entry) - {"openkbp", "validation"})
+    if unknown:
+        raise TrainSetupError(f"{where}: unknown field(s) {', '.join(unknown)} beside 'openkbp'")
+    pattern = str(base / entry["openkbp"])
+    found = [Path(p) for p in glob.glob(pattern) if p.endswith(".npz")]
+    if not found:
+        raise TrainSetupError(f"{where}: no OpenKBP .npz file matches {pattern}")
+    return sorted(found, key=lambda p: (len(p.stem), p.stem, str(p)))
+
+
+def load_openkbp_case(path: Path) -> TrainCase:
+    """An OpenKBP patient as a :class:`TrainCase`: its CT and its organ-at-risk masks (TG-263 names)."""
+    patient = load_openkbp_patient(path)
+    masks = {name: mask for name, mask in patient.masks.items() if name in OAR_NAMES}
+    return TrainCase(patient.patient_id, patient.volume, masks)
+
+
+def expand_cases(entries: list[dict[str, Any]], base: Path) -> tuple[list[tuple[str, Any]], tuple[str, ...]]:
+    """Case entries as ``(kind, what)`` items (one per OpenKBP file) and the validation case ids.
+
+    Raises
+    ------
+    TrainSetupError
+        A malformed entry, or the same case id twice.
+    """
+    items: list[tuple[str, Any]] = []
+    validation: list[str] = []
+    seen: set[str] = set()
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise TrainSetupError(f"cases[{position}]: expected an object, got {entry!r}")
+        if "openkbp" in entry:
+            paths = openkbp_paths(entry, base, position)
+            ids = [p.stem for p in paths]
+            items += [("openkbp", p) for p in paths]
+        else:
+            items.append(("entry", (position, entry)))
+            ids = [str(entry["id"])] if "id" in entry else []
+        for case_id in ids:
+            if case_id in seen:
+                raise TrainSetupError(f"cases[{position}]: case {case_id!r} is listed twice")
+            seen.add(case_id)
+        if entry.get("validation"):
+            if not ids:
+                raise TrainSetupError(f"cases[{position}]: a validation case needs an 'id'")
+            validation += ids
+    return items, tuple(validation)
+
+
+def iter_cases(items: list[tuple[str, Any]], base: Path) -> Iterator[TrainCase]:
+    """Load the cases one at a time (training keeps only their model-grid copies), with progress on stderr."""
+    for number, (kind, what) in enumerate(items, start=1):
+        case = load_openkbp_case(what) if kind == "openkbp" else load_case(what[1], base, what[0])
+        if number % 20 == 0 or number == len(items):
+            print(f"train-seg: loaded {number}/{len(items)} cases", file=sys.stderr, flush=True)
+        yield case
+
+
 def load_case(entry: dict[str, Any], base: Path, position: int) -> TrainCase:
     """One case entry of the configuration as a :class:`TrainCase`.
 
@@ -95,7 +170,7 @@ def load_case(entry: dict[str, Any], base: Path, position: int) -> TrainCase:
         A missing file, or neither ``rtstruct`` nor ``labels`` given.
     """
     where = f"cases[{position}]"
-    unknown = sorted(set(entry) - {"id", "ct", "rtstruct", "labels", "label_names"})
+    unknown = sorted(set(entry) - {"id", "ct", "rtstruct", "labels", "label_names", "validation"})
     if unknown:
         raise TrainSetupError(f"{where}: unknown field(s) {', '.join(unknown)}")
     if "ct" not in entry or ("rtstruct" in entry) == ("labels" in entry):
@@ -118,6 +193,10 @@ def load_case(entry: dict[str, Any], base: Path, position: int) -> TrainCase:
                      {int(k): str(v) for k, v in names.items()})
 
 
+def _progress(line: str) -> None:
+    print(f"train-seg: {line}", file=sys.stderr, flush=True)
+
+
 def train_seg_command(
     config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training configuration (JSON)."),
     out: Path = typer.Option(..., "--out", help="Folder for the checkpoint and the model package (OUT/package)."),
@@ -131,9 +210,13 @@ def train_seg_command(
         train_config, entries = load_train_config(config)
         if seed is not None:
             train_config = dataclasses.replace(train_config, seed=seed)
-        cases = [load_case(entry, config.parent, i) for i, entry in enumerate(entries)]
-        result = train_segmentation(cases, train_config, out, resume=resume, device=device,
-                                    max_epochs_this_run=max_epochs_this_run)
+        items, validation_ids = expand_cases(entries, config.parent)
+        if validation_ids:
+            if train_config.validation_case_ids:
+                raise TrainSetupError(f"{config}: give validation cases either as validation_case_ids or as cases marked 'validation', not both")
+            train_config = dataclasses.replace(train_config, validation_case_ids=validation_ids)
+        result = train_segmentation(iter_cases(items, config.parent), train_config, out, resume=resume, device=device,
+                                    max_epochs_this_run=max_epochs_this_run, progress=_progress)
     except (ValueError, TrainingResumeError) as exc:  # setup, data, card, intake and resume errors
         raise typer.BadParameter(str(exc)) from None
     print(json.dumps({"package": str(result.package_dir), "sha256": result.package_hash,
@@ -142,4 +225,4 @@ def train_seg_command(
                       "validation_metrics": result.validation_metrics, "history": list(result.history)}, sort_keys=True))
 
 
-__all__ = ["load_case", "load_train_config", "train_seg_command"]
+__all__ = ["expand_cases", "iter_cases", "load_case", "load_openkbp_case", "load_train_config", "openkbp_paths", "train_seg_command"]

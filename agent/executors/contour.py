@@ -57,9 +57,11 @@ def model_structures(model: dict[str, Any], taken: set[str]) -> tuple[list[Struc
 
 
 def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries,
-                  model_results: list[dict[str, Any]] | None = None, assist: dict[str, Any] | None = None) -> dict[str, Any]:
+                  model_results: list[dict[str, Any]] | None = None, assist: dict[str, Any] | None = None,
+                  skipped_models: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """Merge slabs (and model label maps), complete what the user drew (``assist``), write the
-    RTSTRUCT on the uploaded series, render overlays and a summary."""
+    RTSTRUCT on the uploaded series, render overlays and a summary (which lists the
+    ``skipped_models`` the master ruled out for this CT, with the reason)."""
     results = [classical.SlabResult(classical.Slab(**r["slab"]), r["bits"]) for r in slab_results]
     masks = classical.merge_slabs(results, series.volume)
     specs = [
@@ -87,6 +89,7 @@ def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries,
     summary = {
         "structures": {s.name: {"volume_cc": round(float(s.mask.sum()) * voxel_cc, 3)} for s in specs},
         "models": model_summaries,
+        "skipped_models": list(skipped_models or []),
         "assisted": assisted,
         "series_instance_uid": series.series_instance_uid,
         "notes": list(series.notes),

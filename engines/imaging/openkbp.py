@@ -40,6 +40,8 @@ OAR_NAMES: tuple[str, ...] = ("Brainstem", "SpinalCord", "Parotid_R", "Parotid_L
 """The seven organs at risk, by TG-263 name, in the challenge's order."""
 
 BODY_NAME = "BODY"
+BODY_THRESHOLD_HU = -1000
+"""The source sets everything outside the body to -1024 HU."""
 _COLORS: dict[str, tuple[int, int, int]] = {
     "Brainstem": (255, 170, 0),
     "SpinalCord": (255, 255, 0),
@@ -75,7 +77,8 @@ class OpenKBPPatient:
     dose_gy : np.ndarray or None
         float32 ``[z, y, x]`` clinical dose in Gy; ``None`` when the file has none.
     possible_dose_mask : np.ndarray
-        bool ``[z, y, x]``: where dose can be non-zero (the body).
+        bool ``[z, y, x]``: where dose can be non-zero (the body). A file without one (no dose
+        either, e.g. ``pt_38``) gets the body as the source kept it: every voxel above -1000 HU.
     """
 
     patient_id: str
@@ -152,14 +155,14 @@ def load_openkbp_patient(path: Path) -> OpenKBPPatient:
     Raises
     ------
     OpenKBPError
-        The file is missing, lacks ``ct_hu``/``spacing_mm``/``origin_mm``/``possible_dose_mask``,
+        The file is missing, lacks ``ct_hu``/``spacing_mm``/``origin_mm``,
         or an array's shape differs from the CT's.
     """
     path = Path(path)
     if not path.is_file():
         raise OpenKBPError(f"{path} does not exist")
     with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("ct_hu", "spacing_mm", "origin_mm", "possible_dose_mask") if k not in data.files]
+        missing = [k for k in ("ct_hu", "spacing_mm", "origin_mm") if k not in data.files]
         if missing:
             raise OpenKBPError(f"{path.name} lacks {', '.join(missing)}")
         ct = data["ct_hu"]
@@ -174,7 +177,10 @@ def load_openkbp_patient(path: Path) -> OpenKBPPatient:
                 raise OpenKBPError(f"{path.name}: unknown structure {name!r}")
             masks[TG263_NAMES[name]] = _same_shape(data[name].astype(bool), ct.shape, name, path)
         dose = _same_shape(data["dose_gy"].astype(np.float32), ct.shape, "dose_gy", path) if "dose_gy" in data.files else None
-        possible = _same_shape(data["possible_dose_mask"].astype(bool), ct.shape, "possible_dose_mask", path)
+        if "possible_dose_mask" in data.files:
+            possible = _same_shape(data["possible_dose_mask"].astype(bool), ct.shape, "possible_dose_mask", path)
+        else:
+            possible = ct > BODY_THRESHOLD_HU
         volume = Volume(ct, origin_mm=data["origin_mm"], spacing_mm=data["spacing_mm"])
     return OpenKBPPatient(path.stem, volume, masks, dose, possible)
 

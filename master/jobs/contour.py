@@ -21,7 +21,11 @@ Parameters
 ``models``
     ``NAME`` or ``NAME@VERSION``, comma-separated: registered segmentation models. Resolved at
     submission to the exact packages (stored as ``NAME@VERSION:SHA256``), so a job always names
-    the weights that made its contours.
+    the weights that made its contours. A model whose card declares a body region the CT does
+    not cover (``engines.segmentation.deep.region``) is dropped at submission and listed, with
+    the reason, under the internal parameter ``models_skipped`` (JSON); the job's first shard
+    announces it as an event and the merge's ``contours.json`` reports it. A mandible drawn in
+    an abdomen must never reach a planning system.
 ``assist``
     What the user drew or pointed at (JSON; see ``rtgrid.master.jobs.assist``): completed in
     the merge and written beside the drawn structure, marked as machine-completed.
@@ -34,10 +38,12 @@ import math
 
 from rtgrid.engines.segmentation.classical import plan_slabs
 from rtgrid.engines.segmentation.deep.inference import plan_slice_batches
+from rtgrid.engines.segmentation.deep.region import UnknownRegionError, check_region
 
 from .. import models
 from ..blobs import BlobStore
-from ..errors import InvalidArgument
+from ..codec import volume_from_bytes
+from ..errors import FailedPrecondition, InvalidArgument
 from ..store.base import Store
 from ..store.records import JobRecord, ShardRecord
 from .assist import check_assist
@@ -91,6 +97,51 @@ def resolve_models(store: Store, spec: str) -> str:
     return ",".join(resolved)
 
 
+def split_by_region(store: Store, blobs: BlobStore, case_id: str, resolved: str) -> tuple[str, list[dict[str, str]]]:
+    """Keep the resolved models whose body region the case's CT covers; list the others with why.
+
+    Returns
+    -------
+    (str, list of dict)
+        The kept ``NAME@VERSION:SHA256,...`` (possibly empty) and ``{"model", "reason"}`` per skipped model.
+
+    Raises
+    ------
+    InvalidArgument
+        A card declares a region rtgrid cannot check.
+    FailedPrecondition
+        The case has no committed image series.
+    """
+    kept, skipped = [], []
+    volume = None
+    for item in resolved.split(","):
+        record = models.get(store, item.rpartition(":")[2])
+        region = models.card_of(record).body_region
+        if not region:
+            kept.append(item)
+            continue
+        if volume is None:
+            series = store.list_series(case_id)
+            if not series:
+                raise FailedPrecondition(f"case {case_id} has no committed image series")
+            volume = volume_from_bytes(blobs.read_bytes(series[0].volume_sha256))
+        try:
+            check = check_region(volume, region)
+        except UnknownRegionError as exc:
+            raise InvalidArgument(f"model {record.name}@{record.version}: {exc}") from None
+        if check.covered:
+            kept.append(item)
+        else:
+            skipped.append({"model": f"{record.name}@{record.version}", "sha256": record.sha256,
+                            "reason": f"skipped: its body region is {region}, and {check.reason}"})
+    return ",".join(kept), skipped
+
+
+def skipped_models(params: dict[str, str]) -> list[dict[str, str]]:
+    """The models a job dropped at submission because the CT lacks their body region."""
+    return json.loads(params.get("models_skipped", "[]"))
+
+
 class ContourJob(JobKind):
     name = "contour"
     stages = ("contour", "merge")
@@ -105,13 +156,24 @@ class ContourJob(JobKind):
         int_param(params, "shards", 1, MAX_SHARDS)
         params = dict(params)
         if "models" in params:
-            params["models"] = resolve_models(store, params["models"])
+            kept, skipped = split_by_region(store, blobs, case_id, resolve_models(store, params["models"]))
+            params.pop("models")
+            if kept:
+                params["models"] = kept
+            if skipped:
+                params["models_skipped"] = json.dumps(skipped, sort_keys=True)
         if "assist" in params:
             check_assist(params["assist"], store, case_id)
         return params
 
     def wants_gpu(self, job: JobRecord, shard: ShardRecord) -> bool:
         return shard.stage == "segment"
+
+    def prepare_shard(self, ctx: JobContext, shard: ShardRecord) -> str:
+        # Announced once, as the job's first shard starts: which models the CT's anatomy ruled out.
+        if shard.stage != "contour" or shard.index != 0 or shard.attempts > 1:
+            return ""
+        return "; ".join(f"model {m['model']} {m['reason']}" for m in skipped_models(ctx.job.params))
 
     def _slabs(self, ctx: JobContext):
         nz = ctx.series_record.n_slices
@@ -154,7 +216,8 @@ class ContourJob(JobKind):
         return ShardCall(
             "contour.merge",
             {"slab_results": ctx.stage_results("contour"), "series": ctx.series,
-             "model_results": self._model_results(ctx), "assist": json.loads(ctx.job.params.get("assist", "null"))},
+             "model_results": self._model_results(ctx), "assist": json.loads(ctx.job.params.get("assist", "null")),
+             "skipped_models": skipped_models(ctx.job.params)},
             ShardResources(cpus=1.0, memory_mb=4096),
         )
 

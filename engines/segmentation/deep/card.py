@@ -74,6 +74,11 @@ class ModelCard:
         Post-processing fills enclosed background holes of each class.
     smoothing_radius_vox : int
         Radius of the in-plane opening/closing that removes specks and notches (0 disables).
+    body_region : str
+        The anatomy the model was trained on (e.g. ``"head_and_neck"``); ``""`` when undeclared.
+        The grid skips a model whose region a CT does not cover.
+    extra : dict
+        Anything else worth recording (citations, preprocessing notes).
     """
 
     name: str
@@ -89,6 +94,7 @@ class ModelCard:
     licence: str
     fill_holes: bool = True
     smoothing_radius_vox: int = 1
+    body_region: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -164,5 +170,6 @@ class ModelCard:
             licence=str(data["licence"]),
             fill_holes=bool(data.get("fill_holes", True)),
             smoothing_radius_vox=int(data.get("smoothing_radius_vox", 1)),
+            body_region=str(data.get("body_region", "")),
             extra=dict(data.get("extra", {})),
         )

@@ -5,10 +5,21 @@ config turns source labels (names or ids, e.g. TotalSegmentator's or an RTSTRUCT
 into the model's classes. Slices are oriented, HU-windowed and resampled to the card's in-plane
 spacing; training draws random patches (half of them centred on foreground), augments them,
 and minimises Dice + cross-entropy with Adam and ReduceLROnPlateau. After each epoch the
-validation cases are segmented whole and scored (DSC, HD95, ASD per class); the best epoch's
-weights become the model package, with those metrics in its card. A checkpoint after every
-epoch makes training resumable; all randomness derives from ``(seed, epoch)``, so a resumed run
-gives the same weights as an uninterrupted one on CPU.
+validation cases are segmented whole and scored by DSC; the best epoch's weights are scored
+once more in full (DSC, Jaccard, HD95, ASD per class) and become the model package, with those
+metrics in its card. A checkpoint after every epoch makes training resumable; all randomness
+derives from ``(seed, epoch)``, so a resumed run gives the same weights as an uninterrupted one
+on CPU.
+
+Partial labels: a case knows a class when it names one of the class's sources (a mask of that
+name, or a label-map value named so; a class given by label value is always known). A class a
+case does not know was not contoured there: it is left out of that case's Dice term, and its
+pixels count as background-or-that-class in the cross-entropy (the marginal loss of Shi et al.,
+Med. Image Anal. 2021), never as background.
+
+On CUDA the forward pass runs under autocast (bf16 where supported, else fp16 with a gradient
+scaler); batches are drawn and augmented by a background thread on every device, in the same
+order as in the foreground, so the weights do not depend on the thread.
 """
 
 from __future__ import annotations
@@ -16,10 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import queue
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -110,7 +124,10 @@ class TrainConfig:
     ``input_spacing_mm`` is ``(column, row)`` mm; ``patch_size`` is ``(rows, columns)`` pixels
     of the model grid; an epoch is ``iterations_per_epoch`` batches. Validation uses the cases
     in ``validation_case_ids``, or else the last ``validation_fraction`` of the cases (at least
-    one); with a single case, its last ``validation_fraction`` of slices.
+    one); with a single case, its last ``validation_fraction`` of slices. The per-epoch model
+    selection scores every ``validation_slice_step``-th slice (an unbiased DSC estimate at a
+    fraction of the cost); the final scoring of the best epoch uses every slice.
+    ``body_region`` names the anatomy the model was trained on (recorded in the card).
     """
 
     name: str
@@ -135,10 +152,12 @@ class TrainConfig:
     augment: AugmentConfig = AugmentConfig()
     validation_case_ids: tuple[str, ...] = ()
     validation_fraction: float = 0.2
+    validation_slice_step: int = 1
     seed: int = 0
     licence: str = "Apache-2.0"
     fill_holes: bool = True
     smoothing_radius_vox: int = 1
+    body_region: str = ""
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -151,6 +170,8 @@ class TrainConfig:
                 raise TrainingDataError(f"config {self.name!r}: class {spec.name!r} has lr_partner {spec.lr_partner!r}, not a class")
         if self.batch_size < 2:
             raise TrainingDataError(f"config {self.name!r}: batch_size must be >= 2 (batch normalisation), got {self.batch_size}")
+        if self.validation_slice_step < 1:
+            raise TrainingDataError(f"config {self.name!r}: validation_slice_step must be >= 1, got {self.validation_slice_step}")
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the training trajectory (a resume must match it)."""
@@ -177,6 +198,7 @@ class _PreparedCase:
     images: torch.Tensor  # (nz, H, W) float32 in [0, 1]
     labels: torch.Tensor  # (nz, H, W) uint8 classes
     spacing_mm: tuple[float, float, float]  # model grid (column, row, slice)
+    known: torch.Tensor  # (n_classes + 1,) bool: classes this case was contoured for; background always
 
 
 def _class_lookup(case: TrainCase, classes: Sequence[ClassSpec]) -> np.ndarray:
@@ -195,6 +217,20 @@ def _class_lookup(case: TrainCase, classes: Sequence[ClassSpec]) -> np.ndarray:
                 raise TrainingDataError(f"case {case.case_id!r}: source label {source!r} value {value} outside 0..65535")
             table[value] = class_index
     return table
+
+
+def known_classes(case: TrainCase, classes: Sequence[ClassSpec]) -> np.ndarray:
+    """Which classes ``case`` was contoured for: ``(len(classes) + 1,)`` bool, background first.
+
+    A class is known when the case names one of its sources (a mask of that name, or a label
+    value named so); a source given as a label value is always known.
+    """
+    if isinstance(case.labels, Volume):
+        names = set(case.label_names.values())
+    else:
+        names = set(case.labels)
+    known = [True] + [any(isinstance(s, int) or s in names for s in spec.sources) for spec in classes]
+    return np.array(known, dtype=bool)
 
 
 def _class_map(case: TrainCase, ct: Volume, classes: Sequence[ClassSpec]) -> np.ndarray:
@@ -231,7 +267,8 @@ def prepare_case(case: TrainCase, config: TrainConfig) -> _PreparedCase:
     images = resample_images(window_hu(torch.from_numpy(np.ascontiguousarray(ct.voxels)), config.hu_window)[:, None], size)[:, 0]
     labels = resample_labels(torch.from_numpy(classes), size)
     spacing = (ct.spacing_mm[0] * nx / size[1], ct.spacing_mm[1] * ny / size[0], float(ct.spacing_mm[2]))
-    return _PreparedCase(case.case_id, images.contiguous(), labels.contiguous(), spacing)
+    known = torch.from_numpy(known_classes(case, config.classes))
+    return _PreparedCase(case.case_id, images.contiguous(), labels.contiguous(), spacing, known)
 
 
 def _split(prepared: list[_PreparedCase], config: TrainConfig) -> tuple[list[_PreparedCase], list[_PreparedCase]]:
@@ -250,21 +287,28 @@ def _split(prepared: list[_PreparedCase], config: TrainConfig) -> tuple[list[_Pr
         n_val = max(1, int(round(config.validation_fraction * only.images.shape[0])))
         if only.images.shape[0] - n_val < 1:
             raise TrainingDataError(f"case {only.case_id!r} has too few slices ({only.images.shape[0]}) to split")
-        train = [_PreparedCase(only.case_id, only.images[:-n_val], only.labels[:-n_val], only.spacing_mm)]
-        val = [_PreparedCase(only.case_id + ":val", only.images[-n_val:], only.labels[-n_val:], only.spacing_mm)]
+        train = [_PreparedCase(only.case_id, only.images[:-n_val], only.labels[:-n_val], only.spacing_mm, only.known)]
+        val = [_PreparedCase(only.case_id + ":val", only.images[-n_val:], only.labels[-n_val:], only.spacing_mm, only.known)]
     if not train:
         raise TrainingDataError("every case went to validation: nothing left to train on")
     return train, val
 
 
-def _sample_batch(train: list[_PreparedCase], config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random patches; ``foreground_fraction`` of them centred on a random foreground pixel."""
-    slice_index = [(c, z) for c, case in enumerate(train) for z in range(case.images.shape[0])]
+def _sample_batch(
+    train: list[_PreparedCase], config: TrainConfig, rng: np.random.Generator, slice_index: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random patches; ``foreground_fraction`` of them centred on a random foreground pixel.
+
+    ``slice_index`` is the ``(n, 2)`` table of (case, slice) pairs to draw from. Returns images,
+    labels and the ``(B, n_classes + 1)`` known-class mask of each sample's case.
+    """
     ph, pw = config.patch_size
     images = torch.zeros(config.batch_size, 1, ph, pw)
     labels = torch.zeros(config.batch_size, ph, pw, dtype=torch.long)
+    known = torch.zeros(config.batch_size, len(config.classes) + 1, dtype=torch.bool)
     for b in range(config.batch_size):
-        c, z = slice_index[int(rng.integers(len(slice_index)))]
+        c, z = (int(v) for v in slice_index[int(rng.integers(len(slice_index)))])
+        known[b] = train[c].known
         image, label = train[c].images[z], train[c].labels[z]
         height, width = image.shape
         foreground = torch.nonzero(label) if rng.random() < config.foreground_fraction else None
@@ -278,11 +322,17 @@ def _sample_batch(train: list[_PreparedCase], config: TrainConfig, rng: np.rando
         x0, x1 = max(0, left), min(width, left + pw)
         images[b, 0, y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
         labels[b, y0 - top:y1 - top, x0 - left:x1 - left] = label[y0:y1, x0:x1].long()
-    return images, labels
+    return images, labels, known
 
 
-def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, dice_weight: float = 1.0, ce_weight: float = 1.0) -> torch.Tensor:
-    """Soft Dice over the foreground classes (batch Dice) plus cross-entropy.
+def dice_ce_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    dice_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    known: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Soft Dice over the foreground classes (batch Dice) plus cross-entropy, for partial labels.
 
     Parameters
     ----------
@@ -290,36 +340,77 @@ def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, dice_weight: float 
         ``(B, C, H, W)``.
     labels : torch.Tensor
         ``(B, H, W)`` int64.
+    dice_weight, ce_weight : float
+        Weights of the two terms.
+    known : torch.Tensor, optional
+        ``(B, C)`` bool: the classes each sample was contoured for (all when ``None``). A
+        background pixel of a sample that does not know class ``c`` may be ``c``: its
+        cross-entropy takes the summed probability of background and the unknown classes, and
+        class ``c``'s Dice leaves that sample out.
     """
-    ce = F.cross_entropy(logits.float(), labels)
-    probabilities = logits.float().softmax(dim=1)[:, 1:]
-    one_hot = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+    logits = logits.float()
+    batch, n_classes = logits.shape[:2]
+    if known is None:
+        known = torch.ones(batch, n_classes, dtype=torch.bool, device=logits.device)
+    known = known.to(logits.device)
+    log_probabilities = logits.log_softmax(dim=1)
+    # Background stands for "background or any class this sample does not know".
+    merge = (~known).clone()
+    merge[:, 0] = True
+    background = torch.logsumexp(log_probabilities.masked_fill(~merge[:, :, None, None], -math.inf), dim=1)
+    labelled = log_probabilities.gather(1, labels[:, None])[:, 0]
+    ce = -torch.where(labels == 0, background, labelled).mean()
+    weight = known[:, 1:, None, None].float()
+    probabilities = log_probabilities.exp()[:, 1:] * weight
+    one_hot = F.one_hot(labels, n_classes).permute(0, 3, 1, 2)[:, 1:].float() * weight
     intersection = (probabilities * one_hot).sum(dim=(0, 2, 3))
     denominator = probabilities.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
     dice = (2 * intersection + 1.0) / (denominator + 1.0)
-    return dice_weight * (1 - dice.mean()) + ce_weight * ce
+    in_batch = known[:, 1:].any(dim=0)
+    dice_loss = (1 - dice[in_batch]).mean() if bool(in_batch.any()) else logits.new_zeros(())
+    return dice_weight * dice_loss + ce_weight * ce
 
 
 @torch.inference_mode()
 def _predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch: int = 8) -> torch.Tensor:
     out = []
+    amp_dtype = _autocast_dtype(device)
     for start in range(0, images.shape[0], batch):
-        out.append(model(images[start:start + batch, None].to(device)).argmax(dim=1).to(torch.uint8).cpu())
-    return torch.cat(out)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(images[start:start + batch, None].to(device))
+        out.append(logits.argmax(dim=1).to(torch.uint8).cpu())
+    return torch.cat(out) if out else torch.zeros((0, *images.shape[1:]), dtype=torch.uint8)
 
 
-def evaluate(model: nn.Module, cases: list[_PreparedCase], config: TrainConfig, device: torch.device) -> dict[str, Any]:
-    """Segment validation cases whole and score each class (mean over cases where present)."""
+def _dsc(reference: np.ndarray, predicted: np.ndarray) -> float:
+    total = int(reference.sum()) + int(predicted.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(reference, predicted).sum()) / total
+
+
+def evaluate(
+    model: nn.Module, cases: list[_PreparedCase], config: TrainConfig, device: torch.device, *, full: bool = True
+) -> dict[str, Any]:
+    """Segment validation cases and score each class (mean over the cases that contain it).
+
+    ``full`` scores every slice with DSC, Jaccard, HD95 and ASD; otherwise every
+    ``config.validation_slice_step``-th slice with DSC only (the per-epoch model selection).
+    """
     model.eval()
-    per_class: dict[str, dict[str, list[float]]] = {c.name: {"dsc": [], "hd95_mm": [], "asd_mm": []} for c in config.classes}
+    keys = ("dsc", "ji", "hd95_mm", "asd_mm") if full else ("dsc",)
+    per_class: dict[str, dict[str, list[float]]] = {c.name: {k: [] for k in keys} for c in config.classes}
+    step = 1 if full else config.validation_slice_step
     for case in cases:
-        predicted = _predict(model, case.images, device).numpy()
-        reference = case.labels.numpy()
+        predicted = _predict(model, case.images[::step], device).numpy()
+        reference = case.labels[::step].numpy()
         for index, spec in enumerate(config.classes, start=1):
-            if not (reference == index).any():
+            if not bool(case.known[index]) or not (reference == index).any():
+                continue
+            if not full:
+                per_class[spec.name]["dsc"].append(_dsc(reference == index, predicted == index))
                 continue
             metrics = compare_masks(reference == index, predicted == index, case.spacing_mm, spec.name)
             per_class[spec.name]["dsc"].append(metrics.dsc)
+            per_class[spec.name]["ji"].append(metrics.ji)
             per_class[spec.name]["hd95_mm"].append(metrics.hd95_mm)
             per_class[spec.name]["asd_mm"].append(metrics.asd_mm)
     summary: dict[str, Any] = {"classes": {}}
@@ -351,7 +442,54 @@ def _card(config: TrainConfig, training_data: dict[str, Any], validation: dict[s
         licence=config.licence,
         fill_holes=config.fill_holes,
         smoothing_radius_vox=config.smoothing_radius_vox,
+        body_region=config.body_region,
     )
+
+
+class _BatchPrefetcher:
+    """Draws and augments one epoch's batches in a background thread, in a fixed order.
+
+    The thread is the only consumer of the epoch's random generators, so the batches are those
+    the foreground would draw; ``depth`` batches wait ready while the network trains.
+    """
+
+    def __init__(self, make_batch: Any, count: int, depth: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._count = count
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(make_batch,), daemon=True, name="batch-prefetch")
+        self._thread.start()
+
+    def _run(self, make_batch: Any) -> None:
+        try:
+            for _ in range(self._count):
+                if self._stop.is_set():
+                    return
+                self._queue.put(("batch", make_batch()))
+        except BaseException as error:  # handed to the training thread, which re-raises it
+            self._queue.put(("error", error))
+
+    def __iter__(self) -> Iterator[Any]:
+        for _ in range(self._count):
+            kind, item = self._queue.get()
+            if kind == "error":
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; ``None`` (fp32) on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -361,20 +499,22 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def train_segmentation(
-    cases: Sequence[TrainCase],
+    cases: Iterable[TrainCase],
     config: TrainConfig,
     out_dir: str | Path,
     *,
     resume: bool = True,
     device: str = "cpu",
     max_epochs_this_run: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train, validate each epoch, stop early on a plateau, and package the best epoch.
 
     Parameters
     ----------
-    cases : sequence of TrainCase
-        Training and validation cases (split per ``config``).
+    cases : iterable of TrainCase
+        Training and validation cases (split per ``config``); each is prepared as it comes, so a
+        generator keeps only the model-grid copies in memory.
     config : TrainConfig
         Classes, architecture, preprocessing, optimisation and augmentation settings.
     out_dir : str or Path
@@ -385,6 +525,8 @@ def train_segmentation(
         ``"cpu"`` or ``"cuda"``.
     max_epochs_this_run : int, optional
         Stop after this many epochs in this call (the checkpoint allows continuing later).
+    progress : callable, optional
+        Receives one line per stage and epoch (and every 50 iterations), e.g. to print on stderr.
 
     Returns
     -------
@@ -400,16 +542,21 @@ def train_segmentation(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch_device = torch.device(device)
-    if not cases:
-        raise TrainingDataError("no training cases")
     prepared = [prepare_case(case, config) for case in cases]
+    if not prepared:
+        raise TrainingDataError("no training cases")
     train, val = _split(prepared, config)
+    say = progress or (lambda line: None)
+    say(f"{len(train)} training and {len(val)} validation cases on the model grid")
     if not any(bool(case.labels.any()) for case in train):
         raise TrainingDataError(f"no training case contains any of the classes {[c.name for c in config.classes]}")
 
     torch.manual_seed(config.seed)
     model = build_model(config.architecture, 1, len(config.classes) + 1, **config.architecture_kwargs).to(torch_device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    amp_dtype = _autocast_dtype(torch_device)
+    # fp16 needs loss scaling against underflowing gradients; bf16 has fp32's range.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience)
     names = [c.name for c in config.classes]
     lr_swap = torch.arange(len(names) + 1)
@@ -430,6 +577,8 @@ def train_segmentation(
             )
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if "scaler" in checkpoint:
+            scaler.load_state_dict(checkpoint["scaler"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         epoch, best_score, best_epoch, stale = checkpoint["epoch"], checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["stale"]
         best_state, best_validation, history = checkpoint["best_state"], checkpoint["best_validation"], checkpoint["history"]
@@ -437,6 +586,7 @@ def train_segmentation(
     stopped_early = stale >= config.early_stopping_patience
     epochs_this_run = 0
     spacing = config.input_spacing_mm
+    slice_index = np.array([(c, z) for c, case in enumerate(train) for z in range(case.images.shape[0])], dtype=np.int64)
     while epoch < config.max_epochs and not stopped_early:
         if max_epochs_this_run is not None and epochs_this_run >= max_epochs_this_run:
             break
@@ -445,16 +595,30 @@ def train_segmentation(
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         model.train()
         losses = []
-        for _ in range(config.iterations_per_epoch):
-            images, labels = _sample_batch(train, config, rng)
+
+        def make_batch(rng: np.random.Generator = rng, generator: torch.Generator = generator) -> tuple[torch.Tensor, ...]:
+            images, labels, known = _sample_batch(train, config, rng, slice_index)
             images, labels = augment_batch(images, labels, config.augment, spacing, lr_swap, generator)
-            images, labels = images.to(torch_device), labels.to(torch_device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = dice_ce_loss(model(images), labels, config.dice_weight, config.ce_weight)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        validation = evaluate(model, val, config, torch_device)
+            return images, labels, known
+
+        batches = _BatchPrefetcher(make_batch, config.iterations_per_epoch)
+        try:
+            for images, labels, known in batches:
+                images, labels = images.to(torch_device, non_blocking=True), labels.to(torch_device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(torch_device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    logits = model(images)
+                loss = dice_ce_loss(logits, labels, config.dice_weight, config.ce_weight, known)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                if len(losses) % 50 == 0:
+                    say(f"epoch {epoch + 1}/{config.max_epochs} iteration {len(losses)}/{config.iterations_per_epoch} "
+                        f"loss {np.mean(losses[-50:]):.4f}")
+        finally:
+            batches.close()
+        validation = evaluate(model, val, config, torch_device, full=False)
         score = validation["mean_dsc"]
         scheduler.step(score)
         epoch += 1
@@ -473,12 +637,15 @@ def train_segmentation(
             "learning_rate": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
         })
+        say(f"epoch {epoch}: loss {history[-1]['train_loss']:.4f}, validation DSC {score:.4f} "
+            f"(best {best_score:.4f} at epoch {best_epoch}), {history[-1]['seconds']:.0f} s")
         _save_checkpoint(checkpoint_path, {
             "config_fingerprint": config.fingerprint(),
             "epoch": epoch,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
             "best_score": best_score,
             "best_epoch": best_epoch,
             "stale": stale,
@@ -489,8 +656,14 @@ def train_segmentation(
 
     if best_state:
         model.load_state_dict(best_state)
+    if best_validation:
+        # The per-epoch selection scored DSC on a subset of slices; the card gets every metric on all.
+        say(f"scoring epoch {best_epoch} on every validation slice")
+        best_validation = evaluate(model, val, config, torch_device, full=True)
     training_data = {
         "training_cases": [{"case_id": c.case_id, "slices": int(c.images.shape[0])} for c in train],
+        "class_counts": {spec.name: {"training": sum(bool(c.known[i]) for c in train), "validation": sum(bool(c.known[i]) for c in val)}
+                         for i, spec in enumerate(config.classes, start=1)},
         "validation_cases": [{"case_id": c.case_id, "slices": int(c.images.shape[0])} for c in val],
         "label_mapping": {c.name: list(c.sources) for c in config.classes},
         "iterations": epoch * config.iterations_per_epoch,

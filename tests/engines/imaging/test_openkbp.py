@@ -79,3 +79,10 @@ def test_written_dicom_reads_back_with_exact_geometry_and_masks(validation_dir: 
 
     with pytest.raises(OpenKBPError, match="no contour for Nope"):
         write_openkbp_dicom(patient, tmp_path / "again", structures=["Nope"])
+
+
+def test_a_patient_without_dose_gets_its_body_from_the_ct() -> None:
+    patient = load_openkbp_patient(require_shared("openkbp/train") / "pt_38.npz")
+    assert patient.dose_gy is None
+    np.testing.assert_array_equal(patient.possible_dose_mask, patient.volume.voxels > -1000)
+    assert patient.possible_dose_mask.sum() > 100_000
