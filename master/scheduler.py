@@ -390,15 +390,15 @@ class Scheduler:
                 return
             stages = kind.stages_for(job.params)
             position = stages.index(shard.stage)
-            if position + 1 < len(stages):
+            failure = kind.outcome(JobContext(self.store, self.blobs, job, self._volumes), shard.stage)
+            if failure or position + 1 == len(stages):
+                self._end_job(job, FAILED if failure else SUCCEEDED, failure or "done")
+            else:
                 job.stage = stages[position + 1]
                 self.store.update_job(job)
                 total = self._plan_stage(job, job.stage)
                 self.events.publish(job.job_id, "progress", job.state, stage=job.stage, shards_done=0,
                                     shards_total=total, message=f"stage {job.stage} started")
-            else:
-                failure = kind.outcome(JobContext(self.store, self.blobs, job, self._volumes))
-                self._end_job(job, FAILED if failure else SUCCEEDED, failure or "done")
 
     def _eta(self, job_id: str, stage: str, done: int, total: int) -> float:
         started = self._stage_started.get((job_id, stage))

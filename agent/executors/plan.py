@@ -37,8 +37,9 @@ from rtgrid.engines.dose.machine import load_machine
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
 from rtgrid.engines.optimization.coplanar_plan import optimize_on_full_kernel
-from rtgrid.engines.optimization.dvh import cumulative_dvh, evaluate_goals, plan_metrics, targets_mask
+from rtgrid.engines.optimization.dvh import cumulative_dvh, dose_at_volume, evaluate_goals, plan_metrics, targets_mask
 from rtgrid.engines.optimization.order import load_order
+from rtgrid.engines.qa.plan_acceptance import judge_standard_plan
 from rtgrid.engines.report.plan_report import render_dose_wash_png, render_dvh_png
 
 from .files import artifact, dataset_bytes
@@ -119,13 +120,21 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
     fluence, weights, dose = final.fluence, final.weights, final.dose_gy
     voxel_cc = grid.voxel_volume_mm3 / 1000.0
     goals = evaluate_goals(order, dose, masks, voxel_cc)
-    metrics = plan_metrics(dose, masks, voxel_cc, dose_levels_gy=(order.prescription.dose_gy,))
+    acceptance = judge_standard_plan(order, goals, dose, masks[setup["body"]])
+    metrics = plan_metrics(dose, masks, voxel_cc, dose_levels_gy=tuple(level.dose_gy for level in order.levels))
     plan_uid = generate_uid()
     rtdose = write_rtdose(dose, grid, series, referenced_rtplan_uid=plan_uid,
                           comment="rtgrid standard plan (pencil beam)")
     standard_plan = StandardPlan.from_optimization(machine, tuple(bixels), weights, grid, dose, order,
                                                    setup["body"])
     report = {
+        "release": acceptance.to_json_dict(),  # first: a failed plan says so before anything else
+        "normalization": {"target": order.prescription.target, "volume_pct": order.prescription.normalization_volume_pct,
+                          "dose_gy": order.prescription.dose_gy},
+        "levels": [{"target": level.target, "dose_gy": level.dose_gy, "fractions": level.fractions,
+                    **{f"D{v}": dose_at_volume(dose[masks[level.target]].astype(np.float64), float(v))
+                       for v in (99, 95, 1)}}
+                   for level in order.levels],
         "goals": [{"goal": g.goal, "structure": g.structure, "achieved_gy": g.achieved_gy, "limit_gy": g.limit_gy,
                    "met": g.met} for g in goals],
         "all_goals_met": all(g.met for g in goals), "metrics": metrics,
@@ -145,10 +154,14 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
     dvh_png = render_dvh_png({n: (d.dose_gy, d.volume_pct) for n, d in dvhs.items()}, title="Standard plan DVH")
     wash_png = render_dose_wash_png(series.volume, dose, grid, structures_on_ct(series, rtstructs),
                                     prescription_gy=order.prescription.dose_gy)
-    return artifact(
-        ("RD.standard.dcm", "rtdose", "RTDOSE", dataset_bytes(rtdose)),
-        ("standard-plan.npz", "standard_plan", "", standard_plan.to_bytes()),
+    # A failed plan leaves its report and pictures for review, and no dose or plan to import or convert.
+    released = [("RD.standard.dcm", "rtdose", "RTDOSE", dataset_bytes(rtdose)),
+                ("standard-plan.npz", "standard_plan", "", standard_plan.to_bytes())] if acceptance.released else []
+    result = artifact(
+        *released,
         ("plan-report.json", "report", "", json.dumps(report, indent=2).encode()),
         ("dvh.png", "image", "", dvh_png),
         ("dose-wash.png", "image", "", wash_png),
     )
+    result.update({"plan_released": acceptance.released, "plan_reasons": list(acceptance.reasons)})
+    return result

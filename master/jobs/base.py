@@ -146,8 +146,9 @@ class JobKind(ABC):
         """The stages of one job (some kinds add stages depending on the parameters)."""
         return self.stages
 
-    def outcome(self, ctx: "JobContext") -> str:
-        """After the last stage: ``""`` when the job succeeded, else why it failed."""
+    def outcome(self, ctx: "JobContext", stage: str) -> str:
+        """After each stage: ``""`` to go on (or succeed after the last), else why the job fails
+        now (its later stages do not run)."""
         return ""
 
     def wants_gpu(self, job: JobRecord, shard: ShardRecord) -> bool:

@@ -206,9 +206,17 @@ class PlanJob(JobKind):
         shard.target = other
         return notice
 
-    def outcome(self, ctx: JobContext) -> str:
-        """Device plans that failed QA fail the job, with their reasons (passing ones are released)."""
-        if "convert" not in self.stages_for(ctx.job.params):
+    def outcome(self, ctx: JobContext, stage: str) -> str:
+        """A standard plan that fails its release check fails the job at once (no device plan is
+        built on it); device plans that failed QA fail the job, with their reasons (passing ones
+        are released)."""
+        if stage == "optimize":
+            result = ctx.stage_results("optimize")[0]
+            if not result["plan_released"]:
+                return ("standard plan FAILED its release check, nothing released (no RTDOSE, no device plans): "
+                        + "; ".join(result["plan_reasons"]) + " (see plan-report.json)")
+            return ""
+        if stage != "convert":
             return ""
         failed = [r for r in ctx.stage_results("convert") if not r["qa_passed"]]
         return "; ".join(f"QA failed for {r['device']}, nothing released for it: {', '.join(r['qa_reasons'])}"

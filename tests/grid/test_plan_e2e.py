@@ -101,3 +101,34 @@ constraints:
         events = list(client.watch(job.job_id))
         assert events[-1].state == common_pb2.JOB_STATE_SUCCEEDED, events[-1].message
         assert len([s for s in client.shards(job.job_id) if s.stage == "dose"]) == 3
+
+
+def test_a_plan_that_fails_its_hard_goals_fails_the_job_loudly_and_releases_nothing(grid, phantom, tmp_path):
+    # The body cannot stay under 15 Gy where the target gets 20 Gy: the plan misses that hard goal
+    # by 5 Gy, beyond the 1 Gy (5 % of Rx) tolerance. The job fails at the optimize stage, says
+    # why, releases no RTDOSE or standard plan, and converts nothing for the device it named.
+    case, _, _ = phantom
+    with grid.client() as client:
+        ct_only = client.upload_folder(case.ct_dir).case
+        contour = client.submit(ct_only.case_id, "contour")
+        list(client.watch(contour.job_id))
+        failing = """
+prescription: {target: Lung_R, dose_gy: 20, fractions: 10}
+constraints:
+  - {structure: BODY, type: max_dose, dose_gy: 15}
+"""
+        job = client.submit(ct_only.case_id, "plan", params={
+            "order": failing, "contours_job": contour.job_id, "gantry_angles": "180,240,300", "dose_grid_mm": "6",
+            "devices": "auto"})
+        events = list(client.watch(job.job_id))
+        assert events[-1].state == common_pb2.JOB_STATE_FAILED
+        assert events[-1].message.startswith("standard plan FAILED its release check, nothing released")
+        assert "hard goal BODY Dmax <= 15 Gy missed" in events[-1].message
+        names = {a.name: a for a in client.artifacts(job.job_id)}
+        assert "plan-report.json" in names and "dvh.png" in names
+        assert "RD.standard.dcm" not in names and "standard-plan.npz" not in names
+        assert not any(name.startswith(("RP.", "RD.TB")) for name in names)
+        assert not [s for s in client.shards(job.job_id) if s.stage == "convert"]
+        report = json.loads(client.download(names["plan-report.json"], tmp_path).read_text())
+        assert next(iter(report)) == "release" and report["release"]["released"] is False
+        assert report["levels"][0]["target"] == "Lung_R" and report["levels"][0]["D95"] == pytest.approx(20.0, abs=0.05)
