@@ -25,6 +25,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from .sdk import LocalFileError
+
 # The patient's identity: kept in the mapping, written back into results.
 PATIENT_KEYWORDS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge",
@@ -107,13 +109,16 @@ class Pseudonymizer:
 
         Raises
         ------
-        pydicom.errors.InvalidDicomError
+        LocalFileError
             For a file that is not DICOM (nothing that cannot be checked leaves the hospital).
         """
         out_dir.mkdir(parents=True, exist_ok=True)
         written, pseudonym = [], ""
         for i, path in enumerate(paths):
-            ds = pydicom.dcmread(path)
+            try:
+                ds = pydicom.dcmread(path)
+            except pydicom.errors.InvalidDicomError as exc:
+                raise LocalFileError(f"{path} is not DICOM, so it cannot be pseudonymized: {exc}") from None
             pseudonym = self.pseudonymize_dataset(ds)
             sop = ds.file_meta.get("MediaStorageSOPInstanceUID", "") if getattr(ds, "file_meta", None) else ""
             target = out_dir / f"{ds.get('Modality', 'OT')}.{ds.get('SOPInstanceUID', '') or sop or i}.dcm"

@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +39,8 @@ MAX_BACKOFF_S = 10.0
 CLOSE_TIMEOUT_S = 10.0
 """Longest wait for the channels to close (see :meth:`Client.close`)."""
 RPC_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 3.0
+"""How long :meth:`Client.wait_ready` waits for a first connection by default."""
 # A segmentation model package folder, as ``rtgrid train-seg`` writes it.
 MODEL_PACKAGE_FILES = ("weights.pt", "card.json", "sha256")
 MODEL_CHUNK_BYTES = 1 << 20
@@ -58,6 +60,15 @@ def state_name(state: int) -> str:
     return common_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
 
 
+class MasterUnreachable(ConnectionError):
+    """No connection to the master within the time given (nothing listening, or no TLS handshake)."""
+
+
+class LocalFileError(ValueError):
+    """A local problem found before anything is sent: a missing or empty folder, two files with
+    one name, an unreadable file."""
+
+
 @dataclass(frozen=True)
 class UploadResult:
     case: common_pb2.Case
@@ -70,6 +81,36 @@ def _sha256(path: Path) -> str:
         while block := fh.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+def files_to_send(paths: list[Path]) -> list[Path]:
+    """The files an upload of ``paths`` sends (hidden files left out), checked first.
+
+    Raises
+    ------
+    LocalFileError
+        A path that does not exist, no files, two files with one name, an unreadable file.
+    """
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise LocalFileError(f"{missing[0]} does not exist")
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*"))
+                   if f.is_file() and not f.name.startswith("."))
+    if not files:
+        raise LocalFileError(f"no files under {', '.join(map(str, paths))}")
+    names = [f.name for f in files]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        where = [str(f) for f in files if f.name == clash[0]]
+        raise LocalFileError(f"two files share the name {clash[0]!r} ({where[0]}, {where[1]}); a case keeps files "
+                             "by name")
+    for f in files:
+        try:
+            with f.open("rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise LocalFileError(f"cannot read {f}: {exc.strerror or exc}") from None
+    return files
 
 
 def channel_credentials(ca: Path | str | None = None, token: str | None = None, cert: Path | str | None = None,
@@ -129,6 +170,7 @@ class Client:
         admin_target = admin_target or env("RTGRID_ADMIN_TARGET") or self.target
         credentials = channel_credentials(ca or env("RTGRID_CA"), token or env("RTGRID_TOKEN"),
                                           cert or env("RTGRID_CERT"), key or env("RTGRID_KEY"))
+        self.admin_target = admin_target
         self.channel = _channel(self.target, credentials)
         self._admin_channel = self.channel if admin_target == self.target else _channel(admin_target, credentials)
         self.hospital = hospital_pb2_grpc.HospitalServiceStub(self.channel)
@@ -146,6 +188,26 @@ class Client:
         deadline = time.monotonic() + CLOSE_TIMEOUT_S
         for closer in closers:
             closer.join(max(0.0, deadline - time.monotonic()))
+
+    def wait_ready(self, timeout_s: float = CONNECT_TIMEOUT_S, admin: bool = False) -> None:
+        """Wait until the channel to the master (``admin``: the admin channel) is connected.
+
+        Calls retry transient failures for about a minute (a master restarting mid-job); a caller
+        that must say quickly that the master is not there checks this first.
+
+        Raises
+        ------
+        MasterUnreachable
+            No connection, TLS handshake included, within ``timeout_s``.
+        """
+        channel, target = (self._admin_channel, self.admin_target) if admin else (self.channel, self.target)
+        ready = grpc.channel_ready_future(channel)
+        try:
+            ready.result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            ready.cancel()
+            raise MasterUnreachable(f"cannot reach the master at {target} within {timeout_s:g} s (nothing "
+                                    "listening there, or the TLS handshake failed)") from None
 
     def __enter__(self) -> "Client":
         return self
@@ -169,37 +231,34 @@ class Client:
 
     # upload
     def upload_folder(self, *paths: Path | str, label: str = "", chunk_bytes: int | None = None,
-                      pseudonymizer: "Pseudonymizer | None" = None) -> UploadResult:
+                      pseudonymizer: "Pseudonymizer | None" = None,
+                      progress: Callable[[Path, int], None] | None = None) -> UploadResult:
         """Upload every file under the given folders (and the given files) into a new case, and
         commit it: one CT series, plus e.g. an RTSTRUCT drawn on it.
 
         With a ``pseudonymizer`` the files are pseudonymized copies (see :mod:`.pseudonym`) and the
-        default label is the patient's pseudonym: no identity leaves the hospital.
+        default label is the patient's pseudonym: no identity leaves the hospital. ``progress`` is
+        called with a file and how many of its bytes the master holds, after every chunk.
 
         Raises
         ------
+        LocalFileError
+            A path that does not exist, no files, two files with one name, an unreadable file
+            (checked before anything is sent).
         grpc.RpcError
             With the master's status and message when a file or the series is rejected; the
             partial case is then deleted so nothing is left half-stored.
         """
-        files_to_send = sorted(
-            f for p in map(Path, paths) for f in ([p] if p.is_file() else p.rglob("*"))
-            if f.is_file() and not f.name.startswith(".")
-        )
-        if not files_to_send:
-            raise FileNotFoundError(f"no files under {', '.join(map(str, paths))}")
-        names = [f.name for f in files_to_send]
-        clash = sorted({n for n in names if names.count(n) > 1})
-        if clash:
-            raise ValueError(f"two files share the name {clash[0]!r}; a case keeps files by name")
+        files = files_to_send([Path(p) for p in paths])
         if pseudonymizer is not None:
             with tempfile.TemporaryDirectory(prefix="rtgrid-pseudonymized-") as tmp:
-                copies, pseudonym = pseudonymizer.pseudonymize(files_to_send, Path(tmp))
-                return self.upload_folder(*copies, label=label or pseudonym, chunk_bytes=chunk_bytes)
+                copies, pseudonym = pseudonymizer.pseudonymize(files, Path(tmp))
+                return self.upload_folder(*copies, label=label or pseudonym, chunk_bytes=chunk_bytes,
+                                          progress=progress)
         label = label or Path(paths[0]).name
         case = self.call(self.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label=label))
         try:
-            files = [self.upload_file(case.case_id, path, chunk_bytes) for path in files_to_send]
+            uploaded = [self.upload_file(case.case_id, path, chunk_bytes, progress) for path in files]
             case = self.call(self.hospital.CommitCase, hospital_pb2.CommitCaseRequest(case_id=case.case_id))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:  # a failed commit already removed it
@@ -208,10 +267,12 @@ class Client:
                 except grpc.RpcError:
                     pass
             raise
-        return UploadResult(case, files)
+        return UploadResult(case, uploaded)
 
-    def upload_file(self, case_id: str, path: Path, chunk_bytes: int | None = None) -> hospital_pb2.UploadedFile:
-        """Upload one file in checksummed chunks, resuming from what the master already holds."""
+    def upload_file(self, case_id: str, path: Path, chunk_bytes: int | None = None,
+                    progress: Callable[[Path, int], None] | None = None) -> hospital_pb2.UploadedFile:
+        """Upload one file in checksummed chunks, resuming from what the master already holds;
+        ``progress(path, bytes_held)`` after each chunk."""
         size = path.stat().st_size
         start = hospital_pb2.StartUploadRequest(case_id=case_id, file_name=path.name, size_bytes=size, sha256=_sha256(path))
         for attempt in self._retrying():
@@ -219,19 +280,24 @@ class Client:
                 status = self.call(self.hospital.StartUpload, start)
                 if status.committed_bytes < status.size_bytes:
                     step = min(chunk_bytes or status.max_chunk_bytes, status.max_chunk_bytes)
-                    self.hospital.UploadChunks(self._chunks(path, status.upload_id, status.committed_bytes, step),
-                                               timeout=RPC_TIMEOUT_S * 10)
+                    self.hospital.UploadChunks(self._chunks(path, status.upload_id, status.committed_bytes, step,
+                                                            progress), timeout=RPC_TIMEOUT_S * 10)
+        if progress is not None:
+            progress(path, size)
         if not status.upload_id:  # the master already had the whole file
             return hospital_pb2.UploadedFile(case_id=case_id, file_name=path.name, size_bytes=size, sha256=start.sha256)
         return self.call(self.hospital.FinishUpload, hospital_pb2.FinishUploadRequest(upload_id=status.upload_id))
 
     @staticmethod
-    def _chunks(path: Path, upload_id: str, offset: int, step: int) -> Iterator[hospital_pb2.UploadChunk]:
+    def _chunks(path: Path, upload_id: str, offset: int, step: int,
+                progress: Callable[[Path, int], None] | None = None) -> Iterator[hospital_pb2.UploadChunk]:
         with path.open("rb") as fh:
             fh.seek(offset)
             while data := fh.read(step):
                 yield hospital_pb2.UploadChunk(upload_id=upload_id, offset=offset, data=data, crc32=zlib.crc32(data))
                 offset += len(data)
+                if progress is not None:  # the chunk before this one was taken by the stream
+                    progress(path, offset - len(data))
 
     # jobs
     def submit(self, case_id: str, kind: str, params: dict[str, str] | None = None, priority: int = 0,
@@ -243,6 +309,10 @@ class Client:
 
     def job(self, job_id: str) -> common_pb2.Job:
         return self.call(self.hospital.GetJob, hospital_pb2.GetJobRequest(job_id=job_id))
+
+    def cases(self) -> list[common_pb2.Case]:
+        """The hospital's cases."""
+        return list(self.call(self.hospital.ListCases, hospital_pb2.ListCasesRequest()).cases)
 
     def cancel(self, job_id: str) -> common_pb2.Job:
         return self.call(self.hospital.CancelJob, hospital_pb2.CancelJobRequest(job_id=job_id))

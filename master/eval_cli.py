@@ -8,6 +8,7 @@ physician's, on the same CT. Runs locally; plugs into the ``rtgrid`` program lik
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -45,15 +46,18 @@ def eval_seg_command(
     reference: Path = typer.Option(..., exists=True, dir_okay=False, help="Reference RTSTRUCT (e.g. the physician's)."),
     test: Path = typer.Option(..., exists=True, dir_okay=False, help="RTSTRUCT to evaluate (e.g. the grid's)."),
     structure: list[str] = typer.Option([], help="Structures to compare (default: all in both)."),
-    fmt: str = typer.Option("text", "--format", help="text or json."),
+    fmt: str = typer.Option("text", "--format", help="text or json (one object per structure per line, then the means)."),
 ) -> None:
     """Compare two structure sets: DSC, JI, ASD, HD and HD95 (mm) per structure and their means."""
     try:
         metrics = evaluate_structure_sets(ct, reference, test, structure or None)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if fmt == "json":
-        print(metrics.to_json())
+    if fmt == "json":  # one object per line, like every command: each structure, then the means
+        record = metrics.to_dict()
+        for structure in record["structures"]:
+            print(json.dumps({"case_id": record["case_id"], **structure}, sort_keys=True, allow_nan=False))
+        print(json.dumps({"case_id": record["case_id"], "mean": record["mean"]}, sort_keys=True, allow_nan=False))
         return
     print(f"{'structure':<20} {'DSC':>6} {'JI':>6} {'ASD mm':>8} {'HD mm':>8} {'HD95 mm':>8} {'ref ml':>9} {'test ml':>9}")
     for s in metrics.structures:

@@ -9,11 +9,14 @@ back to its environment variable (``RTGRID_CA``, ``RTGRID_TOKEN``, ``RTGRID_CERT
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import click
 import typer
 
-from ..sdk import Client
+from ..sdk import CONNECT_TIMEOUT_S, Client, MasterUnreachable
+from .output import EXIT_UNREACHABLE, fail
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -30,6 +33,20 @@ class Connection:
 _given = Connection()
 
 
+def rtgrid_version() -> str:
+    """The installed rtgrid's version."""
+    try:
+        return version("rtgrid")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"rtgrid {rtgrid_version()}")
+        raise typer.Exit(0)
+
+
 def connection_options(
     ca: Path = typer.Option(None, "--ca", envvar="RTGRID_CA", help="CA certificate of the master (PEM): TLS."),
     token: str = typer.Option(None, "--token", envvar="RTGRID_TOKEN", help="The hospital's API token."),
@@ -37,6 +54,8 @@ def connection_options(
     key: Path = typer.Option(None, "--key", envvar="RTGRID_KEY", help="Operator private key (PEM)."),
     admin_target: str = typer.Option(None, "--admin-target", envvar="RTGRID_ADMIN_TARGET",
                                      help="The master's internal HOST:PORT, for `rtgrid admin`."),
+    _version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                  help="Print rtgrid's version and exit."),
 ) -> None:
     """Connection options shared by every command (put them before the command)."""
     for f in fields(Connection):
@@ -44,6 +63,19 @@ def connection_options(
 
 
 def client(target: str | None) -> Client:
-    """A client for ``target`` with the connection options given on the command line."""
-    return Client(target or DEFAULT_TARGET, ca=_given.ca, token=_given.token, cert=_given.cert, key=_given.key,
+    """A client for ``target`` with the connection options given on the command line, connected.
+
+    An unreachable master ends the command within ``CONNECT_TIMEOUT_S`` with one line and exit
+    code 4; once connected, transient drops (a master restarting mid-job) are retried by the SDK.
+    """
+    made = Client(target or DEFAULT_TARGET, ca=_given.ca, token=_given.token, cert=_given.cert, key=_given.key,
                   admin_target=_given.admin_target)
+    # `rtgrid admin ...` talks on the admin channel (the master's internal port).
+    context = click.get_current_context(silent=True)
+    admin = context is not None and "admin" in context.command_path.split()[1:2]
+    try:
+        made.wait_ready(CONNECT_TIMEOUT_S, admin=admin)
+    except MasterUnreachable as exc:
+        made.close()
+        fail(str(exc), EXIT_UNREACHABLE)
+    return made

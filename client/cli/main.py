@@ -1,7 +1,9 @@
 """The ``rtgrid`` command line.
 
 Exit codes: 0 success; 1 the job failed or was cancelled; 2 bad usage; 3 the master refused the
-request (its gRPC status and message are printed); 4 the master could not be reached.
+request (its gRPC status and message are printed); 4 the master could not be reached (said within
+5 s; once connected, transient drops are retried); 5 a local file problem (a missing or empty
+folder, two files with one name, an unreadable or non-DICOM file). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import typer
 
 from rtgrid.protos.v1 import common_pb2
 
-from ..sdk import Client, state_name
+from ..sdk import Client, files_to_send, state_name
 from .admin import admin_app
 from .connect import client as _client
 from .connect import connection_options
@@ -47,7 +50,7 @@ FormatOption = typer.Option(Format.text, "--format", help="text or json (one obj
 @app.command()
 @rpc_errors
 def upload(
-    paths: list[Path] = typer.Argument(..., exists=True, help="Folders or files: one CT series, optionally an RTSTRUCT drawn on it."),
+    paths: list[Path] = typer.Argument(..., help="Folders or files: one CT series, optionally an RTSTRUCT drawn on it."),
     label: str = typer.Option("", help="A label for the case (no patient identifiers needed)."),
     pseudonymize: bool = typer.Option(False, "--pseudonymize", help="Replace patient identifiers and UIDs first."),
     pseudonym_map: Path = MappingOption,
@@ -57,14 +60,40 @@ def upload(
     """Upload a CT series (and an RTSTRUCT drawn on it, if any) as a new case; prints the case id.
 
     With --pseudonymize the grid gets pseudonymized copies; the mapping stays in --pseudonym-map.
+    A progress bar by bytes goes to stderr (not with --format json).
     """
+    files_to_send(paths)  # local problems are told before the master is asked anything
     pseudonymizer = _pseudonymizer(pseudonym_map) if pseudonymize else None
     with _client(target) as client:
-        result = client.upload_folder(*paths, label=label, pseudonymizer=pseudonymizer)
+        if fmt == Format.json:
+            result = client.upload_folder(*paths, label=label, pseudonymizer=pseudonymizer)
+        else:
+            result = _upload_with_progress(client, paths, label, pseudonymizer)
     case = result.case
     series = case.series[0] if case.series else None
     emit(fmt, {"case_id": case.case_id, "files": len(result.files), "series": as_dict(series) if series else None},
          case.case_id)
+
+
+def _upload_with_progress(client: Client, paths: list[Path], label: str, pseudonymizer) -> object:
+    """``upload_folder`` with a rich progress bar by bytes on stderr."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    held: dict[Path, int] = {}
+    with Progress(TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("upload", total=None)
+
+        def progress(path: Path, nbytes: int) -> None:
+            if path not in held:
+                held[path] = 0
+                bar.update(task, total=(bar.tasks[0].total or 0) + path.stat().st_size)
+            held[path] = nbytes
+            bar.update(task, completed=sum(held.values()))
+
+        return client.upload_folder(*paths, label=label, pseudonymizer=pseudonymizer, progress=progress)
 
 
 def _params(values: list[str]) -> dict[str, str]:
@@ -190,9 +219,66 @@ def fetch(
                  f"{path}  {artifact.modality or artifact.kind}")
 
 
-def _register_plugins() -> None:
-    """Server-side commands (``up``, ``agent``, ``phantom``) installed with the master and agent."""
+@app.command()
+@rpc_errors
+def cases(target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """List the hospital's cases."""
+    with _client(target) as client:
+        for case in client.cases():
+            series = case.series[0] if case.series else None
+            text = (f"{case.case_id}  {'committed' if case.committed else 'open':<9} files={case.n_files:<4} "
+                    f"{(series.modality if series else ''):<4} {case.label}")
+            emit(fmt, as_dict(case), text)
+
+
+@app.command()
+@rpc_errors
+def job(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """Show a job: kind, state, stage, shards done/total, error."""
+    with _client(target) as client:
+        found = client.job(job_id)
+    record = as_dict(found)
+    record["params"] = sorted(record.get("params", {}))  # names only: an order or a drawing can be long
+    emit(fmt, record, f"{found.job_id}  case={found.case_id} {found.kind:<8} {state_name(found.state):<10} "
+                      f"{found.stage}:{found.shards_done}/{found.shards_total}  {found.error}".rstrip())
+
+
+@app.command()
+@rpc_errors
+def cancel(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
+    """Cancel one of the hospital's jobs (queued or running); prints its state."""
+    with _client(target) as client:
+        cancelled = client.cancel(job_id)
+    emit(fmt, {"job_id": cancelled.job_id, "state": state_name(cancelled.state)},
+         f"{cancelled.job_id}  {state_name(cancelled.state)}")
+
+
+# Options of the main callback that take a value (to find the command's name in argv).
+_GLOBAL_VALUE_OPTIONS = ("--ca", "--token", "--cert", "--key", "--admin-target")
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The command named on the command line (None: none, e.g. ``--help``)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _GLOBAL_VALUE_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _register_plugins(only: str | None = None) -> None:
+    """Server-side commands (``up``, ``agent``, ``phantom``) installed with the master and agent.
+
+    Loading them imports the agent (torch, Ray: seconds), so a client command loads none and a
+    server command only its own; ``--help`` loads them all to list them.
+    """
     for ep in entry_points(group="rtgrid.commands"):
+        if only is not None and ep.name != only:
+            continue
         try:
             app.command(ep.name)(ep.load())
         except ImportError:  # a thin SDK install has no server parts
@@ -201,6 +287,10 @@ def _register_plugins() -> None:
 
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    _register_plugins()
+    name = _command_name(sys.argv[1:])
+    if name is None and "--version" not in sys.argv[1:]:
+        _register_plugins()  # help lists every command
+    elif name in {ep.name for ep in entry_points(group="rtgrid.commands")}:
+        _register_plugins(only=name)
     app()
 

@@ -11,8 +11,13 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from ..sdk import LocalFileError
 
-EXIT_JOB_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE = 1, 3, 4
+
+EXIT_JOB_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_LOCAL = 1, 2, 3, 4, 5
+"""Exit codes: the job failed or was cancelled; bad usage; the master refused the request; the
+master could not be reached; a local file problem (missing or empty folder, two files with one
+name, an unreadable or non-DICOM file, a folder that cannot be written)."""
 
 
 class Format(str, Enum):
@@ -34,7 +39,7 @@ def fail(message: str, code: int) -> None:
 
 
 def rpc_errors(func):
-    """Turn gRPC errors into a message and an exit code that means something."""
+    """Turn gRPC errors and local file problems into one line and an exit code that means something."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -43,5 +48,11 @@ def rpc_errors(func):
         except grpc.RpcError as exc:
             code = EXIT_UNREACHABLE if exc.code() == grpc.StatusCode.UNAVAILABLE else EXIT_REFUSED
             fail(f"{exc.code().name}: {exc.details()}", code)
+        except ConnectionError as exc:  # the SDK's MasterUnreachable
+            fail(str(exc), EXIT_UNREACHABLE)
+        except LocalFileError as exc:
+            fail(str(exc), EXIT_LOCAL)
+        except OSError as exc:  # e.g. a results folder that cannot be written
+            fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc), EXIT_LOCAL)
 
     return wrapper

@@ -45,8 +45,10 @@ def test_cli_reports_the_auto_contours_against_truth(case):
         capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr
-    report = json.loads(run.stdout)
-    by_name = {s["name"]: s for s in report["structures"]}
+    lines = [json.loads(line) for line in run.stdout.splitlines()]  # one object per line
+    by_name = {s["name"]: s for s in lines[:-1]}
+    assert list(by_name) == ["BODY", "Lung_L", "Lung_R"] and set(lines[-1]) == {"case_id", "mean"}
+    assert lines[-1]["mean"]["dsc"] == pytest.approx(sum(s["dsc"] for s in lines[:-1]) / 3)
     assert by_name["BODY"]["dsc"] >= 0.97 and by_name["Lung_L"]["dsc"] >= 0.95
     assert 0 <= by_name["Lung_R"]["hd95_mm"] <= by_name["Lung_R"]["hd_mm"]
     missing = subprocess.run(
