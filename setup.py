@@ -14,5 +14,9 @@ for root in ROOTS:
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"": ["*.json", "*.yaml", "*.proto", "*.pyi", "**/*.yaml", "**/*.json"]},
+    package_data={
+        "": ["*.json", "*.yaml", "*.proto", "*.pyi", "**/*.yaml", "**/*.json"],
+        # Built-in model packages (weights, card, hash) and the configurations that trained them.
+        "rtgrid.engines.segmentation.deep.builtin": ["*/weights.pt", "*/card.json", "*/sha256", "train/*.json"],
+    },
 )

@@ -1,17 +1,19 @@
-"""Segmentation benchmark: engine slices per second, and one CT through the grid, cold and warm.
+"""Segmentation benchmark: the head-and-neck models on the OpenKBP validation patients, and one
+128-slice head-and-neck CT through the grid, cold and warm.
 
-``python -m bench.seg`` measures
+``python -m bench.seg`` (``make bench-seg``) measures
 
-1. engine throughput: :class:`SegmentationRunner.predict_slices` (windowing, network, logit
-   upsampling, argmax to uint8) on random-weight networks of the first model's size, at 512x512,
-   on 2 CPU threads, and on CUDA with fp16 autocast when a GPU is present;
-2. the grid end to end (unless ``--no-grid``): a real grid on 127.0.0.1 (Ray head, ``rtgrid up``,
-   one agent), a model package registered (the small phantom model trained here, or
-   ``--package DIR``), then one phantom CT uploaded and contoured with ``--models`` (classical
-   structures + the model's, one RTSTRUCT downloaded) twice: ``cold`` — the agent has no model
-   actor and an empty package cache, so the package is fetched and loaded — and ``warm`` — a
-   new upload of the same CT served by the actor that is already loaded. Each is timed from
-   the first upload byte to the RTSTRUCT on disk, with the segment stage and the actor's load time.
+1. accuracy: both architectures' packages (the built-in U-Net ``rtgrid-hn-oar`` and the DeepLabv3+
+   it was compared with) segment the OpenKBP validation patients (all 33 unless ``--patients N``)
+   exactly as the grid does (runner + post-processing); DSC per organ (TG-263 names) and the mean;
+2. engine throughput: slices per second of each package on CPU (``--threads``), CT in, labels out,
+   and on CUDA with autocast when a GPU is present;
+3. the grid end to end (unless ``--no-grid``): a fresh grid on 127.0.0.1 (Ray head, ``rtgrid up``,
+   one agent) that registers the built-in model by itself; one validation patient written as a
+   128-slice DICOM CT is uploaded and contoured with ``--models rtgrid-hn-oar`` twice: ``cold`` —
+   the agent has no model actor and an empty package cache — and ``warm`` — a new upload of the
+   same CT served by the loaded actor. Each is timed from the first upload byte to the RTSTRUCT on
+   disk.
 
 Human-readable lines go to stderr; stdout carries exactly one JSON line with all figures.
 """
@@ -26,65 +28,49 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.grid import BenchError, LocalGrid, run_benchmark, say, watch_job, with_jobs_cancelled
 from rtgrid.client.sdk import state_name
-from rtgrid.engines.segmentation.deep.card import CardLabel, ModelCard
+from rtgrid.engines.imaging.openkbp import load_openkbp_patient, openkbp_patients, write_openkbp_dicom
+from rtgrid.engines.segmentation.deep.builtin import BUILTIN_DIR, HN_OAR_PACKAGE
+from rtgrid.engines.segmentation.deep.hn_eval import evaluate_openkbp, goals_met
 from rtgrid.engines.segmentation.deep.inference import SegmentationRunner
-from rtgrid.engines.segmentation.deep.models import build_model
 from rtgrid.protos.v1 import common_pb2
 
-ARCHITECTURES = {
-    "unet2d": {"base_channels": 16, "depth": 4},
-    "deeplabv3plus_mobilenetv2": {},
-}
-N_CLASSES = 6
-SPACING_MM = (0.9765625, 0.9765625)
+SHARED_OPENKBP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "openkbp"
+PACKAGES = {"unet2d": HN_OAR_PACKAGE, "deeplabv3plus_mobilenetv2": BUILTIN_DIR / "comparison" / "rtgrid-hn-oar-deeplab"}
 
 
-def _runner(architecture: str, device: str, batch: int, precision: str) -> SegmentationRunner:
-    torch.manual_seed(0)
-    kwargs = ARCHITECTURES[architecture]
-    card = ModelCard(
-        name=f"bench-{architecture}", version="0", architecture=architecture, architecture_kwargs=kwargs,
-        labels=tuple(CardLabel(i, f"class{i}", f"Class{i}") for i in range(1, N_CLASSES)),
-        input_spacing_mm=SPACING_MM, hu_window=(-400.0, 600.0), in_channels=1,
-        training_data={}, validation_metrics={}, licence="none (random weights)",
-    )
-    model = build_model(architecture, 1, N_CLASSES, **kwargs)
-    return SegmentationRunner((model, card), device=device, batch_slices=batch, precision=precision)
-
-
-def slices_per_second(architecture: str, device: str, n_slices: int, batch: int, precision: str = "auto") -> float:
-    """Throughput of one runner on ``n_slices`` random 512x512 HU slices (after one warm-up batch)."""
-    runner = _runner(architecture, device, batch, precision)
-    hu = np.random.default_rng(0).integers(-1000, 1500, size=(n_slices, 512, 512), dtype=np.int16)
-    runner.predict_slices(hu[:batch], SPACING_MM)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    runner.predict_slices(hu, SPACING_MM)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return n_slices / (time.perf_counter() - started)
-
-
-def measure_engine(args: argparse.Namespace, figures: dict) -> None:
+def measure_models(args: argparse.Namespace, figures: dict) -> None:
     torch.set_num_threads(args.threads)
     figures["cpu_threads"] = args.threads
-    for architecture in ARCHITECTURES:
-        rate = slices_per_second(architecture, "cpu", args.cpu_slices, batch=4)
-        figures[f"{architecture}_cpu_slices_per_s"] = round(rate, 3)
-        say(f"{architecture}: {rate:.2f} slices/s at 512x512 on {args.threads} CPU threads")
-    if torch.cuda.is_available():
-        figures["cuda_device"] = torch.cuda.get_device_name()
-        for architecture in ARCHITECTURES:
-            rate = slices_per_second(architecture, "cuda", args.cuda_slices, batch=32, precision="fp16")
-            figures[f"{architecture}_cuda_fp16_slices_per_s"] = round(rate, 1)
-            figures[f"{architecture}_cuda_fp16_ms_per_slice"] = round(1000.0 / rate, 3)
-            say(f"{architecture}: {rate:.1f} slices/s at 512x512 on CUDA fp16")
+    paths = openkbp_patients(args.openkbp / "validation")[: args.patients or None]
+    figures["validation_patients"] = len(paths)
+    for architecture, package in PACKAGES.items():
+        runner = SegmentationRunner(package, batch_slices=16)
+        say(f"{architecture}: {runner.card.name}@{runner.card.version} on {len(paths)} validation patients")
+        summary = evaluate_openkbp(runner, paths, say if args.verbose else None)["summary"]
+        figures[f"{architecture}_dsc"] = {k: round(v["dsc"]["mean"], 4) for k, v in summary["organs"].items()}
+        figures[f"{architecture}_mean_dsc"] = round(summary["mean_dsc"], 4)
+        figures[f"{architecture}_goals_met"] = goals_met(summary)
+        say(f"{architecture}: mean DSC {summary['mean_dsc']:.3f}; " + ", ".join(
+            f"{k} {v['dsc']['mean']:.3f}" for k, v in summary["organs"].items()))
+        volume = load_openkbp_patient(paths[0]).volume
+        runner.predict_volume(volume)  # warm-up
+        started = time.perf_counter()
+        runner.predict_volume(volume)
+        rate = volume.shape[0] / (time.perf_counter() - started)
+        figures[f"{architecture}_cpu_slices_per_s"] = round(rate, 2)
+        say(f"{architecture}: {rate:.1f} slices/s ({volume.shape[1]}x{volume.shape[2]}) on {args.threads} CPU threads")
+        if torch.cuda.is_available():
+            gpu = SegmentationRunner(package, device="cuda", batch_slices=64)
+            gpu.predict_volume(volume)
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            gpu.predict_volume(volume)
+            torch.cuda.synchronize()
+            figures[f"{architecture}_cuda_slices_per_s"] = round(volume.shape[0] / (time.perf_counter() - started), 1)
 
 
 def grid_job(client, ct_dir: Path, model: str, out_dir: Path, timeout_s: float) -> dict:
@@ -124,20 +110,12 @@ def grid_job(client, ct_dir: Path, model: str, out_dir: Path, timeout_s: float) 
 
 def measure_grid(args: argparse.Namespace, figures: dict) -> None:
     from rtgrid.client.sdk import Client
-    from rtgrid.engines.phantom import write_phantom_case
-    from rtgrid.engines.segmentation.deep.phantom_model import train_phantom_model
 
     with tempfile.TemporaryDirectory(prefix="rtgrid-bench-seg-") as tmp_name:
         tmp = Path(tmp_name)
-        package = args.package
-        if package is None:
-            started = time.perf_counter()
-            package = train_phantom_model(tmp / "model").package_dir
-            figures["phantom_model_train_s"] = round(time.perf_counter() - started, 3)
-            say(f"phantom model trained in {figures['phantom_model_train_s']:.1f} s")
-        shape = (args.grid_slices, 512, 512)
-        ct_dir = write_phantom_case(tmp / "ct", shape=shape, spacing_mm=(0.98, 0.98, 2.0), seed=7).ct_dir
-        figures["grid_ct_shape"] = list(shape)
+        patient = load_openkbp_patient(openkbp_patients(args.openkbp / "validation")[0])
+        ct_dir = write_openkbp_dicom(patient, tmp / "case", structures=[]).ct_dir
+        figures["grid_ct"] = f"OpenKBP {patient.patient_id}, {list(patient.volume.shape)} voxels"
         # The agent starts with an empty package cache of its own: the first job is a true cold start.
         os.environ["RTGRID_MODEL_CACHE"] = str(tmp / "agent-model-cache")
         (tmp / "logs").mkdir()
@@ -147,8 +125,11 @@ def measure_grid(args: argparse.Namespace, figures: dict) -> None:
             grid.start_agent("bench-seg-agent", cpus=args.agent_cpus)
             with Client(grid.target) as client:
                 grid.wait_agents(client, 1)
-                model = client.register_model(package)
-                say(f"registered {model.name}@{model.version} ({model.sha256[:12]})")
+                listed = [m for m in client.models() if m.name == args.model]
+                if not listed:
+                    raise BenchError(f"a fresh grid does not list the built-in model {args.model}")
+                model = listed[0]
+                say(f"fresh grid lists {model.name}@{model.version} ({model.sha256[:12]})")
                 figures["grid_model"] = f"{model.name}@{model.version}"
                 figures["grid_agent_cpus"] = args.agent_cpus
                 for run_name in ("cold", "warm"):
@@ -157,8 +138,8 @@ def measure_grid(args: argparse.Namespace, figures: dict) -> None:
                     say(f"{run_name}: upload → RTSTRUCT {result['upload_to_rtstruct_s']:.1f} s (segment stage "
                         f"{result['segment_stage_s']:.1f} s, actor load {result['actor_load_s']:.2f} s)")
             cold, warm = figures["grid_cold"], figures["grid_warm"]
-            figures["grid_warm_saves_s"] = round(cold["upload_to_rtstruct_s"] - warm["upload_to_rtstruct_s"], 3)
-            figures["grid_warm_segment_stage_saves_s"] = round(cold["segment_stage_s"] - warm["segment_stage_s"], 3)
+            figures["grid_cold_s"] = cold["upload_to_rtstruct_s"]
+            figures["grid_warm_s"] = warm["upload_to_rtstruct_s"]
         except BaseException:
             grid.dump_log_tails()
             raise
@@ -168,21 +149,22 @@ def measure_grid(args: argparse.Namespace, figures: dict) -> None:
 
 
 def run(args: argparse.Namespace, figures: dict) -> None:
-    measure_engine(args, figures)
+    if not (args.openkbp / "validation").is_dir():
+        raise BenchError(f"{args.openkbp / 'validation'} is missing: ../shared/data/openkbp must sit beside the repository")
+    measure_models(args, figures)
     if not args.no_grid:
         measure_grid(args, figures)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cpu-slices", type=int, default=8, help="slices timed per architecture on CPU")
-    parser.add_argument("--cuda-slices", type=int, default=256, help="slices timed per architecture on CUDA")
+    parser.add_argument("--openkbp", type=Path, default=SHARED_OPENKBP, help="the OpenKBP folder (train/, validation/)")
+    parser.add_argument("--patients", type=int, default=0, help="score only the first N validation patients (0: all)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
-    parser.add_argument("--no-grid", action="store_true", help="engine figures only")
-    parser.add_argument("--grid-slices", type=int, default=64, help="slices of the 512x512 CT sent through the grid")
+    parser.add_argument("--verbose", action="store_true", help="a line per patient")
+    parser.add_argument("--no-grid", action="store_true", help="model figures only")
+    parser.add_argument("--model", default="rtgrid-hn-oar", help="the built-in model the grid job names")
     parser.add_argument("--agent-cpus", type=int, default=2, help="CPUs of the grid's one agent")
-    parser.add_argument("--package", type=Path, default=None,
-                        help="model package to register (default: the phantom model, trained here)")
     parser.add_argument("--job-timeout", type=float, default=600.0, help="seconds allowed per grid job")
     return run_benchmark("seg", run, parser.parse_args(argv))
 

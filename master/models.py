@@ -31,7 +31,7 @@ from .ids import new_id, now_ms
 from .store.base import Store
 from .store.records import ModelRecord
 
-# Larger than any 2-D network rtgrid trains (the first model is ~8 MB), small enough for a master.
+# Larger than any 2-D network rtgrid trains (the built-in head-and-neck model is under 2 MB), small enough for a master.
 MAX_MODEL_BYTES = 1 << 30
 MAX_CARD_BYTES = 1 << 20
 

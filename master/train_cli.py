@@ -30,6 +30,7 @@ import dataclasses
 import glob
 import json
 import sys
+import time
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,7 @@ from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
 from rtgrid.engines.imaging.intake import load_series_dir
 from rtgrid.engines.imaging.openkbp import OAR_NAMES, load_openkbp_patient
 from rtgrid.engines.segmentation.deep.augment import AugmentConfig
-from rtgrid.engines.segmentation.deep.first_model import read_image_volume
+from rtgrid.engines.segmentation.deep.image_io import read_image_volume
 from rtgrid.engines.segmentation.deep.training import (
     ClassSpec,
     TrainCase,
@@ -157,7 +158,7 @@ def iter_cases(items: list[tuple[str, Any]], base: Path) -> Iterator[TrainCase]:
     for number, (kind, what) in enumerate(items, start=1):
         case = load_openkbp_case(what) if kind == "openkbp" else load_case(what[1], base, what[0])
         if number % 20 == 0 or number == len(items):
-            print(f"train-seg: loaded {number}/{len(items)} cases", file=sys.stderr, flush=True)
+            _progress(f"loaded {number}/{len(items)} cases")
         yield case
 
 
@@ -194,7 +195,7 @@ def load_case(entry: dict[str, Any], base: Path, position: int) -> TrainCase:
 
 
 def _progress(line: str) -> None:
-    print(f"train-seg: {line}", file=sys.stderr, flush=True)
+    print(f"train-seg {time.strftime('%H:%M:%S')}: {line}", file=sys.stderr, flush=True)
 
 
 def train_seg_command(

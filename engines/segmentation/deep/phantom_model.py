@@ -1,7 +1,7 @@
 """A small model of the digital phantom's lungs and bones, trained in seconds on the CPU.
 
 Not a clinical model: it exists so the grid's deep path (registry, warm actors, RTSTRUCT merge)
-can be shown and tested on a fresh machine, without the shared data the first model needs.
+can be shown and tested on a fresh machine in seconds, without the shared data.
 Trained on phantoms whose CT noise differs from the demo patient's (seeds 11 and 12).
 """
 
