@@ -51,6 +51,21 @@ TERMINAL_STATES = (
 )
 
 
+def safe_file_name(name: str) -> str:
+    """``name`` if it is one plain file name to write inside a folder.
+
+    Raises
+    ------
+    ValueError
+        For an empty name, ``.`` or ``..``, a path (``/`` or ``\\``), NUL or another control
+        character, or more than 255 bytes: a server must not choose where a result lands.
+    """
+    if (name in ("", ".", "..") or any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name)
+            or len(name.encode("utf-8", "surrogatepass")) > 255):
+        raise ValueError(f"refusing artifact name {name[:80]!r}: not a single safe file name")
+    return name
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and exc.code() in TRANSIENT
 
@@ -341,9 +356,17 @@ class Client:
 
         With ``reidentify`` a DICOM result of a pseudonymized patient gets the patient's identity
         and the original UIDs back (after the checksum check, so it no longer matches the master's).
+
+        Raises
+        ------
+        ValueError
+            The artifact's name is not a single safe file name (see :func:`safe_file_name`);
+            nothing is written, not even ``out_dir``.
         """
+        name = safe_file_name(artifact.name)
+        out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / Path(artifact.name).name
+        target = out_dir / name
         partial = target.with_name(target.name + ".part")
         for attempt in self._retrying():
             with attempt:
@@ -364,8 +387,24 @@ class Client:
     def agents(self) -> list[common_pb2.Agent]:
         return list(self.call(self.admin.ListAgents, admin_pb2.ListAgentsRequest()).agents)
 
+    def _pages(self, method, request, field: str, limit: int) -> Iterator:
+        """The items of a paginated listing, page after page, at most ``limit`` (0: all)."""
+        count = 0
+        while True:
+            request.limit = limit - count if limit else 0
+            reply = self.call(method, request)
+            for item in getattr(reply, field):
+                yield item
+                count += 1
+                if limit and count >= limit:
+                    return
+            if not reply.next_page_token:
+                return
+            request.page_token = reply.next_page_token
+
     def jobs(self, limit: int = 0) -> list[common_pb2.Job]:
-        return list(self.call(self.admin.ListJobs, admin_pb2.ListJobsRequest(limit=limit)).jobs)
+        """Jobs, newest first: at most ``limit`` (0: all), fetched page by page."""
+        return list(self._pages(self.admin.ListJobs, admin_pb2.ListJobsRequest(), "jobs", limit))
 
     def shards(self, job_id: str) -> list[common_pb2.Shard]:
         return list(self.call(self.admin.ListShards, admin_pb2.ListShardsRequest(job_id=job_id)).shards)
@@ -418,6 +457,7 @@ class Client:
         return self.call(self.admin.RevokeHospital, admin_pb2.RevokeHospitalRequest(name=name))
 
     def audit(self, principal: str = "", action: str = "", since_ms: int = 0, limit: int = 0) -> list[admin_pb2.AuditEntry]:
-        """Audit entries, oldest first, filtered by who, action and time (all optional)."""
-        request = admin_pb2.ListAuditRequest(principal=principal, action=action, since_ms=since_ms, limit=limit)
-        return list(self.call(self.admin.ListAudit, request).entries)
+        """Audit entries, oldest first, filtered by who, action and time (all optional): at most
+        ``limit`` (0: all), fetched page by page."""
+        request = admin_pb2.ListAuditRequest(principal=principal, action=action, since_ms=since_ms)
+        return list(self._pages(self.admin.ListAudit, request, "entries", limit))

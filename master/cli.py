@@ -18,7 +18,20 @@ import typer
 
 from rtgrid.engines.logsetup import configure_logging
 
-from .config import MAX_ACTIVE_JOBS_PER_HOSPITAL, MAX_CASE_BYTES, MAX_CHUNK_BYTES, MAX_FILE_BYTES, MasterConfig
+from .config import (
+    IDLE_TIMEOUT_S,
+    KEEPALIVE_S,
+    MAX_ACTIVE_JOBS_PER_HOSPITAL,
+    MAX_AUTH_FAILURES_PER_MINUTE,
+    MAX_CASE_BYTES,
+    MAX_CHUNK_BYTES,
+    MAX_FILE_BYTES,
+    MAX_OPEN_CASES_PER_HOSPITAL,
+    MAX_OPEN_UPLOADS_PER_HOSPITAL,
+    UPLOAD_EXPIRY_S,
+    UPLOAD_IDLE_S,
+    MasterConfig,
+)
 from .security.tls import TlsFiles, check_insecure_host
 from .server import Master
 
@@ -69,6 +82,17 @@ def up_command(
     max_case_bytes: int = typer.Option(MAX_CASE_BYTES, help="Most bytes one case may hold."),
     max_chunk_bytes: int = typer.Option(MAX_CHUNK_BYTES, help="Largest upload chunk (sets the gRPC message limit)."),
     max_active_jobs: int = typer.Option(MAX_ACTIVE_JOBS_PER_HOSPITAL, help="Queued plus running jobs per hospital."),
+    max_open_cases: int = typer.Option(MAX_OPEN_CASES_PER_HOSPITAL, min=1, help="Uncommitted cases per hospital."),
+    max_open_uploads: int = typer.Option(MAX_OPEN_UPLOADS_PER_HOSPITAL, min=1,
+                                         help="Started, unfinished uploads per hospital."),
+    upload_idle_s: float = typer.Option(UPLOAD_IDLE_S, min=0.1, help="Close an upload stream silent this long (s)."),
+    upload_expiry_s: float = typer.Option(UPLOAD_EXPIRY_S, min=0.1,
+                                          help="Remove an upload with no chunk for this long (s), with its partial file."),
+    idle_timeout_s: float = typer.Option(IDLE_TIMEOUT_S, min=0.1, help="Close connections with no call this long (s)."),
+    keepalive_s: float = typer.Option(KEEPALIVE_S, min=1.0, help="Ping connections this often (s); drop the dead."),
+    max_auth_failures: int = typer.Option(MAX_AUTH_FAILURES_PER_MINUTE, min=1,
+                                          help="Failed authentications per address or token prefix and minute before "
+                                               "they are rate-limited."),
     metrics_port: int = typer.Option(None, help="Serve Prometheus /metrics on this port (0 picks a free one)."),
     metrics_host: str = typer.Option("127.0.0.1", help="Address of the /metrics endpoint."),
     log_format: str = typer.Option("text", help="Log lines on stderr: text or json (with job and shard ids)."),
@@ -106,6 +130,9 @@ def up_command(
         tls=None if insecure else TlsFiles(tls_cert.resolve(), tls_key.resolve(), tls_ca.resolve()),
         max_file_bytes=max_file_bytes, max_case_bytes=max_case_bytes, max_chunk_bytes=max_chunk_bytes,
         max_active_jobs_per_hospital=max_active_jobs, metrics_host=metrics_host, metrics_port=metrics_port,
+        max_open_cases_per_hospital=max_open_cases, max_open_uploads_per_hospital=max_open_uploads,
+        upload_idle_s=upload_idle_s, upload_expiry_s=upload_expiry_s, idle_timeout_s=idle_timeout_s,
+        keepalive_s=keepalive_s, max_auth_failures_per_minute=max_auth_failures,
     )
     asyncio.run(_run_embedded(config, agents, agent_cpus, agent_tls, log_format))
 

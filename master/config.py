@@ -23,6 +23,22 @@ MAX_PRIORITY = 1000
 MAX_ACTIVE_JOBS_PER_HOSPITAL = 16
 # gRPC messages carry at most one chunk plus this much for the other fields.
 MESSAGE_OVERHEAD_BYTES = 1 << 20
+# Uncommitted cases and unfinished uploads one hospital may hold at once; more is RESOURCE_EXHAUSTED.
+MAX_OPEN_CASES_PER_HOSPITAL = 100
+MAX_OPEN_UPLOADS_PER_HOSPITAL = 1000
+# An upload stream that sends no chunk for this long is closed (the client resumes);
+# an upload with no chunk for UPLOAD_EXPIRY_S is removed with its partial file.
+UPLOAD_IDLE_S = 60.0
+UPLOAD_EXPIRY_S = 24 * 3600.0
+# A connection with no call for this long is closed (GOAWAY); the server pings every KEEPALIVE_S
+# and drops a connection that does not answer within KEEPALIVE_TIMEOUT_S; a connection must finish
+# its TLS handshake within HANDSHAKE_TIMEOUT_S (or the idle timeout, if shorter).
+IDLE_TIMEOUT_S = 300.0
+KEEPALIVE_S = 60.0
+KEEPALIVE_TIMEOUT_S = 20.0
+HANDSHAKE_TIMEOUT_S = 20.0
+# Authentication failures per address or token prefix and minute before they are rate-limited.
+MAX_AUTH_FAILURES_PER_MINUTE = 30
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,14 @@ class MasterConfig:
         insecure (everything is served on ``port``).
     max_active_jobs_per_hospital : int
         Queued plus running jobs per hospital.
+    max_open_cases_per_hospital, max_open_uploads_per_hospital : int
+        Uncommitted cases and unfinished uploads per hospital.
+    upload_idle_s, upload_expiry_s : float
+        Longest silence (s) of an upload stream, and of an upload before it is removed.
+    idle_timeout_s, keepalive_s : float
+        Connections with no call for ``idle_timeout_s`` are closed; keepalive pings every ``keepalive_s``.
+    max_auth_failures_per_minute : int
+        Authentication failures per address or token prefix and minute before they are rate-limited.
     """
 
     data_dir: Path
@@ -61,10 +85,31 @@ class MasterConfig:
     tls: TlsFiles | None = None
     internal_port: int = 50052
     max_active_jobs_per_hospital: int = MAX_ACTIVE_JOBS_PER_HOSPITAL
+    max_open_cases_per_hospital: int = MAX_OPEN_CASES_PER_HOSPITAL
+    max_open_uploads_per_hospital: int = MAX_OPEN_UPLOADS_PER_HOSPITAL
+    upload_idle_s: float = UPLOAD_IDLE_S
+    upload_expiry_s: float = UPLOAD_EXPIRY_S
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    keepalive_s: float = KEEPALIVE_S
+    max_auth_failures_per_minute: int = MAX_AUTH_FAILURES_PER_MINUTE
 
     @property
     def max_message_bytes(self) -> int:
         return self.max_chunk_bytes + MESSAGE_OVERHEAD_BYTES
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Server options: message limits, keepalive, and the reaping of idle connections."""
+        return [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_connection_idle_ms", int(self.idle_timeout_s * 1000)),
+            ("grpc.server_handshake_timeout_ms", int(min(HANDSHAKE_TIMEOUT_S, self.idle_timeout_s) * 1000)),
+            ("grpc.keepalive_time_ms", int(self.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Clients may ping (e.g. a long watch behind a NAT) but not flood: at most every 10 s.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None  # None: no /metrics endpoint; 0: a free port
 

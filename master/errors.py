@@ -37,3 +37,7 @@ class ResourceExhausted(MasterError):
 
 class DataLoss(MasterError):
     status = grpc.StatusCode.DATA_LOSS
+
+
+class DeadlineExceeded(MasterError):
+    status = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -5,11 +5,14 @@ Plain functions over the store and blob store; the hospital servicer only transl
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import logging
 import os
 import re
 import secrets
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -28,6 +31,8 @@ from .ids import new_id, now_ms
 from .store.base import Store
 from .store.records import CaseRecord, FileRecord, SeriesRecord, UploadRecord
 
+log = logging.getLogger(__name__)
+
 IMAGE_MODALITIES = ("CT",)
 # Non-image objects a case may carry beside its images (manual contours, an earlier plan).
 ATTACHMENT_MODALITIES = ("RTSTRUCT",)
@@ -45,11 +50,27 @@ class Intake:
 
 
 def create_case(intake: Intake, label: str, hospital: str = "") -> CaseRecord:
-    """A new, open case owned by ``hospital``."""
+    """A new, open case owned by ``hospital``.
+
+    Raises
+    ------
+    InvalidArgument
+        A label over 256 characters.
+    ResourceExhausted
+        The hospital already has ``max_open_cases_per_hospital`` uncommitted cases.
+    """
     if len(label) > 256:
         raise InvalidArgument(f"case label is {len(label)} characters; at most 256")
     case = CaseRecord(new_id("case"), label, False, now_ms(), hospital)
-    intake.store.add_case(case)
+    limit = intake.config.max_open_cases_per_hospital
+    with intake.store.transaction():  # counted and added as one step: concurrent creates cannot overshoot
+        held = intake.store.count_open_cases(hospital)
+        if held >= limit:
+            raise ResourceExhausted(
+                f"hospital {hospital!r} has {held} open (uncommitted) cases; the limit is {limit} "
+                "(max_open_cases_per_hospital): commit or delete one first"
+            )
+        intake.store.add_case(case)
     return case
 
 
@@ -69,7 +90,7 @@ def _open_case(intake: Intake, case_id: str) -> CaseRecord:
 
 def start_upload(intake: Intake, case_id: str, file_name: str, size_bytes: int, sha256: str) -> UploadRecord:
     """Open an upload, or find the one already open for the same case, name and content."""
-    _open_case(intake, case_id)
+    case = _open_case(intake, case_id)
     if not _SAFE_NAME.match(file_name):
         raise InvalidArgument(f"file name {file_name!r} is empty, too long or contains a path separator")
     if not _SHA256.match(sha256):
@@ -101,9 +122,17 @@ def start_upload(intake: Intake, case_id: str, file_name: str, size_bytes: int, 
             "bytes per case (max_case_bytes)"
         )
     upload = UploadRecord(secrets.token_hex(12), case_id, file_name, size_bytes, sha256, 0, now_ms())
-    with intake.blobs.writing(f"{file_name}: the partial upload file"):
-        intake.blobs.partial_path(upload.upload_id).write_bytes(b"")
-    intake.store.add_upload(upload)
+    hospital, limit = case.hospital, intake.config.max_open_uploads_per_hospital
+    with intake.store.transaction():  # counted and added as one step
+        open_uploads = intake.store.count_open_uploads(hospital)
+        if open_uploads >= limit:
+            raise ResourceExhausted(
+                f"{file_name}: hospital {hospital!r} has {open_uploads} unfinished uploads; the limit is {limit} "
+                "(max_open_uploads_per_hospital): finish them, or delete their cases"
+            )
+        with intake.blobs.writing(f"{file_name}: the partial upload file"):
+            intake.blobs.partial_path(upload.upload_id).write_bytes(b"")
+        intake.store.add_upload(upload)
     return upload
 
 
@@ -142,8 +171,8 @@ def write_chunk(intake: Intake, upload: UploadRecord, offset: int, data: bytes, 
         except OSError:
             fh.truncate(offset)  # the partial file keeps exactly the bytes the store says it holds
             raise
-    upload.committed_bytes = offset + len(data)
-    intake.store.set_upload_committed(upload.upload_id, upload.committed_bytes)
+    upload.committed_bytes, upload.updated_ms = offset + len(data), now_ms()
+    intake.store.set_upload_committed(upload.upload_id, upload.committed_bytes, upload.updated_ms)
     return upload
 
 
@@ -258,3 +287,53 @@ def delete_case(intake: Intake, case_id: str) -> None:
     for f in files:
         if not intake.store.blob_in_use(f.sha256):
             intake.blobs.delete(f.sha256)
+
+
+class UploadReaper:
+    """Expires abandoned uploads: an upload with no chunk for ``upload_expiry_s`` is removed with
+    its partial file, and so is a partial file no upload refers to (left by a crash). The count
+    of expired uploads is what ``rtgrid admin status`` and the metrics show.
+
+    Parameters
+    ----------
+    intake : Intake
+        The store, the blob store and the expiry (``config.upload_expiry_s``).
+    """
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self.expired = 0
+
+    def sweep(self, now: int | None = None) -> int:
+        """Remove what expired before ``now`` (ms since the epoch); returns how many uploads."""
+        now = now_ms() if now is None else now
+        cutoff = now - int(self.intake.config.upload_expiry_s * 1000)
+        removed = 0
+        while stale := self.intake.store.stale_uploads(cutoff, limit=500):
+            for upload in stale:
+                _discard_upload(self.intake, upload)
+            removed += len(stale)
+        for path in self.intake.blobs.partial_dir.glob("*.part"):
+            upload_id = path.name.removesuffix(".part")
+            try:
+                old = path.stat().st_mtime * 1000 < cutoff
+            except FileNotFoundError:
+                continue
+            # A model package being received writes its own partial file and keeps it fresh.
+            if old and self.intake.store.get_upload(upload_id) is None:
+                path.unlink(missing_ok=True)
+        if removed:
+            log.info("expired %d abandoned uploads (no chunk for %g s)", removed, self.intake.config.upload_expiry_s)
+        self.expired += removed
+        return removed
+
+    async def run(self) -> None:
+        """Sweep now, then at a quarter of the expiry (at most every minute), until cancelled."""
+        interval_s = min(60.0, max(0.5, self.intake.config.upload_expiry_s / 4))
+        while True:
+            started = time.monotonic()
+            try:
+                await asyncio.to_thread(self.sweep)
+            except Exception:  # a failed sweep must not end the reaping; the next one tries again
+                log.exception("upload expiry sweep failed")
+            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))

@@ -13,13 +13,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .store.records import QUEUED, RUNNING
 
 if TYPE_CHECKING:
+    from .intake import UploadReaper
     from .scheduler import Scheduler
+    from .store.base import Store
 
 # Shard wall times run from a second (a contour slab) to many minutes (a dose influence block).
 SHARD_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
@@ -49,6 +51,10 @@ class MasterMetrics:
     def watch(self, scheduler: "Scheduler") -> None:
         """Add the gauges read from the store and the scheduler at scrape time."""
         self.registry.register(_StateCollector(scheduler))
+
+    def watch_uploads(self, store: "Store", reaper: "UploadReaper") -> None:
+        """Add the open cases and uploads (read at scrape time) and the expired uploads."""
+        self.registry.register(_UploadCollector(store, reaper))
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on ``host:port`` (``port=0`` picks a free one); returns the bound port."""
@@ -91,3 +97,19 @@ class _StateCollector(Collector):
         for agent in agents:
             seen.add_metric([agent.agent_id, agent.name, agent.state], max(0.0, now_s - agent.last_heartbeat_ms / 1000))
         yield seen
+
+
+class _UploadCollector(Collector):
+    def __init__(self, store: "Store", reaper: "UploadReaper") -> None:
+        self._store, self._reaper = store, reaper
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("rtgrid_cases_open", "Uncommitted cases, all hospitals.",
+                                value=self._store.count_open_cases())
+        yield GaugeMetricFamily("rtgrid_uploads_open", "Started, unfinished uploads, all hospitals.",
+                                value=self._store.count_open_uploads())
+        yield CounterMetricFamily("rtgrid_uploads_expired", "Abandoned uploads removed by expiry since the start.",
+                                  value=self._reaper.expired)

@@ -16,12 +16,12 @@ from .blobs import BlobStore
 from .config import MasterConfig
 from .devices import seed_from_catalog
 from .events import EventBus
-from .intake import Intake
+from .intake import Intake, UploadReaper
 from .metrics import MasterMetrics
 from .models import register_builtin_models
 from .ray_pool import RayPool
 from .scheduler import Scheduler
-from .security.auth import AuthInterceptor
+from .security.auth import AuthFailureLimiter, AuthInterceptor
 from .security.tls import check_insecure_host
 from .services.admin import AdminService
 from .services.agent import AgentService
@@ -58,6 +58,7 @@ class Master:
         self._health = health.aio.HealthServicer()
         self.metrics = MasterMetrics()
         self.metrics_port = 0
+        self._reaping: asyncio.Task | None = None
 
     @property
     def address(self) -> str:
@@ -85,21 +86,22 @@ class Master:
         events = EventBus(self.store, loop)
         self.scheduler = Scheduler(self.store, self.blobs, events, self.pool, self.config, self.metrics)
         self.metrics.watch(self.scheduler)
-        message_limit = self.config.max_message_bytes
+        limiter = AuthFailureLimiter(self.config.max_auth_failures_per_minute)
         self._server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.store, insecure=self.config.tls is None)],
-            options=[
-                ("grpc.max_receive_message_length", message_limit),
-                ("grpc.max_send_message_length", message_limit),
-            ],
+            interceptors=[AuthInterceptor(self.store, insecure=self.config.tls is None, limiter=limiter)],
+            options=self.config.grpc_options(),
         )
+        intake = Intake(self.store, self.blobs, self.config)
+        reaper = UploadReaper(intake)
+        self.metrics.watch_uploads(self.store, reaper)
         hospital_pb2_grpc.add_HospitalServiceServicer_to_server(
-            HospitalService(Intake(self.store, self.blobs, self.config), self.scheduler, events), self._server
+            HospitalService(intake, self.scheduler, events), self._server
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentService(self.store, self.scheduler, self.config, self.pool.address), self._server
         )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.store, self.scheduler, self.pool), self._server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.store, self.scheduler, self.pool, reaper),
+                                                          self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -108,6 +110,7 @@ class Master:
         self._listen()
         await self._server.start()
         self.scheduler.start()
+        self._reaping = loop.create_task(reaper.run())
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
             log.info("metrics at http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
@@ -138,6 +141,8 @@ class Master:
     async def stop(self, grace_s: float = 2.0) -> None:
         for name in ("", *SERVICE_NAMES):
             await _set_serving(self._health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._reaping is not None:
+            self._reaping.cancel()
         if self._server is not None:
             await self._server.stop(grace_s)
         if self.scheduler is not None:

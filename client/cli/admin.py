@@ -41,7 +41,7 @@ def agents(target: str = TargetOption, fmt: Format = FormatOption) -> None:
 
 
 @admin_app.command()
-def jobs(limit: int = typer.Option(0, help="At most this many (0: default page)."),
+def jobs(limit: int = typer.Option(0, help="At most this many (0: all, fetched page by page)."),
          target: str = TargetOption, fmt: Format = FormatOption) -> None:
     """List jobs, newest first."""
     with _client(target) as client:
@@ -95,7 +95,8 @@ def status(target: str = TargetOption, fmt: Format = FormatOption) -> None:
     with _client(target) as client:
         st = _wrap(client.cluster_status)()
     lines = [f"ray {st.ray_address}  queue depth {st.queue_depth}",
-             "jobs " + ", ".join(f"{k}={v}" for k, v in sorted(st.jobs_by_state.items()))]
+             "jobs " + ", ".join(f"{k}={v}" for k, v in sorted(st.jobs_by_state.items())),
+             f"open cases {st.open_cases}  open uploads {st.open_uploads}  expired uploads {st.expired_uploads}"]
     lines += [f"  {a.agent_id} {_agent_state(a.state)} {a.running_shards}/{a.slots}" for a in st.agents]
     emit(fmt, as_dict(st), "\n".join(lines))
 
@@ -254,7 +255,7 @@ def audit(
     hospital: str = typer.Option("", help="Only what this hospital (or agent / operator CN) did."),
     action: str = typer.Option("", help="upload, view, download, submit, cancel, admin, agent or auth (refusals)."),
     since: str = typer.Option(None, help="From this ISO time, or this far back (30m, 12h, 7d)."),
-    limit: int = typer.Option(0, help="At most this many entries (0: the default page)."),
+    limit: int = typer.Option(0, help="At most this many entries (0: all, fetched page by page)."),
     target: str = TargetOption,
     fmt: Format = FormatOption,
 ) -> None:

@@ -12,7 +12,12 @@ PERMISSION_DENIED. Health and reflection are open. In insecure mode (plaintext, 
 every caller is the one :data:`LOCAL` principal, with every role.
 
 The interceptor also writes the audit log: who, role, action, objects, time and outcome of every
-call that uploads, views, downloads, submits, cancels or administers, and of every refusal.
+call that uploads, views, downloads, submits, cancels or administers, and of every refusal (upload
+chunks and heartbeats included). Echoed objects and details are clipped, so no caller can grow
+the log by sending long fields; every request field is checked against its size limit
+(:mod:`.limits`) before any servicer runs. Repeated authentication failures from one address or
+one token prefix are rate-limited (:class:`AuthFailureLimiter`): past the limit they are refused
+with RESOURCE_EXHAUSTED and counted in one audit row per window instead of one row per try.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -28,10 +35,12 @@ import grpc
 
 from rtgrid.protos.v1 import admin_pb2, agent_pb2, hospital_pb2
 
+from ..errors import MasterError
 from ..ids import new_id, now_ms
 from ..store.base import Store
 from ..store.records import AuditRecord
 from .certs import AGENT_ROLE, CLIENT_ROLES, OPERATOR_ROLE, client_role
+from .limits import check_request, clip
 from .tokens import hospital_for_token
 
 log = logging.getLogger(__name__)
@@ -43,19 +52,32 @@ _ADMIN_API = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 _AGENT_API = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 SERVICE_ROLES = {_HOSPITAL_API: HOSPITAL_ROLE, _ADMIN_API: OPERATOR_ROLE, _AGENT_API: AGENT_ROLE}
 
-# What the audit log calls each call; methods not named here are logged only when refused
-# (chunks, heartbeats: many per minute and nothing an auditor asks about).
+# What the audit log calls each call. Every refusal is logged; the methods in _REFUSALS_ONLY are
+# logged only when refused (starts, chunks, heartbeats: many per minute, and FinishUpload already
+# records each file).
 _ACTIONS = {
     _HOSPITAL_API: {
-        "CreateCase": "upload", "FinishUpload": "upload", "CommitCase": "upload", "DeleteCase": "upload",
+        "CreateCase": "upload", "StartUpload": "upload", "UploadChunks": "upload", "FinishUpload": "upload",
+        "CommitCase": "upload", "DeleteCase": "upload",
         "GetCase": "view", "ListCases": "view", "GetJob": "view", "WatchJob": "view", "ListArtifacts": "view",
         "SubmitJob": "submit", "CancelJob": "cancel", "DownloadArtifact": "download",
     },
     _ADMIN_API: {"CancelJob": "cancel", "*": "admin"},
-    _AGENT_API: {"Register": "agent", "Drain": "agent", "Deregister": "agent"},
+    _AGENT_API: {"*": "agent"},
 }
+_REFUSALS_ONLY = frozenset({"HospitalService/StartUpload", "HospitalService/UploadChunks", "AgentService/Heartbeat",
+                            "AgentService/FetchModel"})
 # Request and response fields that name objects, recorded with each audit entry.
 _OBJECT_FIELDS = ("case_id", "job_id", "artifact_id", "upload_id", "file_id", "agent_id", "device_id", "name")
+# Longest echo of an object id and of a refusal's message in an audit row.
+AUDIT_OBJECT_CHARS = 128
+AUDIT_DETAIL_CHARS = 500
+# Authentication failures one address or token prefix may make per window before they are
+# refused outright and summarised (one audit row per window) instead of logged one by one.
+AUTH_FAILURES_PER_WINDOW = 30
+AUTH_FAILURE_WINDOW_S = 60.0
+# A token's first characters name it in the rate limit ("rtg_" and 4 of its 43 random characters).
+TOKEN_PREFIX_CHARS = 8
 
 
 @dataclass(frozen=True)
@@ -94,10 +116,64 @@ def _bearer(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def _objects(message) -> dict[str, str]:
+    message = getattr(message, "first", message)  # a request stream: its first message names the objects
     if message is None or not hasattr(message, "DESCRIPTOR"):
         return {}
-    return {f: str(getattr(message, f)) for f in _OBJECT_FIELDS if f in message.DESCRIPTOR.fields_by_name
-            and getattr(message, f)}
+    return {f: clip(getattr(message, f), AUDIT_OBJECT_CHARS) for f in _OBJECT_FIELDS
+            if f in message.DESCRIPTOR.fields_by_name and getattr(message, f)}
+
+
+def _peer_host(context) -> str:
+    """The caller's address without its port (a new connection gets a new port)."""
+    peer = context.peer() or ""
+    return peer.rpartition(":")[0] or peer
+
+
+@dataclass
+class _Window:
+    start: float
+    failures: int = 0
+    limited: int = 0  # failures refused outright, past the limit
+    summary_id: str = ""  # the one audit row that counts them
+
+
+class AuthFailureLimiter:
+    """Counts authentication failures per key (an address, a token prefix) in fixed windows.
+
+    Parameters
+    ----------
+    per_window : int
+        Failures a key may make in one window; later ones in that window are rate-limited.
+    window_s : float
+        Length of a window (s).
+    clock : callable
+        Monotonic seconds (tests pass their own).
+    """
+
+    MAX_KEYS = 10_000  # windows kept at most; expired ones go first
+
+    def __init__(self, per_window: int = AUTH_FAILURES_PER_WINDOW, window_s: float = AUTH_FAILURE_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_window, self.window_s, self.clock = per_window, window_s, clock
+        self._windows: dict[str, _Window] = {}
+
+    def fail(self, keys: list[str]) -> tuple[str, _Window] | None:
+        """Count one failure for each key; returns the first key over its limit with its window."""
+        now = self.clock()
+        if len(self._windows) > self.MAX_KEYS:
+            self._windows = {k: w for k, w in self._windows.items() if now - w.start < self.window_s}
+        over = None
+        for key in keys:
+            window = self._windows.get(key)
+            if window is None or now - window.start >= self.window_s:
+                window = self._windows[key] = _Window(now)
+            window.failures += 1
+            if over is None and window.failures > self.per_window:
+                over = (key, window)
+        return over
+
+    def retry_after_s(self, window: _Window) -> int:
+        return max(1, int(window.start + self.window_s - self.clock() + 0.999))
 
 
 class _Refused(Exception):
@@ -115,11 +191,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         Where hospital token digests and the audit log live.
     insecure : bool
         Plaintext loopback mode: every caller is :data:`LOCAL` (no credentials checked).
+    limiter : AuthFailureLimiter | None
+        Rate limit of authentication failures; default :data:`AUTH_FAILURES_PER_WINDOW` a minute.
     """
 
-    def __init__(self, store: Store, insecure: bool = False) -> None:
+    def __init__(self, store: Store, insecure: bool = False, limiter: AuthFailureLimiter | None = None) -> None:
         self.store = store
         self.insecure = insecure
+        self.limiter = limiter or AuthFailureLimiter()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -130,7 +209,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         actions = _ACTIONS.get(service, {})
         name = f"{service.rpartition('.')[2]}/{method}"  # e.g. HospitalService/GetCase
         return _guarded(handler, functools.partial(self._admit, name, role),
-                        functools.partial(self._audit, name, actions.get(method, actions.get("*", ""))))
+                        functools.partial(self._audit, name, actions.get(method, actions.get("*", "")),
+                                          name in _REFUSALS_ONLY))
 
     # who
     def _identify(self, context: grpc.aio.ServicerContext) -> list[Principal]:
@@ -164,14 +244,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                            f"{who} may not call {method}: it needs the {role} role")
         except _Refused as refused:
             caller = callers[0] if callers else Principal("", "")
-            self._write(caller, method, "auth", {}, refused.code.name, str(refused), context)
-            await context.abort(refused.code, str(refused))
+            token = _bearer(context)
+            keys = [f"address {_peer_host(context)}", *([f"token {token[:TOKEN_PREFIX_CHARS]}..."] if token else [])]
+            over = self.limiter.fail(keys)
+            if over is None:
+                self._write(caller, method, "auth", {}, refused.code.name, str(refused), context)
+                await context.abort(refused.code, str(refused))
+            key, window = over
+            window.limited += 1
+            summary = (f"{window.limited} authentication failures from {key} rate-limited (more than "
+                       f"{self.limiter.per_window} in {self.limiter.window_s:g} s); the last: {refused}")
+            if window.summary_id:
+                self._update(window.summary_id, summary)
+            else:
+                window.summary_id = self._write(caller, method, "auth", {}, "RESOURCE_EXHAUSTED", summary, context)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many failed authentications from {key}; try again in "
+                                f"{self.limiter.retry_after_s(window)} s")
             raise  # abort raises; this line is never reached
 
     # what
-    def _audit(self, method: str, action: str, principal: Principal, request, response, error: BaseException | None,
-               context) -> None:
-        if not action:
+    def _audit(self, method: str, action: str, refusals_only: bool, principal: Principal, request, response,
+               error: BaseException | None, context) -> None:
+        if not action or (refusals_only and error is None):
             return
         if error is None:
             outcome, detail = "OK", ""
@@ -184,17 +279,55 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._write(principal, method, action, {**_objects(request), **_objects(response)}, outcome, detail, context)
 
     def _write(self, principal: Principal, method: str, action: str, objects: dict[str, str], outcome: str,
-               detail: str, context) -> None:
+               detail: str, context) -> str:
         entry = AuditRecord(new_id("audit"), now_ms(), principal.name, principal.role, action, method, objects,
-                            outcome, str(detail)[:500], context.peer() or "")
+                            outcome, clip(detail, AUDIT_DETAIL_CHARS), clip(context.peer() or "", 100))
         try:
             self.store.add_audit(entry)
         except Exception:  # the audit log must not take the API down with it; the log says so loudly
             log.exception("could not write audit entry %s", entry)
+        return entry.audit_id
+
+    def _update(self, audit_id: str, detail: str) -> None:
+        try:
+            self.store.update_audit_detail(audit_id, clip(detail, AUDIT_DETAIL_CHARS))
+        except Exception:
+            log.exception("could not update audit entry %s", audit_id)
+
+
+class _CheckedStream:
+    """A request stream whose every message is checked against the size limits; remembers the
+    first message (it names the objects for the audit)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.first = None
+
+    def __aiter__(self) -> "_CheckedStream":
+        return self
+
+    async def __anext__(self):
+        message = await self.inner.__anext__()
+        if self.first is None:
+            self.first = message
+        check_request(message)  # InvalidArgument: the servicer maps it to its status
+        return message
+
+
+async def _checked(request, context):
+    """The request, checked against the size limits (a stream: checked as it is read)."""
+    if not hasattr(request, "DESCRIPTOR"):
+        return _CheckedStream(request)
+    try:
+        check_request(request)
+    except MasterError as exc:
+        await context.abort(exc.status, str(exc))
+    return request
 
 
 def _guarded(handler: grpc.RpcMethodHandler, admit, audit) -> grpc.RpcMethodHandler:
-    """The same handler, admitting the caller first and auditing the outcome."""
+    """The same handler, admitting the caller first, checking the request's sizes and auditing
+    the outcome."""
     serde = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
     if handler.unary_unary or handler.stream_unary:
         inner = handler.unary_unary or handler.stream_unary
@@ -203,6 +336,7 @@ def _guarded(handler: grpc.RpcMethodHandler, admit, audit) -> grpc.RpcMethodHand
             principal = await admit(context)
             _current.set(principal)
             try:
+                request = await _checked(request, context)
                 response = await inner(request, context)
             except BaseException as exc:
                 audit(principal, request, None, exc, context)
@@ -221,6 +355,7 @@ def _guarded(handler: grpc.RpcMethodHandler, admit, audit) -> grpc.RpcMethodHand
         principal = await admit(context)
         _current.set(principal)
         try:
+            request = await _checked(request, context)
             async for item in inner(request, context):
                 yield item
         except BaseException as exc:

@@ -21,21 +21,25 @@ from ..convert import (
     shard_to_proto,
 )
 from ..errors import InvalidArgument, NotFound
+from ..intake import UploadReaper
 from ..ray_pool import RayPool
 from ..scheduler import Scheduler
 from ..security import tokens
 from ..store.base import Store
-from .common import unary
+from .common import PAGE_BYTES, paginate, unary
 
 DEFAULT_JOB_PAGE = 100
 DEFAULT_AUDIT_PAGE = 1000
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, store: Store, scheduler: Scheduler, pool: RayPool) -> None:
+    def __init__(self, store: Store, scheduler: Scheduler, pool: RayPool, reaper: UploadReaper | None = None) -> None:
         self.store = store
         self.scheduler = scheduler
         self.pool = pool
+        self.reaper = reaper
+        # A page leaves room for the reply's other fields within the message limit.
+        self.page_bytes = min(PAGE_BYTES, scheduler.config.max_message_bytes // 2)
 
     @unary
     async def ListAgents(self, request, context):
@@ -51,8 +55,12 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidArgument(str(exc)) from None
         if request.limit < 0:
             raise InvalidArgument(f"limit must not be negative, got {request.limit}")
-        jobs = self.store.list_jobs(states, request.limit or DEFAULT_JOB_PAGE)
-        return admin_pb2.ListJobsResponse(jobs=[job_to_proto(j, *self.scheduler.shard_progress(j.job_id)) for j in jobs])
+        jobs, token = paginate(
+            lambda after, n: self.store.list_jobs(states, n, after),
+            lambda j: job_to_proto(j, *self.scheduler.shard_progress(j.job_id)), lambda j: j.job_id,
+            request.page_token, request.limit or DEFAULT_JOB_PAGE, self.page_bytes,
+        )
+        return admin_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @unary
     async def ListShards(self, request, context):
@@ -86,6 +94,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 for a in self.store.list_agents()
             ],
             ray_address=self.pool.address,
+            open_cases=self.store.count_open_cases(),
+            open_uploads=self.store.count_open_uploads(),
+            expired_uploads=self.reaper.expired if self.reaper is not None else 0,
         )
 
     @unary
@@ -145,6 +156,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListAudit(self, request, context):
         if request.limit < 0 or request.since_ms < 0:
             raise InvalidArgument("limit and since_ms must not be negative")
-        entries = self.store.list_audit(request.principal, request.action, request.since_ms,
-                                        request.limit or DEFAULT_AUDIT_PAGE)
-        return admin_pb2.ListAuditResponse(entries=[audit_to_proto(e) for e in entries])
+        entries, token = paginate(
+            lambda after, n: self.store.list_audit(request.principal, request.action, request.since_ms, n, after),
+            audit_to_proto, lambda e: e.audit_id, request.page_token, request.limit or DEFAULT_AUDIT_PAGE,
+            self.page_bytes,
+        )
+        return admin_pb2.ListAuditResponse(entries=entries, next_page_token=token)

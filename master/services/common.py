@@ -9,9 +9,62 @@ from typing import Any
 
 import grpc
 
-from ..errors import MasterError
+from ..errors import InvalidArgument, MasterError
+from ..security.limits import clip
 
 log = logging.getLogger("rtgrid.master.rpc")
+# Longest status message: a refusal echoes what the caller sent, and gRPC carries the message in
+# its trailers (which have their own, small size limit).
+MAX_STATUS_MESSAGE_CHARS = 2000
+
+
+# A listing page stops before its entries outgrow this many bytes (or half the message limit, if
+# that is smaller), whatever its `limit`; records are read from the store this many at a time.
+PAGE_BYTES = 1 << 20
+PAGE_BATCH = 50
+
+
+def paginate(fetch: Callable[[str, int], list[Any]], to_proto: Callable[[Any], Any], key: Callable[[Any], str],
+             page_token: str, limit: int, budget_bytes: int) -> tuple[list[Any], str]:
+    """One page of a listing and the token of the next (empty after the last page).
+
+    Parameters
+    ----------
+    fetch : callable
+        ``fetch(after, n)``: up to ``n`` records listed after the record whose key is ``after``
+        (the first records for ``""``); raises ``KeyError`` for an unknown key.
+    to_proto, key : callable
+        A record's message, and its key (what a page token holds).
+    page_token : str
+        Where the page starts: empty, or the ``next_page_token`` of the page before.
+    limit : int
+        Most records in the page.
+    budget_bytes : int
+        Most serialized bytes in the page; it always holds at least one record.
+
+    Raises
+    ------
+    InvalidArgument
+        A page token that names no record of the listing.
+    """
+    protos: list[Any] = []
+    size, after = 0, page_token
+    try:
+        while len(protos) < limit:
+            wanted = min(PAGE_BATCH, limit - len(protos))
+            batch = fetch(after, wanted)
+            for record in batch:
+                proto = to_proto(record)
+                if protos and size + proto.ByteSize() > budget_bytes:
+                    return protos, after
+                protos.append(proto)
+                size += proto.ByteSize()
+                after = key(record)
+            if len(batch) < wanted:
+                return protos, ""
+        return protos, after if fetch(after, 1) else ""
+    except KeyError:
+        raise InvalidArgument(f"page_token {clip(page_token, 80)!r} is not a page of this listing") from None
 
 
 def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -22,8 +75,9 @@ def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]
         try:
             return await method(self, request, context)
         except MasterError as exc:
-            log.info("%s refused: %s", method.__name__, exc)
-            await context.abort(exc.status, str(exc))
+            message = clip(exc, MAX_STATUS_MESSAGE_CHARS)
+            log.info("%s refused: %s", method.__name__, message)
+            await context.abort(exc.status, message)
         except Exception as exc:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(exc).__name__}")
@@ -40,8 +94,9 @@ def stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
             async for item in method(self, request, context):
                 yield item
         except MasterError as exc:
-            log.info("%s refused: %s", method.__name__, exc)
-            await context.abort(exc.status, str(exc))
+            message = clip(exc, MAX_STATUS_MESSAGE_CHARS)
+            log.info("%s refused: %s", method.__name__, message)
+            await context.abort(exc.status, message)
         except Exception as exc:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(exc).__name__}")

@@ -15,7 +15,7 @@ from rtgrid.protos.v1 import common_pb2, hospital_pb2, hospital_pb2_grpc
 from .. import intake
 from ..config import DOWNLOAD_CHUNK_BYTES
 from ..convert import artifact_to_proto, case_to_proto, event_to_proto, job_to_proto
-from ..errors import InvalidArgument, NotFound, ResourceExhausted
+from ..errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
 from ..events import EventBus
 from ..scheduler import Scheduler
 from ..security.auth import current_principal
@@ -78,10 +78,24 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
             max_chunk_bytes=self.intake.config.max_chunk_bytes,
         )
 
+    async def _chunks(self, request_iterator):
+        """The stream's chunks; a stream silent for ``upload_idle_s`` is ended (the client resumes
+        from the bytes the master holds), so a stalled sender does not hold a stream open."""
+        idle_s = self.intake.config.upload_idle_s
+        iterator = aiter(request_iterator)
+        while True:
+            try:
+                yield await asyncio.wait_for(anext(iterator), idle_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise DeadlineExceeded(f"no upload chunk for {idle_s:g} s (upload_idle_s): the stream is closed; "
+                                       "resume from the bytes the master holds") from None
+
     @unary
     async def UploadChunks(self, request_iterator, context):
         upload = None
-        async for chunk in request_iterator:
+        async for chunk in self._chunks(request_iterator):
             if upload is None or upload.upload_id != chunk.upload_id:
                 upload = self._own_upload(chunk.upload_id)
             upload = await asyncio.to_thread(

@@ -57,11 +57,22 @@ class Store(ABC):
     @abstractmethod
     def find_upload(self, case_id: str, file_name: str, sha256: str) -> UploadRecord | None: ...
     @abstractmethod
-    def set_upload_committed(self, upload_id: str, committed_bytes: int) -> None: ...
+    def set_upload_committed(self, upload_id: str, committed_bytes: int, updated_ms: int = 0) -> None: ...
     @abstractmethod
     def delete_upload(self, upload_id: str) -> None: ...
     @abstractmethod
     def list_uploads(self, case_id: str) -> list[UploadRecord]: ...
+    @abstractmethod
+    def stale_uploads(self, before_ms: int, limit: int = 1000) -> list[UploadRecord]:
+        """Uploads with no start or chunk since ``before_ms`` (ms since the epoch), oldest first."""
+
+    @abstractmethod
+    def count_open_cases(self, hospital: str | None = None) -> int:
+        """Uncommitted cases, of ``hospital`` or of all hospitals."""
+
+    @abstractmethod
+    def count_open_uploads(self, hospital: str | None = None) -> int:
+        """Started, unfinished uploads into the cases of ``hospital``, or of all hospitals."""
 
     @abstractmethod
     def add_file(self, file: FileRecord) -> None: ...
@@ -85,7 +96,10 @@ class Store(ABC):
     @abstractmethod
     def find_job_by_key(self, idempotency_key: str) -> JobRecord | None: ...
     @abstractmethod
-    def list_jobs(self, states: Sequence[str] = (), limit: int = 100) -> list[JobRecord]: ...
+    def list_jobs(self, states: Sequence[str] = (), limit: int = 100, after_job_id: str = "") -> list[JobRecord]:
+        """Jobs newest first; ``after_job_id``: those listed after that job (the next page).
+
+        Raises ``KeyError`` when ``after_job_id`` names no job."""
     @abstractmethod
     def update_job(self, job: JobRecord) -> None: ...
     @abstractmethod
@@ -169,5 +183,13 @@ class Store(ABC):
     @abstractmethod
     def add_audit(self, entry: AuditRecord) -> None: ...
     @abstractmethod
-    def list_audit(self, principal: str = "", action: str = "", since_ms: int = 0, limit: int = 1000) -> list[AuditRecord]:
-        """Audit entries oldest first, filtered by who, what and since when (all optional)."""
+    def update_audit_detail(self, audit_id: str, detail: str) -> None:
+        """Rewrite one entry's detail (a rate-limit summary that keeps counting)."""
+
+    @abstractmethod
+    def list_audit(self, principal: str = "", action: str = "", since_ms: int = 0, limit: int = 1000,
+                   after_audit_id: str = "") -> list[AuditRecord]:
+        """Audit entries oldest first, filtered by who, what and since when (all optional);
+        ``after_audit_id``: those listed after that entry (the next page).
+
+        Raises ``KeyError`` when ``after_audit_id`` names no entry."""

@@ -30,6 +30,7 @@ class UploadRecord:
     sha256: str
     committed_bytes: int
     created_ms: int
+    updated_ms: int = 0  # when the last chunk arrived (0: none yet); abandoned uploads expire from here
 
 
 @dataclass

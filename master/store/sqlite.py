@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -37,10 +38,16 @@ from .records import (
     UploadRecord,
 )
 
-SCHEMA_VERSION = 3
-# Version 3 added case owners, agent identities, hospitals and the audit log; a version-2 store is migrated in place.
-_MIGRATIONS = {2: ('ALTER TABLE cases ADD COLUMN "hospital" DEFAULT \'\'',
-                  'ALTER TABLE agents ADD COLUMN "identity" DEFAULT \'\'')}
+SCHEMA_VERSION = 4
+# Version 3 added case owners, agent identities, hospitals and the audit log; version 4 the time of
+# an upload's last chunk. An older store is migrated in place: a column a record has gained is
+# added with the field's default (see ``_add_missing_columns``).
+OLDEST_SCHEMA_VERSION = 2
+# Text the master itself writes (job and shard errors, event messages, audit details) is cut to
+# this many characters: an engine's error may echo a whole input.
+MAX_STORED_TEXT_CHARS = 4000
+_CLIPPED = {"JobRecord": ("error",), "ShardRecord": ("error",), "EventRecord": ("message",),
+            "AuditRecord": ("detail",)}
 R = TypeVar("R")
 
 _TABLES: dict[type, tuple[str, str]] = {
@@ -89,6 +96,24 @@ def _create_table(record: type) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} ({cols}, PRIMARY KEY ({key}))"
 
 
+def _clip_text(text: str) -> str:
+    if len(text) <= MAX_STORED_TEXT_CHARS:
+        return text
+    return f"{text[:MAX_STORED_TEXT_CHARS]}...({len(text)} characters)"
+
+
+def _private(path: Path) -> None:
+    """The store holds the audit, orders, case labels and token digests: only the master's user
+    may read it. The folder is made 0700, the database (and SQLite's WAL and shm files, which
+    take the database's mode) 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if f.exists():
+            os.chmod(f, 0o600)
+
+
 class SqliteStore(Store):
     """The job store in one SQLite file.
 
@@ -99,7 +124,7 @@ class SqliteStore(Store):
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private(path)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.RLock()
         self._depth = 0
@@ -108,15 +133,27 @@ class SqliteStore(Store):
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self.transaction():
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION, *_MIGRATIONS):
+            if version and not OLDEST_SCHEMA_VERSION <= version <= SCHEMA_VERSION:
                 raise RuntimeError(f"{path}: store schema {version}, this master knows {SCHEMA_VERSION}")
-            for ddl in _MIGRATIONS.get(version, ()):
-                self._conn.execute(ddl)
             for record in _TABLES:
                 self._conn.execute(_create_table(record))
+                self._add_missing_columns(record)
             for ddl in _INDEXES:
                 self._conn.execute(ddl)
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _add_missing_columns(self, record: type) -> None:
+        """Migration: a field the record gained since the store was made becomes a column holding
+        the field's default."""
+        table, _ = _TABLES[record]
+        have = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+        for f in dataclasses.fields(record):
+            if f.name in have:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            value = json.dumps(default) if _is_json(f) else default
+            literal = f"'{value}'" if isinstance(value, str) else repr(int(value) if isinstance(value, bool) else value)
+            self._conn.execute(f'ALTER TABLE {table} ADD COLUMN "{f.name}" DEFAULT {literal}')
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -145,6 +182,9 @@ class SqliteStore(Store):
         table, _ = _TABLES[type(record)]
         fields = dataclasses.fields(record)
         values = [json.dumps(getattr(record, f.name)) if _is_json(f) else getattr(record, f.name) for f in fields]
+        for name in _CLIPPED.get(type(record).__name__, ()):
+            i = [f.name for f in fields].index(name)
+            values[i] = _clip_text(values[i])
         verb = "INSERT OR REPLACE" if replace else "INSERT"
         sql = f"{verb} INTO {table} ({_columns(type(record))}) VALUES ({', '.join('?' * len(fields))})"
         with self.transaction():
@@ -198,14 +238,33 @@ class SqliteStore(Store):
     def find_upload(self, case_id: str, file_name: str, sha256: str) -> UploadRecord | None:
         return self._one(UploadRecord, "case_id = ? AND file_name = ? AND sha256 = ?", (case_id, file_name, sha256))
 
-    def set_upload_committed(self, upload_id: str, committed_bytes: int) -> None:
-        self._exec("UPDATE uploads SET committed_bytes = ? WHERE upload_id = ?", (committed_bytes, upload_id))
+    def set_upload_committed(self, upload_id: str, committed_bytes: int, updated_ms: int = 0) -> None:
+        self._exec("UPDATE uploads SET committed_bytes = ?, updated_ms = ? WHERE upload_id = ?",
+                   (committed_bytes, updated_ms, upload_id))
 
     def delete_upload(self, upload_id: str) -> None:
         self._exec("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
 
     def list_uploads(self, case_id: str) -> list[UploadRecord]:
         return self._select(UploadRecord, "case_id = ?", (case_id,))
+
+    def stale_uploads(self, before_ms: int, limit: int = 1000) -> list[UploadRecord]:
+        return self._select(UploadRecord, "MAX(created_ms, updated_ms) < ?", (before_ms,),
+                            f"ORDER BY created_ms LIMIT {int(limit)}")
+
+    def count_open_cases(self, hospital: str | None = None) -> int:
+        where, args = ("committed = 0", ()) if hospital is None else ("committed = 0 AND hospital = ?", (hospital,))
+        with self._lock:
+            return self._conn.execute(f"SELECT COUNT(*) FROM cases WHERE {where}", args).fetchone()[0]
+
+    def count_open_uploads(self, hospital: str | None = None) -> int:
+        with self._lock:
+            if hospital is None:
+                return self._conn.execute("SELECT COUNT(*) FROM uploads").fetchone()[0]
+            return self._conn.execute(
+                "SELECT COUNT(*) FROM uploads WHERE case_id IN (SELECT case_id FROM cases WHERE hospital = ?)",
+                (hospital,),
+            ).fetchone()[0]
 
     def add_file(self, file: FileRecord) -> None:
         self._insert(file)
@@ -245,9 +304,16 @@ class SqliteStore(Store):
     def find_job_by_key(self, idempotency_key: str) -> JobRecord | None:
         return self._one(JobRecord, "idempotency_key = ?", (idempotency_key,))
 
-    def list_jobs(self, states: Sequence[str] = (), limit: int = 100) -> list[JobRecord]:
-        where = f"state IN ({', '.join('?' * len(states))})" if states else "1"
-        return self._select(JobRecord, where, tuple(states), f"ORDER BY created_ms DESC LIMIT {int(limit)}")
+    def list_jobs(self, states: Sequence[str] = (), limit: int = 100, after_job_id: str = "") -> list[JobRecord]:
+        where, args = [f"state IN ({', '.join('?' * len(states))})" if states else "1"], list(states)
+        if after_job_id:
+            after = self.get_job(after_job_id)
+            if after is None:
+                raise KeyError(after_job_id)
+            where.append("(created_ms < ? OR (created_ms = ? AND job_id < ?))")
+            args += [after.created_ms, after.created_ms, after.job_id]
+        return self._select(JobRecord, " AND ".join(where), args,
+                            f"ORDER BY created_ms DESC, job_id DESC LIMIT {int(limit)}")
 
     def update_job(self, job: JobRecord) -> None:
         self._insert(job, replace=True)
@@ -369,8 +435,20 @@ class SqliteStore(Store):
     def add_audit(self, entry: AuditRecord) -> None:
         self._insert(entry)
 
-    def list_audit(self, principal: str = "", action: str = "", since_ms: int = 0, limit: int = 1000) -> list[AuditRecord]:
+    def update_audit_detail(self, audit_id: str, detail: str) -> None:
+        self._exec("UPDATE audit SET detail = ? WHERE audit_id = ?", (_clip_text(detail), audit_id))
+
+    def list_audit(self, principal: str = "", action: str = "", since_ms: int = 0, limit: int = 1000,
+                   after_audit_id: str = "") -> list[AuditRecord]:
         where, args = ["time_ms >= ?"], [since_ms]
+        if after_audit_id:
+            with self._lock:
+                row = self._conn.execute("SELECT time_ms, rowid FROM audit WHERE audit_id = ?",
+                                         (after_audit_id,)).fetchone()
+            if row is None:
+                raise KeyError(after_audit_id)
+            where.append("(time_ms > ? OR (time_ms = ? AND rowid > ?))")
+            args += [row[0], row[0], row[1]]
         if principal:
             where.append("principal = ?")
             args.append(principal)

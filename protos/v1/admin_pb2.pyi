@@ -18,18 +18,22 @@ class ListAgentsResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[_common_pb2.Agent, _Mapping]]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("states", "limit")
+    __slots__ = ("states", "limit", "page_token")
     STATES_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[_common_pb2.JobState]
     limit: int
-    def __init__(self, states: _Optional[_Iterable[_Union[_common_pb2.JobState, str]]] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, states: _Optional[_Iterable[_Union[_common_pb2.JobState, str]]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Job]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[_common_pb2.Job, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[_common_pb2.Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListShardsRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -80,7 +84,7 @@ class AgentLoad(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.AgentState, str]] = ..., running_shards: _Optional[int] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("queue_depth", "jobs_by_state", "agents", "ray_address")
+    __slots__ = ("queue_depth", "jobs_by_state", "agents", "ray_address", "open_cases", "open_uploads", "expired_uploads")
     class JobsByStateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,11 +96,17 @@ class ClusterStatus(_message.Message):
     JOBS_BY_STATE_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     RAY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_CASES_FIELD_NUMBER: _ClassVar[int]
+    OPEN_UPLOADS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_UPLOADS_FIELD_NUMBER: _ClassVar[int]
     queue_depth: int
     jobs_by_state: _containers.ScalarMap[str, int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentLoad]
     ray_address: str
-    def __init__(self, queue_depth: _Optional[int] = ..., jobs_by_state: _Optional[_Mapping[str, int]] = ..., agents: _Optional[_Iterable[_Union[AgentLoad, _Mapping]]] = ..., ray_address: _Optional[str] = ...) -> None: ...
+    open_cases: int
+    open_uploads: int
+    expired_uploads: int
+    def __init__(self, queue_depth: _Optional[int] = ..., jobs_by_state: _Optional[_Mapping[str, int]] = ..., agents: _Optional[_Iterable[_Union[AgentLoad, _Mapping]]] = ..., ray_address: _Optional[str] = ..., open_cases: _Optional[int] = ..., open_uploads: _Optional[int] = ..., expired_uploads: _Optional[int] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ()
@@ -206,19 +216,23 @@ class AuditEntry(_message.Message):
     def __init__(self, audit_id: _Optional[str] = ..., time_ms: _Optional[int] = ..., principal: _Optional[str] = ..., role: _Optional[str] = ..., action: _Optional[str] = ..., method: _Optional[str] = ..., objects: _Optional[_Mapping[str, str]] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ..., peer: _Optional[str] = ...) -> None: ...
 
 class ListAuditRequest(_message.Message):
-    __slots__ = ("principal", "action", "since_ms", "limit")
+    __slots__ = ("principal", "action", "since_ms", "limit", "page_token")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     SINCE_MS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     principal: str
     action: str
     since_ms: int
     limit: int
-    def __init__(self, principal: _Optional[str] = ..., action: _Optional[str] = ..., since_ms: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, principal: _Optional[str] = ..., action: _Optional[str] = ..., since_ms: _Optional[int] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListAuditResponse(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "next_page_token")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

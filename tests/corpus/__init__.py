@@ -220,6 +220,79 @@ BAD_PLAN_PARAMS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
 }
 
 
+# Requests with one field far over its size limit (issue 17): each is refused INVALID_ARGUMENT with a
+# message naming the field and its limit, before anything is looked up or stored.
+@dataclass(frozen=True)
+class OversizedField:
+    name: str
+    service: str  # hospital | admin
+    method: str
+    build: Callable[[str], object]  # a committed case id -> the request
+    words: tuple[str, ...]
+    streaming: str = ""  # "", "client" (a request stream) or "server" (a response stream)
+
+    def call(self, method, request, timeout: float = 60):
+        if self.streaming == "client":
+            return method(iter([request]), timeout=timeout)
+        if self.streaming == "server":
+            return list(method(request, timeout=timeout))
+        return method(request, timeout=timeout)
+
+
+def _oversized_fields() -> tuple[OversizedField, ...]:
+    from rtgrid.protos.v1 import admin_pb2, hospital_pb2
+
+    h, a = hospital_pb2, admin_pb2
+    mb = "x" * 1_200_000
+    return (
+        OversizedField("label", "hospital", "CreateCase", lambda c: h.CreateCaseRequest(label="x" * 100_000),
+                       ("label", "256")),
+        OversizedField("idempotency-key", "hospital", "SubmitJob",
+                       lambda c: h.SubmitJobRequest(case_id=c, kind="contour", idempotency_key=mb),
+                       ("idempotency_key", "128")),
+        OversizedField("case-id", "hospital", "GetCase", lambda c: h.GetCaseRequest(case_id=c + mb), ("case_id", "64")),
+        OversizedField("kind", "hospital", "SubmitJob", lambda c: h.SubmitJobRequest(case_id=c, kind="k" * 10_000),
+                       ("kind", "32")),
+        OversizedField("params-entries", "hospital", "SubmitJob",
+                       lambda c: h.SubmitJobRequest(case_id=c, kind="contour",
+                                                    params={f"p{i}": "1" for i in range(1000)}),
+                       ("params", "32 entries")),
+        OversizedField("params-key", "hospital", "SubmitJob",
+                       lambda c: h.SubmitJobRequest(case_id=c, kind="contour", params={"k" * 5000: "1"}),
+                       ("params key", "64")),
+        OversizedField("params-order", "hospital", "SubmitJob",
+                       lambda c: h.SubmitJobRequest(case_id=c, kind="plan",
+                                                    params={"order": "# " + "x" * 200_000 + "\n"}),
+                       ("params['order']", "65536")),
+        OversizedField("params-value", "hospital", "SubmitJob",
+                       lambda c: h.SubmitJobRequest(case_id=c, kind="contour", params={"shards": "9" * 50_000}),
+                       ("params['shards']", "1024")),
+        OversizedField("file-name", "hospital", "StartUpload",
+                       lambda c: h.StartUploadRequest(case_id=c, file_name="f" * 10_000, size_bytes=1, sha256="0" * 64),
+                       ("file_name", "255")),
+        OversizedField("sha256", "hospital", "StartUpload",
+                       lambda c: h.StartUploadRequest(case_id=c, file_name="a.dcm", size_bytes=1, sha256="0" * 10_000),
+                       ("sha256", "64")),
+        OversizedField("watch-job-id", "hospital", "WatchJob", lambda c: h.WatchJobRequest(job_id=mb),
+                       ("job_id", "64"), streaming="server"),
+        OversizedField("artifact-id", "hospital", "DownloadArtifact",
+                       lambda c: h.DownloadArtifactRequest(artifact_id=mb), ("artifact_id", "64"), streaming="server"),
+        OversizedField("upload-id", "hospital", "UploadChunks", lambda c: h.UploadChunk(upload_id=mb, offset=0),
+                       ("upload_id", "64"), streaming="client"),
+        OversizedField("audit-principal", "admin", "ListAudit", lambda c: a.ListAuditRequest(principal=mb),
+                       ("principal", "256")),
+        OversizedField("job-states", "admin", "ListJobs", lambda c: a.ListJobsRequest(states=[1] * 1000),
+                       ("states", "16")),
+        OversizedField("hospital-name", "admin", "AddHospital", lambda c: a.AddHospitalRequest(name=mb),
+                       ("name", "64")),
+        OversizedField("device-id", "admin", "SetDevice", lambda c: a.SetDeviceRequest(device_id=mb, hospital="h"),
+                       ("device_id", "64")),
+    )
+
+
+OVERSIZED_FIELDS = _oversized_fields()
+
+
 if __name__ == "__main__":
     import sys
     import tempfile

@@ -2,10 +2,12 @@
 
 Requests are generated from the proto descriptors of the hospital, admin and agent services by
 hypothesis: random strings mixed with real and malformed ids, extreme integers, NaN and infinite
-doubles, unknown enum values, random bytes, chunk streams with wrong offsets and checksums. Each
+doubles, unknown enum values, random bytes, chunk streams with wrong offsets and checksums, and
+oversized fields (strings beyond every field's limit, maps with hundreds of entries). Each
 request must come back with a status within its deadline, never INTERNAL or UNKNOWN (an unhandled
-error in the master) and never UNAVAILABLE (a dead server). At the end the master process is
-alive, healthy and serves a valid upload.
+error in the master) and never UNAVAILABLE (a dead server); one with an oversized field is
+INVALID_ARGUMENT. At the end the master process is alive, healthy and serves a valid upload, and
+the operator's listings of every job and every audit entry the fuzz made still work.
 
 The master is a dedicated subprocess (its store fills with fuzz) on the session's Ray head, with
 no agents: jobs the fuzz manages to submit only queue.
@@ -20,6 +22,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -50,6 +53,10 @@ CRASH_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCod
 HOSTILE_STRINGS = ["", " ", "../../etc/passwd", "a" * 5000, "\x00", "case-", "job-%s", "'; DROP TABLE jobs; --",
                    "ü∂\u202e", "auto", "auto:99999999999999999999", "contour", "plan", "full", "nan", "-1", "1e309"]
 EXTREME_INTS = [0, 1, -1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63), 2**32 - 1]
+# Beyond the limit of every string field (the largest, an order, is 64 KiB).
+OVERSIZED = "o" * 70_000
+HOSTILE_STRINGS.append(OVERSIZED)
+BIG_MAP = {f"k{i}": "v" for i in range(200)}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +110,9 @@ def message_strategy(cls, ids: list[str], depth: int = 0) -> st.SearchStrategy:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             key_f, value_f = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
             if value_f.message_type is None:  # the public protos map strings to scalars only
-                fields[field.name] = st.dictionaries(_scalar(key_f, ids), _scalar(value_f, ids), max_size=3)
+                fields[field.name] = st.one_of(st.dictionaries(_scalar(key_f, ids), _scalar(value_f, ids), max_size=3),
+                                               st.just(BIG_MAP) if value_f.type == FieldDescriptor.TYPE_STRING
+                                               else st.nothing())
             continue
         if field.message_type is not None:
             if depth >= 2:
@@ -175,6 +184,19 @@ async def _call(stubs, service: str, name: str, kind: str, body) -> grpc.StatusC
     return grpc.StatusCode.OK
 
 
+def _oversized(body) -> bool:
+    """Whether a request carries a field far beyond any limit (an OVERSIZED string or BIG_MAP)."""
+    if not hasattr(body, "ListFields"):
+        return False
+    for field, value in body.ListFields():
+        values = value.values() if isinstance(value, Mapping) else value if field.is_repeated else [value]
+        if isinstance(value, Mapping) and len(value) >= len(BIG_MAP):
+            return True
+        if any(v == OVERSIZED or _oversized(v) for v in values) or (isinstance(value, Mapping) and OVERSIZED in value):
+            return True
+    return False
+
+
 async def _gather(stubs, requests) -> list[grpc.StatusCode]:
     return await asyncio.gather(*(_call(stubs, *r) for r in requests))
 
@@ -190,6 +212,7 @@ def test_fuzz_public_protos(fuzz_master):
     stubs = {name: stub(channel) for _, name, stub in SERVICES}
     codes: Counter = Counter()
     crashes: list[str] = []
+    unlimited: list[str] = []  # oversized fields that were not refused
     started = time.monotonic()
     rpc_s = [0.0]
 
@@ -204,6 +227,8 @@ def test_fuzz_public_protos(fuzz_master):
             codes[code.name] += 1
             if code in CRASH_CODES or code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 crashes.append(f"{service}.{name} -> {code.name}: {str(body)[:300]}")
+            elif _oversized(body) and code != grpc.StatusCode.INVALID_ARGUMENT:
+                unlimited.append(f"{service}.{name} -> {code.name}: {str(body)[:300]}")
 
     try:
         batch()
@@ -213,6 +238,7 @@ def test_fuzz_public_protos(fuzz_master):
     elapsed = time.monotonic() - started
     print(f"fuzz: {sum(codes.values())} requests in {elapsed:.1f} s ({rpc_s[0]:.1f} s in calls): {dict(codes)}")
     assert not crashes, crashes[:10]
+    assert not unlimited, unlimited[:10]
     assert sum(codes.values()) >= 10_000
     assert proc.poll() is None, "the master died"
     with Client(target) as client:
@@ -220,3 +246,8 @@ def test_fuzz_public_protos(fuzz_master):
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
         case = client.call(client.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label="after the fuzz"))
         assert client.call(client.hospital.GetCase, hospital_pb2.GetCaseRequest(case_id=case.case_id)).label == "after the fuzz"
+        # The operator reads every job and every audit entry the fuzz left, page by page.
+        jobs, entries = client.jobs(), client.audit()
+        assert jobs and len(entries) > 1000  # more than one page of either
+        assert max(len(j.idempotency_key) for j in jobs) <= 128
+        print(f"after the fuzz: {len(jobs)} jobs, {len(entries)} audit entries listed")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import stat
 import subprocess
 import time
 
@@ -285,3 +286,27 @@ def test_pseudonymized_upload_and_reidentified_results(grid, tmp_path):
     assert referenced and referenced <= {ds.SOPInstanceUID for ds in cts}  # the hospital's own CT UIDs
     assert result.StudyInstanceUID == cts[0].StudyInstanceUID
     assert {r.ReferencedFrameOfReferenceUID for r in result.StructureSetROISequence} == {cts[0].FrameOfReferenceUID}
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "/", "../escape.dcm", "results/RS.dcm", "..\\x.dcm", "nul\0.dcm",
+                                  "x" * 300], ids=["empty", "dot", "dotdot", "slash", "parent", "subfolder",
+                                                   "backslash", "nul", "too-long"])
+def test_download_refuses_an_unsafe_artifact_name_and_leaves_nothing(grid, contoured, tmp_path, name):
+    """Issue 17, defect 7: an artifact named "", "." or "/" made Client.download write
+    `<out>.part` beside the output folder; a path name must not choose where a result lands."""
+    real = contoured[2][0]
+    renamed = common_pb2.Artifact()
+    renamed.CopyFrom(real)
+    renamed.name = name
+    out = tmp_path / "out"
+    with grid.hospital_client(grid.token) as client:
+        with pytest.raises(ValueError, match="not a single safe file name"):
+            client.download(renamed, out)
+    assert list(tmp_path.iterdir()) == []  # not even the output folder
+
+
+def test_store_and_data_folder_are_private(grid):
+    """Issue 17, defect 8: rtgrid.sqlite (audit, orders, labels, token digests) was 0644."""
+    assert stat.S_IMODE(grid.data_dir.stat().st_mode) == 0o700
+    for path in grid.data_dir.glob("rtgrid.sqlite*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -1,13 +1,16 @@
-"""The SQLite store: priority order of ready shards, gap-free event sequences, atomic transactions."""
+"""The SQLite store: priority order of ready shards, gap-free event sequences, atomic transactions,
+private file modes, pages of jobs, clipped text."""
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 
 import pytest
 
 from rtgrid.master.store.records import EventRecord, JobRecord, ShardRecord
-from rtgrid.master.store.sqlite import SqliteStore
+from rtgrid.master.store.sqlite import MAX_STORED_TEXT_CHARS, SqliteStore
 
 
 @pytest.fixture
@@ -68,3 +71,42 @@ def test_restart_requeues_running_shards_and_keeps_finished(tmp_path):
     states = {s.index: (s.state, s.result_sha256) for s in second.list_shards("j", "contour")}
     assert states == {0: ("succeeded", "a" * 64), 1: ("queued", ""), 2: ("queued", "")}
     second.close()
+
+
+def test_store_file_and_folder_are_private(tmp_path):
+    """The store holds the audit, orders, case labels and token digests: 0600 in a 0700 folder,
+    whatever the umask and the folder's mode were."""
+    folder = tmp_path / "data"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    old_umask = os.umask(0o022)
+    try:
+        s = SqliteStore(folder / "rtgrid.sqlite")
+        _job(s, "j", priority=0, created_ms=1)  # the WAL and shm files exist now
+        s.close()
+        again = SqliteStore(folder / "rtgrid.sqlite")  # and an existing store is made private too
+        again.close()
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    made = sorted(folder.glob("rtgrid.sqlite*"))
+    assert made and {p.name: stat.S_IMODE(p.stat().st_mode) for p in made} == {p.name: 0o600 for p in made}
+
+
+def test_jobs_page_newest_first_and_resume_after_a_job(store):
+    for i in range(7):
+        _job(store, f"job-{i}", priority=0, created_ms=100 + i // 2, shards=0)  # pairs share a time
+    first = [j.job_id for j in store.list_jobs(limit=3)]
+    rest = [j.job_id for j in store.list_jobs(limit=10, after_job_id=first[-1])]
+    assert first + rest == ["job-6", "job-5", "job-4", "job-3", "job-2", "job-1", "job-0"]
+    assert [j.job_id for j in store.list_jobs(["cancelled"], 10)] == []
+    with pytest.raises(KeyError):
+        store.list_jobs(limit=1, after_job_id="job-none")
+
+
+def test_text_the_master_writes_is_clipped(store):
+    store.add_job(JobRecord("j", "case-1", "contour", "failed", 0, {}, "contour", 1, error="e" * 100_000))
+    stored = store.get_job("j").error
+    assert len(stored) < MAX_STORED_TEXT_CHARS + 30 and stored.endswith("(100000 characters)")
+    event = store.append_event(EventRecord("j", 0, 0, "log", "failed", message="m" * 100_000))
+    assert len(store.events_after("j", event.seq - 1)[0].message) < MAX_STORED_TEXT_CHARS + 30
