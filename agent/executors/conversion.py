@@ -21,6 +21,7 @@ from rtgrid.engines.dicomrt.rtplan import PlanBeam, PlanData, step_and_shoot_con
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
 from rtgrid.engines.optimization.dvh import cumulative_dvh
 from rtgrid.engines.qa.plan_check import QaResult, check_plan
+from rtgrid.engines.report.pdf_report import device_plan_pdf
 from rtgrid.engines.report.plan_report import render_dvh_png, render_gamma_png
 
 from .files import artifact, dataset_bytes
@@ -96,6 +97,9 @@ def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSer
              (f"gamma.{device_name}.png", "image", "", render_gamma_png(
                  qa.gamma, density, title=f"{device_name}: gamma {qa.gamma_pass_rate_pct:.1f}% "
                                           f"({qa.gamma_criteria['dose_percent']:g}%/{qa.gamma_criteria['distance_mm']:g} mm)"))]
+    # This device's section of the plan document, from the QA report and the two pictures above.
+    files.append((f"report.{device_name}.pdf", "report_pdf", "", device_plan_pdf(
+        series, report, str(rtplan.SOPInstanceUID), device.machine.content_hash, rtstruct_uid, files[1][3], files[2][3])))
     if passed:
         rtdose = write_rtdose(dp.dose.voxels, density, series, referenced_rtplan_uid=rtplan.SOPInstanceUID,
                               comment=f"rtgrid plan for {device_name}")

@@ -40,6 +40,7 @@ from rtgrid.engines.optimization.coplanar_plan import optimize_on_full_kernel
 from rtgrid.engines.optimization.dvh import cumulative_dvh, dose_at_volume, evaluate_goals, plan_metrics, targets_mask
 from rtgrid.engines.optimization.order import load_order
 from rtgrid.engines.qa.plan_acceptance import judge_standard_plan
+from rtgrid.engines.report.pdf_report import standard_plan_pdf
 from rtgrid.engines.report.plan_report import render_dose_wash_png, render_dvh_png
 
 from .files import artifact, dataset_bytes
@@ -162,6 +163,7 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
         ("plan-report.json", "report", "", json.dumps(report, indent=2).encode()),
         ("dvh.png", "image", "", dvh_png),
         ("dose-wash.png", "image", "", wash_png),
+        ("report.pdf", "report_pdf", "", standard_plan_pdf(series, rtstructs, order, report, dvh_png, wash_png)),
     )
     result.update({"plan_released": acceptance.released, "plan_reasons": list(acceptance.reasons)})
     return result

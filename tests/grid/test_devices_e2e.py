@@ -58,6 +58,7 @@ def test_three_device_plans_pass_qa_and_a_down_device_is_rerouted(grid, planned_
         assert_valid_per_dciodvfy(files[f"RP.{device}.dcm"])
         qa = json.loads(files[f"qa.{device}.json"].read_text())
         assert qa["released"] and qa["gamma_pass_rate_pct"] >= 95.0
+        assert files[f"report.{device}.pdf"].read_bytes()[:5] == b"%PDF-"
         assert qa["violations"] == [] and all(g["met"] for g in qa["goals"] if g["hard"])
         # The dose QA recomputed from the RTPLAN file agrees with the RTDOSE we ship.
         assert qa["max_abs_difference_shipped_vs_qa_dose_gy"] < 0.01 * 60

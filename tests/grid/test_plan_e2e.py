@@ -46,7 +46,8 @@ def test_full_job_contours_then_plans(grid, phantom, tmp_path):
         assert len(dose_shards) == 5 and len({s.agent_id for s in dose_shards}) == 2
         files = {a.name: client.download(a, tmp_path) for a in client.artifacts(job.job_id)}
     assert {"RS.contours.dcm", "RD.standard.dcm", "standard-plan.npz", "plan-report.json", "dvh.png",
-            "dose-wash.png"} <= set(files)
+            "dose-wash.png", "report.pdf"} <= set(files)
+    assert files["report.pdf"].read_bytes()[:5] == b"%PDF-"  # content: tests/engines/report/test_pdf_report.py
     report = json.loads(files["plan-report.json"].read_text())
     assert report["all_goals_met"], [g for g in report["goals"] if not g["met"]]
     plan = StandardPlan.from_bytes(files["standard-plan.npz"].read_bytes())
