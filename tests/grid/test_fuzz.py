@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 from rtgrid.client.sdk import Client
 from rtgrid.engines.phantom import write_phantom_case
+from rtgrid.master.config import MAX_OPEN_CASES_PER_HOSPITAL
 from rtgrid.protos.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, hospital_pb2, hospital_pb2_grpc
 
 from .conftest import start_master, stop_process
@@ -244,6 +245,12 @@ def test_fuzz_public_protos(fuzz_master):
     with Client(target) as client:
         health = health_pb2_grpc.HealthStub(client.channel)
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        # The fuzz may have filled the open-case limit; room is made the way a hospital would make it.
+        open_cases = [c for c in client.call(client.hospital.ListCases, hospital_pb2.ListCasesRequest()).cases
+                      if not c.committed]
+        assert len(open_cases) <= MAX_OPEN_CASES_PER_HOSPITAL
+        if open_cases:
+            client.call(client.hospital.DeleteCase, hospital_pb2.DeleteCaseRequest(case_id=open_cases[0].case_id))
         case = client.call(client.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label="after the fuzz"))
         assert client.call(client.hospital.GetCase, hospital_pb2.GetCaseRequest(case_id=case.case_id)).label == "after the fuzz"
         # The operator reads every job and every audit entry the fuzz left, page by page.
