@@ -205,6 +205,7 @@ def train_seg_command(
     seed: int = typer.Option(None, help="Override the configuration's seed."),
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoint.pt when present."),
     max_epochs_this_run: int = typer.Option(None, help="Stop after this many epochs (resume later)."),
+    max_minutes: float = typer.Option(None, help="Start no new epoch after this many minutes (resume later)."),
 ) -> None:
     """Train a segmentation model (U-Net or DeepLabv3+) and write a model package; prints a JSON summary."""
     try:
@@ -217,7 +218,8 @@ def train_seg_command(
                 raise TrainSetupError(f"{config}: give validation cases either as validation_case_ids or as cases marked 'validation', not both")
             train_config = dataclasses.replace(train_config, validation_case_ids=validation_ids)
         result = train_segmentation(iter_cases(items, config.parent), train_config, out, resume=resume, device=device,
-                                    max_epochs_this_run=max_epochs_this_run, progress=_progress)
+                                    max_epochs_this_run=max_epochs_this_run, progress=_progress,
+                                    max_seconds=None if max_minutes is None else 60.0 * max_minutes)
     except (ValueError, TrainingResumeError) as exc:  # setup, data, card, intake and resume errors
         raise typer.BadParameter(str(exc)) from None
     print(json.dumps({"package": str(result.package_dir), "sha256": result.package_hash,

@@ -507,6 +507,7 @@ def train_segmentation(
     device: str = "cpu",
     max_epochs_this_run: int | None = None,
     progress: Callable[[str], None] | None = None,
+    max_seconds: float | None = None,
 ) -> TrainResult:
     """Train, validate each epoch, stop early on a plateau, and package the best epoch.
 
@@ -527,6 +528,9 @@ def train_segmentation(
         Stop after this many epochs in this call (the checkpoint allows continuing later).
     progress : callable, optional
         Receives one line per stage and epoch (and every 50 iterations), e.g. to print on stderr.
+    max_seconds : float, optional
+        Start no new epoch after this many seconds of this call (a bound on wall-clock time; the
+        card records the epochs done, and the checkpoint allows continuing).
 
     Returns
     -------
@@ -587,8 +591,12 @@ def train_segmentation(
     epochs_this_run = 0
     spacing = config.input_spacing_mm
     slice_index = np.array([(c, z) for c, case in enumerate(train) for z in range(case.images.shape[0])], dtype=np.int64)
+    run_started = time.perf_counter()
     while epoch < config.max_epochs and not stopped_early:
         if max_epochs_this_run is not None and epochs_this_run >= max_epochs_this_run:
+            break
+        if max_seconds is not None and time.perf_counter() - run_started >= max_seconds:
+            say(f"time limit of {max_seconds:.0f} s reached after epoch {epoch}")
             break
         started = time.perf_counter()
         rng = np.random.default_rng([config.seed, epoch])

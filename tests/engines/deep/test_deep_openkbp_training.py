@@ -73,10 +73,10 @@ def test_train_seg_on_named_openkbp_patients_resumes_to_the_same_weights(tmp_pat
     assert loaded.body_region == "head_and_neck"
 
     whole, halves = tmp_path / "whole", tmp_path / "halves"
-    train_seg_command(config, out=whole, device="cpu", seed=None, resume=True, max_epochs_this_run=None)
-    train_seg_command(config, out=halves, device="cpu", seed=None, resume=True, max_epochs_this_run=1)
+    train_seg_command(config, out=whole, device="cpu", seed=None, resume=True, max_epochs_this_run=None, max_minutes=None)
+    train_seg_command(config, out=halves, device="cpu", seed=None, resume=True, max_epochs_this_run=1, max_minutes=None)
     assert torch.load(halves / CHECKPOINT_FILE, weights_only=False)["epoch"] == 1
-    train_seg_command(config, out=halves, device="cpu", seed=None, resume=True, max_epochs_this_run=None)
+    train_seg_command(config, out=halves, device="cpu", seed=None, resume=True, max_epochs_this_run=None, max_minutes=None)
     (model_a, card_a), (model_b, card_b) = load_package(whole / "package"), load_package(halves / "package")
     for key, value in model_a.state_dict().items():
         torch.testing.assert_close(value, model_b.state_dict()[key], rtol=0, atol=0)
