@@ -52,6 +52,8 @@ def gateway_command(
     workers: int = typer.Option(4, "--workers", min=1, help="Series processed at once."),
     pseudonymize: bool = typer.Option(False, "--pseudonymize", help="De-identify before upload; re-identify "
                                                                     "results before pushing them."),
+    shift_dates: bool = typer.Option(False, "--shift-dates", help="With --pseudonymize: move dates by a per-patient "
+                                                                  "number of days instead of removing them."),
     pseudonym_map: Path = typer.Option(Path("rtgrid-pseudonyms.json"), "--pseudonym-map",
                                        envvar="RTGRID_PSEUDONYM_MAP", help="The hospital's pseudonym mapping."),
     target: str = typer.Option(None, "--target", envvar="RTGRID_TARGET", help="Master HOST:PORT."),
@@ -79,7 +81,7 @@ def gateway_command(
     if pseudonymize:
         from ..pseudonym import Pseudonymizer
 
-        pseudonymizer = Pseudonymizer(pseudonym_map)
+        pseudonymizer = Pseudonymizer(pseudonym_map, shift_dates=shift_dates)
     store = Spool(spool, quiet_s)
     client = Client(target or DEFAULT_TARGET, attempts=SDK_ATTEMPTS, ca=ca or _given.ca, token=token or _given.token)
     gateway = Gateway(client, store, chain, destinations, ae_title.strip(), pseudonymizer, workers, report=_emit)

@@ -39,10 +39,10 @@ MappingOption = typer.Option(Path("rtgrid-pseudonyms.json"), "--pseudonym-map", 
                              help="The hospital's pseudonym mapping (kept here, never uploaded).")
 
 
-def _pseudonymizer(path: Path):
+def _pseudonymizer(path: Path, shift_dates: bool = False):
     from ..pseudonym import Pseudonymizer  # pydicom loads only when asked for
 
-    return Pseudonymizer(path)
+    return Pseudonymizer(path, shift_dates=shift_dates)
 
 FormatOption = typer.Option(Format.text, "--format", help="text or json (one object per line).")
 
@@ -52,7 +52,10 @@ FormatOption = typer.Option(Format.text, "--format", help="text or json (one obj
 def upload(
     paths: list[Path] = typer.Argument(..., help="Folders or files: one CT series, optionally an RTSTRUCT drawn on it."),
     label: str = typer.Option("", help="A label for the case (no patient identifiers needed)."),
-    pseudonymize: bool = typer.Option(False, "--pseudonymize", help="Replace patient identifiers and UIDs first."),
+    pseudonymize: bool = typer.Option(False, "--pseudonymize", help="De-identify first (DICOM PS3.15 Basic "
+                                                                    "Profile: identifiers, UIDs, dates)."),
+    shift_dates: bool = typer.Option(False, "--shift-dates", help="With --pseudonymize: move dates by a per-patient "
+                                                                  "number of days instead of removing them."),
     pseudonym_map: Path = MappingOption,
     target: str = TargetOption,
     fmt: Format = FormatOption,
@@ -63,7 +66,7 @@ def upload(
     A progress bar by bytes goes to stderr (not with --format json).
     """
     files_to_send(paths)  # local problems are told before the master is asked anything
-    pseudonymizer = _pseudonymizer(pseudonym_map) if pseudonymize else None
+    pseudonymizer = _pseudonymizer(pseudonym_map, shift_dates) if pseudonymize else None
     with _client(target) as client:
         if fmt == Format.json:
             result = client.upload_folder(*paths, label=label, pseudonymizer=pseudonymizer)
