@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml setup.py
 
 install: $(STAMP)
 
-# External references the tests use: dciodvfy (dicom3tools) validates our DICOM, plastimatch
-# computes an independent DVH, dcmtk (storescu/storescp) is the gateway's DICOM peer, poppler
-# (pdftoppm/pdftotext) renders and reads the plan report. Debian packages; root on these machines.
+# External references the tests use: dciodvfy (dicom3tools) validates our DICOM, dcmtk
+# (storescu/storescp) is the gateway's DICOM peer, poppler (pdftoppm/pdftotext) renders and reads
+# the plan report. Debian packages; root on these machines. (plastimatch, the independent DVH,
+# comes from its PyPI wheel in the [test] extra.)
 tools:
-	@command -v dciodvfy >/dev/null && command -v plastimatch >/dev/null && command -v storescp >/dev/null && command -v pdftoppm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools plastimatch dcmtk poppler-utils >/dev/null; } || echo "warning: could not install dicom3tools, plastimatch, dcmtk and poppler-utils"
+	@command -v dciodvfy >/dev/null && command -v storescp >/dev/null && command -v pdftoppm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk poppler-utils >/dev/null; } || echo "warning: could not install dicom3tools, dcmtk and poppler-utils"
 
 proto: install
 	$(PY) -m rtgrid.protos.generate
