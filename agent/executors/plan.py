@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from pydicom.uid import generate_uid
 
 from rtgrid.engines.conversion.standard_plan import StandardPlan
+from rtgrid.engines.conversion.standard_rtplan import standard_rtplan
 from rtgrid.engines.dicomrt.rtdose import write_rtdose
 from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
 from rtgrid.engines.dose.beams import Beam, BixelGrid, default_isocenter, make_bixel_grid
@@ -157,6 +158,8 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
                                     prescription_gy=order.prescription.dose_gy)
     # A failed plan leaves its report and pictures for review, and no dose or plan to import or convert.
     released = [("RD.standard.dcm", "rtdose", "RTDOSE", dataset_bytes(rtdose)),
+                ("RP.standard.dcm", "rtplan", "RTPLAN", dataset_bytes(standard_rtplan(
+                    standard_plan, grid, masks, series, setup["rtstruct_uid"], plan_uid))),
                 ("standard-plan.npz", "standard_plan", "", standard_plan.to_bytes())] if acceptance.released else []
     result = artifact(
         *released,

@@ -48,6 +48,11 @@ def test_full_job_contours_then_plans(grid, phantom, tmp_path):
     assert {"RS.contours.dcm", "RD.standard.dcm", "standard-plan.npz", "plan-report.json", "dvh.png",
             "dose-wash.png", "report.pdf"} <= set(files)
     assert files["report.pdf"].read_bytes()[:5] == b"%PDF-"  # content: tests/engines/report/test_pdf_report.py
+    rp = pydicom.dcmread(files["RP.standard.dcm"])  # the plan RD.standard.dcm references exists
+    assert {b.TreatmentMachineName for b in rp.BeamSequence} == {"RTGRID-STANDARD"}
+    assert pydicom.dcmread(files["RD.standard.dcm"]).ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == \
+        rp.SOPInstanceUID
+    assert_valid_per_dciodvfy(files["RP.standard.dcm"])
     report = json.loads(files["plan-report.json"].read_text())
     assert report["all_goals_met"], [g for g in report["goals"] if not g["met"]]
     plan = StandardPlan.from_bytes(files["standard-plan.npz"].read_bytes())
