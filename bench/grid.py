@@ -252,10 +252,11 @@ class TimedClient(Client):
         finally:
             self.rpc_s[type(request).__name__] += time.perf_counter() - started
 
-    def upload_file(self, case_id: str, path: Path, chunk_bytes: int | None = None) -> hospital_pb2.UploadedFile:
+    def upload_file(self, case_id: str, path: Path, chunk_bytes: int | None = None,
+                    progress=None) -> hospital_pb2.UploadedFile:
         started = time.perf_counter()
         try:
-            return super().upload_file(case_id, path, chunk_bytes)
+            return super().upload_file(case_id, path, chunk_bytes, progress)
         finally:
             self.files_s += time.perf_counter() - started
 
