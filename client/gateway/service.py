@@ -80,6 +80,7 @@ class Gateway:
         self.ae_title, self.pseudonymizer, self.report = ae_title, pseudonymizer, report
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtgrid-gateway")
         self._busy: set[str] = set()
+        self._unreadable: set[str] = set()
         self._lock = threading.Lock()
         self._identity = threading.Lock()  # the pseudonym mapping is one file
 
@@ -109,7 +110,13 @@ class Gateway:
                 with self._lock:
                     if folder.name in self._busy:
                         continue
-                    state = self.spool.state(folder)
+                    try:
+                        state = self.spool.state(folder)
+                    except (OSError, ValueError) as exc:  # e.g. edited by hand: say so once, keep serving
+                        if folder.name not in self._unreadable:
+                            self._unreadable.add(folder.name)
+                            log.error("series folder %s has no readable state: %s", folder, exc)
+                        continue
                     if state.get("next_try", 0) > now:
                         continue
                     self._busy.add(folder.name)

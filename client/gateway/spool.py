@@ -99,9 +99,10 @@ class Spool:
                     continue
                 series = json.loads((source / SERIES_FILE).read_text())
                 n = len(list(source.glob("*.dcm")))
+                # The state first, then the move: a series in ready always has its state.
+                write_json(source / STATE_FILE, {**series, "instances": n, "step": "upload", "attempts": 0})
                 target = self.root / "ready" / f"{int(time.time() * 1000)}-{name}"
                 os.replace(source, target)
-                write_json(target / STATE_FILE, {**series, "instances": n, "step": "upload", "attempts": 0})
                 moved.append(target)
         return moved
 
