@@ -243,25 +243,30 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise _Refused(grpc.StatusCode.PERMISSION_DENIED,
                            f"{who} may not call {method}: it needs the {role} role")
         except _Refused as refused:
-            caller = callers[0] if callers else Principal("", "")
-            token = _bearer(context)
-            keys = [f"address {_peer_host(context)}", *([f"token {token[:TOKEN_PREFIX_CHARS]}..."] if token else [])]
-            over = self.limiter.fail(keys)
-            if over is None:
-                self._write(caller, method, "auth", {}, refused.code.name, str(refused), context)
-                await context.abort(refused.code, str(refused))
-            key, window = over
-            window.limited += 1
-            summary = (f"{window.limited} authentication failures from {key} rate-limited (more than "
-                       f"{self.limiter.per_window} in {self.limiter.window_s:g} s); the last: {refused}")
-            if window.summary_id:
-                self._update(window.summary_id, summary)
-            else:
-                window.summary_id = self._write(caller, method, "auth", {}, "RESOURCE_EXHAUSTED", summary, context)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"too many failed authentications from {key}; try again in "
-                                f"{self.limiter.retry_after_s(window)} s")
+            code, message = self._refusal(callers[0] if callers else Principal("", ""), method, refused, context)
+            await context.abort(code, message)
             raise  # abort raises; this line is never reached
+
+    def _refusal(self, caller: Principal, method: str, refused: _Refused, context) -> tuple[grpc.StatusCode, str]:
+        """Audit a refusal at the door and say how to answer it: as refused, or, past the rate
+        limit of its address or token prefix, RESOURCE_EXHAUSTED counted in the window's one
+        summary row."""
+        token = _bearer(context)
+        keys = [f"address {_peer_host(context)}", *([f"token {token[:TOKEN_PREFIX_CHARS]}..."] if token else [])]
+        over = self.limiter.fail(keys)
+        if over is None:
+            self._write(caller, method, "auth", {}, refused.code.name, str(refused), context)
+            return refused.code, str(refused)
+        key, window = over
+        window.limited += 1
+        summary = (f"{window.limited} authentication failures from {key} rate-limited (more than "
+                   f"{self.limiter.per_window} in {self.limiter.window_s:g} s); the last: {refused}")
+        if window.summary_id:
+            self._update(window.summary_id, summary)
+        else:
+            window.summary_id = self._write(caller, method, "auth", {}, "RESOURCE_EXHAUSTED", summary, context)
+        return (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many failed authentications from {key}; try again in {self.limiter.retry_after_s(window)} s")
 
     # what
     def _audit(self, method: str, action: str, refusals_only: bool, principal: Principal, request, response,
