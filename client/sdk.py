@@ -325,9 +325,9 @@ class Client:
     def job(self, job_id: str) -> common_pb2.Job:
         return self.call(self.hospital.GetJob, hospital_pb2.GetJobRequest(job_id=job_id))
 
-    def cases(self) -> list[common_pb2.Case]:
-        """The hospital's cases."""
-        return list(self.call(self.hospital.ListCases, hospital_pb2.ListCasesRequest()).cases)
+    def cases(self, limit: int = 0) -> list[common_pb2.Case]:
+        """The hospital's cases, oldest first: at most ``limit`` (0: all), fetched page by page."""
+        return list(self._pages(self.hospital.ListCases, hospital_pb2.ListCasesRequest(), "cases", limit))
 
     def cancel(self, job_id: str) -> common_pb2.Job:
         return self.call(self.hospital.CancelJob, hospital_pb2.CancelJobRequest(job_id=job_id))

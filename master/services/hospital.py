@@ -20,10 +20,11 @@ from ..events import EventBus
 from ..scheduler import Scheduler
 from ..security.auth import current_principal
 from ..store.records import TERMINAL_JOB_STATES, CaseRecord, JobRecord
-from .common import stream, unary
+from .common import PAGE_BYTES, paginate, stream, unary
 
 # A watcher re-reads the store at least this often, even without a wake-up.
 WATCH_POLL_S = 1.0
+DEFAULT_CASE_PAGE = 1000
 
 
 class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
@@ -35,6 +36,7 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
         self.events = events
         # Per hospital, the job limit is checked and applied as one step (hospitals do not wait on each other).
         self._submit_locks: dict[str, threading.Lock] = {}
+        self.page_bytes = min(PAGE_BYTES, intake_state.config.max_message_bytes // 2)
 
     # ownership: the caller's own objects, or NOT_FOUND
     def _own_case(self, case_id: str) -> CaseRecord:
@@ -134,8 +136,15 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def ListCases(self, request, context):
-        cases = self.store.list_cases(current_principal().name)
-        return hospital_pb2.ListCasesResponse(cases=[self._case_proto(c.case_id) for c in cases])
+        if request.limit < 0:
+            raise InvalidArgument(f"limit must not be negative, got {request.limit}")
+        hospital = current_principal().name
+        cases, token = paginate(
+            lambda after, n: self.store.list_cases(hospital, n, after),
+            lambda c: case_to_proto(c, self.store.list_series(c.case_id), self.store.list_files(c.case_id)),
+            lambda c: c.case_id, request.page_token, request.limit or DEFAULT_CASE_PAGE, self.page_bytes,
+        )
+        return hospital_pb2.ListCasesResponse(cases=cases, next_page_token=token)
 
     def _job_proto(self, job) -> common_pb2.Job:
         proto = job_to_proto(job, *self.scheduler.shard_progress(job.job_id))

@@ -42,8 +42,11 @@ class Store(ABC):
     @abstractmethod
     def get_case(self, case_id: str) -> CaseRecord | None: ...
     @abstractmethod
-    def list_cases(self, hospital: str | None = None) -> list[CaseRecord]:
-        """All cases, or those ``hospital`` owns."""
+    def list_cases(self, hospital: str | None = None, limit: int = -1, after_case_id: str = "") -> list[CaseRecord]:
+        """All cases, or those ``hospital`` owns, oldest first: at most ``limit`` (-1: all),
+        after the case ``after_case_id`` (the next page).
+
+        Raises ``KeyError`` when ``after_case_id`` names no case."""
     @abstractmethod
     def set_case_committed(self, case_id: str) -> None: ...
     @abstractmethod

@@ -216,10 +216,15 @@ class SqliteStore(Store):
     def get_case(self, case_id: str) -> CaseRecord | None:
         return self._one(CaseRecord, "case_id = ?", (case_id,))
 
-    def list_cases(self, hospital: str | None = None) -> list[CaseRecord]:
-        if hospital is None:
-            return self._select(CaseRecord, tail="ORDER BY created_ms")
-        return self._select(CaseRecord, "hospital = ?", (hospital,), "ORDER BY created_ms")
+    def list_cases(self, hospital: str | None = None, limit: int = -1, after_case_id: str = "") -> list[CaseRecord]:
+        where, args = ["1" if hospital is None else "hospital = ?"], [] if hospital is None else [hospital]
+        if after_case_id:
+            after = self.get_case(after_case_id)
+            if after is None:
+                raise KeyError(after_case_id)
+            where.append("(created_ms > ? OR (created_ms = ? AND case_id > ?))")
+            args += [after.created_ms, after.created_ms, after.case_id]
+        return self._select(CaseRecord, " AND ".join(where), args, f"ORDER BY created_ms, case_id LIMIT {int(limit)}")
 
     def set_case_committed(self, case_id: str) -> None:
         self._exec("UPDATE cases SET committed = 1 WHERE case_id = ?", (case_id,))

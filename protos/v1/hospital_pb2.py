@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from rtgrid.protos.v1 import common_pb2 as rtgrid_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rtgrid/v1/hospital.proto\x12\trtgrid.v1\x1a\x16rtgrid/v1/common.proto\"\"\n\x11\x43reateCaseRequest\x12\r\n\x05label\x18\x01 \x01(\t\"\\\n\x12StartUploadRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"g\n\x0cUploadStatus\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63ommitted_bytes\x18\x02 \x01(\x03\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x04 \x01(\x05\"M\n\x0bUploadChunk\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x04 \x01(\r\"(\n\x13\x46inishUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"\xa2\x01\n\x0cUploadedFile\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x11\n\tfile_name\x18\x03 \x01(\t\x12\x10\n\x08modality\x18\x04 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\r\n\x05notes\x18\x08 \x03(\t\"$\n\x11\x43ommitCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\"$\n\x11\x44\x65leteCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\"!\n\x0eGetCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\"\x12\n\x10ListCasesRequest\"3\n\x11ListCasesResponse\x12\x1e\n\x05\x63\x61ses\x18\x01 \x03(\x0b\x32\x0f.rtgrid.v1.Case\"\xc4\x01\n\x10SubmitJobRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x37\n\x06params\x18\x03 \x03(\x0b\x32\'.rtgrid.v1.SubmitJobRequest.ParamsEntry\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"&\n\x14ListArtifactsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x15ListArtifactsResponse\x12&\n\tartifacts\x18\x01 \x03(\x0b\x32\x13.rtgrid.v1.Artifact\">\n\x17\x44ownloadArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x32\xa5\x07\n\x0fHospitalService\x12;\n\nCreateCase\x12\x1c.rtgrid.v1.CreateCaseRequest\x1a\x0f.rtgrid.v1.Case\x12\x45\n\x0bStartUpload\x12\x1d.rtgrid.v1.StartUploadRequest\x1a\x17.rtgrid.v1.UploadStatus\x12\x41\n\x0cUploadChunks\x12\x16.rtgrid.v1.UploadChunk\x1a\x17.rtgrid.v1.UploadStatus(\x01\x12G\n\x0c\x46inishUpload\x12\x1e.rtgrid.v1.FinishUploadRequest\x1a\x17.rtgrid.v1.UploadedFile\x12;\n\nCommitCase\x12\x1c.rtgrid.v1.CommitCaseRequest\x1a\x0f.rtgrid.v1.Case\x12;\n\nDeleteCase\x12\x1c.rtgrid.v1.DeleteCaseRequest\x1a\x0f.rtgrid.v1.Case\x12\x35\n\x07GetCase\x12\x19.rtgrid.v1.GetCaseRequest\x1a\x0f.rtgrid.v1.Case\x12\x46\n\tListCases\x12\x1b.rtgrid.v1.ListCasesRequest\x1a\x1c.rtgrid.v1.ListCasesResponse\x12\x38\n\tSubmitJob\x12\x1b.rtgrid.v1.SubmitJobRequest\x1a\x0e.rtgrid.v1.Job\x12\x32\n\x06GetJob\x12\x18.rtgrid.v1.GetJobRequest\x1a\x0e.rtgrid.v1.Job\x12=\n\x08WatchJob\x12\x1a.rtgrid.v1.WatchJobRequest\x1a\x13.rtgrid.v1.JobEvent0\x01\x12\x38\n\tCancelJob\x12\x1b.rtgrid.v1.CancelJobRequest\x1a\x0e.rtgrid.v1.Job\x12R\n\rListArtifacts\x12\x1f.rtgrid.v1.ListArtifactsRequest\x1a .rtgrid.v1.ListArtifactsResponse\x12N\n\x10\x44ownloadArtifact\x12\".rtgrid.v1.DownloadArtifactRequest\x1a\x14.rtgrid.v1.DataChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rtgrid/v1/hospital.proto\x12\trtgrid.v1\x1a\x16rtgrid/v1/common.proto\"\"\n\x11\x43reateCaseRequest\x12\r\n\x05label\x18\x01 \x01(\t\"\\\n\x12StartUploadRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"g\n\x0cUploadStatus\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63ommitted_bytes\x18\x02 \x01(\x03\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x04 \x01(\x05\"M\n\x0bUploadChunk\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x04 \x01(\r\"(\n\x13\x46inishUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"\xa2\x01\n\x0cUploadedFile\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x11\n\tfile_name\x18\x03 \x01(\t\x12\x10\n\x08modality\x18\x04 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\r\n\x05notes\x18\x08 \x03(\t\"$\n\x11\x43ommitCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\"$\n\x11\x44\x65leteCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\"!\n\x0eGetCaseRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\"5\n\x10ListCasesRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"L\n\x11ListCasesResponse\x12\x1e\n\x05\x63\x61ses\x18\x01 \x03(\x0b\x32\x0f.rtgrid.v1.Case\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc4\x01\n\x10SubmitJobRequest\x12\x0f\n\x07\x63\x61se_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x37\n\x06params\x18\x03 \x03(\x0b\x32\'.rtgrid.v1.SubmitJobRequest.ParamsEntry\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"&\n\x14ListArtifactsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x15ListArtifactsResponse\x12&\n\tartifacts\x18\x01 \x03(\x0b\x32\x13.rtgrid.v1.Artifact\">\n\x17\x44ownloadArtifactRequest\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x32\xa5\x07\n\x0fHospitalService\x12;\n\nCreateCase\x12\x1c.rtgrid.v1.CreateCaseRequest\x1a\x0f.rtgrid.v1.Case\x12\x45\n\x0bStartUpload\x12\x1d.rtgrid.v1.StartUploadRequest\x1a\x17.rtgrid.v1.UploadStatus\x12\x41\n\x0cUploadChunks\x12\x16.rtgrid.v1.UploadChunk\x1a\x17.rtgrid.v1.UploadStatus(\x01\x12G\n\x0c\x46inishUpload\x12\x1e.rtgrid.v1.FinishUploadRequest\x1a\x17.rtgrid.v1.UploadedFile\x12;\n\nCommitCase\x12\x1c.rtgrid.v1.CommitCaseRequest\x1a\x0f.rtgrid.v1.Case\x12;\n\nDeleteCase\x12\x1c.rtgrid.v1.DeleteCaseRequest\x1a\x0f.rtgrid.v1.Case\x12\x35\n\x07GetCase\x12\x19.rtgrid.v1.GetCaseRequest\x1a\x0f.rtgrid.v1.Case\x12\x46\n\tListCases\x12\x1b.rtgrid.v1.ListCasesRequest\x1a\x1c.rtgrid.v1.ListCasesResponse\x12\x38\n\tSubmitJob\x12\x1b.rtgrid.v1.SubmitJobRequest\x1a\x0e.rtgrid.v1.Job\x12\x32\n\x06GetJob\x12\x18.rtgrid.v1.GetJobRequest\x1a\x0e.rtgrid.v1.Job\x12=\n\x08WatchJob\x12\x1a.rtgrid.v1.WatchJobRequest\x1a\x13.rtgrid.v1.JobEvent0\x01\x12\x38\n\tCancelJob\x12\x1b.rtgrid.v1.CancelJobRequest\x1a\x0e.rtgrid.v1.Job\x12R\n\rListArtifacts\x12\x1f.rtgrid.v1.ListArtifactsRequest\x1a .rtgrid.v1.ListArtifactsResponse\x12N\n\x10\x44ownloadArtifact\x12\".rtgrid.v1.DownloadArtifactRequest\x1a\x14.rtgrid.v1.DataChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,25 +53,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCASEREQUEST']._serialized_start=660
   _globals['_GETCASEREQUEST']._serialized_end=693
   _globals['_LISTCASESREQUEST']._serialized_start=695
-  _globals['_LISTCASESREQUEST']._serialized_end=713
-  _globals['_LISTCASESRESPONSE']._serialized_start=715
-  _globals['_LISTCASESRESPONSE']._serialized_end=766
-  _globals['_SUBMITJOBREQUEST']._serialized_start=769
-  _globals['_SUBMITJOBREQUEST']._serialized_end=965
-  _globals['_SUBMITJOBREQUEST_PARAMSENTRY']._serialized_start=920
-  _globals['_SUBMITJOBREQUEST_PARAMSENTRY']._serialized_end=965
-  _globals['_GETJOBREQUEST']._serialized_start=967
-  _globals['_GETJOBREQUEST']._serialized_end=998
-  _globals['_WATCHJOBREQUEST']._serialized_start=1000
-  _globals['_WATCHJOBREQUEST']._serialized_end=1052
-  _globals['_CANCELJOBREQUEST']._serialized_start=1054
-  _globals['_CANCELJOBREQUEST']._serialized_end=1088
-  _globals['_LISTARTIFACTSREQUEST']._serialized_start=1090
-  _globals['_LISTARTIFACTSREQUEST']._serialized_end=1128
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=1130
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=1193
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=1195
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=1257
-  _globals['_HOSPITALSERVICE']._serialized_start=1260
-  _globals['_HOSPITALSERVICE']._serialized_end=2193
+  _globals['_LISTCASESREQUEST']._serialized_end=748
+  _globals['_LISTCASESRESPONSE']._serialized_start=750
+  _globals['_LISTCASESRESPONSE']._serialized_end=826
+  _globals['_SUBMITJOBREQUEST']._serialized_start=829
+  _globals['_SUBMITJOBREQUEST']._serialized_end=1025
+  _globals['_SUBMITJOBREQUEST_PARAMSENTRY']._serialized_start=980
+  _globals['_SUBMITJOBREQUEST_PARAMSENTRY']._serialized_end=1025
+  _globals['_GETJOBREQUEST']._serialized_start=1027
+  _globals['_GETJOBREQUEST']._serialized_end=1058
+  _globals['_WATCHJOBREQUEST']._serialized_start=1060
+  _globals['_WATCHJOBREQUEST']._serialized_end=1112
+  _globals['_CANCELJOBREQUEST']._serialized_start=1114
+  _globals['_CANCELJOBREQUEST']._serialized_end=1148
+  _globals['_LISTARTIFACTSREQUEST']._serialized_start=1150
+  _globals['_LISTARTIFACTSREQUEST']._serialized_end=1188
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=1190
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=1253
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=1255
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=1317
+  _globals['_HOSPITALSERVICE']._serialized_start=1320
+  _globals['_HOSPITALSERVICE']._serialized_end=2253
 # @@protoc_insertion_point(module_scope)

@@ -94,14 +94,20 @@ class GetCaseRequest(_message.Message):
     def __init__(self, case_id: _Optional[str] = ...) -> None: ...
 
 class ListCasesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("limit", "page_token")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    page_token: str
+    def __init__(self, limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListCasesResponse(_message.Message):
-    __slots__ = ("cases",)
+    __slots__ = ("cases", "next_page_token")
     CASES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     cases: _containers.RepeatedCompositeFieldContainer[_common_pb2.Case]
-    def __init__(self, cases: _Optional[_Iterable[_Union[_common_pb2.Case, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, cases: _Optional[_Iterable[_Union[_common_pb2.Case, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("case_id", "kind", "params", "priority", "idempotency_key")

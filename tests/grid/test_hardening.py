@@ -105,6 +105,14 @@ def test_listings_page_with_tokens(grid, committed_case):
         assert operator.call(operator.admin.ListJobs, admin_pb2.ListJobsRequest(limit=3)).jobs
         every = operator.jobs()
         assert len({j.job_id for j in every}) == len(every) >= 2
+    with grid.hospital_client(grid.token) as client:  # a hospital's cases, too
+        client.call(client.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label="second"))
+        first = client.call(client.hospital.ListCases, hospital_pb2.ListCasesRequest(limit=1))
+        second = client.call(client.hospital.ListCases, hospital_pb2.ListCasesRequest(
+            limit=1, page_token=first.next_page_token))
+        assert first.next_page_token and second.cases[0].case_id != first.cases[0].case_id
+        every = client.cases()
+        assert len({c.case_id for c in every}) == len(every) >= 2 and committed_case in {c.case_id for c in every}
 
 
 def test_upload_refusals_are_audited(grid, committed_case, started_ms):

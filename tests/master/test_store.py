@@ -110,3 +110,14 @@ def test_text_the_master_writes_is_clipped(store):
     assert len(stored) < MAX_STORED_TEXT_CHARS + 30 and stored.endswith("(100000 characters)")
     event = store.append_event(EventRecord("j", 0, 0, "log", "failed", message="m" * 100_000))
     assert len(store.events_after("j", event.seq - 1)[0].message) < MAX_STORED_TEXT_CHARS + 30
+
+
+def test_cases_page_oldest_first_per_hospital(store):
+    from rtgrid.master.store.records import CaseRecord
+
+    for i in range(5):
+        store.add_case(CaseRecord(f"case-{i}", "x", False, 10 + i // 2, "st-luke" if i != 2 else "county"))
+    first = store.list_cases("st-luke", 2)
+    rest = store.list_cases("st-luke", 10, first[-1].case_id)
+    assert [c.case_id for c in first + rest] == ["case-0", "case-1", "case-3", "case-4"]
+    assert len(store.list_cases()) == 5
