@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 from rtgrid.engines.phantom import write_phantom_case
 
@@ -65,10 +66,18 @@ def test_gateway_round_trip_with_dcmtk(grid, tmp_path):
         sent = subprocess.run(["storescu", "-aet", "CT_SIM", "-aec", "RTGRID", "+sd", "+r", "127.0.0.1", port,
                                str(phantom.ct_dir)], capture_output=True, text=True)
         assert sent.returncode == 0, sent.stderr
+        # An MR image: kept, uploaded, refused by the master (a plan needs a CT), set aside with the reason.
+        mr = subprocess.run(["storescu", "-aet", "CT_SIM", "-aec", "RTGRID", "127.0.0.1", port,
+                             get_testdata_file("MR_small.dcm")], capture_output=True, text=True)
+        assert mr.returncode == 0, mr.stderr
 
-        done = _json_line(gateway, ROUND_TRIP_TIMEOUT_S)
-        assert done["event"] == "done", done
+        ended = {}
+        while len(ended) < 2:
+            record = _json_line(gateway, ROUND_TRIP_TIMEOUT_S)
+            ended[record["event"]] = record
+        done, failed = ended["done"], ended["failed"]
         assert done["instances"] == 40 and done["pushed"] == {f"TPS@127.0.0.1:{tps_port}": 1}
+        assert failed["instances"] == 1 and "refused the series" in failed["error"] and "MR" in failed["error"]
     finally:
         stop_process(gateway)
         stop_process(tps)
@@ -95,6 +104,8 @@ def test_gateway_round_trip_with_dcmtk(grid, tmp_path):
     spool = tmp_path / "spool"
     assert list((spool / "ready").iterdir()) == [] and list((spool / "incoming").iterdir()) == []
     assert [p.name for p in (spool / "done").iterdir() for p in p.glob("*.dcm")] == []
+    [kept] = (spool / "failed").iterdir()  # the refused series keeps its instance
+    assert len(list(kept.glob("*.dcm"))) == 1
     assert json.loads(mapping.read_text())["patients"][phantom.patient_id]["pseudonym"].startswith("RTG-")
 
 
