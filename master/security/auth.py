@@ -160,8 +160,9 @@ class AuthFailureLimiter:
     def fail(self, keys: list[str]) -> tuple[str, _Window] | None:
         """Count one failure for each key; returns the first key over its limit with its window."""
         now = self.clock()
-        if len(self._windows) > self.MAX_KEYS:
-            self._windows = {k: w for k, w in self._windows.items() if now - w.start < self.window_s}
+        if len(self._windows) > self.MAX_KEYS:  # expired windows go; then, if still too many, the oldest half
+            live = sorted(((w.start, k) for k, w in self._windows.items() if now - w.start < self.window_s))
+            self._windows = {k: self._windows[k] for _, k in live[-self.MAX_KEYS // 2:]}
         over = None
         for key in keys:
             window = self._windows.get(key)
@@ -171,6 +172,10 @@ class AuthFailureLimiter:
             if over is None and window.failures > self.per_window:
                 over = (key, window)
         return over
+
+    def __len__(self) -> int:
+        """Windows held (keys with failures in the last window, at most about MAX_KEYS)."""
+        return len(self._windows)
 
     def retry_after_s(self, window: _Window) -> int:
         return max(1, int(window.start + self.window_s - self.clock() + 0.999))

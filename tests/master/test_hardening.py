@@ -137,6 +137,9 @@ def test_auth_failures_are_limited_per_key_and_window():
     assert over[0] == "token rtg_abcd..."
     now[0] = 61.0  # a new window
     assert limiter.fail(["address a"]) is None
+    for i in range(AuthFailureLimiter.MAX_KEYS + 10):  # an attacker with many addresses cannot grow it unbounded
+        limiter.fail([f"address {i}"])
+    assert len(limiter) <= AuthFailureLimiter.MAX_KEYS + 1
 
 
 def _intake(tmp_path: Path, **config) -> Intake:
