@@ -42,7 +42,7 @@ def gateway_command(
     devices: str = typer.Option(None, "--devices", help="Device plans: ID,ID,... or auto / auto:N."),
     priority: int = typer.Option(0, "--priority", help="Job priority (higher runs first)."),
     rules: Path = typer.Option(None, "--rules", help="Rules file (YAML or JSON): calling AE, modality, series "
-                                                     "description or body part -> job; see docs in rules.py."),
+                                                     "description or body part -> job (format: README, the DICOM gateway)."),
     send_to: list[str] = typer.Option([], "--send-to", help="Push results to AE@HOST:PORT (repeatable)."),
     accept: list[str] = typer.Option([], "--accept", help="Calling AE titles accepted (repeatable; default any)."),
     spool: Path = typer.Option(Path("rtgrid-gateway-spool"), "--spool", help="Folder that keeps received series "
