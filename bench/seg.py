@@ -39,7 +39,8 @@ from rtgrid.engines.segmentation.deep.inference import SegmentationRunner
 from rtgrid.protos.v1 import common_pb2
 
 SHARED_OPENKBP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "openkbp"
-PACKAGES = {"unet2d": HN_OAR_PACKAGE, "deeplabv3plus_mobilenetv2": BUILTIN_DIR / "comparison" / "rtgrid-hn-oar-deeplab"}
+# The shipped network and the one it was compared with (kept beside, not registered).
+PACKAGES = (HN_OAR_PACKAGE, *sorted((BUILTIN_DIR / "comparison").iterdir()))
 
 
 def measure_models(args: argparse.Namespace, figures: dict) -> None:
@@ -47,8 +48,9 @@ def measure_models(args: argparse.Namespace, figures: dict) -> None:
     figures["cpu_threads"] = args.threads
     paths = openkbp_patients(args.openkbp / "validation")[: args.patients or None]
     figures["validation_patients"] = len(paths)
-    for architecture, package in PACKAGES.items():
+    for package in PACKAGES:
         runner = SegmentationRunner(package, batch_slices=16)
+        architecture = runner.card.architecture
         say(f"{architecture}: {runner.card.name}@{runner.card.version} on {len(paths)} validation patients")
         summary = evaluate_openkbp(runner, paths, say if args.verbose else None)["summary"]
         figures[f"{architecture}_dsc"] = {k: round(v["dsc"]["mean"], 4) for k, v in summary["organs"].items()}

@@ -169,7 +169,7 @@ OPENKBP_CITATION = (
 
 
 def finalize_package(trained_dir: Path, validation_paths: Sequence[Path], out_dir: Path,
-                     progress: Callable[[str], None] | None = None) -> tuple[str, dict[str, Any]]:
+                     progress: Callable[[str], None] | None = None, name: str | None = None) -> tuple[str, dict[str, Any]]:
     """Score a trained package on the OpenKBP validation patients and write the shipped package.
 
     The card keeps the trainer's record and gains: the validation scores on each CT's own grid
@@ -186,6 +186,8 @@ def finalize_package(trained_dir: Path, validation_paths: Sequence[Path], out_di
         Where to write the final package.
     progress : callable, optional
         Receives one line per patient.
+    name : str, optional
+        The model's name in the final card (the trained card's when ``None``).
 
     Returns
     -------
@@ -219,7 +221,7 @@ def finalize_package(trained_dir: Path, validation_paths: Sequence[Path], out_di
     metrics = dict(card.validation_metrics)
     metrics = {"selection_on_model_grid": metrics, "openkbp_validation": evaluation["summary"],
                "mean_dsc": evaluation["summary"]["mean_dsc"]}
-    final = dataclasses.replace(card, validation_metrics=metrics, extra=extra)
+    final = dataclasses.replace(card, name=name or card.name, validation_metrics=metrics, extra=extra)
     return save_package(out_dir, model, final), evaluation
 
 
@@ -238,12 +240,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the final package")
     parser.add_argument("--compare", type=Path, help="a package whose card's validation figures to compare with")
     parser.add_argument("--tolerance", type=float, default=0.02, help="DSC difference counted as noise")
+    parser.add_argument("--name", help="the model's name in the final card (default: the trained card's)")
+    parser.add_argument("--report", type=Path, help="write the full evaluation (per patient) as JSON here")
     args = parser.parse_args(argv)
 
     def say(line: str) -> None:
         print(f"hn-eval: {line}", file=sys.stderr, flush=True)
 
-    sha, evaluation = finalize_package(args.trained, openkbp_patients(args.validation), args.out, say)
+    sha, evaluation = finalize_package(args.trained, openkbp_patients(args.validation), args.out, say, args.name)
+    if args.report:
+        args.report.write_text(json.dumps(evaluation, indent=1, sort_keys=True))
     summary = evaluation["summary"]
     say("\n" + markdown_table({read_card(args.out).architecture: summary}))
     result: dict[str, Any] = {"package": str(args.out), "sha256": sha, "mean_dsc": summary["mean_dsc"],

@@ -1,5 +1,6 @@
 """Model packages that ship with rtgrid, each in its own folder (``weights.pt``, ``card.json``,
-``sha256``); ``train/`` holds the configurations that trained them (``make model-hn``).
+``sha256``); ``train/`` holds the configurations that trained them (``make model-hn``), and
+``comparison/`` the networks they were compared with (scored by ``make bench-seg``, never registered).
 
 A master registers these packages when its model registry is empty (``rtgrid up`` on a fresh grid).
 """
