@@ -203,7 +203,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, store: Store, insecure: bool = False, limiter: AuthFailureLimiter | None = None) -> None:
         self.store = store
         self.insecure = insecure
-        self.limiter = limiter or AuthFailureLimiter()
+        self.limiter = limiter if limiter is not None else AuthFailureLimiter()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
