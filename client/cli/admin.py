@@ -41,7 +41,7 @@ def agents(target: str = TargetOption, fmt: Format = FormatOption) -> None:
 
 
 @admin_app.command()
-def jobs(limit: int = typer.Option(0, help="At most this many (0: all, fetched page by page)."),
+def jobs(limit: int = typer.Option(100, help="At most this many, newest first (0: all, fetched page by page)."),
          target: str = TargetOption, fmt: Format = FormatOption) -> None:
     """List jobs, newest first."""
     with _client(target) as client:
