@@ -7,7 +7,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_TMPDIR ?= /tmp/rtgrid-ray
 
-.PHONY: install tools proto test demo bench-grid bench-dose bench-seg bench-conversion bench-load clean model-hn
+.PHONY: install tools proto test demo bench-grid bench-dose bench-seg bench-conversion bench-load bench-plan-hn clean model-hn
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ model-hn: install
 bench-conversion: install
 	mkdir -p $(RAY_TMPDIR)
 	$(PY) -m bench.conversion
+
+bench-plan-hn: install
+	mkdir -p $(RAY_TMPDIR)
+	$(PY) -m bench.plan_hn
 
 bench-load: install
 	mkdir -p $(RAY_TMPDIR)

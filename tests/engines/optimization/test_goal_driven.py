@@ -1,0 +1,71 @@
+"""Goal-driven optimization on an analytic water phantom: a feasible hard goal is met, an
+infeasible one is reported unmet with the best trade-off (and fails the release check)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtgrid.engines.dose.beams import equispaced_gantry_angles
+from rtgrid.engines.dose.machine import load_machine
+from rtgrid.engines.optimization.coplanar_plan import compute_dose_influence, optimize_plan
+from rtgrid.engines.optimization.dvh import GoalResult
+from rtgrid.engines.optimization.goal_driven import adapted_objectives, goal_misses_gy, plan_score
+from rtgrid.engines.optimization.order import load_order
+from rtgrid.engines.qa.plan_acceptance import judge_standard_plan
+from tests.engines.conversion.test_conversion_plan import water_case
+
+
+def _order(oar_goal: str, names) -> object:
+    return load_order(f"""
+prescription: {{target: PTV, dose_gy: 60, fractions: 30}}
+constraints:
+  - {oar_goal}
+""", names)
+
+
+@pytest.fixture(scope="module")
+def influence():
+    density, masks = water_case()
+    return compute_dose_influence(density, masks, "PTV", "BODY", load_machine(), equispaced_gantry_angles(5),
+                                  dose_grid_mm=4.0)
+
+
+def test_a_feasible_hard_goal_the_first_plan_misses_is_met(influence):
+    # A quadratic objective at the goal settles above it (16.0 Gy for 15 Gy here); adaptation meets it.
+    order = _order("{structure: OAR, type: max_dvh, dose_gy: 15, volume_pct: 10, hard: true}", influence.masks)
+    first = optimize_plan(influence, order, load_machine(), "BODY", goal_rounds=0)
+    assert not first.goals[1].met and first.goals[1].achieved_gy > 15.3
+    driven = optimize_plan(influence, order, load_machine(), "BODY")
+    assert driven.goal_rounds >= 1 and all(g.met for g in driven.goals) and not driven.unmet_goals
+    assert judge_standard_plan(order, list(driven.goals), driven.dose_gy, influence.masks["BODY"]).released
+
+
+def test_an_infeasible_hard_goal_is_reported_with_the_best_trade_off(influence):
+    # 1 Gy at most anywhere in an organ 5 mm from a 60 Gy target: no fluence can do it.
+    order = _order("{structure: OAR, type: max_dose, dose_gy: 1}", influence.masks)
+    plan = optimize_plan(influence, order, load_machine(), "BODY", goal_rounds=2)
+    assert plan.goal_rounds == 2
+    (unmet,) = plan.unmet_goals
+    assert unmet.goal == "OAR Dmax <= 1 Gy" and unmet.achieved_gy > 1.0 + 0.05 * 60
+    verdict = judge_standard_plan(order, list(plan.goals), plan.dose_gy, influence.masks["BODY"])
+    assert not verdict.released and "hard goal OAR Dmax <= 1 Gy missed" in verdict.reasons[0]
+
+
+def test_adaptation_moves_missed_goals_past_their_limits_and_never_the_normalization():
+    names = ("PTV70", "PTV56", "Cord", "Gland", "BODY")
+    order = load_order("""
+prescriptions: [{target: PTV70, dose_gy: 70}, {target: PTV56, dose_gy: 56}]
+fractions: 35
+constraints:
+  - {structure: Cord, type: max_dose, dose_gy: 45}
+  - {structure: Gland, type: max_mean_dose, dose_gy: 26}
+""", names)
+    goals = [GoalResult("", "PTV70", 70.0, 70.0, True), GoalResult("", "PTV56", 53.0, 56.0, False),
+             GoalResult("", "Cord", 47.5, 45.0, False), GoalResult("", "Gland", 20.0, 26.0, True)]
+    assert goal_misses_gy(order, goals) == [0.0, 3.0, 2.5, 0.0]
+    assert plan_score(order, goals) == (5.5, 5.5)
+    once = adapted_objectives(order, order, goals)
+    twice = adapted_objectives(once, order, goals)
+    assert once.prescription == order.prescription
+    assert [lv.dose_gy for lv in twice.lower_levels] == [62.0]
+    assert [c.dose_gy for c in twice.constraints] == [40.0, 26.0]
