@@ -51,18 +51,22 @@ TERMINAL_STATES = (
 )
 
 
+class UnsafeArtifactName(ValueError):
+    """The master named an artifact with something other than one plain file name."""
+
+
 def safe_file_name(name: str) -> str:
     """``name`` if it is one plain file name to write inside a folder.
 
     Raises
     ------
-    ValueError
+    UnsafeArtifactName
         For an empty name, ``.`` or ``..``, a path (``/`` or ``\\``), NUL or another control
         character, or more than 255 bytes: a server must not choose where a result lands.
     """
     if (name in ("", ".", "..") or any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name)
             or len(name.encode("utf-8", "surrogatepass")) > 255):
-        raise ValueError(f"refusing artifact name {name[:80]!r}: not a single safe file name")
+        raise UnsafeArtifactName(f"refusing artifact name {name[:80]!r}: not a single safe file name")
     return name
 
 

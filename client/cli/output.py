@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from ..sdk import LocalFileError
+from ..sdk import LocalFileError, UnsafeArtifactName
 
 
 EXIT_JOB_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_LOCAL = 1, 2, 3, 4, 5
@@ -50,6 +50,8 @@ def rpc_errors(func):
             fail(f"{exc.code().name}: {exc.details()}", code)
         except ConnectionError as exc:  # the SDK's MasterUnreachable
             fail(str(exc), EXIT_UNREACHABLE)
+        except UnsafeArtifactName as exc:  # the master sent a name that is not one file name
+            fail(str(exc), EXIT_REFUSED)
         except LocalFileError as exc:
             fail(str(exc), EXIT_LOCAL)
         except OSError as exc:  # e.g. a results folder that cannot be written

@@ -78,3 +78,17 @@ def test_local_problems_are_one_line_and_exit_5(tmp_path, problem, expected):
     assert run.returncode == EXIT_LOCAL
     assert expected in _one_line_error(run)
     assert elapsed < UNREACHABLE_BOUND_S
+
+
+def test_an_unsafe_artifact_name_is_one_line_and_exit_3_not_a_traceback(capsys):
+    from rtgrid.client.cli.output import EXIT_REFUSED, rpc_errors
+    from rtgrid.client.sdk import safe_file_name
+
+    @rpc_errors
+    def fetch_like() -> None:
+        safe_file_name("../RS.contours.dcm")
+
+    with pytest.raises(SystemExit) as exited:
+        fetch_like()
+    assert exited.value.code == EXIT_REFUSED
+    assert capsys.readouterr().err == "error: refusing artifact name '../RS.contours.dcm': not a single safe file name\n"
