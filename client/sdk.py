@@ -352,7 +352,9 @@ class Client:
                 time.sleep(min(0.2 * 2**failures, MAX_BACKOFF_S))
 
     def artifacts(self, job_id: str) -> list[common_pb2.Artifact]:
-        return list(self.call(self.hospital.ListArtifacts, hospital_pb2.ListArtifactsRequest(job_id=job_id)).artifacts)
+        """A job's artifacts, by name, fetched page by page."""
+        request = hospital_pb2.ListArtifactsRequest(job_id=job_id)
+        return list(self._pages(self.hospital.ListArtifacts, request, "artifacts", 0))
 
     def download(self, artifact: common_pb2.Artifact, out_dir: Path,
                  reidentify: "Pseudonymizer | None" = None) -> Path:
@@ -389,7 +391,8 @@ class Client:
 
     # operators
     def agents(self) -> list[common_pb2.Agent]:
-        return list(self.call(self.admin.ListAgents, admin_pb2.ListAgentsRequest()).agents)
+        """Every agent, by name, fetched page by page."""
+        return list(self._pages(self.admin.ListAgents, admin_pb2.ListAgentsRequest(), "agents", 0))
 
     def _pages(self, method, request, field: str, limit: int) -> Iterator:
         """The items of a paginated listing, page after page, at most ``limit`` (0: all)."""
@@ -411,10 +414,21 @@ class Client:
         return list(self._pages(self.admin.ListJobs, admin_pb2.ListJobsRequest(), "jobs", limit))
 
     def shards(self, job_id: str) -> list[common_pb2.Shard]:
-        return list(self.call(self.admin.ListShards, admin_pb2.ListShardsRequest(job_id=job_id)).shards)
+        """A job's shards, in the order they were made, fetched page by page."""
+        return list(self._pages(self.admin.ListShards, admin_pb2.ListShardsRequest(job_id=job_id), "shards", 0))
+
+    def devices(self) -> tuple[list[common_pb2.DeviceModelInfo], list[common_pb2.Device]]:
+        """The device catalog (from the first page) and every registered device, fetched page by page."""
+        first = self.call(self.admin.ListDevices, admin_pb2.ListDevicesRequest())
+        found = list(first.devices)
+        if first.next_page_token:
+            request = admin_pb2.ListDevicesRequest(page_token=first.next_page_token)
+            found += self._pages(self.admin.ListDevices, request, "devices", 0)
+        return list(first.catalog), found
 
     def models(self) -> list[common_pb2.ModelInfo]:
-        return list(self.call(self.admin.ListModels, admin_pb2.ListModelsRequest()).models)
+        """Every registered model, by name, fetched page by page."""
+        return list(self._pages(self.admin.ListModels, admin_pb2.ListModelsRequest(), "models", 0))
 
     def register_model(self, package_dir: Path | str) -> common_pb2.ModelInfo:
         """Send a model package folder (``weights.pt``, ``card.json``, ``sha256``) to the registry.
@@ -455,7 +469,8 @@ class Client:
         return self.call(self.admin.AddHospital, admin_pb2.AddHospitalRequest(name=name))
 
     def hospitals(self) -> list[admin_pb2.Hospital]:
-        return list(self.call(self.admin.ListHospitals, admin_pb2.ListHospitalsRequest()).hospitals)
+        """Every hospital, by name, fetched page by page."""
+        return list(self._pages(self.admin.ListHospitals, admin_pb2.ListHospitalsRequest(), "hospitals", 0))
 
     def revoke_hospital(self, name: str) -> admin_pb2.Hospital:
         return self.call(self.admin.RevokeHospital, admin_pb2.RevokeHospitalRequest(name=name))

@@ -116,15 +116,13 @@ def devices_list(ctx: typer.Context, target: str = TargetOption, fmt: Format = F
     """List the catalog (models) and the registered devices with status and queue."""
     if ctx.invoked_subcommand is not None:
         return
-    from rtgrid.protos.v1 import admin_pb2
-
     with _client(target) as client:
-        reply = _wrap(client.call)(client.admin.ListDevices, admin_pb2.ListDevicesRequest())
-    for m in reply.catalog:
+        catalog, registered = _wrap(client.devices)()
+    for m in catalog:
         emit(fmt, {"record": "model", **as_dict(m)},
              f"model  {m.model_id:<34} {m.manufacturer} {m.model}, {m.mlc}: {m.leaf_pairs} pairs, "
              f"{m.min_leaf_width_mm:g} mm leaves, interdigitation {'yes' if m.interdigitation else 'no'}")
-    for d in reply.devices:
+    for d in registered:
         emit(fmt, {"record": "device", **as_dict(d), "status": _device_status(d.status)},
              f"device {d.device_id:<34} {d.hospital:<12} {_device_status(d.status):<9} queue={d.queue_length} model={d.model_id}")
 

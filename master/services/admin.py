@@ -26,10 +26,13 @@ from ..ray_pool import RayPool
 from ..scheduler import Scheduler
 from ..security import tokens
 from ..store.base import Store
-from .common import PAGE_BYTES, paginate, unary
+from .common import PAGE_BYTES, listed, page_limit, paginate, unary
 
 DEFAULT_JOB_PAGE = 100
 DEFAULT_AUDIT_PAGE = 1000
+# Agents, shards, devices, models, hospitals: an old client's request (no limit) gets them all in
+# one page, as long as they fit the page's bytes.
+DEFAULT_PAGE = 1000
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
@@ -41,11 +44,17 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         # A page leaves room for the reply's other fields within the message limit.
         self.page_bytes = min(PAGE_BYTES, scheduler.config.max_message_bytes // 2)
 
+    def _page(self, request, records, to_proto, key) -> tuple[list, str]:
+        """One page of a listing the store returns whole (``request``: its limit and page token)."""
+        return paginate(listed(records, key), to_proto, key, request.page_token,
+                        page_limit(request.limit, DEFAULT_PAGE), self.page_bytes)
+
     @unary
     async def ListAgents(self, request, context):
-        return admin_pb2.ListAgentsResponse(
-            agents=[agent_to_proto(a, self.scheduler.running_on(a.agent_id)) for a in self.store.list_agents()]
-        )
+        agents, token = self._page(request, self.store.list_agents(),
+                                   lambda a: agent_to_proto(a, self.scheduler.running_on(a.agent_id)),
+                                   lambda a: a.agent_id)
+        return admin_pb2.ListAgentsResponse(agents=agents, next_page_token=token)
 
     @unary
     async def ListJobs(self, request, context):
@@ -66,7 +75,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListShards(self, request, context):
         if self.store.get_job(request.job_id) is None:
             raise NotFound(f"no job {request.job_id!r}")
-        return admin_pb2.ListShardsResponse(shards=[shard_to_proto(s) for s in self.store.list_shards(request.job_id)])
+        shards, token = self._page(request, self.store.list_shards(request.job_id), shard_to_proto,
+                                   lambda s: s.shard_id)
+        return admin_pb2.ListShardsResponse(shards=shards, next_page_token=token)
 
     @unary
     async def CancelJob(self, request, context):
@@ -101,10 +112,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     @unary
     async def ListDevices(self, request, context):
-        return admin_pb2.ListDevicesResponse(
-            devices=[device_to_proto(d) for d in self.store.list_devices()],
-            catalog=[catalog_entry_to_proto(e) for e in devices.catalog()],
-        )
+        found, token = self._page(request, self.store.list_devices(), device_to_proto, lambda d: d.device_id)
+        # The catalog is a few models: it rides on the first page.
+        catalog = [] if request.page_token else [catalog_entry_to_proto(e) for e in devices.catalog()]
+        return admin_pb2.ListDevicesResponse(devices=found, catalog=catalog, next_page_token=token)
 
     @unary
     async def SetDevice(self, request, context):
@@ -137,7 +148,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     @unary
     async def ListModels(self, request, context):
-        return admin_pb2.ListModelsResponse(models=[model_to_proto(m) for m in self.store.list_models()])
+        found, token = self._page(request, self.store.list_models(), model_to_proto, lambda m: m.sha256)
+        return admin_pb2.ListModelsResponse(models=found, next_page_token=token)
 
     @unary
     async def AddHospital(self, request, context):
@@ -146,7 +158,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     @unary
     async def ListHospitals(self, request, context):
-        return admin_pb2.ListHospitalsResponse(hospitals=[hospital_to_proto(h) for h in self.store.list_hospitals()])
+        hospitals, token = self._page(request, self.store.list_hospitals(), hospital_to_proto, lambda h: h.name)
+        return admin_pb2.ListHospitalsResponse(hospitals=hospitals, next_page_token=token)
 
     @unary
     async def RevokeHospital(self, request, context):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -65,6 +65,41 @@ def paginate(fetch: Callable[[str, int], list[Any]], to_proto: Callable[[Any], A
         return protos, after if fetch(after, 1) else ""
     except KeyError:
         raise InvalidArgument(f"page_token {clip(page_token, 80)!r} is not a page of this listing") from None
+
+
+def listed(records: Sequence[Any], key: Callable[[Any], str]) -> Callable[[str, int], list[Any]]:
+    """The ``fetch`` of :func:`paginate` over a listing the store returns whole, in its order.
+
+    For listings that stay small in the store (agents, hospitals, devices, models, one job's
+    shards or artifacts) but whose reply must still page: ``records`` is read once per page.
+
+    Parameters
+    ----------
+    records : sequence
+        The whole listing, in the order the pages give it.
+    key : callable
+        A record's key, unique in the listing (what a page token holds).
+    """
+    position = {key(r): i for i, r in enumerate(records)}
+
+    def fetch(after: str, n: int) -> list[Any]:
+        start = position[after] + 1 if after else 0  # KeyError: a token that names no record
+        return list(records[start:start + n])
+
+    return fetch
+
+
+def page_limit(limit: int, default: int) -> int:
+    """A request's ``limit``: its value, or ``default`` for 0 (an old client's request).
+
+    Raises
+    ------
+    InvalidArgument
+        A negative limit.
+    """
+    if limit < 0:
+        raise InvalidArgument(f"limit must not be negative, got {limit}")
+    return limit or default
 
 
 def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

@@ -20,11 +20,12 @@ from ..events import EventBus
 from ..scheduler import Scheduler
 from ..security.auth import current_principal
 from ..store.records import TERMINAL_JOB_STATES, CaseRecord, JobRecord
-from .common import PAGE_BYTES, paginate, stream, unary
+from .common import PAGE_BYTES, listed, page_limit, paginate, stream, unary
 
 # A watcher re-reads the store at least this often, even without a wake-up.
 WATCH_POLL_S = 1.0
 DEFAULT_CASE_PAGE = 1000
+DEFAULT_ARTIFACT_PAGE = 1000
 
 
 class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
@@ -201,9 +202,12 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
     @unary
     async def ListArtifacts(self, request, context):
         self._get_job(request.job_id)
-        return hospital_pb2.ListArtifactsResponse(
-            artifacts=[artifact_to_proto(a) for a in self.store.list_artifacts(request.job_id)]
+        key = lambda a: a.artifact_id  # noqa: E731
+        artifacts, token = paginate(
+            listed(self.store.list_artifacts(request.job_id), key), artifact_to_proto, key, request.page_token,
+            page_limit(request.limit, DEFAULT_ARTIFACT_PAGE), self.page_bytes,
         )
+        return hospital_pb2.ListArtifactsResponse(artifacts=artifacts, next_page_token=token)
 
     @stream
     async def DownloadArtifact(self, request, context):

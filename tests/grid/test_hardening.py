@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from rtgrid.engines.phantom import write_phantom_case
-from rtgrid.protos.v1 import admin_pb2, hospital_pb2
+from rtgrid.protos.v1 import admin_pb2, common_pb2, hospital_pb2
 from tests.corpus import OVERSIZED_FIELDS
 
 from .conftest import HOSPITAL, rtgrid_cmd
@@ -113,6 +113,61 @@ def test_listings_page_with_tokens(grid, committed_case):
         assert first.next_page_token and second.cases[0].case_id != first.cases[0].case_id
         every = client.cases()
         assert len({c.case_id for c in every}) == len(every) >= 2 and committed_case in {c.case_id for c in every}
+
+
+def test_every_listing_pages(grid, committed_case):
+    """Agents, hospitals, devices, shards and artifacts page as jobs do; an old client's request (no
+    limit, no token) still gets the whole listing in its first page; the SDK and CLI read every page."""
+    with grid.operator_client() as operator:
+        for n in range(2):
+            operator.add_hospital(f"hospital-page-{n}")
+        names, token = [], ""
+        while True:
+            page = operator.call(operator.admin.ListHospitals,
+                                 admin_pb2.ListHospitalsRequest(limit=1, page_token=token))
+            assert len(page.hospitals) == 1
+            names.append(page.hospitals[0].name)
+            if not (token := page.next_page_token):
+                break
+        whole = operator.call(operator.admin.ListHospitals, admin_pb2.ListHospitalsRequest())
+        assert not whole.next_page_token and names == [h.name for h in whole.hospitals]
+        assert [h.name for h in operator.hospitals()] == names and {HOSPITAL, "hospital-page-1"} <= set(names)
+        first = operator.call(operator.admin.ListAgents, admin_pb2.ListAgentsRequest(limit=1))
+        second = operator.call(operator.admin.ListAgents, admin_pb2.ListAgentsRequest(
+            limit=1, page_token=first.next_page_token))
+        assert first.next_page_token and second.agents[0].agent_id != first.agents[0].agent_id
+        assert [a.agent_id for a in operator.agents()] == [
+            a.agent_id for a in operator.call(operator.admin.ListAgents, admin_pb2.ListAgentsRequest()).agents]
+        for n in range(2):  # down: `devices=auto` of other tests never picks them
+            operator.call(operator.admin.SetDevice, admin_pb2.SetDeviceRequest(
+                device_id=f"page-linac-{n}", hospital="hospital-page-0", model_id="varian-truebeam-m120-6x",
+                status=common_pb2.DEVICE_STATUS_DOWN))
+        first = operator.call(operator.admin.ListDevices, admin_pb2.ListDevicesRequest(limit=1))
+        rest = operator.call(operator.admin.ListDevices, admin_pb2.ListDevicesRequest(
+            page_token=first.next_page_token))
+        assert first.catalog and not rest.catalog and len(first.devices) == 1 and rest.devices  # catalog: page one
+        catalog, devices = operator.devices()
+        assert [m.model_id for m in catalog] == [m.model_id for m in first.catalog]
+        assert [d.device_id for d in devices] == [d.device_id for d in [*first.devices, *rest.devices]]
+        code, message = _refused(lambda: operator.admin.ListHospitals(
+            admin_pb2.ListHospitalsRequest(page_token="hospital-nonexistent"), timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in message
+        code, message = _refused(lambda: operator.admin.ListAgents(admin_pb2.ListAgentsRequest(limit=-1), timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "limit" in message
+    with grid.hospital_client(grid.token) as client:
+        job = client.submit(committed_case, "contour", idempotency_key="page-listings")
+        client.cancel(job.job_id)
+        artifacts = client.call(client.hospital.ListArtifacts, hospital_pb2.ListArtifactsRequest(job_id=job.job_id))
+        assert not artifacts.artifacts and not artifacts.next_page_token and client.artifacts(job.job_id) == []
+    with grid.operator_client() as operator:
+        shards = operator.call(operator.admin.ListShards, admin_pb2.ListShardsRequest(job_id=job.job_id, limit=1))
+        assert len(shards.shards) == 1
+        assert [s.shard_id for s in operator.shards(job.job_id)][:1] == [shards.shards[0].shard_id]
+    listed = _cli(grid, "admin", "devices", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    records = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {"page-linac-0", "page-linac-1"} <= {r["device_id"] for r in records if r["record"] == "device"}
+    assert [r["model_id"] for r in records if r["record"] == "model"] == [m.model_id for m in catalog]
 
 
 def test_upload_refusals_are_audited(grid, committed_case, started_ms):

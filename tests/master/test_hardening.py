@@ -1,6 +1,6 @@
 """Hardening pieces without a grid: size limits of every request field, listing pages that never
-outgrow their byte budget, the rate limit of authentication failures, and the expiry of
-abandoned uploads (on a real SQLite store and blob folder)."""
+outgrow their byte budget (the store's own pages and listings it returns whole), the rate limit of
+authentication failures, and the expiry of abandoned uploads (on a real SQLite store and blob folder)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from rtgrid.master.blobs import BlobStore
 from rtgrid.master.config import MasterConfig
-from rtgrid.master.convert import audit_to_proto
+from rtgrid.master.convert import audit_to_proto, device_to_proto
 from rtgrid.master.errors import InvalidArgument, ResourceExhausted
 from rtgrid.master.intake import Intake, UploadReaper, create_case, start_upload, write_chunk
 from rtgrid.master.security.auth import AuthFailureLimiter
 from rtgrid.master.security.limits import PARAM_VALUE_LIMITS, check_request, clip
-from rtgrid.master.services.common import paginate
-from rtgrid.master.store.records import AuditRecord
+from rtgrid.master.services.common import listed, page_limit, paginate
+from rtgrid.master.store.records import AuditRecord, DeviceRecord
 from rtgrid.master.store.sqlite import SqliteStore
 from rtgrid.protos.v1 import admin_pb2, agent_pb2, hospital_pb2
 
@@ -120,6 +120,39 @@ def test_pages_stop_at_their_byte_budget_and_resume(tmp_path):
         # One entry larger than the budget still makes a page on its own.
         page, _ = paginate(fetch, audit_to_proto, lambda e: e.audit_id, "", 7, 10)
         assert len(page) == 1
+    finally:
+        store.close()
+
+
+def test_listings_the_store_returns_whole_page_the_same_way(tmp_path):
+    """Devices (as agents, hospitals, models, shards, artifacts): read whole from the store, paged by
+    ``listed`` through the one ``paginate``, each page within its byte budget."""
+    store = SqliteStore(tmp_path / "rtgrid.sqlite")
+    try:
+        for i in range(120):
+            store.upsert_device(DeviceRecord(f"linac-{i:03d}-" + "x" * 40, "hospital-" + "h" * 50, "varian-truebeam",
+                                             "available", i, 1000 + i))
+        records = store.list_devices()
+        key = lambda d: d.device_id  # noqa: E731
+        seen, token, pages = [], "", 0
+        while True:  # each page fetches the listing again, as the servicer does
+            page, token = paginate(listed(store.list_devices(), key), device_to_proto, key, token,
+                                   page_limit(0, 1000), 2000)
+            assert page and sum(p.ByteSize() for p in page) <= 2000
+            seen += [p.device_id for p in page]
+            pages += 1
+            if not token:
+                break
+        assert seen == [d.device_id for d in records] and pages >= 5  # every device once, in the store's order
+        page, token = paginate(listed(records, key), device_to_proto, key, "", page_limit(7, 1000), 1 << 20)
+        assert len(page) == 7 and token == records[6].device_id
+        page, token = paginate(listed(records, key), device_to_proto, key, records[115].device_id, 7, 1 << 20)
+        assert [p.device_id for p in page] == [d.device_id for d in records[116:]] and token == ""
+        with pytest.raises(InvalidArgument, match="page_token"):
+            paginate(listed(records, key), device_to_proto, key, "linac-nope", 7, 1 << 20)
+        with pytest.raises(InvalidArgument, match="limit must not be negative"):
+            page_limit(-1, 1000)
+        assert paginate(listed([], key), device_to_proto, key, "", 5, 1 << 20) == ([], "")
     finally:
         store.close()
 
