@@ -46,13 +46,13 @@ bench-seg: install
 	$(PY) -m bench.seg
 
 # Retrain the built-in head-and-neck model from ../shared/data/openkbp (fixed seed, a bounded
-# number of iterations: under 30 min niced on 2 CPU cores), score it on the 33 validation
+# number of epochs: about 30 min niced on 2 shared CPU cores), score it on the 33 validation
 # patients, and compare with the shipped card (exit 1 when a DSC differs by more than 0.02).
 HN_BUILD ?= build/model-hn
 model-hn: install
 	mkdir -p $(HN_BUILD)
-	nice -n 10 $(VENV)/bin/rtgrid train-seg engines/segmentation/deep/builtin/train/hn-oar-unet.json --out $(HN_BUILD)/unet
-	nice -n 10 $(PY) -m rtgrid.engines.segmentation.deep.hn_eval $(HN_BUILD)/unet/package ../shared/data/openkbp/validation \
+	nice -n 10 $(VENV)/bin/rtgrid train-seg engines/segmentation/deep/builtin/train/hn-oar-deeplab.json --out $(HN_BUILD)/deeplab
+	nice -n 10 $(PY) -m rtgrid.engines.segmentation.deep.hn_eval $(HN_BUILD)/deeplab/package ../shared/data/openkbp/validation \
 		--out $(HN_BUILD)/rtgrid-hn-oar --compare engines/segmentation/deep/builtin/rtgrid-hn-oar
 
 bench-conversion: install
