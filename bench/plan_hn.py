@@ -106,7 +106,7 @@ def run(args: argparse.Namespace, figures: dict) -> None:
                         f"PTV70 D95 {r.get('ptv70_d95_pct', float('nan')):.1f} %")
     figures["per_patient"] = per_patient
     runs = list(per_patient.values())
-    succeeded = [r for r in runs if r["state"] == "SUCCEEDED"]
+    succeeded = [r for r in runs if r["state"] == "succeeded"]
     figures["summary"] = {
         "patients": len(runs),
         "succeeded": len(succeeded),
