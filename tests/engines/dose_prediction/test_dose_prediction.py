@@ -1,0 +1,100 @@
+"""Dose prediction engine: inputs, OpenKBP scores against hand-computed values, a tiny training
+run on two real OpenKBP patients, and the package's content hash."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rtgrid.engines.dose_prediction import (
+    DosePackageError, build_inputs, dose_score, dvh_metrics, dvh_score, load_dose_package, predict_dose,
+    save_dose_package,
+)
+from rtgrid.engines.dose_prediction.inputs import DoseInputError, N_CHANNELS, N_LEVELS, OAR_CHANNELS
+from rtgrid.engines.dose_prediction.train import DoseTrainConfig, train_dose_model
+from tests.conftest import require_shared
+
+
+def test_inputs_higher_level_wins_and_channels_in_order():
+    ct = np.full((2, 3, 3), 40, dtype=np.int16)
+    ct[0, 0, 0] = -3000  # windowed to -1000 HU
+    body = np.ones(ct.shape, bool)
+    high = np.zeros(ct.shape, bool)
+    high[:, 1, 1] = True
+    low = np.zeros(ct.shape, bool)
+    low[:, 1, :] = True
+    cord = np.zeros(ct.shape, bool)
+    cord[1, 2, 2] = True
+    x = build_inputs(ct, body, {"SpinalCord": cord, "NotAnOrgan": cord}, [(56.0, low), (70.0, high)])
+    assert x.shape == (N_CHANNELS, 2, 3, 3)
+    assert x[0, 0, 0, 0] == pytest.approx(-1.0) and x[0, 1, 1, 1] == pytest.approx(0.04)
+    assert x[1, 0, 1, 1] == pytest.approx(1.0) and x[1, 0, 1, 0] == 0.0  # 70 Gy level first
+    assert x[2, 0, 1, 1] == 0.0 and x[2, 0, 1, 0] == pytest.approx(0.8)  # 56 Gy only where 70 is not
+    assert x[1 + N_LEVELS + OAR_CHANNELS.index("SpinalCord")].sum() == 1
+    assert x[-1].all()
+    with pytest.raises(DoseInputError, match="at most 3"):
+        build_inputs(ct, body, {}, [(70.0, high)] * 4)
+    with pytest.raises(DoseInputError, match="shape"):
+        build_inputs(ct, body, {"Larynx": np.zeros((1, 3, 3), bool)}, [(70.0, high)])
+
+
+def test_dose_score_by_hand():
+    reference = np.array([[[10.0, 20.0], [30.0, 0.0]]])
+    predicted = np.array([[[12.0, 17.0], [30.0, 50.0]]])
+    mask = np.array([[[True, True], [True, False]]])
+    # |2| + |-3| + 0 over three voxels; the voxel outside the mask does not count.
+    assert dose_score(predicted, reference, mask) == pytest.approx(5.0 / 3.0)
+    with pytest.raises(ValueError, match="empty"):
+        dose_score(predicted, reference, np.zeros_like(mask))
+
+
+def test_dvh_criteria_and_score_by_hand():
+    dose = np.arange(1.0, 101.0).reshape(1, 10, 10)  # 1 ... 100 Gy
+    ptv = np.ones(dose.shape, bool)
+    parotid = np.zeros(dose.shape, bool)
+    parotid[0, 0, :4] = True  # 1, 2, 3, 4 Gy
+    cord = np.zeros(dose.shape, bool)
+    cord[0, 9, :] = True  # 91 ... 100 Gy
+    masks = {"PTV70": ptv, "Parotid_L": parotid, "SpinalCord": cord, "Unscored": cord}
+    # 1000 mm3 voxels: 0.1 cc is one voxel of the cord's ten, its 90th percentile (linear): 99.1 Gy.
+    metrics = dvh_metrics(dose, masks, voxel_volume_mm3=1000.0)
+    assert metrics == pytest.approx({"PTV70 D99": 1.99, "PTV70 D95": 5.95, "PTV70 D1": 99.01,
+                                     "Parotid_L mean": 2.5, "SpinalCord D0.1cc": 99.1})
+    # Every dose 2 Gy higher: each criterion moves by 2 Gy.
+    assert dvh_score(dose + 2.0, dose, masks, 1000.0) == pytest.approx(2.0)
+    # Only the parotid changes (by 4 Gy) : one criterion of five.
+    shifted = dose.copy()
+    shifted[parotid] += 4.0
+    assert dvh_metrics(shifted, {"Parotid_L": parotid}, 1000.0)["Parotid_L mean"] == pytest.approx(6.5)
+    assert dvh_score(shifted, dose, {"Parotid_L": parotid, "SpinalCord": cord}, 1000.0) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="no structure"):
+        dvh_score(dose, dose, {"Unscored": cord}, 1000.0)
+
+
+def test_tiny_training_on_two_patients_learns_and_packages(tmp_path):
+    openkbp = require_shared("openkbp")
+    config = DoseTrainConfig(str(openkbp / "train"), str(openkbp / "validation"), train_patients=2, select_patients=1,
+                             select_every=30, final_val_patients=1, max_iterations=30, max_minutes=2.0, batch=4,
+                             lr=3e-3, base=4, depth=3, log_every=10)
+    trained = train_dose_model(config, name="tiny", version="0")
+    losses = np.array(trained.losses)
+    assert len(losses) == 30
+    assert losses[-10:].mean() < 0.7 * losses[:5].mean(), losses
+    assert trained.card["validation"]["patients"] == 1 and trained.card["training"]["steps_done"] == 30
+    content_hash = save_dose_package(tmp_path / "pkg", trained.model, trained.card)
+    model, card, loaded_hash = load_dose_package(tmp_path / "pkg")
+    assert loaded_hash == content_hash and card["name"] == "tiny"
+    x = np.zeros((N_CHANNELS, 3, 32, 32), np.float32)
+    body = np.ones((3, 32, 32), bool)
+    body[0] = False
+    dose = predict_dose(model, x, body, context=card["architecture"]["context"])
+    assert dose.shape == (3, 32, 32) and (dose[0] == 0).all() and (dose >= 0).all()
+    # An edited card no longer matches its hash.
+    card_path = tmp_path / "pkg" / "card.json"
+    edited = json.loads(card_path.read_text())
+    edited["validation"]["dose_score_gy"] = 0.1
+    card_path.write_text(json.dumps(edited))
+    with pytest.raises(DosePackageError, match="content hash"):
+        load_dose_package(tmp_path / "pkg")
