@@ -18,5 +18,6 @@ setup(
         "": ["*.json", "*.yaml", "*.proto", "*.pyi", "**/*.yaml", "**/*.json"],
         # Built-in model packages (weights, card, hash) and the configurations that trained them.
         "rtgrid.engines.segmentation.deep.builtin": ["*/weights.pt", "*/card.json", "*/sha256", "train/*.json"],
+        "rtgrid.engines.dose_prediction": ["builtin/*/weights.pt", "builtin/*/card.json", "builtin/*/sha256"],
     },
 )
