@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import contour, conversion, plan
+from . import contour, conversion, plan, predict
 
 EXECUTORS: dict[str, Callable[..., dict[str, Any]]] = {
     "contour.slab": contour.contour_slab,
@@ -19,6 +19,7 @@ EXECUTORS: dict[str, Callable[..., dict[str, Any]]] = {
     "plan.beam_dij": plan.beam_dij,
     "plan.optimize": plan.plan_optimize,
     "plan.convert_device": conversion.convert_device,
+    "predict.dose": predict.predict_dose_shard,
 }
 
 

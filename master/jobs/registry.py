@@ -6,8 +6,9 @@ from ..errors import InvalidArgument
 from .base import JobKind
 from .contour import ContourJob
 from .plan import FullJob, PlanJob
+from .predict import PredictJob
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (ContourJob(), PlanJob(), FullJob())}
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (ContourJob(), PlanJob(), FullJob(), PredictJob())}
 
 
 def get_kind(name: str) -> JobKind:

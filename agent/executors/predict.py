@@ -1,0 +1,81 @@
+"""Dose prediction executor: the built-in dose model on a case's CT and contours -> a predicted RTDOSE."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from typing import Any
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from rtgrid.engines.dicomrt.rtdose import write_rtdose
+from rtgrid.engines.dose_prediction import build_inputs, dvh_metrics, load_dose_package, predict_dose
+from rtgrid.engines.dose_prediction.package import BUILTIN_HN
+from rtgrid.engines.imaging.volume import ImageSeries
+from rtgrid.engines.optimization.order import load_order
+
+from .files import artifact, dataset_bytes
+from .plan import structures_on_ct
+
+TRAINING_SPACING_MM = (3.906, 3.906, 2.5)
+"""The OpenKBP grid the model learned on (x, y, z)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _model():
+    # Loaded once per agent process: shards of later jobs reuse it.
+    return load_dose_package(BUILTIN_HN)
+
+
+def predict_dose_shard(series: ImageSeries, rtstructs: list[bytes], order_text: str, body: str, model: str) -> dict[str, Any]:
+    """Predict the dose of a case with the built-in model; publish ``RD.predicted.dcm`` and
+    ``predicted-dose.json``.
+
+    Parameters
+    ----------
+    model : str
+        ``NAME@VERSION:SHA256`` the master recorded at submission.
+
+    Raises
+    ------
+    RuntimeError
+        This agent's built-in model is not the one the job names (an agent of another release).
+    """
+    start = time.monotonic()
+    network, card, sha256 = _model()
+    if model.rpartition(":")[2] != sha256:
+        raise RuntimeError(f"the job asks for dose model {model}; this agent ships {card['name']}@{card['version']}:{sha256}")
+    masks = structures_on_ct(series, rtstructs)
+    order = load_order(order_text, set(masks))
+    targets = [(level.dose_gy, masks[level.target]) for level in order.levels]
+    ct = series.volume
+    inputs = build_inputs(ct.voxels, masks[body], masks, targets)
+    dose = predict_dose(network, inputs, masks[body], context=card["architecture"]["context"])
+    identity = f"{card['name']}@{card['version']} {sha256[:12]}"
+    # write_rtdose writes plan doses only (Referenced RT Plan is type 1C): the UID is that of the
+    # plan still to be made, which this prediction is for.
+    plan_uid = generate_uid()
+    ds = write_rtdose(dose, ct, series, referenced_rtplan_uid=plan_uid, comment="predicted dose, not a deliverable plan")
+    ds.SeriesDescription = f"predicted dose {identity}"[:64]
+    spacing = [round(float(s), 3) for s in ct.spacing_mm]
+    notes = []
+    if not np.allclose(spacing, TRAINING_SPACING_MM, rtol=0.25):
+        notes.append(f"CT spacing {spacing} mm differs from the training grid {list(TRAINING_SPACING_MM)} mm: less reliable")
+    summary = {
+        "model": {"name": card["name"], "version": card["version"], "sha256": sha256, "validation": card["validation"]},
+        "levels": [{"target": level.target, "dose_gy": level.dose_gy} for level in order.levels],
+        "structures": sorted(masks),
+        "body": body,
+        "max_dose_gy": round(float(dose.max()), 3),
+        "dvh_criteria_gy": {k: round(v, 3) for k, v in dvh_metrics(dose, masks, ct.voxel_volume_mm3).items()},
+        "referenced_rtplan_uid": plan_uid,
+        "ct_spacing_mm": spacing,
+        "seconds": round(time.monotonic() - start, 2),
+        "notes": notes,
+    }
+    return artifact(
+        ("RD.predicted.dcm", "rtdose", "RTDOSE", dataset_bytes(ds)),
+        ("predicted-dose.json", "report", "", json.dumps(summary, indent=2).encode()),
+    )
