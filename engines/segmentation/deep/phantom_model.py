@@ -29,7 +29,9 @@ PHANTOM_MODEL_CONFIG = TrainConfig(
     patch_size=(64, 64),
     batch_size=4,
     iterations_per_epoch=12,
-    max_epochs=3,
+    # 3 epochs left the lungs at DSC 0.17-0.79 from run to run (scipy 1.17, torch 2.13): 8 give
+    # 0.93 on the grid test's phantom in about 20 s on one core.
+    max_epochs=8,
     learning_rate=5e-3,
     early_stopping_patience=5,
     foreground_fraction=0.7,
