@@ -86,6 +86,7 @@ def _consistent(grid: Grid) -> dict[str, int]:
                   for t in ("cases", "files", "uploads", "series", "jobs", "artifacts")}
         referenced = {r[0] for q in ("SELECT sha256 FROM files", "SELECT volume_sha256 FROM series",
                                      "SELECT meta_sha256 FROM series", "SELECT sha256 FROM artifacts",
+                                     "SELECT weights_sha256 FROM models",  # the built-in models' weights
                                      "SELECT result_sha256 FROM shards WHERE result_sha256 != ''")
                       for r in db.execute(q)}
         uploads = list(db.execute("SELECT upload_id, committed_bytes FROM uploads"))
