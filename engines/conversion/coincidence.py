@@ -37,6 +37,7 @@ import numpy as np
 
 from rtgrid.engines.dose.machine import MachineModel
 from rtgrid.engines.dose.water import depth_dose, profile
+from rtgrid.engines.errors import EngineError
 
 DEFAULT_THRESHOLD = 0.95
 """Overall score at or above which the standard plan is reused."""
@@ -48,7 +49,7 @@ LOW_DOSE_CUTOFF = 0.10
 BOUNDARY_TOLERANCE_MM = 0.1
 
 
-class CoincidenceError(ValueError):
+class CoincidenceError(EngineError, ValueError):
     """Criteria or threshold outside their meaningful range."""
 
 

@@ -32,6 +32,7 @@ from rtgrid.engines.dose.beams import Beam
 from rtgrid.engines.dose.far_scatter import far_scatter_ratio, with_far_scatter
 from rtgrid.engines.dose.machine import MachineModel, load_machine
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dose
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.optimization.coplanar_plan import CORRECTION_MAX_ITER, DEFAULT_CORRECTION_ROUNDS
 from rtgrid.engines.optimization.dvh import GoalResult, dose_at_volume, evaluate_goals, targets_mask
@@ -53,7 +54,7 @@ REFINE_TARGET_BOOST = 4.0
 """Extra weight of target voxels in the MU refinement."""
 
 
-class ConversionError(ValueError):
+class ConversionError(EngineError, ValueError):
     """A standard plan and the data given with it do not fit together."""
 
 

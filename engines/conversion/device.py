@@ -28,9 +28,10 @@ import numpy as np
 import yaml
 
 from rtgrid.engines.dose.machine import MACHINES_DIR, MachineModel, MachineModelError, load_machine
+from rtgrid.engines.errors import EngineError
 
 
-class DeviceModelError(ValueError):
+class DeviceModelError(EngineError, ValueError):
     """A device file is missing, has no ``device`` section, or a device field is invalid."""
 
 

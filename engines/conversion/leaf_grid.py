@@ -18,13 +18,14 @@ import scipy.sparse as sp
 
 from rtgrid.engines.dose.beams import Beam, BixelGrid, make_bixel_grid
 from rtgrid.engines.dose.pencil_beam import compute_beam_dij
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 
 from .device import DeviceModel
 from .segment import Violation
 
 
-class LeafGridError(ValueError):
+class LeafGridError(EngineError, ValueError):
     """A leaf grid cannot be built (sizes that do not tile the leaves, empty target, bad weights)."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.optimization.dvh import dose_at_volume
 from rtgrid.engines.optimization.fluence import DEFAULT_FTOL, DEFAULT_SMOOTHNESS, LBFGS_MEMORY, FluenceResult
 from rtgrid.engines.optimization.objectives import build_penalty_terms, dose_objective, smoothness_operator, to_device
@@ -43,7 +44,7 @@ DEFAULT_ISODOSE_BOOST = 2.0
 ISODOSE_WIDTH_FRACTION = 0.05
 
 
-class DoseMimickingError(ValueError):
+class DoseMimickingError(EngineError, ValueError):
     """Inputs of dose mimicking that do not fit together (sizes, missing structures)."""
 
 

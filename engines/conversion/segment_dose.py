@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from rtgrid.engines.dose.beams import Beam, BixelGrid
 from rtgrid.engines.dose.pencil_beam import compute_beam_dose
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 
 from .device import DeviceModel
@@ -28,7 +29,7 @@ from .segment import Segment, open_fraction
 DEFAULT_RESOLUTION_MM = 2.5
 
 
-class SegmentDoseError(ValueError):
+class SegmentDoseError(EngineError, ValueError):
     """A lattice that does not align with the leaves, or segments that do not fit the device."""
 
 

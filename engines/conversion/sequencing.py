@@ -30,6 +30,8 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
+from rtgrid.engines.errors import EngineError
+
 from .device import DeviceModel
 from .leaf_grid import LeafGrid
 from .segment import Segment
@@ -38,7 +40,7 @@ DEFAULT_LEVELS = 10
 _MAX_CONSTRAINT_PASSES = 10_000
 
 
-class SequencingError(ValueError):
+class SequencingError(EngineError, ValueError):
     """A fluence map that cannot be sequenced (shape, negative or non-finite values)."""
 
 

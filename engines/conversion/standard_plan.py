@@ -14,13 +14,14 @@ import numpy as np
 
 from rtgrid.engines.dose.beams import Beam, BixelGrid
 from rtgrid.engines.dose.machine import MachineModel
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.optimization.order import Constraint, MedicalOrder, Prescription
 
 FORMAT = "rtgrid-standard-plan/1"
 
 
-class StandardPlanError(ValueError):
+class StandardPlanError(EngineError, ValueError):
     """A standard plan whose parts do not fit together, or bytes that are not one."""
 
 

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from rtgrid.engines.dicomrt.rtplan import PlanBeam, PlanData, step_and_shoot_control_points, write_rtplan
 from rtgrid.engines.dose.machine import load_machine
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
 from rtgrid.engines.optimization.dvh import targets_mask
 
@@ -34,7 +35,7 @@ STANDARD_LEVELS = 20
 PLAN_LABEL = "STANDARD"
 
 
-class StandardRtPlanError(ValueError):
+class StandardRtPlanError(EngineError, ValueError):
     """The standard plan cannot be written as an RT Plan (machine model changed)."""
 
 

@@ -21,10 +21,11 @@ from typing import Sequence
 import numpy as np
 from skimage.measure import find_contours
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 
 
-class ContourGeometryError(ValueError):
+class ContourGeometryError(EngineError, ValueError):
     """A contour or mask does not fit the grid it is used with."""
 
 

@@ -25,6 +25,7 @@ from pydicom.tag import Tag
 from pydicom.uid import RE_VALID_UID
 
 from rtgrid.engines.dicomrt.common import new_rt_dataset
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
 
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
@@ -45,7 +46,7 @@ _DIRECTION_TOLERANCE = 1e-6
 _COSINE_TOLERANCE = 1e-3
 
 
-class RtDoseError(ValueError):
+class RtDoseError(EngineError, ValueError):
     """An RT Dose cannot be written or read as asked; the message names the attribute and the value."""
 
 

@@ -32,6 +32,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import RE_VALID_UID, generate_uid
 
 from rtgrid.engines.dicomrt.common import new_rt_dataset
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import ImageSeries
 
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
@@ -47,7 +48,7 @@ POSITION_TOLERANCE_MM = 1e-6
 """Apertures closer than this are the same aperture (step-and-shoot pairs, STATIC beams)."""
 
 
-class RtPlanError(ValueError):
+class RtPlanError(EngineError, ValueError):
     """An RT Plan cannot be written or read as asked; the message names the beam, control point and value."""
 
 

@@ -21,6 +21,7 @@ from pydicom.tag import Tag
 
 from rtgrid.engines.dicomrt.common import new_rt_dataset
 from rtgrid.engines.dicomrt.contours import mask_to_contours, rasterize_even_odd
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import ImageSeries, SliceRef, Volume
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -40,7 +41,7 @@ CONTOUR_DECIMALS = 4
 CONTOUR_DATA_TAG = 0x30060050
 
 
-class RtStructError(ValueError):
+class RtStructError(EngineError, ValueError):
     """An RT Structure Set cannot be written or read as asked; the message names the ROI and the problem."""
 
 

@@ -20,16 +20,17 @@ import numpy as np
 from scipy import ndimage
 
 from rtgrid.engines.dose.machine import MachineModel
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 
 SUPPORTED_PATIENT_POSITIONS = ("HFS",)
 
 
-class PatientPositionError(ValueError):
+class PatientPositionError(EngineError, ValueError):
     """The beam's patient position is not one the geometry supports (only HFS)."""
 
 
-class BixelGridError(ValueError):
+class BixelGridError(EngineError, ValueError):
     """A bixel grid cannot be made (empty target, field beyond the machine's limits, bad sizes)."""
 
 

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from rtgrid.engines.errors import EngineError
+
 SCHEMA = "rtgrid-density-table/1"
 DEFAULT_TABLE_PATH = Path(__file__).resolve().parent / "calibration" / "default.yaml"
 
 
-class DensityTableError(ValueError):
+class DensityTableError(EngineError, ValueError):
     """A density table is missing, unreadable or violates the schema (the message names the field)."""
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 
 
-class DoseGridError(ValueError):
+class DoseGridError(EngineError, ValueError):
     """A resampling request is inconsistent (bad spacing, mask not on its grid)."""
 
 

@@ -16,13 +16,14 @@ import numpy as np
 import yaml
 
 from rtgrid.engines.dose.kernel import KernelComponent
+from rtgrid.engines.errors import EngineError
 
 SCHEMA = "rtgrid-machine/1"
 MACHINES_DIR = Path(__file__).resolve().parent / "machines"
 STANDARD_MACHINE_ID = "rtgrid-standard-6mv"
 
 
-class MachineModelError(ValueError):
+class MachineModelError(EngineError, ValueError):
     """A machine file is missing, unreadable or violates the schema (the message names the field)."""
 
 

@@ -30,13 +30,14 @@ from rtgrid.engines.dose.beams import Beam, BixelGrid, beam_axes
 from rtgrid.engines.dose.kernel import component_amplitudes, component_sigmas_mm, open_field_axis_dose
 from rtgrid.engines.dose.machine import MachineModel
 from rtgrid.engines.dose.raytrace import BevDepthGrid, bev_radiological_depth, sample_depth
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 
 BLOCK_ELEMENTS = 2_000_000
 """Voxel-bixel pairs evaluated together: bounds the temporary arrays of one block."""
 
 
-class DoseEngineError(ValueError):
+class DoseEngineError(EngineError, ValueError):
     """Inputs of the dose engine are inconsistent (grid, mask, bixels, device)."""
 
 

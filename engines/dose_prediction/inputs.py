@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from rtgrid.engines.errors import EngineError
+
 OAR_CHANNELS: tuple[str, ...] = ("Brainstem", "SpinalCord", "Parotid_R", "Parotid_L", "Esophagus", "Larynx", "Bone_Mandible")
 """Organs at risk with an input channel, by TG-263 name (OpenKBP's seven)."""
 N_LEVELS = 3
@@ -23,7 +25,7 @@ REFERENCE_DOSE_GY = 70.0
 HU_WINDOW = (-1000.0, 1500.0)
 
 
-class DoseInputError(ValueError):
+class DoseInputError(EngineError, ValueError):
     """Inputs the model cannot take: mismatched shapes, too many or unusable prescription levels."""
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from rtgrid.engines.errors import EngineError
+
 from .model import DoseUNet
 
 WEIGHTS_FILE = "weights.pt"
@@ -26,7 +28,7 @@ BUILTIN_HN = BUILTIN_DIR / "rtgrid-hn-dose"
 """The shipped head-and-neck model (``make model-dose``)."""
 
 
-class DosePackageError(ValueError):
+class DosePackageError(EngineError, ValueError):
     """A dose model package is incomplete, corrupted, or its weights do not fit its card."""
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Self
 
+from rtgrid.engines.errors import EngineError
 
-class IntakeError(ValueError):
+
+class IntakeError(EngineError, ValueError):
     """A DICOM upload that cannot be accepted.
 
     Attributes
@@ -80,5 +82,5 @@ class InvalidAttributeError(IntakeError):
     """A DICOM attribute that intake needs is absent, empty or malformed and cannot be repaired."""
 
 
-class SeriesWriteError(ValueError):
+class SeriesWriteError(EngineError, ValueError):
     """A volume that cannot be written as a DICOM image series (says which value is wrong)."""

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from rtgrid.engines.dicomrt.rtstruct import StructureSpec, write_rtstruct
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.ct_writer import write_ct_series
 from rtgrid.engines.imaging.intake import load_series_dir
 from rtgrid.engines.imaging.volume import Volume
@@ -58,7 +59,7 @@ _COLORS: dict[str, tuple[int, int, int]] = {
 _PATIENT_FILE = re.compile(r"^pt_(\d+)\.npz$")
 
 
-class OpenKBPError(ValueError):
+class OpenKBPError(EngineError, ValueError):
     """An OpenKBP file is missing, malformed or asked for something it does not hold."""
 
 

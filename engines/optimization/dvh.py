@@ -16,13 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rtgrid.engines.errors import EngineError
+
 from .order import MedicalOrder
 
 #: Dose levels reported by :func:`plan_metrics` as D(v%).
 METRIC_VOLUMES_PCT = (2.0, 50.0, 95.0, 98.0)
 
 
-class DvhError(ValueError):
+class DvhError(EngineError, ValueError):
     """A structure and a dose grid that do not fit together (shape, empty structure, missing name)."""
 
 

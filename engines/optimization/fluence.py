@@ -28,6 +28,8 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 
+from rtgrid.engines.errors import EngineError
+
 from .dvh import dose_at_volume
 from .objectives import DeviceTerms, build_penalty_terms, dose_objective, smoothness_operator, to_device
 from .order import MedicalOrder
@@ -40,7 +42,7 @@ LBFGS_MEMORY = 20
 _ARMIJO = 1e-4
 
 
-class FluenceOptimizationError(ValueError):
+class FluenceOptimizationError(EngineError, ValueError):
     """Inputs that cannot be optimized: missing or empty structures, sizes that do not match."""
 
 

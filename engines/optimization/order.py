@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from rtgrid.engines.errors import EngineError
+
 #: Constraint types. ``min_dvh``: D(volume_pct) >= dose_gy; ``max_dvh``: D(volume_pct) <= dose_gy,
 #: which is the same statement as V(dose_gy) <= volume_pct.
 CONSTRAINT_TYPES = ("min_dose", "max_dose", "min_mean_dose", "max_mean_dose", "min_dvh", "max_dvh")
@@ -46,7 +48,7 @@ _LEVEL_KEYS = {"target", "dose_gy", "normalization_volume_pct", "priority"}
 _CONSTRAINT_KEYS = {"structure", "type", "dose_gy", "volume_pct", "priority", "hard"}
 
 
-class MedicalOrderError(ValueError):
+class MedicalOrderError(EngineError, ValueError):
     """The medical order is malformed, names an unknown structure, or asks for the impossible."""
 
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 
 STRUCTURE_NAMES = ("OuterTarget", "Core", "BODY")
 
 
-class Tg119Error(RuntimeError):
+class Tg119Error(EngineError, RuntimeError):
     """The TG-119 file is absent or not the expected matRad layout."""
 
 

@@ -26,13 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from rtgrid.engines.errors import EngineError
+
 _OUTSIDE = np.float32(1e18)
 """Evaluated dose beyond the grid: finite (no NaN from zero interpolation weights), never a match."""
 _CHUNK_ELEMENTS = 1 << 21
 """Voxels x offsets handled per vectorised step (bounds temporary memory to tens of MB)."""
 
 
-class GammaError(ValueError):
+class GammaError(EngineError, ValueError):
     """Gamma cannot be computed as asked; the message names the argument and the value."""
 
 

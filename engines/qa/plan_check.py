@@ -26,6 +26,7 @@ from rtgrid.engines.conversion.segment import Segment
 from rtgrid.engines.conversion.segment_dose import segments_dose
 from rtgrid.engines.dicomrt.rtplan import PlanBeam, read_rtplan
 from rtgrid.engines.dose.beams import Beam
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.optimization.dvh import GoalResult, evaluate_goals
 from rtgrid.engines.optimization.order import MedicalOrder
@@ -47,7 +48,7 @@ GOAL_TOLERANCE = 0.001
 HARD_GOAL_SLACK = GAMMA_DOSE_PERCENT / 100.0
 
 
-class PlanCheckError(ValueError):
+class PlanCheckError(EngineError, ValueError):
     """The RTPLAN cannot be checked (not step-and-shoot, another device, unreadable)."""
 
 

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.report.overlay import WINDOW_CENTER_HU, WINDOW_WIDTH_HU
 
@@ -60,7 +61,7 @@ CONVENTIONAL_COLORS: tuple[tuple[str, tuple[float, float, float]], ...] = (
 """Conventional display colours by name prefix (lower case), checked in order."""
 
 
-class PlanReportError(ValueError):
+class PlanReportError(EngineError, ValueError):
     """Inputs to a report figure are inconsistent; the message names the structure or array."""
 
 

@@ -16,10 +16,11 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 
 
-class AssistInputError(ValueError):
+class AssistInputError(EngineError, ValueError):
     """The drawn slices, seed or box cannot define a structure."""
 
 

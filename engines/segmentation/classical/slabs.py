@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.segmentation.classical.definitions import HALO_SLICES
 
 
-class SlabPlanError(ValueError):
+class SlabPlanError(EngineError, ValueError):
     """A slab plan or slab result does not fit the volume it is used with."""
 
 

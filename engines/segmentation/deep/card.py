@@ -11,10 +11,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from rtgrid.engines.errors import EngineError
+
 ROI_TYPES = frozenset({"ORGAN", "AVOIDANCE", "EXTERNAL", "PTV", "CTV", "GTV", "CAVITY", "SUPPORT", "MARKER", "CONTROL"})
 
 
-class ModelCardError(ValueError):
+class ModelCardError(EngineError, ValueError):
     """A model card is missing a field or holds a value rtgrid cannot use."""
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.segmentation.deep.card import ModelCard
 from rtgrid.engines.segmentation.deep.package import load_package
@@ -26,7 +27,7 @@ from rtgrid.engines.segmentation.deep.preprocessing import (
 )
 
 
-class InferenceInputError(ValueError):
+class InferenceInputError(EngineError, ValueError):
     """The slab handed to a runner cannot be segmented as given."""
 
 

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.segmentation.deep.deeplab import DeepLabV3Plus
 from rtgrid.engines.segmentation.deep.unet2d import UNet2D
 
@@ -15,7 +16,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-class UnknownArchitectureError(ValueError):
+class UnknownArchitectureError(EngineError, ValueError):
     """The architecture name is not one rtgrid can build."""
 
 

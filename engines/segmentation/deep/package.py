@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.segmentation.deep.card import ModelCard, ModelCardError
 from rtgrid.engines.segmentation.deep.models import build_model
 
@@ -22,7 +23,7 @@ CARD_FILE = "card.json"
 HASH_FILE = "sha256"
 
 
-class ModelPackageError(ValueError):
+class ModelPackageError(EngineError, ValueError):
     """A model package is incomplete, corrupted, or does not match its card."""
 
 

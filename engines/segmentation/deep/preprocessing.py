@@ -14,10 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 
 
-class OrientationError(ValueError):
+class OrientationError(EngineError, ValueError):
     """The volume is not an axial stack aligned with the patient axes."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 
 BODY_HU = -500.0
@@ -27,7 +28,7 @@ HEAD_NECK_MIN_EXTENT_MM = 30.0
 KNOWN_REGIONS = ("head_and_neck",)
 
 
-class UnknownRegionError(ValueError):
+class UnknownRegionError(EngineError, ValueError):
     """A model card declares a body region rtgrid cannot check."""
 
 
