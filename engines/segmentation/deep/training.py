@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.segmentation.deep.augment import AugmentConfig, augment_batch
 from rtgrid.engines.segmentation.deep.card import CardLabel, ModelCard
@@ -58,11 +59,11 @@ CHECKPOINT_FILE = "checkpoint.pt"
 PACKAGE_DIR = "package"
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(EngineError, ValueError):
     """A training case or the label mapping cannot be used."""
 
 
-class TrainingResumeError(RuntimeError):
+class TrainingResumeError(EngineError, RuntimeError):
     """A checkpoint exists but belongs to a different configuration."""
 
 
