@@ -131,6 +131,12 @@ class TrainConfig:
     ``body_region`` names the anatomy the model was trained on (recorded in the card).
     ``dice_present_classes_only`` limits the Dice term to the classes a batch shows (for small
     organs; see :func:`dice_ce_loss`).
+    ``foreground_sampling`` says how a foreground-centred patch picks its centre: ``"pixel"``, a
+    random organ pixel of a random slice (organs are drawn in proportion to their area), or
+    ``"class"``, first an organ uniformly, then a slice showing it and a pixel of it (small organs
+    such as the cord or the esophagus are seen as often as the mandible).
+    ``lr_schedule`` is ``"plateau"`` (halve on a validation plateau) or ``"poly"`` (decay as
+    ``(1 - iteration / total) ** 0.9`` over ``max_epochs``, as nnU-Net does; a fixed budget).
     """
 
     name: str
@@ -150,6 +156,8 @@ class TrainConfig:
     early_stopping_patience: int = 5
     min_improvement: float = 1e-3
     foreground_fraction: float = 0.5
+    foreground_sampling: str = "pixel"
+    lr_schedule: str = "plateau"
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     dice_present_classes_only: bool = False
@@ -174,6 +182,10 @@ class TrainConfig:
                 raise TrainingDataError(f"config {self.name!r}: class {spec.name!r} has lr_partner {spec.lr_partner!r}, not a class")
         if self.batch_size < 2:
             raise TrainingDataError(f"config {self.name!r}: batch_size must be >= 2 (batch normalisation), got {self.batch_size}")
+        if self.foreground_sampling not in ("pixel", "class"):
+            raise TrainingDataError(f"config {self.name!r}: foreground_sampling must be 'pixel' or 'class', got {self.foreground_sampling!r}")
+        if self.lr_schedule not in ("plateau", "poly"):
+            raise TrainingDataError(f"config {self.name!r}: lr_schedule must be 'plateau' or 'poly', got {self.lr_schedule!r}")
         if self.validation_slice_step < 1:
             raise TrainingDataError(f"config {self.name!r}: validation_slice_step must be >= 1, got {self.validation_slice_step}")
 
@@ -298,24 +310,47 @@ def _split(prepared: list[_PreparedCase], config: TrainConfig) -> tuple[list[_Pr
     return train, val
 
 
-def _sample_batch(
-    train: list[_PreparedCase], config: TrainConfig, rng: np.random.Generator, slice_index: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random patches; ``foreground_fraction`` of them centred on a random foreground pixel.
+def class_slice_index(train: Sequence[_PreparedCase], n_classes: int) -> list[np.ndarray]:
+    """For each foreground class ``1..n_classes``, the ``(n, 2)`` (case, slice) pairs that show it."""
+    pairs: list[list[tuple[int, int]]] = [[] for _ in range(n_classes)]
+    for c, case in enumerate(train):
+        flat = case.labels.flatten(1)
+        for k in range(n_classes):
+            for z in torch.nonzero((flat == k + 1).any(dim=1))[:, 0].tolist():
+                pairs[k].append((c, z))
+    return [np.array(p, dtype=np.int64).reshape(-1, 2) for p in pairs]
 
-    ``slice_index`` is the ``(n, 2)`` table of (case, slice) pairs to draw from. Returns images,
-    labels and the ``(B, n_classes + 1)`` known-class mask of each sample's case.
+
+def _sample_batch(
+    train: list[_PreparedCase],
+    config: TrainConfig,
+    rng: np.random.Generator,
+    slice_index: np.ndarray,
+    class_slices: Sequence[np.ndarray] = (),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random patches; ``foreground_fraction`` of them centred on a foreground pixel.
+
+    ``slice_index`` is the ``(n, 2)`` table of (case, slice) pairs to draw from;
+    ``class_slices`` (from :func:`class_slice_index`) serves ``foreground_sampling="class"``.
+    Returns images, labels and the ``(B, n_classes + 1)`` known-class mask of each sample's case.
     """
     ph, pw = config.patch_size
     images = torch.zeros(config.batch_size, 1, ph, pw)
     labels = torch.zeros(config.batch_size, ph, pw, dtype=torch.long)
     known = torch.zeros(config.batch_size, len(config.classes) + 1, dtype=torch.bool)
+    shown = [k for k, pairs in enumerate(class_slices) if len(pairs)]
     for b in range(config.batch_size):
-        c, z = (int(v) for v in slice_index[int(rng.integers(len(slice_index)))])
+        if config.foreground_sampling == "class" and shown and rng.random() < config.foreground_fraction:
+            k = shown[int(rng.integers(len(shown)))]
+            c, z = (int(v) for v in class_slices[k][int(rng.integers(len(class_slices[k])))])
+            foreground = torch.nonzero(train[c].labels[z] == k + 1)
+        else:
+            c, z = (int(v) for v in slice_index[int(rng.integers(len(slice_index)))])
+            centred = config.foreground_sampling == "pixel" and rng.random() < config.foreground_fraction
+            foreground = torch.nonzero(train[c].labels[z]) if centred else None
         known[b] = train[c].known
         image, label = train[c].images[z], train[c].labels[z]
         height, width = image.shape
-        foreground = torch.nonzero(label) if rng.random() < config.foreground_fraction else None
         if foreground is not None and len(foreground):
             cy, cx = (int(v) for v in foreground[int(rng.integers(len(foreground)))])
         else:
@@ -572,7 +607,13 @@ def train_segmentation(
     amp_dtype = _autocast_dtype(torch_device)
     # fp16 needs loss scaling against underflowing gradients; bf16 has fp32's range.
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience)
+    total_iterations = config.max_epochs * config.iterations_per_epoch
+    if config.lr_schedule == "poly":
+        scheduler: Any = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda it: max(0.0, 1.0 - it / total_iterations) ** 0.9)
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience)
     names = [c.name for c in config.classes]
     lr_swap = torch.arange(len(names) + 1)
     for index, spec in enumerate(config.classes, start=1):
@@ -602,6 +643,7 @@ def train_segmentation(
     epochs_this_run = 0
     spacing = config.input_spacing_mm
     slice_index = np.array([(c, z) for c, case in enumerate(train) for z in range(case.images.shape[0])], dtype=np.int64)
+    class_slices = class_slice_index(train, len(config.classes)) if config.foreground_sampling == "class" else []
     run_started = time.perf_counter()
     while epoch < config.max_epochs and not stopped_early:
         if max_epochs_this_run is not None and epochs_this_run >= max_epochs_this_run:
@@ -616,7 +658,7 @@ def train_segmentation(
         losses = []
 
         def make_batch(rng: np.random.Generator = rng, generator: torch.Generator = generator) -> tuple[torch.Tensor, ...]:
-            images, labels, known = _sample_batch(train, config, rng, slice_index)
+            images, labels, known = _sample_batch(train, config, rng, slice_index, class_slices)
             images, labels = augment_batch(images, labels, config.augment, spacing, lr_swap, generator)
             return images, labels, known
 
@@ -632,6 +674,8 @@ def train_segmentation(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if config.lr_schedule == "poly":
+                    scheduler.step()
                 losses.append(float(loss.detach()))
                 if len(losses) % 50 == 0:
                     say(f"epoch {epoch + 1}/{config.max_epochs} iteration {len(losses)}/{config.iterations_per_epoch} "
@@ -640,7 +684,8 @@ def train_segmentation(
             batches.close()
         validation = evaluate(model, val, config, torch_device, full=False)
         score = validation["mean_dsc"]
-        scheduler.step(score)
+        if config.lr_schedule == "plateau":
+            scheduler.step(score)
         epoch += 1
         epochs_this_run += 1
         if score > best_score + config.min_improvement:
