@@ -26,9 +26,12 @@ import numpy as np
 from rtgrid.engines.optimization.dvh import GoalResult
 from rtgrid.engines.optimization.order import MedicalOrder
 
-HOT_SPOT_LIMIT = 1.25
+from .policy import DEFAULT_POLICY
+
+# Both tolerances are data: the ``standard_plan`` section of the shipped release policy.
+HOT_SPOT_LIMIT = DEFAULT_POLICY.standard_plan.hot_spot_limit
 """Largest acceptable dose maximum in the body, as a fraction of the highest prescription."""
-HARD_GOAL_TOLERANCE = 0.05
+HARD_GOAL_TOLERANCE = DEFAULT_POLICY.standard_plan.hard_goal_tolerance
 """How far a hard goal may be missed before the plan fails, as a fraction of the highest prescription."""
 
 

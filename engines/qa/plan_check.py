@@ -32,20 +32,23 @@ from rtgrid.engines.optimization.dvh import GoalResult, evaluate_goals
 from rtgrid.engines.optimization.order import MedicalOrder
 
 from .gamma import gamma_3d
+from .policy import DEFAULT_POLICY, QaTolerances
 
-# AAPM TG-218 universal tolerance for IMRT QA: 3 % (global) / 2 mm, 10 % threshold, >= 95 % pass.
-GAMMA_DOSE_PERCENT = 3.0
-GAMMA_DISTANCE_MM = 2.0
-GAMMA_THRESHOLD_PERCENT = 10.0
-GAMMA_PASS_RATE_PCT = 95.0
-HARD_PRIORITY = 1
-# Goals are compared with 0.1 % of the prescription of rounding room (a recomputed D95 of
-# 49.999995 Gy meets 50 Gy). Against the standard plan, hard goals tolerate the dose difference
-# the gamma criterion allows, 3 % of the prescription (TG-218's universal tolerance): a device with
-# a wider penumbra than the standard machine (Agility's is about 1 mm wider) cannot spare an organ
-# next to the target quite as well, and a 2 % slack withheld such plans on TG-119 by 0.05 Gy.
-GOAL_TOLERANCE = 0.001
-HARD_GOAL_SLACK = GAMMA_DOSE_PERCENT / 100.0
+# The tolerances are data (rtgrid.engines.qa.policy, the shipped release policy); these names are
+# the default policy's values. AAPM TG-218 universal tolerance for IMRT QA: 3 % (global) / 2 mm,
+# 10 % threshold, >= 95 % pass. Goals are compared with 0.1 % of the prescription of rounding room
+# (a recomputed D95 of 49.999995 Gy meets 50 Gy). Against the standard plan, hard goals tolerate the
+# dose difference the gamma criterion allows, 3 % of the prescription (TG-218's universal
+# tolerance): a device with a wider penumbra than the standard machine (Agility's is about 1 mm
+# wider) cannot spare an organ next to the target quite as well, and a 2 % slack withheld such
+# plans on TG-119 by 0.05 Gy.
+GAMMA_DOSE_PERCENT = DEFAULT_POLICY.qa.gamma.dose_percent
+GAMMA_DISTANCE_MM = DEFAULT_POLICY.qa.gamma.distance_mm
+GAMMA_THRESHOLD_PERCENT = DEFAULT_POLICY.qa.gamma.threshold_percent
+GAMMA_PASS_RATE_PCT = DEFAULT_POLICY.qa.gamma.pass_rate_pct
+HARD_PRIORITY = DEFAULT_POLICY.qa.hard_priority
+GOAL_TOLERANCE = DEFAULT_POLICY.qa.goal_tolerance
+HARD_GOAL_SLACK = DEFAULT_POLICY.qa.hard_goal_slack
 
 
 class PlanCheckError(EngineError, ValueError):
@@ -95,15 +98,17 @@ def segments_of(beam: PlanBeam) -> list[Segment]:
     return segments
 
 
-def _goal_kinds(order: MedicalOrder) -> tuple[list[bool], list[bool]]:
+def _goal_kinds(order: MedicalOrder, hard_priority: int = HARD_PRIORITY) -> tuple[list[bool], list[bool]]:
     """Per goal in :func:`evaluate_goals`' order (the prescription first): hard?, lower bound?"""
     levels = [True] * len(order.levels)
-    return (levels + [c.priority <= HARD_PRIORITY for c in order.constraints],
+    return (levels + [c.priority <= hard_priority for c in order.constraints],
             levels + [c.is_lower_bound for c in order.constraints])
 
 
-def hard_goal_failures(order: MedicalOrder, goals: list[GoalResult], standard: list[GoalResult]) -> list[str]:
-    """The hard goals a device plan misses by more than ``HARD_GOAL_SLACK`` of Rx beyond the standard plan.
+def hard_goal_failures(order: MedicalOrder, goals: list[GoalResult], standard: list[GoalResult],
+                       tolerances: QaTolerances = DEFAULT_POLICY.qa) -> list[str]:
+    """The hard goals a device plan misses by more than the slack (``HARD_GOAL_SLACK`` of Rx by default)
+    beyond the standard plan.
 
     Parameters
     ----------
@@ -111,14 +116,16 @@ def hard_goal_failures(order: MedicalOrder, goals: list[GoalResult], standard: l
     goals, standard : list of GoalResult
         :func:`evaluate_goals` of the device plan's and of the standard plan's dose (the
         prescription first, then the order's constraints).
+    tolerances : QaTolerances
+        Which priorities are hard and the slack; the shipped release policy's by default.
 
     Returns
     -------
     list of str
         One reason per failing goal, naming it and both plans' values.
     """
-    hard, lower = _goal_kinds(order)
-    slack = HARD_GOAL_SLACK * order.prescription.dose_gy
+    hard, lower = _goal_kinds(order, tolerances.hard_priority)
+    slack = tolerances.hard_goal_slack * order.prescription.dose_gy
     reasons = []
     for g, ref, is_hard, low in zip(goals, standard, hard, lower):
         behind = ref.achieved_gy - g.achieved_gy if low else g.achieved_gy - ref.achieved_gy
@@ -129,7 +136,8 @@ def hard_goal_failures(order: MedicalOrder, goals: list[GoalResult], standard: l
 
 
 def check_plan(rtplan: Dataset, device: DeviceModel, *, density: Volume, dose_mask: np.ndarray,
-               reference_dose_gy: np.ndarray, masks: dict[str, np.ndarray], order: MedicalOrder) -> QaResult:
+               reference_dose_gy: np.ndarray, masks: dict[str, np.ndarray], order: MedicalOrder,
+               tolerances: QaTolerances = DEFAULT_POLICY.qa) -> QaResult:
     """Check a device plan from its RTPLAN against the standard plan's dose and the order.
 
     Parameters
@@ -148,6 +156,8 @@ def check_plan(rtplan: Dataset, device: DeviceModel, *, density: Volume, dose_ma
         Structures of the order on the dose grid.
     order
         The medical order.
+    tolerances
+        Gamma criteria, goal tolerance and hard goals; the shipped release policy's by default.
 
     Returns
     -------
@@ -167,24 +177,28 @@ def check_plan(rtplan: Dataset, device: DeviceModel, *, density: Volume, dose_ma
         beam = Beam(pb.gantry_deg, pb.couch_deg, pb.collimator_deg, np.asarray(pb.isocenter_mm))
         dose += segments_dose(density, dose_mask, beam, segments, device)
     dose *= plan.fractions
-    gamma = gamma_3d(reference_dose_gy, dose, density.spacing_mm, dose_percent=GAMMA_DOSE_PERCENT,
-                     distance_mm=GAMMA_DISTANCE_MM, threshold_percent=GAMMA_THRESHOLD_PERCENT)
+    criteria = tolerances.gamma
+    gamma = gamma_3d(reference_dose_gy, dose, density.spacing_mm, dose_percent=criteria.dose_percent,
+                     distance_mm=criteria.distance_mm, threshold_percent=criteria.threshold_percent)
     voxel_cc = density.voxel_volume_mm3 / 1000.0
     rx_gy = order.prescription.dose_gy
-    goals = evaluate_goals(order, dose, masks, voxel_cc, tolerance_gy=GOAL_TOLERANCE * rx_gy)
-    standard = evaluate_goals(order, reference_dose_gy, masks, voxel_cc, tolerance_gy=GOAL_TOLERANCE * rx_gy)
-    hard, lower = _goal_kinds(order)
+    goals = evaluate_goals(order, dose, masks, voxel_cc, tolerance_gy=tolerances.goal_tolerance * rx_gy)
+    standard = evaluate_goals(order, reference_dose_gy, masks, voxel_cc, tolerance_gy=tolerances.goal_tolerance * rx_gy)
+    hard, lower = _goal_kinds(order, tolerances.hard_priority)
     reasons = []
-    if gamma.pass_rate_pct < GAMMA_PASS_RATE_PCT:
-        reasons.append(f"gamma {GAMMA_DOSE_PERCENT:g}%/{GAMMA_DISTANCE_MM:g} mm pass rate "
-                       f"{gamma.pass_rate_pct:.1f}% < {GAMMA_PASS_RATE_PCT:g}%")
-    reasons += hard_goal_failures(order, goals, standard)
+    if gamma.n_evaluated == 0:  # a NaN pass rate compares false with anything: say so rather than pass
+        reasons.append(f"gamma evaluated no voxel: the standard plan's dose is empty above the "
+                       f"{criteria.threshold_percent:g}% threshold")
+    elif gamma.pass_rate_pct < criteria.pass_rate_pct:
+        reasons.append(f"gamma {criteria.dose_percent:g}%/{criteria.distance_mm:g} mm pass rate "
+                       f"{gamma.pass_rate_pct:.1f}% < {criteria.pass_rate_pct:g}%")
+    reasons += hard_goal_failures(order, goals, standard, tolerances)
     reasons += [f"not deliverable: {v}" for v in violations]
     return QaResult(
         passed=not reasons, reasons=tuple(reasons), gamma_pass_rate_pct=gamma.pass_rate_pct,
-        gamma_criteria={"dose_percent": GAMMA_DOSE_PERCENT, "distance_mm": GAMMA_DISTANCE_MM,
-                        "threshold_percent": GAMMA_THRESHOLD_PERCENT, "global": True,
-                        "pass_rate_required_pct": GAMMA_PASS_RATE_PCT},
+        gamma_criteria={"dose_percent": criteria.dose_percent, "distance_mm": criteria.distance_mm,
+                        "threshold_percent": criteria.threshold_percent, "global": True,
+                        "pass_rate_required_pct": criteria.pass_rate_pct},
         goals=tuple({"goal": g.goal, "achieved_gy": g.achieved_gy, "limit_gy": g.limit_gy, "met": g.met,
                      "hard": h, "lower_bound": low, "standard_plan_gy": ref.achieved_gy}
                     for g, ref, h, low in zip(goals, standard, hard, lower)),
