@@ -22,7 +22,7 @@ refine MU -> dose from the segments -> goals and deliverability.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -174,116 +174,43 @@ def convert_plan(
     start = time.perf_counter()
     timings: dict[str, float] = {}
     standard = standard or load_machine(plan.machine_id)
-    if standard.content_hash != plan.machine_hash:
-        raise ConversionError(f"standard machine {standard.id} (sha256 {standard.content_hash[:12]}) is not the model the plan "
-                              f"was made with ({plan.machine_id}, sha256 {plan.machine_hash[:12]})")
-    if not density.same_grid(plan.dose):
-        raise ConversionError(f"density grid {density.shape} is not the plan's dose grid {plan.dose.shape}")
+    body, targets = _checked_inputs(plan, density, masks, standard)
     order = plan.order
     rx = order.prescription
-    missing = [n for n in (*order.structures, plan.body) if n not in masks]
-    if missing:
-        raise ConversionError(f"no mask for {missing}; masks given: {sorted(masks)}")
-    body = np.asarray(masks[plan.body], dtype=bool)
-    targets = targets_mask(order, masks)  # every prescription level's target
 
     t = time.perf_counter()
     report = coincidence(standard, device.machine, threshold)
     timings["coincidence"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    violations: list[Violation] = []
-    grids = []
-    for n, beam in enumerate(plan.beams):
-        grid, found = device_leaf_grid(beam, targets, density, device, column_mm, margin_mm)
-        grids.append(grid)
-        violations.extend(replace(v, beam=n) for v in found)
-    per_beam = [device_beam_dij(density, body, g, device, compute_device=compute_device) for g in grids]
-    resampled = []
-    for n, (grid, bixels, w) in enumerate(zip(grids, plan.bixels, plan.weights)):
-        device_w, lost = resample_fluence(bixels, w, grid)
-        resampled.append(device_w)
-        if report.reuse_standard_plan and lost > LOST_FLUENCE_TOLERANCE:
-            violations.append(Violation("field_size", n, None, f"{100 * lost:.1f} % of the standard fluence of beam {n} "
-                                                              f"lies outside the leaf bank of {device.id}"))
-    raw_beams = per_beam
-    raw_dij = assemble_dij(raw_beams)
-    offsets = np.cumsum([0] + [g.n_bixels for g in grids])
-
-    def corrected_for(weights: np.ndarray) -> list[sp.csr_matrix]:
-        full = _full_kernel_dose(density, body, grids, np.split(weights, offsets[1:-1]), device, compute_device)
-        ratio = far_scatter_ratio(raw_dij @ weights.astype(np.float32), full)
-        return [with_far_scatter(d, ratio) for d in raw_beams]
-
-    ideal = np.concatenate(resampled)
-    per_beam = corrected_for(ideal)
-    dij = assemble_dij(per_beam)
+    beamlets = _device_beamlets(plan, density, body, targets, device, report.reuse_standard_plan,
+                                column_mm=column_mm, margin_mm=margin_mm, compute_device=compute_device)
+    violations = list(beamlets.violations)
+    ideal = np.concatenate(beamlets.resampled)
+    per_beam = beamlets.corrected_for(ideal)
     timings["dose_influence"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if not report.reuse_standard_plan:
-        positions = [g.positions for g in grids]
-        ideal = mimic_dose(dij, plan.dose.voxels, masks, objectives or order, bixel_positions=positions,
-                           max_iter=max_iter).weights
-        for _ in range(correction_rounds):
-            # the mimicked fluence moves away from the standard one where the device's beam
-            # differs, and its far scatter with it: probe again, resume from the solution
-            per_beam = corrected_for(ideal)
-            dij = assemble_dij(per_beam)
-            ideal = mimic_dose(dij, plan.dose.voxels, masks, objectives or order, bixel_positions=positions,
-                               max_iter=min(max_iter, CORRECTION_MAX_ITER), initial_weights=ideal).weights
-    ideal_dose = (dij @ ideal.astype(np.float32)).astype(np.float32)
+        ideal, per_beam = _mimicked_fluence(plan, masks, beamlets, objectives or order, ideal, per_beam,
+                                            max_iter=max_iter, correction_rounds=correction_rounds)
+    ideal_dose = (assemble_dij(per_beam) @ ideal.astype(np.float32)).astype(np.float32)
     timings["fluence"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    fractions = rx.fractions
-    maps = tuple(g.to_map(ideal[offsets[n]:offsets[n + 1]]) / fractions for n, g in enumerate(grids))
+    grids = beamlets.grids
+    offsets = beamlets.offsets
+    maps = tuple(g.to_map(ideal[offsets[n]:offsets[n + 1]]) / rx.fractions for n, g in enumerate(grids))
     sequenced = [sequence_beam(m, g, device, n_levels=n_levels) for m, g in zip(maps, grids)]
     timings["sequencing"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    rows = np.flatnonzero(body.ravel())
-    columns, beam_of = [], []
-    for n, (segs, d) in enumerate(zip(sequenced, per_beam)):
-        if segs:
-            columns.append(np.asarray((d[rows] @ segment_open_fractions(segs, grids[n], device)).todense()))
-            beam_of.extend([n] * len(segs))
-    in_target = np.asarray(masks[rx.target]).ravel()[rows]
-    voxel_weights = 1.0 + REFINE_TARGET_BOOST * in_target
-    # The segments' MU reproduce the standard plan's dose, which QA compares with, rather than the
-    # ideal fluence's: the refinement then also undoes what resampling and sequencing lost.
-    reference = np.asarray(plan.dose.voxels, dtype=np.float64).ravel()
-    mu = refine_segment_mu(np.concatenate(columns, axis=1), reference[rows] / fractions, voxel_weights,
-                           np.asarray(beam_of), min_mu=device.min_segment_mu,
-                           max_segments_per_beam=device.max_segments_per_beam)
-    refined, k = [], 0
-    for segs in sequenced:
-        kept = [replace(s, mu=float(mu[k + i])) for i, s in enumerate(segs) if mu[k + i] > 0]
-        refined.append(kept)
-        k += len(segs)
+    refined = _refined_segments(plan, masks, body, grids, per_beam, sequenced, device)
     timings["refinement"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    dose = np.zeros(density.shape, dtype=np.float64)
-    for beam, segs in zip(plan.beams, refined):
-        if segs:
-            dose += segments_dose(density, body, beam, segs, device, resolution_mm=resolution_mm,
-                                  compute_device=compute_device)
-    dose *= fractions
-    target_doses = dose.ravel()[np.asarray(masks[rx.target]).ravel()]
-    factor = rx.dose_gy / dose_at_volume(target_doses, rx.normalization_volume_pct)
-    dose *= factor
-    final = tuple(tuple(replace(s, mu=s.mu * factor) for s in segs) for segs in refined)
-    if any(s.mu < device.min_segment_mu for segs in final for s in segs):
-        # Normalization scaled a segment under the device's minimum MU: lift it, and recompute the
-        # dose from the segments as delivered (the dose always comes from the segments themselves).
-        final = tuple(tuple(replace(s, mu=max(s.mu, device.min_segment_mu)) for s in segs) for segs in final)
-        dose = np.zeros(density.shape, dtype=np.float64)
-        for beam, segs in zip(plan.beams, final):
-            if segs:
-                dose += segments_dose(density, body, beam, segs, device, resolution_mm=resolution_mm,
-                                      compute_device=compute_device)
-        dose *= fractions
+    final, dose = _normalized_delivery(plan, density, body, masks, refined, device, resolution_mm=resolution_mm,
+                                       compute_device=compute_device)
     timings["dose"] = time.perf_counter() - t
 
     for n, segs in enumerate(final):
@@ -306,6 +233,143 @@ def convert_plan(
         violations=tuple(violations),
         timings_s=timings,
     )
+
+
+def _checked_inputs(plan: StandardPlan, density: Volume, masks: Mapping[str, np.ndarray],
+                    standard: MachineModel) -> tuple[np.ndarray, np.ndarray]:
+    """The body and all targets' mask, once the inputs are known to fit the plan (else ConversionError)."""
+    if standard.content_hash != plan.machine_hash:
+        raise ConversionError(f"standard machine {standard.id} (sha256 {standard.content_hash[:12]}) is not the model the plan "
+                              f"was made with ({plan.machine_id}, sha256 {plan.machine_hash[:12]})")
+    if not density.same_grid(plan.dose):
+        raise ConversionError(f"density grid {density.shape} is not the plan's dose grid {plan.dose.shape}")
+    missing = [n for n in (*plan.order.structures, plan.body) if n not in masks]
+    if missing:
+        raise ConversionError(f"no mask for {missing}; masks given: {sorted(masks)}")
+    return np.asarray(masks[plan.body], dtype=bool), targets_mask(plan.order, masks)  # every level's target
+
+
+@dataclass(frozen=True)
+class _Beamlets:
+    """The device's bixels of every beam, their pencil-beam dose influence and the standard fluence on them."""
+
+    density: Volume
+    body: np.ndarray
+    device: DeviceModel
+    compute_device: str
+    grids: list[LeafGrid]
+    raw_beams: list[sp.csr_matrix]
+    raw_dij: sp.csr_matrix
+    resampled: list[np.ndarray]
+    violations: tuple[Violation, ...]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Where each beam's bixels start in the concatenated weights (and the total at the end)."""
+        return np.cumsum([0] + [g.n_bixels for g in self.grids])
+
+    def corrected_for(self, weights: np.ndarray) -> list[sp.csr_matrix]:
+        """Per beam, the dose influence corrected for the far scatter of ``weights`` (the probe)."""
+        split = np.split(weights, self.offsets[1:-1])
+        full = _full_kernel_dose(self.density, self.body, self.grids, split, self.device, self.compute_device)
+        ratio = far_scatter_ratio(self.raw_dij @ weights.astype(np.float32), full)
+        return [with_far_scatter(d, ratio) for d in self.raw_beams]
+
+
+def _device_beamlets(plan: StandardPlan, density: Volume, body: np.ndarray, targets: np.ndarray, device: DeviceModel,
+                     reuse: bool, *, column_mm: float, margin_mm: float, compute_device: str) -> _Beamlets:
+    """Leaf grids, their influence and the resampled standard fluence; what the device cannot reach as violations."""
+    violations: list[Violation] = []
+    grids = []
+    for n, beam in enumerate(plan.beams):
+        grid, found = device_leaf_grid(beam, targets, density, device, column_mm, margin_mm)
+        grids.append(grid)
+        violations.extend(replace(v, beam=n) for v in found)
+    raw_beams = [device_beam_dij(density, body, g, device, compute_device=compute_device) for g in grids]
+    resampled = []
+    for n, (grid, bixels, w) in enumerate(zip(grids, plan.bixels, plan.weights)):
+        device_w, lost = resample_fluence(bixels, w, grid)
+        resampled.append(device_w)
+        if reuse and lost > LOST_FLUENCE_TOLERANCE:
+            violations.append(Violation("field_size", n, None, f"{100 * lost:.1f} % of the standard fluence of beam {n} "
+                                                              f"lies outside the leaf bank of {device.id}"))
+    return _Beamlets(density, body, device, compute_device, grids, raw_beams, assemble_dij(raw_beams), resampled,
+                     tuple(violations))
+
+
+def _mimicked_fluence(plan: StandardPlan, masks: Mapping[str, np.ndarray], beamlets: _Beamlets,
+                      objectives: MedicalOrder, ideal: np.ndarray, per_beam: list[sp.csr_matrix], *, max_iter: int,
+                      correction_rounds: int) -> tuple[np.ndarray, list[sp.csr_matrix]]:
+    """Dose mimicking of the standard dose, then ``correction_rounds`` re-probes of far scatter.
+
+    Returns the device fluence and the per-beam influence it was last optimized on.
+    """
+    positions = [g.positions for g in beamlets.grids]
+    ideal = mimic_dose(assemble_dij(per_beam), plan.dose.voxels, masks, objectives, bixel_positions=positions,
+                       max_iter=max_iter).weights
+    for _ in range(correction_rounds):
+        # the mimicked fluence moves away from the standard one where the device's beam
+        # differs, and its far scatter with it: probe again, resume from the solution
+        per_beam = beamlets.corrected_for(ideal)
+        ideal = mimic_dose(assemble_dij(per_beam), plan.dose.voxels, masks, objectives, bixel_positions=positions,
+                           max_iter=min(max_iter, CORRECTION_MAX_ITER), initial_weights=ideal).weights
+    return ideal, per_beam
+
+
+def _refined_segments(plan: StandardPlan, masks: Mapping[str, np.ndarray], body: np.ndarray, grids: list[LeafGrid],
+                      per_beam: list[sp.csr_matrix], sequenced: list[list[Segment]],
+                      device: DeviceModel) -> list[list[Segment]]:
+    """All segments' MU refitted together; segments left at 0 MU are dropped."""
+    rx = plan.order.prescription
+    rows = np.flatnonzero(body.ravel())
+    columns, beam_of = [], []
+    for n, (segs, d) in enumerate(zip(sequenced, per_beam)):
+        if segs:
+            columns.append(np.asarray((d[rows] @ segment_open_fractions(segs, grids[n], device)).todense()))
+            beam_of.extend([n] * len(segs))
+    in_target = np.asarray(masks[rx.target]).ravel()[rows]
+    voxel_weights = 1.0 + REFINE_TARGET_BOOST * in_target
+    # The segments' MU reproduce the standard plan's dose, which QA compares with, rather than the
+    # ideal fluence's: the refinement then also undoes what resampling and sequencing lost.
+    reference = np.asarray(plan.dose.voxels, dtype=np.float64).ravel()
+    mu = refine_segment_mu(np.concatenate(columns, axis=1), reference[rows] / rx.fractions, voxel_weights,
+                           np.asarray(beam_of), min_mu=device.min_segment_mu,
+                           max_segments_per_beam=device.max_segments_per_beam)
+    refined, k = [], 0
+    for segs in sequenced:
+        refined.append([replace(s, mu=float(mu[k + i])) for i, s in enumerate(segs) if mu[k + i] > 0])
+        k += len(segs)
+    return refined
+
+
+def _normalized_delivery(plan: StandardPlan, density: Volume, body: np.ndarray, masks: Mapping[str, np.ndarray],
+                         refined: list[list[Segment]], device: DeviceModel, *, resolution_mm: float,
+                         compute_device: str) -> tuple[tuple[tuple[Segment, ...], ...], np.ndarray]:
+    """The segments scaled so that the target's D(normalization volume) is the prescription, and their dose (Gy)."""
+    rx = plan.order.prescription
+    dose = _segments_total_dose(plan, density, body, refined, device, resolution_mm, compute_device)
+    target_doses = dose.ravel()[np.asarray(masks[rx.target]).ravel()]
+    factor = rx.dose_gy / dose_at_volume(target_doses, rx.normalization_volume_pct)
+    dose *= factor
+    final = tuple(tuple(replace(s, mu=s.mu * factor) for s in segs) for segs in refined)
+    if any(s.mu < device.min_segment_mu for segs in final for s in segs):
+        # Normalization scaled a segment under the device's minimum MU: lift it, and recompute the
+        # dose from the segments as delivered (the dose always comes from the segments themselves).
+        final = tuple(tuple(replace(s, mu=max(s.mu, device.min_segment_mu)) for s in segs) for segs in final)
+        dose = _segments_total_dose(plan, density, body, final, device, resolution_mm, compute_device)
+    return final, dose
+
+
+def _segments_total_dose(plan: StandardPlan, density: Volume, body: np.ndarray, segments: Sequence[Sequence[Segment]],
+                         device: DeviceModel, resolution_mm: float, compute_device: str) -> np.ndarray:
+    """Dose (Gy, all fractions, float64, the density's shape) of every beam's segments (MU per fraction)."""
+    dose = np.zeros(density.shape, dtype=np.float64)
+    for beam, segs in zip(plan.beams, segments):
+        if segs:
+            dose += segments_dose(density, body, beam, segs, device, resolution_mm=resolution_mm,
+                                  compute_device=compute_device)
+    dose *= plan.order.prescription.fractions
+    return dose
 
 
 def _full_kernel_dose(density: Volume, body: np.ndarray, grids: list[LeafGrid], weights: list[np.ndarray],
