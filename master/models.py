@@ -14,16 +14,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.segmentation.deep.builtin import builtin_packages
-from rtgrid.engines.segmentation.deep.card import ModelCard, ModelCardError
-from rtgrid.engines.segmentation.deep.models import UnknownArchitectureError
-from rtgrid.engines.segmentation.deep.package import (
-    CARD_FILE,
-    HASH_FILE,
-    WEIGHTS_FILE,
-    ModelPackageError,
-    load_package,
-)
+from rtgrid.engines.segmentation.deep.card import ModelCard
+from rtgrid.engines.segmentation.deep.package import CARD_FILE, HASH_FILE, WEIGHTS_FILE, load_package
 
 from .blobs import BlobStore
 from .errors import AlreadyExists, InvalidArgument, NotFound
@@ -58,7 +52,7 @@ def verify_package(card_bytes: bytes, weights_path: Path, sha256: str) -> ModelC
         (folder / HASH_FILE).write_text(sha256 + "\n")
         try:
             _, card = load_package(folder)
-        except (ModelPackageError, ModelCardError, UnknownArchitectureError) as exc:
+        except EngineError as exc:  # package, card, architecture
             # The temporary folder's name means nothing to the operator.
             raise InvalidArgument(f"invalid model package: {str(exc).replace(str(folder), 'package')}") from None
     return card

@@ -40,6 +40,7 @@ import pydicom
 import typer
 
 from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
+from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.intake import load_series_dir
 from rtgrid.engines.imaging.openkbp import OAR_NAMES, load_openkbp_patient
 from rtgrid.engines.segmentation.deep.augment import AugmentConfig
@@ -48,7 +49,6 @@ from rtgrid.engines.segmentation.deep.training import (
     ClassSpec,
     TrainCase,
     TrainConfig,
-    TrainingResumeError,
     train_segmentation,
 )
 
@@ -220,7 +220,7 @@ def train_seg_command(
         result = train_segmentation(iter_cases(items, config.parent), train_config, out, resume=resume, device=device,
                                     max_epochs_this_run=max_epochs_this_run, progress=_progress,
                                     max_seconds=None if max_minutes is None else 60.0 * max_minutes)
-    except (ValueError, TrainingResumeError) as exc:  # setup, data, card, intake and resume errors
+    except (ValueError, EngineError) as exc:  # setup, data, card, intake and resume errors
         raise typer.BadParameter(str(exc)) from None
     print(json.dumps({"package": str(result.package_dir), "sha256": result.package_hash,
                       "epochs": result.epochs_completed, "best_epoch": result.best_epoch,

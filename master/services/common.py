@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 
+from rtgrid.engines.errors import EngineError
+
 from ..errors import InvalidArgument, MasterError
 from ..security.limits import clip
 
@@ -103,16 +105,17 @@ def page_limit(limit: int, default: int) -> int:
 
 
 def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Map ``MasterError`` to its status; anything else is INTERNAL, logged with its stack."""
+    """Map ``MasterError`` to its status and an engine's ``EngineError`` (input it cannot work with) to
+    INVALID_ARGUMENT with its message; anything else is INTERNAL, logged with its stack."""
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
             return await method(self, request, context)
-        except MasterError as exc:
+        except (MasterError, EngineError) as exc:
             message = clip(exc, MAX_STATUS_MESSAGE_CHARS)
             log.info("%s refused: %s", method.__name__, message)
-            await context.abort(exc.status, message)
+            await context.abort(_status(exc), message)
         except Exception as exc:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(exc).__name__}")
@@ -128,12 +131,17 @@ def stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
         try:
             async for item in method(self, request, context):
                 yield item
-        except MasterError as exc:
+        except (MasterError, EngineError) as exc:
             message = clip(exc, MAX_STATUS_MESSAGE_CHARS)
             log.info("%s refused: %s", method.__name__, message)
-            await context.abort(exc.status, message)
+            await context.abort(_status(exc), message)
         except Exception as exc:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(exc).__name__}")
 
     return wrapper
+
+
+def _status(exc: MasterError | EngineError) -> grpc.StatusCode:
+    """The one place an engine's refusal becomes a gRPC status: the caller's input is to blame."""
+    return exc.status if isinstance(exc, MasterError) else grpc.StatusCode.INVALID_ARGUMENT
