@@ -136,7 +136,9 @@ def test_a_plan_no_attempt_can_pass_runs_every_attempt_and_reports_the_closest(c
     assert all(any(r.startswith("gamma 0.1%/0.1 mm pass rate") for r in a.reasons) for a in release.attempts)
     # attempt 1 reused the standard fluence; attempt 2 re-optimized, on the goals tightened by attempt 1's shortfalls
     assert first.device_plan.reused_standard_plan and not second.device_plan.reused_standard_plan
-    assert second.objectives == tightened_order(first.objectives, shortfalls_gy(first.qa, len(plan.order.levels)))
+    shortfalls = shortfalls_gy(first.qa, len(plan.order.levels))
+    assert max(shortfalls) > 0.5  # the OAR's D10 fell behind the standard plan's (about 1.9 Gy here)
+    assert second.objectives == tightened_order(first.objectives, shortfalls) != first.objectives
     key = [(a.passed, -len(a.reasons), a.qa.gamma_pass_rate_pct) for a in release.attempts]
     assert release.reported is release.attempts[max(range(len(key)), key=key.__getitem__)]  # the first of equals
     report = release_report(release, "TB-M120")
