@@ -33,7 +33,7 @@ from rtgrid.engines.dicomrt.rtdose import write_rtdose
 from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
 from rtgrid.engines.dose.beams import Beam, BixelGrid, default_isocenter, make_bixel_grid
 from rtgrid.engines.dose.density import hu_to_relative_electron_density
-from rtgrid.engines.dose.grid import resample_mask, resample_to_dose_grid
+from rtgrid.engines.dose.grid import resample_dose, resample_mask, resample_to_dose_grid
 from rtgrid.engines.dose.machine import load_machine
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
@@ -108,17 +108,38 @@ def beam_dij(setup: dict[str, Any], beam_index: int, machine_id: str) -> dict[st
 
 
 def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: ImageSeries, rtstructs: list[bytes],
-                  order_text: str, machine_id: str) -> dict[str, Any]:
-    """Optimize, normalize, and write RTDOSE, the standard plan, a report and its pictures."""
+                  order_text: str, machine_id: str, dose_model: str = "") -> dict[str, Any]:
+    """Optimize, normalize, and write RTDOSE, the standard plan, a report and its pictures.
+
+    An order with ``goals: predicted`` first predicts the patient's dose with the built-in model
+    ``dose_model`` (``NAME@VERSION:SHA256``, recorded by the master), and the optimizer mimics it
+    (its voxels and DVHs) beside the order's goals; ``RD.predicted.dcm`` is published with the plan.
+    """
     grid = _grid(setup)
     masks = _masks(setup)
     order = load_order(order_text, masks)
     machine = load_machine(machine_id)
+    ct_masks = structures_on_ct(series, rtstructs)
+    reference, predicted_files, prediction = None, [], {}
+    if order.goals == "predicted":
+        # Imported here: the predict executor imports this module, and plans without prediction
+        # need no dose model.
+        from .predict import predicted_dose_on_ct
+
+        predicted, card, sha256 = predicted_dose_on_ct(series, ct_masks, order, setup["body"], dose_model)
+        reference = resample_dose(predicted, series.volume, grid)
+        predicted_ds = write_rtdose(predicted, series.volume, series, referenced_rtplan_uid=generate_uid(),
+                                    comment="predicted dose, the goals of the plan")
+        predicted_ds.SeriesDescription = f"predicted dose {card['name']}@{card['version']} {sha256[:12]}"[:64]
+        predicted_files = [("RD.predicted.dcm", "rtdose", "RTDOSE", dataset_bytes(predicted_ds))]
+        prediction = {"model": f"{card['name']}@{card['version']}", "sha256": sha256,
+                      "mean_dose_gy": {name: float(reference[mask].mean()) for name, mask in masks.items() if mask.any()}}
     per_beam = [sp.csr_matrix((b["data"], b["indices"], b["indptr"]), shape=tuple(b["shape"]))
                 for b in sorted(beams, key=lambda b: b["beam_index"])]
     bixels = [_bixels(setup, b) for b in range(len(per_beam))]
     dij = assemble_dij(per_beam, release=True)
-    final = optimize_on_full_kernel(dij, masks, order, grid, setup[f"mask:{setup['body']}"], bixels, machine)
+    final = optimize_on_full_kernel(dij, masks, order, grid, setup[f"mask:{setup['body']}"], bixels, machine,
+                                    reference_dose_gy=reference)
     fluence, weights, dose = final.fluence, final.weights, final.dose_gy
     voxel_cc = grid.voxel_volume_mm3 / 1000.0
     goals = list(final.goals)  # the order's goals on the final dose, levels first
@@ -137,6 +158,8 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
                     **{f"D{v}": dose_at_volume(dose[masks[level.target]].astype(np.float64), float(v))
                        for v in (99, 95, 1)}}
                    for level in order.levels],
+        "goals_from": order.goals,  # "order", or "predicted": the predicted dose was mimicked too
+        **({"predicted": prediction} if prediction else {}),
         "goals": [{"goal": g.goal, "structure": g.structure, "achieved_gy": g.achieved_gy, "limit_gy": g.limit_gy,
                    "met": g.met} for g in goals],
         "all_goals_met": all(g.met for g in goals), "metrics": metrics,
@@ -158,7 +181,7 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
     }
     dvhs = {name: cumulative_dvh(dose, mask, voxel_cc) for name, mask in masks.items()}
     dvh_png = render_dvh_png({n: (d.dose_gy, d.volume_pct) for n, d in dvhs.items()}, title="Standard plan DVH")
-    wash_png = render_dose_wash_png(series.volume, dose, grid, structures_on_ct(series, rtstructs),
+    wash_png = render_dose_wash_png(series.volume, dose, grid, ct_masks,
                                     prescription_gy=order.prescription.dose_gy)
     # A failed plan leaves its report and pictures for review, and no dose or plan to import or convert.
     released = [("RD.standard.dcm", "rtdose", "RTDOSE", dataset_bytes(rtdose)),
@@ -167,6 +190,7 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
                 ("standard-plan.npz", "standard_plan", "", standard_plan.to_bytes())] if acceptance.released else []
     result = artifact(
         *released,
+        *predicted_files,
         ("plan-report.json", "report", "", json.dumps(report, indent=2).encode()),
         ("dvh.png", "image", "", dvh_png),
         ("dose-wash.png", "image", "", wash_png),

@@ -14,7 +14,7 @@ from rtgrid.engines.dicomrt.rtdose import write_rtdose
 from rtgrid.engines.dose_prediction import build_inputs, dvh_metrics, load_dose_package, predict_dose
 from rtgrid.engines.dose_prediction.package import BUILTIN_HN
 from rtgrid.engines.imaging.volume import ImageSeries
-from rtgrid.engines.optimization.order import load_order
+from rtgrid.engines.optimization.order import MedicalOrder, load_order
 
 from .files import artifact, dataset_bytes
 from .plan import structures_on_ct
@@ -27,6 +27,32 @@ TRAINING_SPACING_MM = (3.906, 3.906, 2.5)
 def _model():
     # Loaded once per agent process: shards of later jobs reuse it.
     return load_dose_package(BUILTIN_HN)
+
+
+def predicted_dose_on_ct(series: ImageSeries, masks: dict[str, np.ndarray], order: MedicalOrder, body: str,
+                         model: str) -> tuple[np.ndarray, dict[str, Any], str]:
+    """The built-in model's dose (Gy, CT grid) for ``order``'s prescription levels, with its card and hash.
+
+    Parameters
+    ----------
+    masks : dict of str to np.ndarray
+        Structures on the CT grid (every target of the order, ``body``, and the organs at risk
+        the model knows, when contoured).
+    model : str
+        ``NAME@VERSION:SHA256`` the master recorded at submission.
+
+    Raises
+    ------
+    RuntimeError
+        This agent's built-in model is not the one the job names (an agent of another release).
+    """
+    network, card, sha256 = _model()
+    if model.rpartition(":")[2] != sha256:
+        raise RuntimeError(f"the job asks for dose model {model}; this agent ships {card['name']}@{card['version']}:{sha256}")
+    targets = [(level.dose_gy, masks[level.target]) for level in order.levels]
+    inputs = build_inputs(series.volume.voxels, masks[body], masks, targets)
+    dose = predict_dose(network, inputs, masks[body], context=card["architecture"]["context"])
+    return dose, card, sha256
 
 
 def predict_dose_shard(series: ImageSeries, rtstructs: list[bytes], order_text: str, body: str, model: str) -> dict[str, Any]:
@@ -44,15 +70,10 @@ def predict_dose_shard(series: ImageSeries, rtstructs: list[bytes], order_text: 
         This agent's built-in model is not the one the job names (an agent of another release).
     """
     start = time.monotonic()
-    network, card, sha256 = _model()
-    if model.rpartition(":")[2] != sha256:
-        raise RuntimeError(f"the job asks for dose model {model}; this agent ships {card['name']}@{card['version']}:{sha256}")
     masks = structures_on_ct(series, rtstructs)
     order = load_order(order_text, set(masks))
-    targets = [(level.dose_gy, masks[level.target]) for level in order.levels]
+    dose, card, sha256 = predicted_dose_on_ct(series, masks, order, body, model)
     ct = series.volume
-    inputs = build_inputs(ct.voxels, masks[body], masks, targets)
-    dose = predict_dose(network, inputs, masks[body], context=card["architecture"]["context"])
     identity = f"{card['name']}@{card['version']} {sha256[:12]}"
     # write_rtdose writes plan doses only (Referenced RT Plan is type 1C): the UID is that of the
     # plan still to be made, which this prediction is for.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from rtgrid.engines.conversion.mimic import mimic_dose
 from rtgrid.engines.dose.beams import Beam, BixelGrid, default_isocenter, make_bixel_grid
 from rtgrid.engines.dose.far_scatter import far_scatter_ratio, with_far_scatter
 from rtgrid.engines.dose.grid import resample_mask, resample_to_dose_grid
@@ -179,12 +180,13 @@ def optimize_plan(
     max_iter: int = 300,
     smoothness: float = DEFAULT_SMOOTHNESS,
     device: str | None = None,
+    reference_dose_gy: np.ndarray | None = None,
 ) -> FinalPlan:
     """:func:`optimize_on_full_kernel` on a :class:`DoseInfluence` (``body`` names its outline)."""
     return optimize_on_full_kernel(
         influence.dij, influence.masks, order, influence.dose_grid, influence.masks[body], influence.bixels,
         machine, correction_rounds=correction_rounds, goal_rounds=goal_rounds, solver=solver, max_iter=max_iter,
-        smoothness=smoothness, device=device,
+        smoothness=smoothness, device=device, reference_dose_gy=reference_dose_gy,
     )
 
 
@@ -203,6 +205,7 @@ def optimize_on_full_kernel(
     max_iter: int = 300,
     smoothness: float = DEFAULT_SMOOTHNESS,
     device: str | None = None,
+    reference_dose_gy: np.ndarray | None = None,
 ) -> FinalPlan:
     """Optimize on the influence matrix, again on it corrected for far scatter, then toward the goals.
 
@@ -231,6 +234,11 @@ def optimize_on_full_kernel(
         corrected with the last plan's far scatter; they stop once every goal is met.
     solver, max_iter, smoothness, device
         As :func:`.fluence.optimize_fluence`.
+    reference_dose_gy : np.ndarray, optional
+        A dose to reproduce (dose-grid shape, Gy), e.g. a knowledge-based prediction for an order
+        with ``goals: predicted``: every optimization then mimics it, voxel by voxel and by its
+        DVHs, beside the order's own terms (:func:`rtgrid.engines.conversion.mimic.mimic_dose`,
+        the machinery of device conversion; CPU). The order's goals are still judged and adapted.
 
     Returns
     -------
@@ -240,14 +248,19 @@ def optimize_on_full_kernel(
         raise ValueError(f"correction_rounds must be >= 0, got {correction_rounds}")
     positions = [np.stack([g.iy, g.ix], axis=1) for g in bixels]
     target = masks[order.prescription.target]
+    reference = None if reference_dose_gy is None else np.asarray(reference_dose_gy, dtype=np.float64).ravel()
     optimization_s: list[float] = []
     full_dose_s: list[float] = []
 
     def optimize_and_score(matrix: sp.csr_matrix, start: np.ndarray | None,
                            objectives: MedicalOrder = order) -> tuple[FluenceResult, np.ndarray, np.ndarray]:
-        fluence = optimize_fluence(matrix, masks, objectives, bixel_grids=positions, solver=solver, device=device,
-                                   max_iter=max_iter if start is None else min(max_iter, CORRECTION_MAX_ITER),
-                                   smoothness=smoothness, initial_weights=start)
+        iterations = max_iter if start is None else min(max_iter, CORRECTION_MAX_ITER)
+        if reference is None:
+            fluence = optimize_fluence(matrix, masks, objectives, bixel_grids=positions, solver=solver, device=device,
+                                       max_iter=iterations, smoothness=smoothness, initial_weights=start)
+        else:
+            fluence = mimic_dose(matrix, reference, masks, objectives, bixel_positions=positions,
+                                 smoothness=smoothness, max_iter=iterations, initial_weights=start)
         optimization_s.append(fluence.time_s)
         clock = time.perf_counter()
         weights, dose = full_kernel_dose(dose_grid, body, bixels, fluence.weights, machine, order, target)

@@ -42,7 +42,10 @@ MIN_DOSE_PER_FRACTION_GY = 0.5
 #: Prescription levels of one order (simultaneous integrated boost: PTV70 / PTV63 / PTV56).
 MAX_PRESCRIPTION_LEVELS = 5
 
-_TOP_LEVEL_KEYS = {"prescription", "prescriptions", "fractions", "constraints", "name"}
+_TOP_LEVEL_KEYS = {"prescription", "prescriptions", "fractions", "constraints", "name", "goals"}
+GOAL_SOURCES = ("order", "predicted")
+"""Where the optimizer's goals come from: the order's constraints, or (``predicted``) also the
+dose a knowledge-based model predicts for the patient, mimicked voxel by voxel and by its DVHs."""
 _PRESCRIPTION_KEYS = {"target", "dose_gy", "fractions", "normalization_volume_pct", "priority"}
 _LEVEL_KEYS = {"target", "dose_gy", "normalization_volume_pct", "priority"}
 _CONSTRAINT_KEYS = {"structure", "type", "dose_gy", "volume_pct", "priority", "hard"}
@@ -141,6 +144,9 @@ class MedicalOrder:
     lower_levels : tuple of Prescription
         Further prescription levels, in decreasing dose, with the same fractions (a simultaneous
         integrated boost); where targets overlap, the higher level governs.
+    goals : str
+        ``"order"`` (the constraints drive the optimizer) or ``"predicted"`` (a predicted dose's
+        voxels and DVHs are goals too; the constraints are still goals and still judged).
     """
 
     prescription: Prescription
@@ -148,6 +154,7 @@ class MedicalOrder:
     name: str = ""
     source: str = "<text>"
     lower_levels: tuple[Prescription, ...] = ()
+    goals: str = "order"
 
     @property
     def levels(self) -> tuple[Prescription, ...]:
@@ -208,7 +215,10 @@ def load_order(path_or_text: str | Path, structure_names: Collection[str]) -> Me
     name = raw.get("name", "")
     if not isinstance(name, str):
         raise MedicalOrderError(f"{source}: 'name' must be text, got {name!r}")
-    order = MedicalOrder(levels[0], constraints, name=name, source=source, lower_levels=levels[1:])
+    goals = raw.get("goals", "order")
+    if goals not in GOAL_SOURCES:
+        raise MedicalOrderError(f"{source}: 'goals' must be one of {list(GOAL_SOURCES)}, got {str(goals)[:40]!r}")
+    order = MedicalOrder(levels[0], constraints, name=name, source=source, lower_levels=levels[1:], goals=goals)
     _check_consistency(order)
     return order
 

@@ -27,6 +27,7 @@ Parameters (strings, as they travel)
 ``shards``         (``full`` only) z-slabs of the contour stage
 ``devices``        device ids (``ID,ID``), ``auto`` or ``auto:N``: adds the ``convert`` stage,
                    one shard per device: conversion, RTPLAN, independent QA, release on pass
+``dose_model``     (set by the master) the dose model of an order with ``goals: predicted``
 ``device_rule``    how ``auto`` chooses: ``congestion`` (idle first, then shortest queue; default),
                    ``shortest_queue``, or ``prefer:ID,ID`` (those first when usable)
 """
@@ -38,6 +39,7 @@ import io
 import pydicom
 
 from rtgrid.engines.dicomrt.rtstruct import RoiInfo, read_rtstruct_rois
+from rtgrid.engines.dose_prediction.inputs import N_LEVELS
 from rtgrid.engines.dose.beams import equispaced_gantry_angles
 from rtgrid.engines.dose.machine import STANDARD_MACHINE_ID, MachineModelError, list_machines
 from rtgrid.engines.optimization.order import MedicalOrderError, load_order
@@ -173,10 +175,19 @@ class PlanJob(JobKind):
         if body not in names:
             raise InvalidArgument(f"the outline structure {body!r} is not among the contours ({', '.join(sorted(names))})")
         try:
-            load_order(params["order"], names)
+            order = load_order(params["order"], names)
         except (MedicalOrderError, MachineModelError) as exc:
             raise InvalidArgument(f"medical order: {exc}") from None
-        return dict(params)
+        params = dict(params)
+        if order.goals == "predicted":
+            # Imported here: the predict kind imports this module.
+            from .predict import builtin_model_identity
+
+            if len(order.levels) > N_LEVELS:
+                raise InvalidArgument(f"goals: predicted takes at most {N_LEVELS} prescription levels "
+                                      f"(the dose model's inputs); the order has {len(order.levels)}")
+            params["dose_model"] = builtin_model_identity()  # the agent refuses other weights
+        return params
 
     # stages
     def rtstructs(self, ctx: JobContext) -> list[bytes]:
@@ -249,6 +260,7 @@ class PlanJob(JobKind):
         return ShardCall("plan.optimize", {
             "setup": setup, "beams": ctx.stage_results("dose"), "series": ctx.series,
             "rtstructs": self.rtstructs(ctx), "order_text": params["order"], "machine_id": machine,
+            "dose_model": params.get("dose_model", ""),
         }, ShardResources(cpus=1.0, memory_mb=8192))
 
 

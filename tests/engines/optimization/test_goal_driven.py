@@ -69,3 +69,23 @@ constraints:
     assert once.prescription == order.prescription
     assert [lv.dose_gy for lv in twice.lower_levels] == [62.0]
     assert [c.dose_gy for c in twice.constraints] == [40.0, 26.0]
+
+
+def test_a_reference_dose_brings_its_sparing_to_an_order_that_does_not_ask_for_it(influence):
+    # goals: predicted. The reference spares the organ (mean <= 12 Gy); an order that only asks for
+    # the target gives it far more. Mimicking the reference brings the sparing back, with the
+    # target still normalized to its prescription.
+    import numpy as np
+
+    oar = influence.masks["OAR"]
+    spared = optimize_plan(influence, _order("{structure: OAR, type: max_mean_dose, dose_gy: 12, hard: true}",
+                                             influence.masks), load_machine(), "BODY")
+    loose_order = _order("{structure: OAR, type: max_mean_dose, dose_gy: 55, priority: 5}", influence.masks)
+    loose = optimize_plan(influence, loose_order, load_machine(), "BODY", goal_rounds=0)
+    mimicked = optimize_plan(influence, loose_order, load_machine(), "BODY", goal_rounds=0,
+                             reference_dose_gy=spared.dose_gy)
+    reference_mean, loose_mean, mimicked_mean = (float(p.dose_gy[oar].mean()) for p in (spared, loose, mimicked))
+    assert reference_mean <= 12.0 + 0.3 and loose_mean > reference_mean + 5.0
+    assert mimicked_mean < loose_mean - 0.7 * (loose_mean - reference_mean)
+    assert mimicked.fluence.solver == "mimic-lbfgs" and mimicked.goals[0].met  # PTV D95 = Rx, normalized
+    assert np.isclose(np.percentile(mimicked.dose_gy[influence.masks["PTV"]], 5), 60.0, rtol=0.02)

@@ -23,6 +23,11 @@ constraints:
 """
 
 
+def test_goals_come_from_the_order_unless_it_asks_for_the_predicted_dose():
+    assert load_order(SIB, STRUCTURES).goals == "order"
+    assert load_order("goals: predicted\n" + SIB, STRUCTURES).goals == "predicted"
+
+
 def test_three_levels_share_the_fractions_highest_first():
     order = load_order(SIB, STRUCTURES)
     assert order.targets == ("PTV70", "PTV63", "PTV56")
@@ -48,6 +53,7 @@ def test_three_levels_share_the_fractions_highest_first():
         (SIB + "prescription: {target: PTV70, dose_gy: 70, fractions: 35}\n", "either 'prescription' or 'prescriptions'"),
         (SIB.replace("hard: true", "hard: maybe"), "'hard' must be true or false"),
         ("prescriptions: []\nfractions: 35\n", "a list of 1 to 5 levels"),
+        ("goals: guessed\n" + SIB, "'goals' must be one of ['order', 'predicted'], got 'guessed'"),
     ],
 )
 def test_bad_multi_level_orders_name_the_problem(text, message):
