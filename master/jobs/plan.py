@@ -41,8 +41,9 @@ import pydicom
 from rtgrid.engines.dicomrt.rtstruct import RoiInfo, read_rtstruct_rois
 from rtgrid.engines.dose_prediction.inputs import N_LEVELS
 from rtgrid.engines.dose.beams import equispaced_gantry_angles
-from rtgrid.engines.dose.machine import STANDARD_MACHINE_ID, MachineModelError, list_machines
-from rtgrid.engines.optimization.order import MedicalOrderError, load_order
+from rtgrid.engines.dose.machine import STANDARD_MACHINE_ID, list_machines
+from rtgrid.engines.errors import EngineError
+from rtgrid.engines.optimization.order import load_order
 from rtgrid.engines.segmentation.classical import STRUCTURE_NAMES
 
 from ..blobs import BlobStore
@@ -176,7 +177,7 @@ class PlanJob(JobKind):
             raise InvalidArgument(f"the outline structure {body!r} is not among the contours ({', '.join(sorted(names))})")
         try:
             order = load_order(params["order"], names)
-        except (MedicalOrderError, MachineModelError) as exc:
+        except EngineError as exc:
             raise InvalidArgument(f"medical order: {exc}") from None
         params = dict(params)
         if order.goals == "predicted":
