@@ -33,6 +33,7 @@ from .config import (
     MasterConfig,
 )
 from .security.tls import TlsFiles, check_insecure_host
+from .store.factory import POSTGRES_SCHEMES, check_store_location
 from .server import Master
 
 
@@ -68,6 +69,9 @@ def up_command(
     port: int = typer.Option(50051, help="Public gRPC port, for hospitals (0 picks a free one)."),
     internal_port: int = typer.Option(50052, help="Mutual-TLS port for agents and operators (0 picks a free one)."),
     data: Path = typer.Option(Path("rtgrid-data"), help="Folder for the SQLite store and blobs."),
+    store: str = typer.Option("", envvar="RTGRID_STORE",
+                              help="The job store: a SQLite file, or postgresql://USER@HOST:PORT/DB "
+                                   "(default: rtgrid.sqlite in --data)."),
     host: str = typer.Option("127.0.0.1", help="Listen address."),
     ray_address: str = typer.Option(None, help="Join this Ray cluster instead of starting a local head."),
     agents: int = typer.Option(1, help="Local agents to start (0: none)."),
@@ -107,6 +111,12 @@ def up_command(
         configure_logging("master", log_format)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--log-format") from None
+    try:
+        check_store_location(store)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--store") from None
+    if store and not store.startswith(POSTGRES_SCHEMES):
+        store = str(Path(store).resolve())
     tls_given = [p for p in (tls_cert, tls_key, tls_ca) if p is not None]
     if insecure and tls_given:
         raise typer.BadParameter("give either --insecure or the TLS files, not both", param_hint="--insecure")
@@ -132,7 +142,7 @@ def up_command(
         max_active_jobs_per_hospital=max_active_jobs, metrics_host=metrics_host, metrics_port=metrics_port,
         max_open_cases_per_hospital=max_open_cases, max_open_uploads_per_hospital=max_open_uploads,
         upload_idle_s=upload_idle_s, upload_expiry_s=upload_expiry_s, idle_timeout_s=idle_timeout_s,
-        keepalive_s=keepalive_s, max_auth_failures_per_minute=max_auth_failures,
+        keepalive_s=keepalive_s, max_auth_failures_per_minute=max_auth_failures, store=store,
     )
     asyncio.run(_run_embedded(config, agents, agent_cpus, agent_tls, log_format))
 

@@ -48,7 +48,8 @@ class MasterConfig:
     Attributes
     ----------
     data_dir : Path
-        Holds ``rtgrid.sqlite`` (the job store) and ``blobs/`` (content-addressed files).
+        Holds ``rtgrid.sqlite`` (the job store, unless ``store`` names another) and ``blobs/``
+        (content-addressed files).
     host, port : str, int
         gRPC listen address; ``port=0`` picks a free port.
     ray_address : str | None
@@ -69,6 +70,9 @@ class MasterConfig:
         Connections with no call for ``idle_timeout_s`` are closed; keepalive pings every ``keepalive_s``.
     max_auth_failures_per_minute : int
         Authentication failures per address or token prefix and minute before they are rate-limited.
+    store : str
+        The job store: a SQLite file path or a ``postgresql://USER@HOST:PORT/DB`` URL; empty:
+        ``data_dir/rtgrid.sqlite``.
     """
 
     data_dir: Path
@@ -112,6 +116,12 @@ class MasterConfig:
         ]
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None  # None: no /metrics endpoint; 0: a free port
+    store: str = ""
+
+    @property
+    def store_location(self) -> str:
+        """Where the job store is: ``store``, or the SQLite file in ``data_dir``."""
+        return self.store or str(self.db_path)
 
     @property
     def db_path(self) -> Path:

@@ -26,7 +26,7 @@ from .security.tls import check_insecure_host
 from .services.admin import AdminService
 from .services.agent import AgentService
 from .services.hospital import HospitalService
-from .store.sqlite import SqliteStore
+from .store.factory import open_store
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Master:
         self.config = config
         self.port = 0
         self.internal_port = 0
-        self.store = SqliteStore(config.db_path)
+        self.store = open_store(config.store_location)
         self.blobs = BlobStore(config.blob_dir)
         self.pool: RayPool | None = None
         self.scheduler: Scheduler | None = None

@@ -1,5 +1,6 @@
-"""The SQLite store: priority order of ready shards, gap-free event sequences, atomic transactions,
-private file modes, pages of jobs, clipped text."""
+"""The store, on SQLite and on PostgreSQL (every test that takes ``store`` or ``location`` runs on
+both): priority order of ready shards, gap-free event sequences, atomic transactions, restarts,
+private file modes (SQLite), pages of jobs, clipped text."""
 
 from __future__ import annotations
 
@@ -9,13 +10,24 @@ import threading
 
 import pytest
 
-from rtgrid.master.store.records import EventRecord, JobRecord, ShardRecord
+from rtgrid.master.store.factory import open_store
+from rtgrid.master.store.records import CaseRecord, EventRecord, JobRecord, ModelRecord, ShardRecord
 from rtgrid.master.store.sqlite import MAX_STORED_TEXT_CHARS, SqliteStore
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=BACKENDS)
+def location(request, tmp_path) -> str:
+    """Where a new, empty store lives: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "rtgrid.sqlite")
+    return request.getfixturevalue("postgres").new_database()
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SqliteStore(tmp_path / "rtgrid.sqlite")
+def store(location):
+    s = open_store(location)
     yield s
     s.close()
 
@@ -56,9 +68,8 @@ def test_transaction_rolls_back_as_a_whole(store):
     assert store.get_job("half") is None and store.ready_shards() == []
 
 
-def test_restart_requeues_running_shards_and_keeps_finished(tmp_path):
-    path = tmp_path / "rtgrid.sqlite"
-    first = SqliteStore(path)
+def test_restart_requeues_running_shards_and_keeps_finished(location):
+    first = open_store(location)
     _job(first, "j", priority=0, created_ms=1, state="running", shards=3)
     shards = first.list_shards("j", "contour")
     shards[0].state, shards[0].result_sha256 = "succeeded", "a" * 64
@@ -66,7 +77,7 @@ def test_restart_requeues_running_shards_and_keeps_finished(tmp_path):
     for s in shards[:2]:
         first.update_shard(s)
     first.close()
-    second = SqliteStore(path)
+    second = open_store(location)
     assert second.requeue_running_shards() == 1
     states = {s.index: (s.state, s.result_sha256) for s in second.list_shards("j", "contour")}
     assert states == {0: ("succeeded", "a" * 64), 1: ("queued", ""), 2: ("queued", "")}
@@ -113,11 +124,79 @@ def test_text_the_master_writes_is_clipped(store):
 
 
 def test_cases_page_oldest_first_per_hospital(store):
-    from rtgrid.master.store.records import CaseRecord
-
     for i in range(5):
         store.add_case(CaseRecord(f"case-{i}", "x", False, 10 + i // 2, "st-luke" if i != 2 else "county"))
     first = store.list_cases("st-luke", 2)
     rest = store.list_cases("st-luke", 10, first[-1].case_id)
     assert [c.case_id for c in first + rest] == ["case-0", "case-1", "case-3", "case-4"]
     assert len(store.list_cases()) == 5
+
+
+def test_two_connections_take_turns_on_event_sequences(location):
+    """Two stores on one database (two processes, or a master and a tool): each transaction holds
+    the database's write lock, so next-sequence reads never race (the scheduler relies on it)."""
+    stores = [open_store(location), open_store(location)]
+
+    def publish(s) -> None:
+        for _ in range(40):
+            s.append_event(EventRecord("job-1", 0, 0, "log", "running", message="x"))
+
+    threads = [threading.Thread(target=publish, args=(s,)) for s in stores for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [e.seq for e in stores[0].events_after("job-1", 0)] == list(range(1, 161))
+    for s in stores:
+        s.close()
+
+
+def test_a_refused_model_leaves_the_transaction_usable(store):
+    """A duplicate model is KeyError, and the caller's transaction goes on without it."""
+    model = ModelRecord("a" * 64, "hn", "1", "unet", "{}", "b" * 64, 10, 1)
+    with store.transaction():
+        store.add_model(model)
+        with pytest.raises(KeyError, match="already registered"):
+            store.add_model(ModelRecord("c" * 64, "hn", "1", "unet", "{}", "d" * 64, 10, 2))
+        store.add_case(CaseRecord("case-1", "x", False, 1))
+    assert [m.sha256 for m in store.list_models()] == ["a" * 64] and store.get_case("case-1") is not None
+    with pytest.raises(KeyError):
+        store.add_model(model)
+
+
+def test_updates_keep_rows_in_insertion_order(store):
+    _job(store, "j", priority=0, created_ms=1, shards=3)
+    first = store.list_shards("j")
+    first[0].state = "running"
+    store.update_shard(first[0])
+    job = store.get_job("j")
+    job.state = "running"
+    store.update_job(job)
+    assert [s.shard_id for s in store.list_shards("j")] == [s.shard_id for s in first]
+    assert store.get_shard(first[0].shard_id).state == "running" and store.get_job("j").state == "running"
+    assert store.list_cases(limit=-1) == [] and store.count_shards("queued") == 2
+
+
+def test_a_nul_in_an_error_message_is_spelled_out(store):
+    store.add_job(JobRecord("j", "case-1", "contour", "failed", 0, {}, "contour", 1, error="bad \x00 input"))
+    assert store.get_job("j").error == "bad \\x00 input"
+
+
+def test_other_databases_are_refused_without_echoing_the_url():
+    with pytest.raises(ValueError, match="mysql://\\.\\.\\.: give a SQLite file path") as info:
+        open_store("mysql://admin:s3cret@db.example.org/rtgrid")
+    assert "s3cret" not in str(info.value)
+
+
+def test_postgres_store_reconnects_after_a_server_restart(postgres):
+    import psycopg
+
+    s = open_store(postgres.new_database())
+    s.add_case(CaseRecord("case-1", "x", False, 1))
+    postgres.pg_ctl("restart")
+    with pytest.raises(psycopg.OperationalError):
+        s.get_case("case-1")  # the statement that meets the lost connection fails
+    assert s.get_case("case-1") is not None  # the next one reconnects
+    s.add_case(CaseRecord("case-2", "x", False, 2))
+    assert [c.case_id for c in s.list_cases()] == ["case-1", "case-2"]
+    s.close()
