@@ -89,7 +89,10 @@ def load_train_config(path: Path) -> tuple[TrainConfig, list[dict[str, Any]]]:
         classes = tuple(ClassSpec(**_fields(ClassSpec, c, f"{path}: classes[{i}]"))
                         for i, c in enumerate(data.pop("classes", [])))
         augment = AugmentConfig(**_fields(AugmentConfig, data.pop("augment", {}), f"{path}: augment"))
-        config = TrainConfig(classes=classes, augment=augment, **_fields(TrainConfig, data, str(path)))
+        fields = _fields(TrainConfig, data, str(path))
+        if fields.get("initial_package"):  # relative to the configuration, like the cases
+            fields["initial_package"] = str((path.parent / fields["initial_package"]).resolve())
+        config = TrainConfig(classes=classes, augment=augment, **fields)
     except TypeError as exc:  # a required field is missing
         raise TrainSetupError(f"{path}: {exc}") from None
     return config, cases

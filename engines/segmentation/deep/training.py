@@ -45,7 +45,7 @@ from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.segmentation.deep.augment import AugmentConfig, augment_batch
 from rtgrid.engines.segmentation.deep.card import CardLabel, ModelCard
 from rtgrid.engines.segmentation.deep.models import build_model
-from rtgrid.engines.segmentation.deep.package import save_package
+from rtgrid.engines.segmentation.deep.package import load_package, save_package
 from rtgrid.engines.segmentation.deep.preprocessing import (
     model_grid_shape,
     resample_images,
@@ -137,6 +137,9 @@ class TrainConfig:
     such as the cord or the esophagus are seen as often as the mandible).
     ``lr_schedule`` is ``"plateau"`` (halve on a validation plateau) or ``"poly"`` (decay as
     ``(1 - iteration / total) ** 0.9`` over ``max_epochs``, as nnU-Net does; a fixed budget).
+    ``initial_package`` names a model package (same architecture and classes) whose weights the
+    training starts from: a second poly cycle from a trained model (a warm restart) goes on learning
+    where the first one's learning rate had reached zero.
     """
 
     name: str
@@ -158,6 +161,7 @@ class TrainConfig:
     foreground_fraction: float = 0.5
     foreground_sampling: str = "pixel"
     lr_schedule: str = "plateau"
+    initial_package: str = ""
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     dice_present_classes_only: bool = False
@@ -319,6 +323,16 @@ def class_slice_index(train: Sequence[_PreparedCase], n_classes: int) -> list[np
             for z in torch.nonzero((flat == k + 1).any(dim=1))[:, 0].tolist():
                 pairs[k].append((c, z))
     return [np.array(p, dtype=np.int64).reshape(-1, 2) for p in pairs]
+
+
+def _initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The weights of ``config.initial_package``, checked against the configuration."""
+    start, card = load_package(config.initial_package)
+    expected = (config.architecture, config.architecture_kwargs, [c.name for c in config.classes])
+    found = (card.architecture, card.architecture_kwargs, [label.name for label in card.labels])
+    if found != expected:
+        raise TrainingDataError(f"initial_package {config.initial_package} is {found}, the configuration {expected}")
+    return start.state_dict()
 
 
 def _sample_batch(
@@ -603,6 +617,8 @@ def train_segmentation(
 
     torch.manual_seed(config.seed)
     model = build_model(config.architecture, 1, len(config.classes) + 1, **config.architecture_kwargs).to(torch_device)
+    if config.initial_package:
+        model.load_state_dict(_initial_weights(config))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     amp_dtype = _autocast_dtype(torch_device)
     # fp16 needs loss scaling against underflowing gradients; bf16 has fp32's range.

@@ -131,3 +131,15 @@ def test_poly_schedule_decays_to_zero_and_resumes_identically(tmp_path):
     assert resumed.package_hash == straight.package_hash
     with pytest.raises(TrainingDataError, match="lr_schedule"):
         dataclasses.replace(config, lr_schedule="cosine")
+
+
+def test_a_warm_restart_starts_from_the_packaged_weights(tmp_path):
+    first = train_segmentation(_cases(2), dataclasses.replace(CONFIG, iterations_per_epoch=3, max_epochs=1), tmp_path / "a")
+    config = dataclasses.replace(CONFIG, iterations_per_epoch=3, max_epochs=1, initial_package=str(first.package_dir))
+    restart = train_segmentation(_cases(2), config, tmp_path / "b")
+    # It starts where the first ended: better than a start from scratch with the same budget.
+    cold = train_segmentation(_cases(2), dataclasses.replace(config, initial_package=""), tmp_path / "c")
+    assert restart.history[0]["train_loss"] < cold.history[0]["train_loss"]
+    other = dataclasses.replace(config, architecture_kwargs={"base_channels": 8, "depth": 2})
+    with pytest.raises(TrainingDataError, match="initial_package"):
+        train_segmentation(_cases(2), other, tmp_path / "d")
