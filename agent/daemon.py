@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import ray
 
+from rtgrid.protos.grid_contract import RAY_NAMESPACE, agent_actor_name
 from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 from .channel import MasterLink
@@ -30,7 +31,6 @@ from .worker import ShardWorker
 
 log = logging.getLogger(__name__)
 
-RAY_NAMESPACE = "rtgrid"
 RPC_TIMEOUT_S = 10.0
 RAY_NODE_START_TIMEOUT_S = 120.0
 DRAIN_POLL_S = 0.5
@@ -149,7 +149,7 @@ class Agent:
         actor = (
             ray.remote(ShardWorker)
             .options(
-                name=f"rtgrid-agent-{self.agent_id}", namespace=RAY_NAMESPACE, lifetime="detached",
+                name=agent_actor_name(self.agent_id), namespace=RAY_NAMESPACE, lifetime="detached",
                 resources={home_resource(reg.ray_resource): 1}, num_cpus=0, max_concurrency=1000, get_if_exists=True,
                 max_restarts=0,
             )

@@ -23,6 +23,7 @@ import numpy as np
 
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.segmentation.deep.package import CARD_FILE, HASH_FILE, WEIGHTS_FILE, ModelPackageError
+from rtgrid.protos.grid_contract import Task
 from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc
 
 from .channel import MasterLink
@@ -30,12 +31,7 @@ from .channel import MasterLink
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 600.0
-SEGMENT_TASK = "contour.segment"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rtgrid" / "models"
-
-
-def model_actor_name(agent_id: str, sha256: str) -> str:
-    return f"rtgrid-model-{agent_id}-{sha256[:16]}"
 
 
 def fetch_package(master: MasterLink, sha256: str, cache_dir: Path) -> Path:
@@ -136,8 +132,8 @@ class ModelActor:
 
     def run(self, task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Run a shard task that needs this model (the shard worker's entry point)."""
-        if task != SEGMENT_TASK:
-            raise KeyError(f"a model actor runs only {SEGMENT_TASK!r}, not {task!r}")
+        if task != Task.CONTOUR_SEGMENT:
+            raise KeyError(f"a model actor runs only {Task.CONTOUR_SEGMENT.value!r}, not {task!r}")
         return self.segment(**kwargs)
 
     def segment(self, hu: np.ndarray, spacing_mm: np.ndarray, direction: np.ndarray) -> dict[str, Any]:

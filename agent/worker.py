@@ -19,16 +19,22 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .channel import MasterLink
 from .executors import execute
-from .models import ModelActor, model_actor_name
+from rtgrid.protos.grid_contract import RAY_NAMESPACE, model_actor_name
 
-RAY_NAMESPACE = "rtgrid"
+from .models import ModelActor
 # A model actor's share of one GPU: several models can stay warm on one card.
 MODEL_GPU_SHARE = 0.25
 
 
+def resolve_shared(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments with each shared input (an object-store reference, see
+    :class:`rtgrid.protos.grid_contract.SharedInput`) replaced by its value."""
+    return {name: ray.get(value) if isinstance(value, ray.ObjectRef) else value for name, value in kwargs.items()}
+
+
 @ray.remote(max_retries=0)
 def run_shard(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    return execute(task, kwargs)
+    return execute(task, resolve_shared(kwargs))
 
 
 class ShardWorker:

@@ -60,6 +60,7 @@ os.environ.setdefault("RAY_TMPDIR", "/tmp/rtgrid-ray")
 import grpc  # noqa: E402  (after the Ray environment above, which child processes inherit)
 
 from rtgrid.client.sdk import Client, state_name  # noqa: E402
+from rtgrid.protos.grid_contract import RAY_NAMESPACE, Task, agent_actor_name  # noqa: E402
 from rtgrid.protos.v1 import common_pb2, hospital_pb2  # noqa: E402
 
 NODE_IP = "127.0.0.1"
@@ -175,7 +176,7 @@ class LocalGrid:
 
         def actor_ready(agent_id: str) -> bool:
             try:
-                ray.get_actor(f"rtgrid-agent-{agent_id}", namespace="rtgrid")
+                ray.get_actor(agent_actor_name(agent_id), namespace=RAY_NAMESPACE)
                 return True
             except ValueError:
                 return False
@@ -472,7 +473,7 @@ def measure_engine(ct_dir: Path, shard_counts: list[int]) -> tuple[dict, dict[st
         if "executor_merge_s" not in figures:
             slab_results = [{"slab": dataclasses.asdict(r.slab), "bits": r.bits} for r in results]
             with _timed(figures, "executor_merge"):
-                EXECUTORS["contour.merge"](slab_results=slab_results, series=series)
+                EXECUTORS[Task.CONTOUR_MERGE](slab_results=slab_results, series=series)
         part["sequential_s"] = round(part["slabs_s"] + part["merge_s"], 3)
         part["slab_s_max"] = round(max(slab_s), 3)
         part["slabs_two_workers_s"] = round(_two_worker_makespan(slab_s), 3)

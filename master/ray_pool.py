@@ -1,24 +1,26 @@
 """The master's side of Ray: start or join the cluster, and call the agents' shard workers.
 
-Each agent runs one named, detached Ray actor (``rtgrid-agent-<id>`` in namespace ``rtgrid``) on
-its own node; the master calls it by name, so the master never imports agent code.
+Each agent runs one named, detached Ray actor (:func:`~rtgrid.protos.grid_contract.agent_actor_name`
+in :data:`~rtgrid.protos.grid_contract.RAY_NAMESPACE`) on its own node; the master calls it by
+name, so the master never imports agent code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import ray
 
+from rtgrid.protos.grid_contract import RAY_NAMESPACE, SharedInput, agent_actor_name
+
 log = logging.getLogger(__name__)
 
-RAY_NAMESPACE = "rtgrid"
-
-
-def worker_actor_name(agent_id: str) -> str:
-    return f"rtgrid-agent-{agent_id}"
+SHARED_INPUTS_KEPT = 8
+"""Shared inputs (plan set-ups, CT series) kept in the object store for later shards: a few jobs' worth."""
 
 
 class ShardTaskError(RuntimeError):
@@ -42,8 +44,11 @@ class RayPool:
         with no CPUs of its own, so all work lands on agents.
     """
 
-    def __init__(self, address: str | None) -> None:
+    def __init__(self, address: str | None, shared_inputs: int = SHARED_INPUTS_KEPT) -> None:
         self._actors: dict[str, Any] = {}
+        self._shared: OrderedDict[str, ray.ObjectRef] = OrderedDict()
+        self._shared_limit = shared_inputs
+        self._shared_lock = threading.Lock()
         if ray.is_initialized():
             self.address = ray.get_runtime_context().gcs_address
             return
@@ -62,7 +67,7 @@ class RayPool:
         """The agent's worker actor, or ``None`` when it is not (or not yet, or no longer) there."""
         if agent_id not in self._actors:
             try:
-                self._actors[agent_id] = ray.get_actor(worker_actor_name(agent_id), namespace=RAY_NAMESPACE)
+                self._actors[agent_id] = ray.get_actor(agent_actor_name(agent_id), namespace=RAY_NAMESPACE)
             except ValueError:
                 return None
         return self._actors[agent_id]
@@ -87,6 +92,8 @@ class RayPool:
         actor = self.actor(agent_id)
         if actor is None:
             raise RuntimeError(f"agent {agent_id} has no worker on the Ray cluster")
+        kwargs = {name: await asyncio.to_thread(self._shared_ref, value) if isinstance(value, SharedInput) else value
+                  for name, value in kwargs.items()}
         kwargs_ref = ray.put(kwargs)
         ref = actor.run.remote(task, [kwargs_ref], resources)
         try:
@@ -96,6 +103,20 @@ class RayPool:
             raise
         except ray.exceptions.RayTaskError as exc:
             raise ShardTaskError(_root_cause(exc)) from None
+
+    def _shared_ref(self, shared: SharedInput) -> ray.ObjectRef:
+        """The object-store reference of a shared input, put there on first use; the last few stay."""
+        with self._shared_lock:
+            if shared.key in self._shared:
+                self._shared.move_to_end(shared.key)
+                return self._shared[shared.key]
+        ref = ray.put(shared.load())
+        with self._shared_lock:
+            ref = self._shared.setdefault(shared.key, ref)
+            self._shared.move_to_end(shared.key)
+            while len(self._shared) > self._shared_limit:
+                self._shared.popitem(last=False)  # Ray frees it once no running shard holds it
+        return ref
 
     def shutdown(self) -> None:
         if ray.is_initialized():

@@ -17,6 +17,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from rtgrid.protos.grid_contract import detach_files
+
 from .blobs import BlobStore, BlobWriteError
 from .codec import pack
 from .config import MAX_PRIORITY, MasterConfig
@@ -296,7 +298,7 @@ class Scheduler:
         try:
             call = await asyncio.to_thread(self._prepare_call, shard, job)
             result = await self.pool.call(agent_id, call.task, call.kwargs, dataclasses.asdict(call.resources))
-            result_sha = await asyncio.to_thread(self.blobs.put_bytes, pack(result))
+            result, result_sha = await asyncio.to_thread(self._keep_result, result)
         except asyncio.CancelledError:
             self._running.pop(shard.shard_id, None)
             raise
@@ -317,11 +319,12 @@ class Scheduler:
             log.info("shard %s (%s #%d) of job %s succeeded on %s in %.2f s", shard.shard_id, shard.stage, shard.index,
                      job.job_id, agent_id, seconds, extra=ids)
             try:
-                await asyncio.to_thread(self._shard_succeeded, shard, result_sha, result)
-            except BlobWriteError as exc:  # an artifact did not fit: its transaction was rolled back
-                if not self.store.blob_in_use(result_sha):
-                    self.blobs.delete(result_sha)
+                kept = await asyncio.to_thread(self._shard_succeeded, shard, result_sha, result)
+            except BlobWriteError as exc:  # the store's transaction was rolled back
+                kept = False
                 self._fail_on_master(job.job_id, shard, str(exc))
+            if not kept:
+                await asyncio.to_thread(self._discard_unused, [result_sha, *(a["sha256"] for a in result["artifacts"])])
         self.wake()
 
     def _fail_on_master(self, job_id: str, shard: ShardRecord, reason: str) -> None:
@@ -333,6 +336,34 @@ class Scheduler:
                   shard.index, reason, extra={"job_id": job_id, "shard_id": shard.shard_id})
         with self.store.transaction():
             self._end_job(job, FAILED, f"shard {shard.stage}#{shard.index} could not be stored: {reason}")
+
+    def _keep_result(self, result: dict) -> tuple[dict, str]:
+        """Store a shard's files (once each, by content) and the rest of its result; the result as
+        kept (files by hash, :func:`~rtgrid.protos.grid_contract.detach_files`) and its blob's hash.
+
+        Raises
+        ------
+        BlobWriteError
+            The master's disk took not all of it; what it took of this result is removed again.
+        """
+        written: list[str] = []
+
+        def put(data: bytes) -> str:
+            written.append(self.blobs.put_bytes(data))
+            return written[-1]
+
+        try:
+            kept = detach_files(result, put)
+            return kept, put(pack(kept))
+        except BlobWriteError:
+            self._discard_unused(written)
+            raise
+
+    def _discard_unused(self, shas: Sequence[str]) -> None:
+        """Delete blobs no record refers to (a result the master did not keep)."""
+        for sha in dict.fromkeys(shas):
+            if not self.store.blob_in_use(sha):
+                self.blobs.delete(sha)
 
     def _prepare_call(self, shard: ShardRecord, job: JobRecord):
         """The kind's last word on the shard (e.g. a reroute), then its call."""
@@ -370,10 +401,14 @@ class Scheduler:
                     f"shard {shard.stage}#{shard.index} failed {shard.attempts} times; last on agent {agent_id}: {reason}",
                 )
 
-    def _shard_succeeded(self, shard: ShardRecord, result_sha: str, result: dict) -> None:
+    def _shard_succeeded(self, shard: ShardRecord, result_sha: str, result: dict) -> bool:
+        """Record a shard's result (kept by :meth:`_keep_result`), publish its files, move the job on.
+
+        Returns False when the job had already ended and the result was not recorded.
+        """
         job = self._job(shard.job_id)
         if job.state in TERMINAL_JOB_STATES:
-            return
+            return False
         kind = get_kind(job.kind)
         with self.store.transaction():
             shard.state, shard.result_sha256, shard.finished_ms, shard.error = SUCCEEDED, result_sha, now_ms(), ""
@@ -387,7 +422,7 @@ class Scheduler:
             )
             self._publish_artifacts(job, result)
             if done < len(stage_shards):
-                return
+                return True
             stages = kind.stages_for(job.params)
             position = stages.index(shard.stage)
             failure = kind.outcome(JobContext(self.store, self.blobs, job, self._volumes), shard.stage)
@@ -399,6 +434,7 @@ class Scheduler:
                 total = self._plan_stage(job, job.stage)
                 self.events.publish(job.job_id, "progress", job.state, stage=job.stage, shards_done=0,
                                     shards_total=total, message=f"stage {job.stage} started")
+        return True
 
     def _eta(self, job_id: str, stage: str, done: int, total: int) -> float:
         started = self._stage_started.get((job_id, stage))
@@ -407,11 +443,9 @@ class Scheduler:
         return (time.monotonic() - started) / done * (total - done)
 
     def _publish_artifacts(self, job: JobRecord, result: dict) -> None:
-        for spec in result.get("artifacts", []):
-            data = result[f"file:{spec['name']}"]
-            sha = self.blobs.put_bytes(data)
-            artifact = ArtifactRecord(new_id("art"), job.job_id, spec["name"], spec["kind"], spec.get("modality", ""),
-                                      sha, len(data))
+        for spec in result["artifacts"]:  # stored already, by _keep_result
+            artifact = ArtifactRecord(new_id("art"), job.job_id, spec["name"], spec["kind"], spec["modality"],
+                                      spec["sha256"], spec["size"])
             self.store.add_artifact(artifact)
             self.events.publish(job.job_id, "artifact", job.state, stage=job.stage,
                                 message=f"{artifact.kind} ready: {artifact.name} ({artifact.artifact_id})")

@@ -1,8 +1,8 @@
 """Shard executors: what an agent runs for each shard task name, calling the engines.
 
 Each executor takes plain keyword arguments (arrays, engine dataclasses, dicts of arrays) and
-returns a dict of arrays, bytes and JSON-able values; files to publish are listed under
-``"artifacts"`` with their bytes under ``"file:<name>"`` (see ``rtgrid.master.jobs.base``).
+returns a dict of arrays, bytes and JSON-able values; files to publish follow
+:mod:`rtgrid.protos.grid_contract` (``files.artifact``). Task names are the contract's :class:`Task`.
 """
 
 from __future__ import annotations
@@ -10,16 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rtgrid.protos.grid_contract import Task
+
 from . import contour, conversion, plan, predict
 
 EXECUTORS: dict[str, Callable[..., dict[str, Any]]] = {
-    "contour.slab": contour.contour_slab,
-    "contour.merge": contour.contour_merge,
-    "plan.setup": plan.plan_setup,
-    "plan.beam_dij": plan.beam_dij,
-    "plan.optimize": plan.plan_optimize,
-    "plan.convert_device": conversion.convert_device,
-    "predict.dose": predict.predict_dose_shard,
+    Task.CONTOUR_SLAB: contour.contour_slab,
+    Task.CONTOUR_MERGE: contour.contour_merge,
+    Task.PLAN_SETUP: plan.plan_setup,
+    Task.PLAN_BEAM_DIJ: plan.beam_dij,
+    Task.PLAN_OPTIMIZE: plan.plan_optimize,
+    Task.PLAN_CONVERT_DEVICE: conversion.convert_device,
+    Task.PREDICT_DOSE: predict.predict_dose_shard,
 }
 
 

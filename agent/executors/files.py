@@ -1,4 +1,4 @@
-"""How executors hand back files: the result convention of ``rtgrid.master.jobs.base``."""
+"""How executors hand back files: the result convention of :mod:`rtgrid.protos.grid_contract`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Any
 
 import pydicom
 
+from rtgrid.protos.grid_contract import Artifact, publishing
+
 
 def artifact(*files: tuple[str, str, str, bytes]) -> dict[str, Any]:
     """A shard result publishing ``(name, kind, modality, data)`` files as job artifacts."""
-    result: dict[str, Any] = {"artifacts": [{"name": n, "kind": k, "modality": m} for n, k, m, _ in files]}
-    result.update({f"file:{n}": data for n, _, _, data in files})
-    return result
+    return publishing(*(Artifact(*file) for file in files))
 
 
 def dataset_bytes(ds: pydicom.Dataset) -> bytes:

@@ -2,9 +2,9 @@
 
 A kind turns a job into shard calls (the name of an executor on the agents and its arguments) and
 validates its parameters. The scheduler does the rest: ordering, placement, retries, events,
-storing shard results and publishing artifacts. A shard result is a dict; files it lists under
-``"artifacts"`` (``{"name", "kind", "modality"}`` with the bytes under ``"file:<name>"``) become
-downloadable artifacts of the job.
+storing shard results and publishing artifacts. A shard result is a dict; the files it publishes
+(``rtgrid.protos.grid_contract``) become downloadable artifacts of the job, stored once; a later
+stage reads one with :meth:`JobContext.stage_file`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
+from rtgrid.protos.grid_contract import SharedInput, file_key, stored_file_sha256
 
 from ..blobs import BlobStore
 from ..codec import series_from_bytes, unpack, volume_from_bytes
@@ -134,6 +135,27 @@ class JobContext:
         if any(s.state != SUCCEEDED for s in shards):
             raise FailedPrecondition(f"stage {stage} of job {self.job.job_id} is not finished")
         return [unpack(self.blobs.read_bytes(s.result_sha256)) for s in shards]
+
+    def shared_result(self, stage: str, index: int = 0) -> SharedInput:
+        """The result of shard ``index`` of a finished stage, as an input many shards share (it is
+        read from the blob store and put into Ray's object store once, not once per shard)."""
+        shards = self.store.list_shards(self.job.job_id, stage)
+        if index >= len(shards) or shards[index].state != SUCCEEDED:
+            raise FailedPrecondition(f"stage {stage} of job {self.job.job_id} has no finished shard {index}")
+        sha256 = shards[index].result_sha256
+        return SharedInput(f"result:{sha256}", lambda: unpack(self.blobs.read_bytes(sha256)))
+
+    def shared_series(self) -> SharedInput:
+        """:attr:`series` as an input many shards share (put into Ray's object store once)."""
+        record = self.series_record
+        return SharedInput(f"series:{record.volume_sha256}:{record.meta_sha256}", lambda: self.series)
+
+    def stage_file(self, stage: str, name: str, index: int = 0) -> bytes:
+        """The bytes of file ``name`` that shard ``index`` of a finished stage published."""
+        result = self.stage_results(stage)[index]
+        if file_key(name) in result:  # a result stored by a master from before files were kept once
+            return result[file_key(name)]
+        return self.blobs.read_bytes(stored_file_sha256(result, name))
 
 
 class JobKind(ABC):

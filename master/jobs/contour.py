@@ -39,6 +39,7 @@ import math
 from rtgrid.engines.segmentation.classical import plan_slabs
 from rtgrid.engines.segmentation.deep.inference import plan_slice_batches
 from rtgrid.engines.segmentation.deep.region import UnknownRegionError, check_region
+from rtgrid.protos.grid_contract import Task
 
 from .. import models
 from ..blobs import BlobStore
@@ -195,7 +196,7 @@ class ContourJob(JobKind):
         if shard.stage == "contour":
             slab = self._slabs(ctx)[shard.index]
             return ShardCall(
-                "contour.slab",
+                Task.CONTOUR_SLAB,
                 {
                     "hu": volume.voxels[slab.halo_start : slab.halo_stop],
                     "spacing_mm": volume.spacing_mm,
@@ -209,12 +210,12 @@ class ContourJob(JobKind):
             sha256 = model_hashes(ctx.job.params)[shard.index // len(batches)]
             start, stop = batches[shard.index % len(batches)]
             return ShardCall(
-                "contour.segment",
+                Task.CONTOUR_SEGMENT,
                 {"hu": volume.voxels[start:stop], "spacing_mm": volume.spacing_mm, "direction": volume.direction},
                 ShardResources(cpus=1.0, memory_mb=2048, model=sha256),
             )
         return ShardCall(
-            "contour.merge",
+            Task.CONTOUR_MERGE,
             {"slab_results": ctx.stage_results("contour"), "series": ctx.series,
              "model_results": self._model_results(ctx), "assist": json.loads(ctx.job.params.get("assist", "null")),
              "skipped_models": skipped_models(ctx.job.params)},

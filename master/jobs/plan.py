@@ -45,6 +45,7 @@ from rtgrid.engines.dose.machine import STANDARD_MACHINE_ID, list_machines
 from rtgrid.engines.errors import EngineError
 from rtgrid.engines.optimization.order import load_order
 from rtgrid.engines.segmentation.classical import STRUCTURE_NAMES
+from rtgrid.protos.grid_contract import Task
 
 from ..blobs import BlobStore
 from ..errors import FailedPrecondition, InvalidArgument
@@ -238,27 +239,28 @@ class PlanJob(JobKind):
         params, stage, index = ctx.job.params, shard.stage, shard.index
         machine = params.get("machine", STANDARD_MACHINE_ID)
         if stage == "setup":
-            return ShardCall("plan.setup", {
+            return ShardCall(Task.PLAN_SETUP, {
                 "series": ctx.series, "rtstructs": self.rtstructs(ctx), "order_text": params["order"],
                 "machine_id": machine, "gantry_angles_deg": gantry_angles(params),
                 "bixel_mm": _float_param(params, "bixel_mm", 5.0, 2.0, 20.0),
                 "dose_grid_mm": _float_param(params, "dose_grid_mm", 3.0, 1.0, 10.0),
                 "body": params.get("body", "BODY"),
             }, ShardResources(cpus=1.0, memory_mb=4096))
-        setup = ctx.stage_results("setup")[0]
+        # The set-up (density and masks on the dose grid) goes to every later shard: once into Ray's object store.
+        setup = ctx.shared_result("setup")
         if stage == "convert":
             device = ctx.store.get_device(shard.target)
             if device is None:
                 raise FailedPrecondition(f"device {shard.target} is no longer registered")
-            return ShardCall("plan.convert_device", {
-                "setup": setup, "standard_plan": ctx.stage_results("optimize")[0]["file:standard-plan.npz"],
-                "series": ctx.series, "device_name": device.device_id, "model_id": device.model_id,
-                "rtstruct_uid": setup["rtstruct_uid"],
+            return ShardCall(Task.PLAN_CONVERT_DEVICE, {
+                "setup": setup, "standard_plan": ctx.stage_file("optimize", "standard-plan.npz"),
+                "series": ctx.shared_series(), "device_name": device.device_id, "model_id": device.model_id,
+                "rtstruct_uid": ctx.stage_results("setup")[0]["rtstruct_uid"],
             }, ShardResources(cpus=1.0, memory_mb=4096))
         if stage == "dose":
-            return ShardCall("plan.beam_dij", {"setup": setup, "beam_index": index, "machine_id": machine},
+            return ShardCall(Task.PLAN_BEAM_DIJ, {"setup": setup, "beam_index": index, "machine_id": machine},
                              ShardResources(cpus=1.0, memory_mb=4096))
-        return ShardCall("plan.optimize", {
+        return ShardCall(Task.PLAN_OPTIMIZE, {
             "setup": setup, "beams": ctx.stage_results("dose"), "series": ctx.series,
             "rtstructs": self.rtstructs(ctx), "order_text": params["order"], "machine_id": machine,
             "dose_model": params.get("dose_model", ""),
@@ -285,7 +287,7 @@ class FullJob(PlanJob):
         return super().validate(params, store, blobs, case_id)
 
     def rtstructs(self, ctx: JobContext) -> list[bytes]:
-        auto = ctx.stage_results("merge")[0]["file:RS.contours.dcm"]
+        auto = ctx.stage_file("merge", "RS.contours.dcm")
         return [auto] + self.uploaded_rtstructs(ctx.store, ctx.blobs, ctx.job.case_id)
 
     def plan_stage(self, ctx: JobContext, stage: str) -> StagePlan:

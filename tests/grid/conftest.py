@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from rtgrid.client.sdk import Client
+from rtgrid.protos.grid_contract import RAY_NAMESPACE, agent_actor_name
 
 START_TIMEOUT_S = 180.0
 
@@ -144,7 +145,7 @@ def _actor_ready(agent_id: str) -> bool:
     import ray
 
     try:
-        ray.get_actor(f"rtgrid-agent-{agent_id}", namespace="rtgrid")
+        ray.get_actor(agent_actor_name(agent_id), namespace=RAY_NAMESPACE)
         return True
     except ValueError:
         return False

@@ -24,6 +24,7 @@ import pytest
 
 from rtgrid.client.sdk import state_name
 from rtgrid.engines.phantom import write_phantom_case
+from rtgrid.master.codec import unpack
 from rtgrid.protos.v1 import common_pb2, hospital_pb2
 
 from .conftest import Grid, start_master_with, stop_process
@@ -94,6 +95,13 @@ def _consistent(grid: Grid) -> dict[str, int]:
     stored = {p.parent.name + p.name for p in blobs.glob("??/*") if not p.name.startswith(".tmp-")}
     assert not list(blobs.glob("??/.tmp-*")), "a half-written blob was left behind"
     assert stored == referenced, (stored ^ referenced)
+    with sqlite3.connect(grid.data_dir / "rtgrid.sqlite") as db:
+        results = [r[0] for r in db.execute("SELECT result_sha256 FROM shards WHERE result_sha256 != ''")]
+        artifact_shas = {r[0] for r in db.execute("SELECT sha256 FROM artifacts")}
+    for sha in results:  # a published file is kept once: as its artifact, not again inside the result
+        kept = unpack((blobs / sha[:2] / sha[2:]).read_bytes())
+        assert not [k for k in kept if k.startswith("file:")]
+        assert {a["sha256"] for a in kept.get("artifacts", [])} <= artifact_shas
     for upload_id, committed in uploads:
         assert (blobs / "partial" / f"{upload_id}.part").stat().st_size == committed
     return counts

@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from rtgrid.agent.models import model_actor_name
+from rtgrid.protos.grid_contract import RAY_NAMESPACE, model_actor_name
 from rtgrid.client.cli.main import assist_param
 from rtgrid.engines.dicomrt.rtstruct import StructureSpec, read_rtstruct, read_rtstruct_rois, write_rtstruct
 from rtgrid.engines.imaging.intake import load_series_dir
@@ -41,7 +41,7 @@ def _cli(grid, *args: str) -> subprocess.CompletedProcess:
 def _actor_stats(agent_id: str, sha256: str) -> dict:
     import ray
 
-    return ray.get(ray.get_actor(model_actor_name(agent_id, sha256), namespace="rtgrid").stats.remote(), timeout=60)
+    return ray.get(ray.get_actor(model_actor_name(agent_id, sha256), namespace=RAY_NAMESPACE).stats.remote(), timeout=60)
 
 
 def test_registry_over_the_cli_refuses_bad_packages(grid, phantom_model, tmp_path):
