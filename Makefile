@@ -19,10 +19,11 @@ install: $(STAMP)
 
 # External references the tests use: dciodvfy (dicom3tools) validates our DICOM, dcmtk
 # (storescu/storescp) is the gateway's DICOM peer, poppler (pdftoppm/pdftotext) renders and reads
-# the plan report. Debian packages; root on these machines. (plastimatch, the independent DVH,
-# comes from its PyPI wheel in the [test] extra.)
+# the plan report, postgresql's server binaries (initdb, pg_ctl) run the throwaway database of the
+# PostgreSQL store tests. Debian packages; root on these machines. (plastimatch, the independent
+# DVH, comes from its PyPI wheel in the [test] extra.)
 tools:
-	@command -v dciodvfy >/dev/null && command -v storescp >/dev/null && command -v pdftoppm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk poppler-utils >/dev/null; } || echo "warning: could not install dicom3tools, dcmtk and poppler-utils"
+	@command -v dciodvfy >/dev/null && command -v storescp >/dev/null && command -v pdftoppm >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools dcmtk poppler-utils postgresql >/dev/null; } || echo "warning: could not install dicom3tools, dcmtk, poppler-utils and postgresql"
 
 proto: install
 	$(PY) -m rtgrid.protos.generate

@@ -1,12 +1,13 @@
 """Faults with real processes: an agent's Ray node killed mid-job, the master killed mid-job and
-started again on the same store. No job is lost, results equal an undisturbed run, and the
-watcher sees every event once, in order."""
+started again on the same store (SQLite, and PostgreSQL). No job is lost, results equal an
+undisturbed run, and the watcher sees every event once, in order."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pydicom
@@ -16,6 +17,9 @@ from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
 from rtgrid.engines.imaging.intake import load_series_dir
 from rtgrid.engines.phantom import write_phantom_case
 from rtgrid.protos.v1 import common_pb2
+from tests.postgres import running_postgres
+
+from .conftest import HOSPITAL, Grid, start_master_with, stop_process
 
 
 SHAPE, SPACING = (48, 96, 96), (3.0, 3.0, 3.0)
@@ -88,8 +92,46 @@ def _remember_ct(ct_dir):
     _CT_DIR.append(ct_dir)
 
 
-def test_master_killed_and_restarted_mid_job(grid, reference, tmp_path):
+@dataclass
+class PostgresGrid(Grid):
+    """A grid whose master keeps its jobs in PostgreSQL (``store``, a URL); blobs stay in data_dir."""
+
+    store: str = ""
+
+    def start_master(self, port: str = "0", internal_port: str = "0") -> str:
+        self.master, ready = start_master_with(
+            self.data_dir, self.ray_address, self.pki, port, internal_port,
+            args=("--store", self.store, "--log-format", "json"), log_path=self.data_dir / "master.log",
+        )
+        self.target, self.internal_target = ready["target"], ready["internal_target"]
+        return self.target
+
+
+@pytest.fixture(scope="module")
+def postgres_grid(ray_cluster, pki, tmp_path_factory):
+    """A master on a throwaway PostgreSQL with one agent, beside the session's SQLite grid."""
+    with running_postgres() as server:
+        g = PostgresGrid("", "", tmp_path_factory.mktemp("pg-grid"), ray_cluster.address, None, pki,
+                         store=server.new_database())
+        g.start_master()
+        try:
+            with g.operator_client() as operator:
+                g.token = operator.add_hospital(HOSPITAL).token
+            g.start_agent("agent-pg", cpus=2)
+            yield g
+        finally:
+            for proc in g.agents:
+                stop_process(proc)
+            stop_process(g.master)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_master_killed_and_restarted_mid_job(store, request, reference, ct_dir, tmp_path):
     case_id, expected = reference
+    grid = request.getfixturevalue("grid" if store == "sqlite" else "postgres_grid")
+    if store == "postgresql":  # the same CT on that grid; its masks must equal the SQLite grid's
+        with grid.client() as client:
+            case_id = client.upload_folder(ct_dir).case.case_id
     port, internal_port = grid.target.rsplit(":", 1)[1], grid.internal_target.rsplit(":", 1)[1]
     with grid.client() as client:
         job = client.submit(case_id, "contour", params={"shards": "12"})
