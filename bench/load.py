@@ -1,29 +1,45 @@
-"""Load benchmark: many hospitals upload, submit and watch at once, on one grid on 127.0.0.1.
+"""Load benchmark: many hospitals, each its own tenant, upload, submit and watch at once on the secure grid.
 
-``python -m bench.load`` starts a real grid (``bench.grid.LocalGrid``: a Ray head, one master
-process, ``--agents`` agent processes of one CPU each), writes one small phantom CT per hospital,
-then starts ``--hospitals`` threads together, each with its own client, that:
+``python -m bench.load`` starts a real grid on 127.0.0.1 as ``rtgrid up`` deploys it
+(``bench.secure_grid``: a private CA from ``rtgrid certs``, a TLS master, ``--agents`` mutual-TLS
+agent processes of one CPU each), makes ``--hospitals`` hospitals through the admin API (each a
+tenant with its own API token) and gives each one job of a mix:
 
-1. upload their CT (``Client.upload_folder``: chunked upload, finish, commit);
-2. submit a contour job;
-3. watch it to the end (one WatchJob stream under a deadline), checking that the events arrive
-   with sequence numbers 1, 2, 3 ... without gap or repeat, and that a replay of the job's events
+- ``contour-small``: a small phantom CT (``--slices`` x ``--size`` x ``--size``), kind ``contour``;
+- ``contour-512``: a full-size CT (``--big-slices`` x 512 x 512), kind ``contour``;
+- ``plan``: a phantom CT with its RTSTRUCT and medical order, kind ``plan`` (5 beams, 5 mm dose grid);
+- ``full-devices``: the same inputs, kind ``full`` with device plans for two linacs (converted, QA'd).
+
+Then all hospitals start together, each with its own client, and:
+
+1. upload their files (``Client.upload_folder``: chunked upload, finish, commit);
+2. submit their job;
+3. watch it to the end (one WatchJob stream under a deadline; a job that has not ended is
+   cancelled), checking that the events arrive with sequence numbers 1, 2, 3 ... without gap or
+   repeat, that the last one is the job's final state, and that a replay of the job's events
    afterwards is the same list.
 
-Everything is bounded: every RPC has a deadline, each watch ``--job-timeout``, the whole wave
+``--soak MINUTES`` keeps a stream of jobs going instead: after the uploads every hospital submits
+its job again and again until the time is up, at most ``--soak-in-flight`` jobs at once over the
+grid and ``--soak-max-jobs`` in all; the master's memory over the soak says whether it stays flat.
+
+Everything is bounded: every RPC has a deadline, each watch ``--job-timeout``, the whole run
 ``--wave-timeout`` (then the jobs left are cancelled and the run fails). The master's resident
-memory (VmRSS of its process) is sampled every 0.1 s throughout.
+memory (VmRSS of its process) is sampled every ``RSS_SAMPLE_S`` throughout.
 
 Figures: ``jobs_total``, ``jobs_succeeded``, ``events_in_order`` (jobs whose watcher saw every
-event in order), throughput (jobs/min over the wave, upload MB/s over all hospitals), p50 and p99
-latencies of upload (per hospital), submit (the RPC), first event (submit → first event on the
-watch) and job (submit → final event), and the master's RSS at start and its peak. Human-readable
-lines go to stderr; stdout carries exactly one JSON line.
+event in order and whose replay matched), p50 and p99 latencies of upload, submit (the RPC), first
+event (submit → first event on the watch) and job (submit → final event), per job kind, the
+master's RSS over time (``master_rss``: start, end, max, growth and samples), and ``goals``: each
+goal of the issue with whether this run met it. Human-readable lines go to stderr; stdout carries
+exactly one JSON line. The exit status is 1 when a job failed or a watcher saw its events out of
+order (a missed latency or memory goal is only reported).
 
 Usage::
 
     python -m bench.load
-    python -m bench.load --hospitals 5 --slices 8     # a quick smoke run
+    python -m bench.load --soak 3
+    python -m bench.load --hospitals 6 --big 0 --plans 1 --devices-jobs 1   # a quick smoke run
 """
 
 from __future__ import annotations
@@ -34,46 +50,107 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.grid import LocalGrid, _load, _percentile, grid_session, run_benchmark, say
+import grpc
+import numpy as np
+
+from bench.grid import TERMINAL, _load, _percentile, run_benchmark, say
+from bench.secure_grid import SecureLocalGrid, make_pki
 from rtgrid.client.sdk import Client, state_name
-from rtgrid.engines.phantom import write_phantom_case
-from rtgrid.protos.v1 import hospital_pb2
+from rtgrid.engines.phantom import PHANTOM_ORDER, make_phantom, write_phantom_case, write_plan_inputs
+from rtgrid.protos.v1 import common_pb2, hospital_pb2
 
 RSS_SAMPLE_S = 0.1
+RSS_REPORTED_SAMPLES = 60  # the samples in the JSON line, evenly picked from all of them
 REPLAY_TIMEOUT_S = 30.0
+START_BARRIER_S = 120.0
+FIRST_EVENT_GOAL_MS = 100.0
+# Memory is flat when the mean RSS of the soak's last quarter is at most this much above that of
+# its second quarter (the first is warm-up: models loaded, caches and pools filled).
+RSS_FLAT_MB = 20.0
+RSS_FLAT_FRACTION = 0.05
+BIG_SHAPE_XY, BIG_SPACING_MM = 512, (0.98, 0.98, 2.0)
+PLAN_SHAPE, PLAN_SPACING_MM = (36, 112, 112), (4.5, 4.5, 3.0)
+PLAN_PARAMS = {"beams": "5", "dose_grid_mm": "5"}  # as tests/grid/test_plan_e2e.py: small enough to finish
+DEVICES = "VERSA-AGILITY,SYNERGY-MLCI2"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What one hospital uploads and which job it submits on that case.
+
+    Attributes
+    ----------
+    label : str
+        Its place in the mix (``contour-small``, ``contour-512``, ``plan``, ``full-devices``).
+    kind : str
+        The job kind submitted (``contour``, ``plan``, ``full``).
+    paths : tuple of Path
+        Folders and files uploaded into the case (a CT series, perhaps an RTSTRUCT).
+    params : dict
+        The job's parameters.
+    contours_first : bool
+        Run a contour job on the case first and name it in ``contours_job`` (a ``plan`` on the
+        automatic contours plus the uploaded RTSTRUCT); it is measured as a job of its own.
+    """
+
+    label: str
+    kind: str
+    paths: tuple[Path, ...]
+    params: dict[str, str] = field(default_factory=dict)
+    contours_first: bool = False
 
 
 @dataclass
-class HospitalRun:
-    """What one simulated hospital measured."""
+class JobRun:
+    """What one job measured, seen from its hospital."""
 
-    name: str
-    upload_s: float = 0.0
-    upload_bytes: int = 0
+    label: str
+    job_id: str = ""
     submit_s: float = 0.0
     first_event_s: float = -1.0
     job_s: float = 0.0
     state: str = ""
+    message: str = ""
     events: int = 0
     in_order: bool = False
     replay_matches: bool = False
+    error: str = ""
+
+
+@dataclass
+class HospitalRun:
+    """What one simulated hospital measured: its upload and its jobs."""
+
+    name: str
+    label: str
+    upload_s: float = 0.0
+    upload_bytes: int = 0
     started: float = 0.0
     finished: float = 0.0
-    error: str = ""
-    seqs: list[int] = field(default_factory=list)
+    error: str = ""  # before any job (upload, start), or a job that could not be submitted
+    jobs: list[JobRun] = field(default_factory=list)
+
+    @property
+    def first_event_s(self) -> float:
+        return self.jobs[0].first_event_s if self.jobs else -1.0
+
+    @property
+    def events(self) -> int:
+        return self.jobs[0].events if self.jobs else 0
 
 
 class RssSampler(threading.Thread):
-    """Samples a process's resident memory (MiB) until stopped."""
+    """Samples a process's resident memory (MiB), with the seconds since the start, until stopped."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
-        self.samples: list[float] = []
+        self.samples: list[tuple[float, float]] = []
         self._stop_event = threading.Event()
 
     def rss_mb(self) -> float:
@@ -84,10 +161,13 @@ class RssSampler(threading.Thread):
         return 0.0
 
     def run(self) -> None:
-        while not self._stop_event.wait(RSS_SAMPLE_S):
+        started = time.perf_counter()
+        while True:
             try:
-                self.samples.append(self.rss_mb())
+                self.samples.append((time.perf_counter() - started, self.rss_mb()))
             except OSError:
+                return
+            if self._stop_event.wait(RSS_SAMPLE_S):
                 return
 
     def stop(self) -> None:
@@ -95,81 +175,206 @@ class RssSampler(threading.Thread):
         self.join(5)
 
 
-def hospital(run: HospitalRun, client: Client, ct_dir: Path, start: threading.Barrier, job_timeout_s: float) -> None:
-    """One hospital: upload, submit, watch to the end (bounded), replay and compare."""
+class Soak:
+    """The bounds of a soak shared by all hospitals: a deadline, jobs at once, jobs in all."""
+
+    def __init__(self, minutes: float, in_flight: int, max_jobs: int) -> None:
+        self.deadline = time.perf_counter() + minutes * 60
+        self.slots = threading.Semaphore(in_flight)
+        self.left = max_jobs
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Wait for a free slot (until the deadline); False when the soak is over."""
+        if not self.slots.acquire(timeout=max(0.0, self.deadline - time.perf_counter())):
+            return False
+        with self._lock:
+            if self.left > 0 and time.perf_counter() < self.deadline:
+                self.left -= 1
+                return True
+        self.slots.release()
+        return False
+
+    def give(self) -> None:
+        self.slots.release()
+
+
+def run_job(client: Client, case_id: str, label: str, kind: str, params: dict[str, str],
+            job_timeout_s: float) -> JobRun:
+    """Submit a job of ``kind`` on ``case_id`` and watch it to its end (at most ``job_timeout_s``;
+    then it is cancelled), checking the event order and a replay."""
+    run = JobRun(label)
+    t0 = time.perf_counter()
+    job = client.submit(case_id, kind, params=params)
+    run.submit_s = time.perf_counter() - t0
+    run.job_id = job.job_id
+    events: list[common_pb2.JobEvent] = []
+    try:
+        for event in client.hospital.WatchJob(hospital_pb2.WatchJobRequest(job_id=job.job_id), timeout=job_timeout_s):
+            if not events:
+                run.first_event_s = time.perf_counter() - t0
+            events.append(event)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise
+        client.cancel(job.job_id)
+        run.error = f"job {job.job_id} did not end within {job_timeout_s:.0f} s; cancelled it"
+    run.job_s = time.perf_counter() - t0
+    seqs = [e.seq for e in events]
+    run.events = len(events)
+    run.in_order = seqs == list(range(1, len(events) + 1)) and bool(events) and events[-1].state in TERMINAL
+    final = client.job(job.job_id)
+    run.state, run.message = state_name(final.state), events[-1].message if events else ""
+    if events and events[-1].state != final.state:
+        run.in_order = False
+        run.error = run.error or f"the last event says {state_name(events[-1].state)}, the job {run.state}"
+    replay = list(client.hospital.WatchJob(hospital_pb2.WatchJobRequest(job_id=job.job_id), timeout=REPLAY_TIMEOUT_S))
+    run.replay_matches = [(e.seq, e.type, e.message) for e in replay] == [(e.seq, e.type, e.message) for e in events]
+    return run
+
+
+def hospital(run: HospitalRun, client: Client, spec: JobSpec, start: threading.Barrier, job_timeout_s: float,
+             soak: Soak | None = None) -> None:
+    """One hospital: upload, then one job (or, in a soak, jobs until it is over), each watched to the end."""
     with client:
         try:
-            start.wait(timeout=120)
+            start.wait(timeout=START_BARRIER_S)
             run.started = time.perf_counter()
-            run.upload_bytes = sum(p.stat().st_size for p in ct_dir.iterdir())
-            case = client.upload_folder(ct_dir, label=run.name).case
+            run.upload_bytes = sum(p.stat().st_size for root in spec.paths
+                                   for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file())
+            case = client.upload_folder(*spec.paths, label=run.name).case
             run.upload_s = time.perf_counter() - run.started
-            t0 = time.perf_counter()
-            job = client.submit(case.case_id, "contour")
-            run.submit_s = time.perf_counter() - t0
-            events = []
-            for event in client.hospital.WatchJob(hospital_pb2.WatchJobRequest(job_id=job.job_id),
-                                                  timeout=job_timeout_s):
-                if not events:
-                    run.first_event_s = time.perf_counter() - t0
-                events.append(event)
-            run.job_s = time.perf_counter() - t0
-            run.finished = time.perf_counter()
-            run.seqs = [e.seq for e in events]
-            run.events = len(events)
-            run.in_order = run.seqs == list(range(1, len(events) + 1))
-            run.state = state_name(client.job(job.job_id).state)
-            replay = list(client.hospital.WatchJob(hospital_pb2.WatchJobRequest(job_id=job.job_id),
-                                                   timeout=REPLAY_TIMEOUT_S))
-            run.replay_matches = [(e.seq, e.type, e.message) for e in replay] == \
-                [(e.seq, e.type, e.message) for e in events]
+            params = dict(spec.params)
+
+            def one_job() -> None:
+                if spec.contours_first and "contours_job" not in params:  # once; later plans reuse it
+                    contours = run_job(client, case.case_id, f"{spec.label}:contour", "contour", {}, job_timeout_s)
+                    run.jobs.append(contours)
+                    if contours.state != "succeeded":
+                        return
+                    params["contours_job"] = contours.job_id
+                run.jobs.append(run_job(client, case.case_id, spec.label, spec.kind, params, job_timeout_s))
+
+            if soak is None:
+                one_job()
+            while soak is not None and soak.take():
+                try:
+                    one_job()
+                finally:
+                    soak.give()
         except Exception as exc:  # reported per hospital; the run fails below
-            run.error = f"{type(exc).__name__}: {exc}"[:500]
-            run.finished = time.perf_counter()
+            detail = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.RpcError) else str(exc)
+            run.error = f"{type(exc).__name__}: {detail}"[:500]
+        run.finished = time.perf_counter()
 
 
 def _ms(values: list[float], q: float) -> float:
     return round(_percentile(values, q) * 1000, 1)
 
 
+def _latencies(jobs: list[JobRun]) -> dict:
+    seen = [j for j in jobs if j.first_event_s >= 0]
+    out: dict = {}
+    if seen:
+        out |= {"submit_p50_ms": _ms([j.submit_s for j in seen], 50), "submit_p99_ms": _ms([j.submit_s for j in seen], 99),
+                "first_event_p50_ms": _ms([j.first_event_s for j in seen], 50),
+                "first_event_p99_ms": _ms([j.first_event_s for j in seen], 99),
+                "first_event_max_ms": round(max(j.first_event_s for j in seen) * 1000, 1),
+                "job_p50_s": round(_percentile([j.job_s for j in seen], 50), 3),
+                "job_p99_s": round(_percentile([j.job_s for j in seen], 99), 3)}
+    return out
+
+
 def summarize(runs: list[HospitalRun], wave_s: float) -> dict:
-    ok = [r for r in runs if not r.error]
-    succeeded = [r for r in ok if r.state == "succeeded"]
-    total_bytes = sum(r.upload_bytes for r in ok)
-    upload_span = (max(r.started + r.upload_s for r in ok) - min(r.started for r in ok)) if ok else 0.0
+    """The run's figures from every hospital's record (see the module docstring)."""
+    jobs = [j for r in runs for j in r.jobs]
+    succeeded = [j for j in jobs if j.state == "succeeded" and not j.error]
+    # A hospital that never got a job submitted counts as one failed job: every hospital owes one.
+    unsubmitted = sum(1 for r in runs if not r.jobs)
+    uploaded = [r for r in runs if r.upload_s > 0]
+    total_bytes = sum(r.upload_bytes for r in uploaded)
+    upload_span = (max(r.started + r.upload_s for r in uploaded) - min(r.started for r in uploaded)) if uploaded else 0
     figures: dict = {
-        "jobs_total": len(runs),
+        "jobs_total": len(jobs) + unsubmitted,
         "jobs_succeeded": len(succeeded),
-        "jobs_failed_or_lost": len(runs) - len(succeeded),
-        "events_in_order": sum(r.in_order and r.replay_matches for r in ok),
-        "events_total": sum(r.events for r in ok),
+        "jobs_failed_or_lost": len(jobs) + unsubmitted - len(succeeded),
+        "events_in_order": sum(j.in_order and j.replay_matches for j in jobs),
+        "events_total": sum(j.events for j in jobs),
         "wave_s": round(wave_s, 3),
         "jobs_per_min": round(len(succeeded) / wave_s * 60, 2) if wave_s else 0.0,
         "upload_mb_total": round(total_bytes / 1e6, 3),
         "upload_mb_per_s": round(total_bytes / 1e6 / upload_span, 3) if upload_span else 0.0,
     }
-    if ok:
-        figures.update({
-            "upload_p50_ms": _ms([r.upload_s for r in ok], 50), "upload_p99_ms": _ms([r.upload_s for r in ok], 99),
-            "submit_p50_ms": _ms([r.submit_s for r in ok], 50), "submit_p99_ms": _ms([r.submit_s for r in ok], 99),
-            "first_event_p50_ms": _ms([r.first_event_s for r in ok], 50),
-            "first_event_p99_ms": _ms([r.first_event_s for r in ok], 99),
-            "job_p50_s": round(_percentile([r.job_s for r in ok], 50), 3),
-            "job_p99_s": round(_percentile([r.job_s for r in ok], 99), 3),
-        })
+    if uploaded:
+        figures |= {"upload_p50_ms": _ms([r.upload_s for r in uploaded], 50),
+                    "upload_p99_ms": _ms([r.upload_s for r in uploaded], 99)}
+    figures |= _latencies(jobs)
+    by_label: dict = {}
+    for label in sorted({r.label for r in runs} | {j.label for j in jobs}):
+        mine = [j for j in jobs if j.label == label]
+        by_label[label] = {"hospitals": sum(r.label == label for r in runs), "jobs": len(mine),
+                           "succeeded": sum(j in succeeded for j in mine)}
+        if mine:
+            by_label[label] |= {"job_p50_s": round(_percentile([j.job_s for j in mine], 50), 3),
+                                "job_max_s": round(max(j.job_s for j in mine), 3)}
+    figures["by_kind"] = by_label
     errors = [f"{r.name}: {r.error}" for r in runs if r.error]
+    errors += [f"{j.job_id} ({j.label}): {j.error or j.state + ': ' + j.message}"
+               for j in jobs if j not in succeeded]
+    errors += [f"{j.job_id} ({j.label}): events out of order or replay differs" for j in jobs
+               if not (j.in_order and j.replay_matches)]
     if errors:
-        figures["errors"] = errors[:5]
+        figures["errors"] = errors[:8]
+        figures["errors_total"] = len(errors)
     return figures
 
 
-def wave(connect: Callable[[int], Client], cts: list[Path], args: argparse.Namespace) -> tuple[list[HospitalRun], float]:
-    """All hospitals at once (hospital ``i`` talks through ``connect(i)``), bounded by
-    ``args.wave_timeout``; returns their runs and the wave's wall time."""
-    runs = [HospitalRun(f"hospital-{i:02d}") for i in range(len(cts))]
-    barrier = threading.Barrier(len(cts))
-    threads = [threading.Thread(target=hospital, args=(r, connect(i), ct, barrier, args.job_timeout), daemon=True)
-               for i, (r, ct) in enumerate(zip(runs, cts))]
+def rss_figures(samples: list[tuple[float, float]]) -> dict:
+    """Start, end, max and trend of the master's RSS (MiB) and evenly picked ``[seconds, MiB]`` samples.
+
+    ``growth_mb`` is the mean of the last quarter of the samples minus that of the second quarter
+    (the first quarter is warm-up); ``slope_mb_per_min`` a least-squares line over the second half.
+    """
+    if not samples:
+        return {"samples": 0}
+    t = np.array([s[0] for s in samples])
+    mb = np.array([s[1] for s in samples])
+    n = len(mb)
+    out = {"start_mb": round(float(mb[0]), 1), "end_mb": round(float(mb[-1]), 1), "max_mb": round(float(mb.max()), 1),
+           "n_samples": n, "sample_period_s": RSS_SAMPLE_S}
+    if n >= 8:
+        second, last = mb[n // 4:n // 2], mb[3 * n // 4:]
+        out["growth_mb"] = round(float(last.mean() - second.mean()), 1)
+        out["flat_limit_mb"] = round(max(RSS_FLAT_MB, RSS_FLAT_FRACTION * float(second.mean())), 1)
+        half_t, half_mb = t[n // 2:], mb[n // 2:]
+        if half_t[-1] > half_t[0]:
+            out["slope_mb_per_min"] = round(float(np.polyfit(half_t / 60, half_mb, 1)[0]), 2)
+    picked = np.unique(np.linspace(0, n - 1, min(n, RSS_REPORTED_SAMPLES)).round().astype(int))
+    out["samples"] = [[round(float(t[i]), 1), round(float(mb[i]), 1)] for i in picked]
+    return out
+
+
+def goals(figures: dict, soak: bool) -> dict:
+    """Each goal of the issue with whether this run met it (None: this run cannot tell)."""
+    rss = figures.get("master_rss", {})
+    return {
+        "every_job_succeeded": figures["jobs_succeeded"] == figures["jobs_total"],
+        "every_event_in_order": figures["events_in_order"] == figures["jobs_total"],
+        f"first_event_p99_under_{FIRST_EVENT_GOAL_MS:.0f}_ms":
+            figures["first_event_p99_ms"] < FIRST_EVENT_GOAL_MS if "first_event_p99_ms" in figures else False,
+        # Only a soak says whether memory stays flat; a single wave mostly shows warm-up.
+        "master_memory_flat": (rss["growth_mb"] <= rss["flat_limit_mb"]) if soak and "growth_mb" in rss else None,
+    }
+
+
+def wave(connect: Callable[[int], Client], specs: list[JobSpec], args: argparse.Namespace,
+         soak: Soak | None = None) -> tuple[list[HospitalRun], float]:
+    """All hospitals at once (hospital ``i`` uploads and submits ``specs[i]`` through ``connect(i)``),
+    bounded by ``args.wave_timeout``; returns their runs and the wave's wall time."""
+    runs = [HospitalRun(f"hospital-{i:02d}", spec.label) for i, spec in enumerate(specs)]
+    barrier = threading.Barrier(len(specs))
+    threads = [threading.Thread(target=hospital, args=(r, connect(i), spec, barrier, args.job_timeout, soak),
+                                daemon=True) for i, (r, spec) in enumerate(zip(runs, specs))]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -182,60 +387,139 @@ def wave(connect: Callable[[int], Client], cts: list[Path], args: argparse.Names
     return runs, max((r.finished for r in runs if r.finished), default=started) - started
 
 
+def job_mix(tmp: Path, args: argparse.Namespace) -> list[JobSpec]:
+    """One job spec per hospital: ``args.big`` full-size contours, ``args.plans`` plans,
+    ``args.devices_jobs`` full jobs with devices, the rest small contours; spread over the list."""
+    heavy = args.big + args.plans + args.devices_jobs
+    if args.hospitals < 1 or heavy > args.hospitals or min(args.big, args.plans, args.devices_jobs) < 0:
+        raise ValueError(f"--big + --plans + --devices-jobs ({heavy}) must be between 0 and --hospitals "
+                         f"({args.hospitals})")
+    # Heavy jobs spread evenly through the hospitals, so they do not all queue first.
+    labels = ["contour-small"] * args.hospitals
+    heavy_labels = ["contour-512"] * args.big + ["plan"] * args.plans + ["full-devices"] * args.devices_jobs
+    for k, label in enumerate(heavy_labels):
+        labels[k * args.hospitals // heavy] = label
+    specs: list[JobSpec] = []
+    big_ct = plan_inputs = None
+    small_shape = (args.slices, args.size, args.size)
+    small_spacing_mm = (500.0 / args.size, 500.0 / args.size, 5.0)
+    for i, label in enumerate(labels):
+        if label == "contour-small":
+            ct = write_phantom_case(tmp / f"h{i:02d}", shape=small_shape, spacing_mm=small_spacing_mm, seed=i).ct_dir
+            specs.append(JobSpec(label, "contour", (ct,)))
+        elif label == "contour-512":
+            if big_ct is None:  # one full-size CT, each hospital uploads its own copy of it
+                say(f"writing a full-size CT ({args.big_slices} x {BIG_SHAPE_XY} x {BIG_SHAPE_XY}) ...")
+                big_ct = write_phantom_case(tmp / "big", shape=(args.big_slices, BIG_SHAPE_XY, BIG_SHAPE_XY),
+                                            spacing_mm=BIG_SPACING_MM, seed=99).ct_dir
+            specs.append(JobSpec(label, "contour", (big_ct,)))
+        else:
+            if plan_inputs is None:
+                case = write_phantom_case(tmp / "plan", shape=PLAN_SHAPE, spacing_mm=PLAN_SPACING_MM, seed=4)
+                rtstruct, _ = write_plan_inputs(case, make_phantom(PLAN_SHAPE, PLAN_SPACING_MM, seed=4),
+                                                tmp / "plan-manual")
+                plan_inputs = (case.ct_dir, rtstruct)
+            params = {"order": PHANTOM_ORDER, **PLAN_PARAMS}
+            if label == "plan":
+                # The manual RTSTRUCT has the PTV, not the BODY outline: a contour job gives that.
+                specs.append(JobSpec(label, "plan", plan_inputs, params, contours_first=True))
+            else:
+                specs.append(JobSpec(label, "full", plan_inputs, {**params, "devices": DEVICES}))
+    return specs
+
+
+@contextmanager
+def secure_session(grid: SecureLocalGrid, runs: list[HospitalRun]) -> Iterator[SecureLocalGrid]:
+    """Around the use of ``grid``: on failure print the children's log tails; always cancel the
+    jobs the hospitals left unfinished and stop the grid."""
+    try:
+        yield grid
+    except BaseException:
+        grid.dump_log_tails()
+        raise
+    finally:
+        say("stopping the grid ...")
+        grid.cancel_jobs({r.name: [j.job_id for j in r.jobs if j.job_id] for r in runs})
+        grid.close()
+
+
 def run(args: argparse.Namespace, figures: dict) -> None:
-    shape = (args.slices, args.size, args.size)
-    spacing_mm = (500.0 / args.size, 500.0 / args.size, 5.0)
-    figures["config"] = {"hospitals": args.hospitals, "agents": args.agents, "agent_cpus": 1, "ct_shape": list(shape),
-                         "cpu_count": os.cpu_count()}
+    soak_minutes = args.soak
+    if soak_minutes is not None and soak_minutes <= 0:
+        raise ValueError(f"--soak MINUTES must be positive, not {soak_minutes}")
+    figures["config"] = {"hospitals": args.hospitals, "agents": args.agents, "agent_cpus": 1,
+                         "small_ct_shape": [args.slices, args.size, args.size],
+                         "big_ct_shape": [args.big_slices, BIG_SHAPE_XY, BIG_SHAPE_XY], "mix": None,
+                         "plan_ct_shape": list(PLAN_SHAPE), "plan_params": PLAN_PARAMS, "devices": DEVICES,
+                         "secure": True, "soak_minutes": soak_minutes, "cpu_count": os.cpu_count()}
     figures["load_avg_start"] = _load()
     with tempfile.TemporaryDirectory(prefix="rtgrid-bench-load-") as tmp_name:
         tmp = Path(tmp_name)
-        say(f"writing {args.hospitals} phantom CTs {shape} ...")
-        cts = [write_phantom_case(tmp / f"h{i:02d}", shape=shape, spacing_mm=spacing_mm, seed=i).ct_dir
-               for i in range(args.hospitals)]
+        say(f"writing the inputs of {args.hospitals} hospitals ...")
+        specs = job_mix(tmp, args)
+        figures["config"]["mix"] = {label: sum(s.label == label for s in specs) for label in sorted({s.label for s in specs})}
         (tmp / "data").mkdir()
         (tmp / "logs").mkdir()
-        grid = LocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
-        with grid_session(grid):
+        grid = SecureLocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb, make_pki(tmp / "pki"))
+        runs: list[HospitalRun] = []
+        with secure_session(grid, runs):
             started = time.perf_counter()
-            address = grid.start_master(grid.start_ray())
-            with Client(address) as client:
+            grid.start_master(grid.start_ray())
+            with grid.operator_client() as operator:
                 for i in range(args.agents):
                     # One after the other: raylets starting at once on busy cores can miss Ray's start limit.
                     grid.start_agent(f"load-{i}", cpus=1)
-                    grid.wait_agents(client, i + 1)
+                    grid.wait_agents(operator, i + 1)
+            names = [f"hospital-{i:02d}" for i in range(args.hospitals)]
+            grid.add_hospitals(names)
             figures["grid_start_s"] = round(time.perf_counter() - started, 3)
             sampler = RssSampler(grid.master.pid)
-            figures["master_rss_start_mb"] = round(sampler.rss_mb(), 1)
-            say(f"grid up in {figures['grid_start_s']:.1f} s; {args.hospitals} hospitals start together ...")
+            say(f"grid up in {figures['grid_start_s']:.1f} s; {args.hospitals} hospitals (tenants) start together"
+                + (f" for a {soak_minutes} min soak" if soak_minutes else "") + " ...")
             sampler.start()
             try:
-                runs, wave_s = wave(lambda i: Client(address), cts, args)
+                soak = Soak(soak_minutes, args.soak_in_flight, args.soak_max_jobs) if soak_minutes else None
+                wave_runs, wave_s = wave(lambda i: grid.hospital_client(names[i]), specs, args, soak)
+                runs.extend(wave_runs)
             finally:
                 sampler.stop()
             figures.update(summarize(runs, wave_s))
-            figures["master_rss_peak_mb"] = round(max(sampler.samples, default=0.0), 1)
-            figures["master_rss_samples"] = len(sampler.samples)
+            figures["master_rss"] = rss_figures(sampler.samples)
+            figures["goals"] = goals(figures, soak is not None)
+            rss = figures["master_rss"]
             say(f"{figures['jobs_succeeded']}/{figures['jobs_total']} jobs succeeded in {wave_s:.1f} s "
                 f"({figures['jobs_per_min']} jobs/min); events in order for {figures['events_in_order']}; "
-                f"upload {figures['upload_mb_per_s']} MB/s; master RSS {figures['master_rss_start_mb']} -> peak "
-                f"{figures['master_rss_peak_mb']} MiB")
-            if figures["jobs_succeeded"] != len(runs) or figures["events_in_order"] != len(runs):
+                f"first event p99 {figures.get('first_event_p99_ms')} ms; master RSS {rss.get('start_mb')} -> "
+                f"{rss.get('end_mb')} MiB (max {rss.get('max_mb')}, growth {rss.get('growth_mb')}); "
+                f"goals {figures['goals']}")
+            if figures["jobs_succeeded"] != figures["jobs_total"] or figures["events_in_order"] != figures["jobs_total"]:
                 raise RuntimeError(f"not every job finished with every event in order: {figures.get('errors')}")
     figures["load_avg_end"] = _load()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hospitals", type=int, default=20, help="simulated hospitals working at once")
+    parser.add_argument("--hospitals", type=int, default=50, help="simulated hospitals (tenants) working at once")
+    parser.add_argument("--big", type=int, default=2, help="hospitals contouring a full-size CT")
+    parser.add_argument("--plans", type=int, default=3, help="hospitals submitting a plan job")
+    parser.add_argument("--devices-jobs", type=int, default=2, help="hospitals submitting a full job with devices")
     parser.add_argument("--agents", type=int, default=2, help="agent processes of one CPU each")
-    parser.add_argument("--slices", type=int, default=16, help="slices of each hospital's phantom CT")
-    parser.add_argument("--size", type=int, default=128, help="rows and columns of each phantom CT")
-    parser.add_argument("--job-timeout", type=float, default=600.0, help="seconds allowed per job's watch")
-    parser.add_argument("--wave-timeout", type=float, default=900.0, help="seconds allowed for all hospitals")
+    parser.add_argument("--slices", type=int, default=16, help="slices of each small phantom CT")
+    parser.add_argument("--size", type=int, default=128, help="rows and columns of each small phantom CT")
+    parser.add_argument("--big-slices", type=int, default=100, help="slices of the full-size (512 x 512) CT")
+    parser.add_argument("--soak", type=float, default=None, metavar="MINUTES",
+                        help="keep a stream of jobs going for this many minutes instead of one wave")
+    parser.add_argument("--soak-in-flight", type=int, default=6, help="most soak jobs queued or running at once")
+    parser.add_argument("--soak-max-jobs", type=int, default=2000, help="most soak jobs in all")
+    parser.add_argument("--job-timeout", type=float, default=420.0, help="seconds allowed per job's watch")
+    parser.add_argument("--wave-timeout", type=float, default=540.0,
+                        help="seconds allowed for all hospitals (a soak adds its minutes)")
     parser.add_argument("--head-object-store-mb", type=int, default=512,
                         help="object store of the Ray head, where the master puts shard arguments (MiB)")
-    return run_benchmark("load", run, parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if args.soak:
+        args.wave_timeout += args.soak * 60
+    return run_benchmark("load", run, args)
 
 
 if __name__ == "__main__":
