@@ -28,7 +28,8 @@ from .ids import new_id, now_ms
 from .jobs.base import JobContext, VolumeCache
 from .jobs.registry import get_kind
 from .metrics import MasterMetrics
-from .ray_pool import RayPool, ShardTaskError
+from .ray_pool import ShardTaskError
+from .shard_runner import ShardRunner
 from .store.base import Store
 from .store.records import (
     ALIVE,
@@ -99,7 +100,7 @@ class _Running:
 class Scheduler:
     """Owns job and shard state transitions; one per master."""
 
-    def __init__(self, store: Store, blobs: BlobStore, events: EventBus, pool: RayPool, config: MasterConfig,
+    def __init__(self, store: Store, blobs: BlobStore, events: EventBus, pool: ShardRunner, config: MasterConfig,
                  metrics: MasterMetrics | None = None) -> None:
         self.store = store
         self.metrics = metrics or MasterMetrics()
@@ -111,6 +112,7 @@ class Scheduler:
         self._avoid: dict[str, str] = {}  # shard id -> agent it last failed on
         self._stage_started: dict[tuple[str, str], float] = {}
         self._wake = asyncio.Event()
+        self._event_loop = asyncio.get_running_loop()  # made on the server's loop
         self._loop_task: asyncio.Task | None = None
         self._volumes = VolumeCache(blobs)
         self._last_placed: dict[str, float] = {}  # agent id -> when it last got a shard
@@ -135,7 +137,15 @@ class Scheduler:
         await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
 
     def wake(self) -> None:
-        self._wake.set()
+        """Place shards now, not at the next tick (callable from any thread: submit runs in one)."""
+        try:
+            on_loop = asyncio.get_running_loop() is self._event_loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._wake.set()
+        else:
+            self._event_loop.call_soon_threadsafe(self._wake.set)
 
     async def _loop(self) -> None:
         while True:
@@ -266,12 +276,16 @@ class Scheduler:
             if not any(n > 0 for n in free.values()):
                 return
             job = jobs.get(shard.job_id) or jobs.setdefault(shard.job_id, self._job(shard.job_id))
-            candidates = eligible_agents(free, live, get_kind(job.kind).wants_gpu(job, shard))
+            wants_gpu = get_kind(job.kind).wants_gpu(job, shard)
+            candidates = eligible_agents(free, live, wants_gpu)
             if not candidates:
                 continue  # it waits for a GPU agent's slot; other shards may still go elsewhere
             avoid = self._avoid.get(shard.shard_id)
-            if avoid in candidates and len(candidates) > 1:
-                del candidates[avoid]
+            if avoid in candidates:
+                if len(candidates) > 1:
+                    del candidates[avoid]
+                elif len(eligible_agents(dict.fromkeys(free, 1), live, wants_gpu)) > 1:
+                    continue  # another agent will free a slot: a retry does not go back where it failed
             # Most free slots first; among equals the one idle longest, so every agent stays warm.
             agent_id = max(candidates, key=lambda a: (candidates[a], -self._last_placed.get(a, 0.0), a))
             self._last_placed[agent_id] = time.monotonic()
