@@ -65,15 +65,20 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
         case = self._own_case(case_id)
         return case_to_proto(case, self.store.list_series(case_id), self.store.list_files(case_id))
 
+    # Store and blob calls run in threads (contextvars, and so the caller's identity, go along):
+    # a commit waiting on the disk must not stall every other call on the event loop.
     @unary
     async def CreateCase(self, request, context):
-        return self._case_proto(intake.create_case(self.intake, request.label, current_principal().name).case_id)
+        return await asyncio.to_thread(
+            lambda: self._case_proto(intake.create_case(self.intake, request.label, current_principal().name).case_id))
 
     @unary
     async def StartUpload(self, request, context):
-        self._own_case(request.case_id)
-        upload = intake.start_upload(self.intake, request.case_id, request.file_name, request.size_bytes, request.sha256)
-        return self._status(upload)
+        def start():
+            self._own_case(request.case_id)
+            return self._status(intake.start_upload(self.intake, request.case_id, request.file_name,
+                                                    request.size_bytes, request.sha256))
+        return await asyncio.to_thread(start)
 
     def _status(self, upload) -> hospital_pb2.UploadStatus:
         return hospital_pb2.UploadStatus(
@@ -100,7 +105,7 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
         upload = None
         async for chunk in self._chunks(request_iterator):
             if upload is None or upload.upload_id != chunk.upload_id:
-                upload = self._own_upload(chunk.upload_id)
+                upload = await asyncio.to_thread(self._own_upload, chunk.upload_id)
             upload = await asyncio.to_thread(
                 intake.write_chunk, self.intake, upload, chunk.offset, chunk.data, chunk.crc32
             )
@@ -111,7 +116,7 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def FinishUpload(self, request, context):
-        self._own_upload(request.upload_id)
+        await asyncio.to_thread(self._own_upload, request.upload_id)
         record = await asyncio.to_thread(intake.finish_upload, self.intake, request.upload_id)
         return hospital_pb2.UploadedFile(
             file_id=record.file_id, case_id=record.case_id, file_name=record.file_name, modality=record.modality,
@@ -121,26 +126,27 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def CommitCase(self, request, context):
-        self._own_case(request.case_id)
+        await asyncio.to_thread(self._own_case, request.case_id)
         await asyncio.to_thread(intake.commit_case, self.intake, request.case_id)
-        return self._case_proto(request.case_id)
+        return await asyncio.to_thread(self._case_proto, request.case_id)
 
     @unary
     async def DeleteCase(self, request, context):
-        proto = self._case_proto(request.case_id)
+        proto = await asyncio.to_thread(self._case_proto, request.case_id)
         await asyncio.to_thread(intake.delete_case, self.intake, request.case_id)
         return proto
 
     @unary
     async def GetCase(self, request, context):
-        return self._case_proto(request.case_id)
+        return await asyncio.to_thread(self._case_proto, request.case_id)
 
     @unary
     async def ListCases(self, request, context):
         if request.limit < 0:
             raise InvalidArgument(f"limit must not be negative, got {request.limit}")
         hospital = current_principal().name
-        cases, token = paginate(
+        cases, token = await asyncio.to_thread(
+            paginate,
             lambda after, n: self.store.list_cases(hospital, n, after),
             lambda c: case_to_proto(c, self.store.list_series(c.case_id), self.store.list_files(c.case_id)),
             lambda c: c.case_id, request.page_token, request.limit or DEFAULT_CASE_PAGE, self.page_bytes,
@@ -154,16 +160,15 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def SubmitJob(self, request, context):
-        self._own_case(request.case_id)
-        if request.params.get("contours_job"):
-            self._get_job(request.params["contours_job"])  # contours of another hospital's job: not found
         hospital = current_principal().name
         # Keys are per hospital: one hospital's key never finds another's job.
         key = f"{hospital}/{request.idempotency_key}" if request.idempotency_key else ""
-        job = await asyncio.to_thread(self._submit, hospital, request, key)
-        return self._job_proto(job)
+        return await asyncio.to_thread(lambda: self._job_proto(self._submit(hospital, request, key)))
 
     def _submit(self, hospital: str, request, key: str) -> JobRecord:
+        self._own_case(request.case_id)
+        if request.params.get("contours_job"):
+            self._get_job(request.params["contours_job"])  # contours of another hospital's job: not found
         with self._submit_locks.setdefault(hospital, threading.Lock()):
             existing = self.store.find_job_by_key(key) if key else None
             if existing is not None:
@@ -179,47 +184,58 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def GetJob(self, request, context):
-        return self._job_proto(self._get_job(request.job_id))
+        return await asyncio.to_thread(lambda: self._job_proto(self._get_job(request.job_id)))
 
     @stream
     async def WatchJob(self, request, context):
-        self._get_job(request.job_id)
+        await asyncio.to_thread(self._get_job, request.job_id)
         seq = request.after_seq
         while True:
-            for event in self.store.events_after(request.job_id, seq):
+            for event in await asyncio.to_thread(self.store.events_after, request.job_id, seq):
                 seq = event.seq
                 yield event_to_proto(event)
-            job = self._get_job(request.job_id)
-            if job.state in TERMINAL_JOB_STATES and not self.store.events_after(request.job_id, seq, limit=1):
+            if await asyncio.to_thread(self._watch_ended, request.job_id, seq):
                 return
             await self.events.wait(request.job_id, WATCH_POLL_S)
 
+    def _watch_ended(self, job_id: str, seq: int) -> bool:
+        """The job has ended and its watcher has seen every event."""
+        return self._get_job(job_id).state in TERMINAL_JOB_STATES and not self.store.events_after(job_id, seq, limit=1)
+
     @unary
     async def CancelJob(self, request, context):
-        self._get_job(request.job_id)
-        return self._job_proto(self.scheduler.cancel(request.job_id))
+        await asyncio.to_thread(self._get_job, request.job_id)
+        return self._job_proto(self.scheduler.cancel(request.job_id))  # on the loop: it cancels shard tasks
 
     @unary
     async def ListArtifacts(self, request, context):
-        self._get_job(request.job_id)
-        key = lambda a: a.artifact_id  # noqa: E731
-        artifacts, token = paginate(
-            listed(self.store.list_artifacts(request.job_id), key), artifact_to_proto, key, request.page_token,
-            page_limit(request.limit, DEFAULT_ARTIFACT_PAGE), self.page_bytes,
-        )
+        def page():
+            self._get_job(request.job_id)
+            key = lambda a: a.artifact_id  # noqa: E731
+            return paginate(
+                listed(self.store.list_artifacts(request.job_id), key), artifact_to_proto, key, request.page_token,
+                page_limit(request.limit, DEFAULT_ARTIFACT_PAGE), self.page_bytes,
+            )
+        artifacts, token = await asyncio.to_thread(page)
         return hospital_pb2.ListArtifactsResponse(artifacts=artifacts, next_page_token=token)
 
-    @stream
-    async def DownloadArtifact(self, request, context):
-        artifact = self.store.get_artifact(request.artifact_id)
+    def _own_artifact(self, artifact_id: str):
+        artifact = self.store.get_artifact(artifact_id)
         try:
             if artifact is None:
                 raise NotFound("")
             self._get_job(artifact.job_id)
         except NotFound:
-            raise NotFound(f"no artifact {request.artifact_id!r}") from None
+            raise NotFound(f"no artifact {artifact_id!r}") from None
+        return artifact
+
+    @stream
+    async def DownloadArtifact(self, request, context):
+        artifact = await asyncio.to_thread(self._own_artifact, request.artifact_id)
         if not 0 <= request.offset <= artifact.size_bytes:
             raise InvalidArgument(f"offset {request.offset} is outside the artifact's {artifact.size_bytes} bytes")
-        for offset, data in self.blobs.iter_chunks(artifact.sha256, request.offset, DOWNLOAD_CHUNK_BYTES):
+        chunks = self.blobs.iter_chunks(artifact.sha256, request.offset, DOWNLOAD_CHUNK_BYTES)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            offset, data = chunk
             yield common_pb2.DataChunk(offset=offset, data=data)
             self.scheduler.metrics.bytes_sent.labels("download").inc(len(data))
