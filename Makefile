@@ -47,7 +47,7 @@ bench-seg: install
 	$(PY) -m bench.seg
 
 # Retrain the built-in head-and-neck model from ../shared/data/openkbp (fixed seed, fixed budget:
-# a U-Net for 10,000 iterations, then a warm restart of 7,500 from its weights; about 1.5 h niced on
+# a U-Net for 10,000 iterations, then a warm restart of 5,000 from its weights; about 1.5 h niced on
 # 2 shared CPU cores), score it on the 33 validation patients, and compare with the shipped card
 # (exit 1 when a DSC differs by more than 0.02). The restart's configuration reads the first run's
 # package from build/model-hn/unet. model-hn-deeplab trains the DeepLabv3+ of the comparison.
