@@ -29,6 +29,8 @@ from rtgrid.protos.v1 import (
     hospital_pb2_grpc,
 )
 
+from .enums import enum_name, enum_value
+
 if TYPE_CHECKING:  # pydicom loads only when a hospital pseudonymizes
     from .pseudonym import Pseudonymizer
 
@@ -75,8 +77,8 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def state_name(state: int) -> str:
-    """``JOB_STATE_SUCCEEDED`` → ``succeeded``."""
-    return common_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+    """``JOB_STATE_SUCCEEDED`` → ``succeeded`` (see :func:`.enums.enum_name`)."""
+    return enum_name(common_pb2.JobState, state)
 
 
 class MasterUnreachable(ConnectionError):
@@ -274,19 +276,40 @@ class Client:
                 copies, pseudonym = pseudonymizer.pseudonymize(files, Path(tmp))
                 return self.upload_folder(*copies, label=label or pseudonym, chunk_bytes=chunk_bytes,
                                           progress=progress)
-        label = label or Path(paths[0]).name
-        case = self.call(self.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label=label))
+        case = self.create_case(label or Path(paths[0]).name)
         try:
             uploaded = [self.upload_file(case.case_id, path, chunk_bytes, progress) for path in files]
-            case = self.call(self.hospital.CommitCase, hospital_pb2.CommitCaseRequest(case_id=case.case_id))
+            case = self.commit_case(case.case_id)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:  # a failed commit already removed it
                 try:
-                    self.call(self.hospital.DeleteCase, hospital_pb2.DeleteCaseRequest(case_id=case.case_id))
+                    self.delete_case(case.case_id)
                 except grpc.RpcError:
                     pass
             raise
         return UploadResult(case, uploaded)
+
+    def create_case(self, label: str = "") -> common_pb2.Case:
+        """A new, open case to upload files into (see :meth:`upload_file`, :meth:`commit_case`)."""
+        return self.call(self.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label=label))
+
+    def commit_case(self, case_id: str) -> common_pb2.Case:
+        """Close a case's upload: the master groups and validates its series.
+
+        Raises
+        ------
+        grpc.RpcError
+            With the master's reason when the series is rejected (the case is then removed).
+        """
+        return self.call(self.hospital.CommitCase, hospital_pb2.CommitCaseRequest(case_id=case_id))
+
+    def delete_case(self, case_id: str) -> common_pb2.Case:
+        """Delete a case and its files."""
+        return self.call(self.hospital.DeleteCase, hospital_pb2.DeleteCaseRequest(case_id=case_id))
+
+    def case(self, case_id: str) -> common_pb2.Case:
+        """One case, with its series."""
+        return self.call(self.hospital.GetCase, hospital_pb2.GetCaseRequest(case_id=case_id))
 
     def upload_file(self, case_id: str, path: Path, chunk_bytes: int | None = None,
                     progress: Callable[[Path, int], None] | None = None) -> hospital_pb2.UploadedFile:
@@ -460,6 +483,41 @@ class Client:
             with attempt:
                 return self.admin.RegisterModel(messages(), timeout=RPC_TIMEOUT_S * 10)
         raise AssertionError("unreachable")
+
+    def cancel_any_job(self, job_id: str) -> common_pb2.Job:
+        """Cancel any hospital's job (the operator's cancel; a hospital uses :meth:`cancel`)."""
+        return self.call(self.admin.CancelJob, admin_pb2.AdminCancelJobRequest(job_id=job_id))
+
+    def set_priority(self, job_id: str, priority: int) -> common_pb2.Job:
+        """Change a job's priority (higher runs first)."""
+        return self.call(self.admin.SetJobPriority, admin_pb2.SetJobPriorityRequest(job_id=job_id, priority=priority))
+
+    def drain_agent(self, agent_id: str) -> common_pb2.Agent:
+        """Drain an agent: it finishes its running shards, takes no new ones, then leaves."""
+        return self.call(self.admin.DrainAgent, admin_pb2.DrainAgentRequest(agent_id=agent_id))
+
+    def set_device(self, device_id: str, status: str | None = None, queue_length: int = -1, hospital: str = "",
+                   model_id: str = "") -> common_pb2.Device:
+        """Add a treatment machine, or set its status and queue length.
+
+        Parameters
+        ----------
+        status : str | None
+            ``available``, ``busy`` or ``down``; None leaves it as it is.
+        queue_length : int
+            Treatments waiting on the device; -1 leaves it as it is.
+        hospital, model_id : str
+            The device's hospital and catalog model, when adding it.
+
+        Raises
+        ------
+        ValueError
+            For a status that is none of those, before anything is sent.
+        """
+        value = enum_value(common_pb2.DeviceStatus, status) if status is not None else 0
+        request = admin_pb2.SetDeviceRequest(device_id=device_id, hospital=hospital, model_id=model_id, status=value,
+                                             queue_length=queue_length)
+        return self.call(self.admin.SetDevice, request)
 
     def cluster_status(self) -> admin_pb2.ClusterStatus:
         return self.call(self.admin.GetClusterStatus, admin_pb2.ClusterStatusRequest())

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import typer
 
-from rtgrid.protos.v1 import common_pb2
-
-from ..sdk import state_name
 from .connect import client as _client
 from .output import Format, as_dict, emit, rpc_errors
 
@@ -17,13 +15,25 @@ admin_app = typer.Typer(help="Operate the grid: agents, jobs, shards, priorities
 TargetOption = typer.Option(None, "--target", envvar="RTGRID_TARGET", help="Master HOST:PORT.")
 FormatOption = typer.Option(Format.text, "--format", help="text or json (one object per line).")
 
+if TYPE_CHECKING:  # the protos load when a command runs, not for --help
+    from rtgrid.protos.v1 import common_pb2
+
+
+def _name(enum: str, value: int) -> str:
+    """The short name of a value of the protos' enum ``enum`` (e.g. ``AgentState``)."""
+    from rtgrid.protos.v1 import common_pb2
+
+    from ..enums import enum_name
+
+    return enum_name(getattr(common_pb2, enum), value)
+
 
 def _agent_state(value: int) -> str:
-    return common_pb2.AgentState.Name(value).removeprefix("AGENT_STATE_").lower()
+    return _name("AgentState", value)
 
 
-def _job_line(job: common_pb2.Job) -> str:
-    return f"{job.job_id}  {job.kind:<8} {state_name(job.state):<10} prio={job.priority:<4} " \
+def _job_line(job: "common_pb2.Job") -> str:
+    return f"{job.job_id}  {job.kind:<8} {_name('JobState', job.state):<10} prio={job.priority:<4} " \
            f"{job.stage}:{job.shards_done}/{job.shards_total}  {job.error}"
 
 
@@ -46,7 +56,7 @@ def jobs(limit: int = typer.Option(100, help="At most this many, newest first (0
     """List jobs, newest first."""
     with _client(target) as client:
         for job in _wrap(client.jobs)(limit):
-            emit(fmt, {**as_dict(job), "state": state_name(job.state)}, _job_line(job))
+            emit(fmt, {**as_dict(job), "state": _name("JobState", job.state)}, _job_line(job))
 
 
 @admin_app.command()
@@ -54,7 +64,7 @@ def shards(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) 
     """List the shards of a job (stage, agent, attempts)."""
     with _client(target) as client:
         for s in _wrap(client.shards)(job_id):
-            state = common_pb2.ShardState.Name(s.state).removeprefix("SHARD_STATE_").lower()
+            state = _name("ShardState", s.state)
             emit(fmt, {**as_dict(s), "state": state},
                  f"{s.shard_id}  {s.stage}#{s.index:<3} {state:<10} agent={s.agent_id or '-'} attempts={s.attempts} {s.error}")
 
@@ -62,30 +72,24 @@ def shards(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) 
 @admin_app.command()
 def cancel(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
     """Cancel a job."""
-    from rtgrid.protos.v1 import admin_pb2
-
     with _client(target) as client:
-        job = _wrap(client.call)(client.admin.CancelJob, admin_pb2.AdminCancelJobRequest(job_id=job_id))
-    emit(fmt, {"job_id": job.job_id, "state": state_name(job.state)}, _job_line(job))
+        job = _wrap(client.cancel_any_job)(job_id)
+    emit(fmt, {"job_id": job.job_id, "state": _name("JobState", job.state)}, _job_line(job))
 
 
 @admin_app.command()
 def priority(job_id: str, value: int, target: str = TargetOption, fmt: Format = FormatOption) -> None:
     """Change a job's priority (higher runs first)."""
-    from rtgrid.protos.v1 import admin_pb2
-
     with _client(target) as client:
-        job = _wrap(client.call)(client.admin.SetJobPriority, admin_pb2.SetJobPriorityRequest(job_id=job_id, priority=value))
+        job = _wrap(client.set_priority)(job_id, value)
     emit(fmt, {"job_id": job.job_id, "priority": job.priority}, _job_line(job))
 
 
 @admin_app.command()
 def drain(agent_id: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
     """Drain an agent: it finishes running shards, takes no new ones, then leaves."""
-    from rtgrid.protos.v1 import admin_pb2
-
     with _client(target) as client:
-        agent = _wrap(client.call)(client.admin.DrainAgent, admin_pb2.DrainAgentRequest(agent_id=agent_id))
+        agent = _wrap(client.drain_agent)(agent_id)
     emit(fmt, {"agent_id": agent.agent_id, "state": _agent_state(agent.state)}, f"{agent.agent_id} {_agent_state(agent.state)}")
 
 
@@ -104,11 +108,10 @@ def status(target: str = TargetOption, fmt: Format = FormatOption) -> None:
 devices_app = typer.Typer(help="The device catalog and the registry of treatment machines.", invoke_without_command=True)
 admin_app.add_typer(devices_app, name="devices")
 
-_STATUS = {"available": 1, "busy": 2, "down": 3}
 
 
 def _device_status(value: int) -> str:
-    return common_pb2.DeviceStatus.Name(value).removeprefix("DEVICE_STATUS_").lower()
+    return _name("DeviceStatus", value)
 
 
 @devices_app.callback()
@@ -138,14 +141,17 @@ def devices_set(
     fmt: Format = FormatOption,
 ) -> None:
     """Add a device, or set its status and queue length."""
-    from rtgrid.protos.v1 import admin_pb2
+    from rtgrid.protos.v1 import common_pb2
 
-    if status is not None and status not in _STATUS:
-        raise typer.BadParameter(f"{status!r}: available, busy or down", param_hint="--status")
-    request = admin_pb2.SetDeviceRequest(device_id=device_id, hospital=hospital, model_id=model,
-                                         status=_STATUS.get(status or "", 0), queue_length=queue)
+    from ..enums import enum_value
+
+    if status is not None:
+        try:  # told before the master is asked anything
+            enum_value(common_pb2.DeviceStatus, status)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--status") from None
     with _client(target) as client:
-        d = _wrap(client.call)(client.admin.SetDevice, request)
+        d = _wrap(client.set_device)(device_id, status, queue, hospital, model)
     emit(fmt, {**as_dict(d), "status": _device_status(d.status)},
          f"{d.device_id} {_device_status(d.status)} queue={d.queue_length}")
 
@@ -154,7 +160,7 @@ models_app = typer.Typer(help="The registry of segmentation models.", invoke_wit
 admin_app.add_typer(models_app, name="models")
 
 
-def _model_record(m: common_pb2.ModelInfo) -> dict:
+def _model_record(m: "common_pb2.ModelInfo") -> dict:
     import json
 
     return {"name": m.name, "version": m.version, "sha256": m.sha256, "architecture": m.architecture,
@@ -162,7 +168,7 @@ def _model_record(m: common_pb2.ModelInfo) -> dict:
             "registered_ms": m.registered_ms}
 
 
-def _model_line(m: common_pb2.ModelInfo) -> str:
+def _model_line(m: "common_pb2.ModelInfo") -> str:
     import json
 
     metrics = json.loads(m.metrics_json or "{}")

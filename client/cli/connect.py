@@ -11,12 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import typer
 
-from ..sdk import CONNECT_TIMEOUT_S, Client, MasterUnreachable
 from .output import EXIT_UNREACHABLE, fail
+
+if TYPE_CHECKING:
+    from ..sdk import Client
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -62,12 +65,14 @@ def connection_options(
         setattr(_given, f.name, locals()[f.name])
 
 
-def client(target: str | None) -> Client:
+def client(target: str | None) -> "Client":
     """A client for ``target`` with the connection options given on the command line, connected.
 
     An unreachable master ends the command within ``CONNECT_TIMEOUT_S`` with one line and exit
     code 4; once connected, transient drops (a master restarting mid-job) are retried by the SDK.
     """
+    from ..sdk import CONNECT_TIMEOUT_S, Client, MasterUnreachable  # grpc loads only when a command runs
+
     made = Client(target or DEFAULT_TARGET, ca=_given.ca, token=_given.token, cert=_given.cert, key=_given.key,
                   admin_target=_given.admin_target)
     # `rtgrid admin ...` talks on the admin channel (the master's internal port).

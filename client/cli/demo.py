@@ -18,11 +18,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from ..sdk import Client
+from .follow import follow
 from .output import Format, emit
+from .plugins import require_server
+
+if TYPE_CHECKING:
+    from ..sdk import Client
 
 GRID_START_TIMEOUT_S = 180.0
 # The three least congested linacs of the registry (the embedded grid seeds one per catalog model).
@@ -55,9 +60,11 @@ def _start_grid(work: Path) -> tuple[subprocess.Popen, dict[str, str], dict[str,
     raise RuntimeError("the embedded grid did not start (see its log above)")
 
 
-def _wait_for_agent(client: Client, timeout_s: float = GRID_START_TIMEOUT_S) -> None:
+def _wait_for_agent(client: "Client", timeout_s: float = GRID_START_TIMEOUT_S) -> None:
+    from rtgrid.protos.v1 import common_pb2
+
     deadline = time.monotonic() + timeout_s
-    while not any(a.state == 1 for a in client.agents()):
+    while not any(a.state == common_pb2.AGENT_STATE_ALIVE for a in client.agents()):
         if time.monotonic() > deadline:
             raise RuntimeError("no agent joined the embedded grid")
         time.sleep(0.5)
@@ -70,7 +77,8 @@ def demo_command(
     fmt: Format = typer.Option(Format.text, "--format", help="text or json."),
 ) -> None:
     """Generate a phantom patient, start the embedded grid, upload, contour and plan, watch, fetch."""
-    from .main import follow
+    require_server("demo")  # it starts the grid here: one line, not a traceback, on a thin install
+    from ..sdk import Client
 
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)

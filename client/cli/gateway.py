@@ -19,7 +19,6 @@ from pathlib import Path
 
 import typer
 
-from ..sdk import Client
 from .connect import DEFAULT_TARGET, _given
 from .output import fail
 
@@ -62,10 +61,15 @@ def gateway_command(
 ) -> None:
     """Run the hospital's DICOM node: receive series by C-STORE, run them on the grid, push results back."""
     # pydicom and pynetdicom load only for this command, not for every `rtgrid` call.
-    from ..gateway.dicomnet import Destination, StoreServer
-    from ..gateway.rules import RulesError, load_rules, make_rule
+    try:
+        from ..gateway.dicomnet import Destination, StoreServer
+        from ..gateway.rules import RulesError, load_rules, make_rule
+    except ModuleNotFoundError as exc:  # the thin install leaves the gateway's packages out
+        fail(f"`rtgrid gateway` needs the DICOM gateway's packages (no module {exc.name!r}): "
+             "pip install 'rtgrid[gateway]'", EXIT_BAD_CONFIG)
     from ..gateway.service import SDK_ATTEMPTS, Gateway
     from ..gateway.spool import Spool
+    from ..sdk import Client
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per association is noise here

@@ -12,20 +12,22 @@ import base64
 import json
 import os
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from rtgrid.protos.v1 import common_pb2
-
-from ..sdk import Client, files_to_send, state_name
+from . import plugins
 from .admin import admin_app
 from .connect import client as _client
 from .connect import connection_options
 from .demo import demo_command
+from .follow import follow
 from .gateway import gateway_command
 from .output import EXIT_JOB_FAILED, Format, as_dict, emit, fail, rpc_errors
+
+if TYPE_CHECKING:  # grpc and the protos load when a command runs, not for --help
+    from ..sdk import Client
 
 
 app = typer.Typer(help="rtgrid: cloud radiotherapy planning grid.", no_args_is_help=True, add_completion=False,
@@ -65,6 +67,8 @@ def upload(
     With --pseudonymize the grid gets pseudonymized copies; the mapping stays in --pseudonym-map.
     A progress bar by bytes goes to stderr (not with --format json).
     """
+    from ..sdk import files_to_send
+
     files_to_send(paths)  # local problems are told before the master is asked anything
     pseudonymizer = _pseudonymizer(pseudonym_map, shift_dates) if pseudonymize else None
     with _client(target) as client:
@@ -78,7 +82,7 @@ def upload(
          case.case_id)
 
 
-def _upload_with_progress(client: Client, paths: list[Path], label: str, pseudonymizer) -> object:
+def _upload_with_progress(client: "Client", paths: list[Path], label: str, pseudonymizer) -> object:
     """``upload_folder`` with a rich progress bar by bytes on stderr."""
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
@@ -144,6 +148,8 @@ def submit(
         params["order"] = order.read_text()
     if assist is not None:
         params["assist"] = assist_param(assist)
+    from ..sdk import state_name
+
     with _client(target) as client:
         job = client.submit(case_id, kind, params, priority, idempotency_key)
     emit(fmt, {"job_id": job.job_id, "case_id": job.case_id, "kind": job.kind, "state": state_name(job.state)},
@@ -160,31 +166,6 @@ def assist_param(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise typer.BadParameter(f"{path} is neither a DICOM RTSTRUCT nor JSON text", param_hint="--assist") from None
-
-
-def follow(client: Client, job_id: str, fmt: Format) -> int:
-    """Print a job's events until it ends; returns the exit code for its final state."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    final = common_pb2.JOB_STATE_UNSPECIFIED
-    if fmt == Format.json:
-        for event in client.watch(job_id):
-            emit(fmt, as_dict(event), "")
-            final = event.state
-    else:
-        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                   TimeRemainingColumn())
-        with Progress(*columns, transient=False) as progress:
-            bars: dict[str, int] = {}
-            for event in client.watch(job_id):
-                final = event.state
-                if event.type == common_pb2.EVENT_TYPE_PROGRESS and event.shards_total:
-                    if event.stage not in bars:
-                        bars[event.stage] = progress.add_task(event.stage, total=event.shards_total)
-                    progress.update(bars[event.stage], completed=event.shards_done, total=event.shards_total)
-                elif event.type != common_pb2.EVENT_TYPE_PROGRESS:
-                    progress.console.print(f"[{state_name(event.state)}] {event.stage}: {event.message}")
-    return 0 if final == common_pb2.JOB_STATE_SUCCEEDED else EXIT_JOB_FAILED
 
 
 @app.command()
@@ -238,6 +219,8 @@ def cases(target: str = TargetOption, fmt: Format = FormatOption) -> None:
 @rpc_errors
 def job(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
     """Show a job: kind, state, stage, shards done/total, error."""
+    from ..sdk import state_name
+
     with _client(target) as client:
         found = client.job(job_id)
     record = as_dict(found)
@@ -250,6 +233,8 @@ def job(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) -> 
 @rpc_errors
 def cancel(job_id: str, target: str = TargetOption, fmt: Format = FormatOption) -> None:
     """Cancel one of the hospital's jobs (queued or running); prints its state."""
+    from ..sdk import state_name
+
     with _client(target) as client:
         cancelled = client.cancel(job_id)
     emit(fmt, {"job_id": cancelled.job_id, "state": state_name(cancelled.state)},
@@ -273,27 +258,11 @@ def _command_name(argv: list[str]) -> str | None:
     return None
 
 
-def _register_plugins(only: str | None = None) -> None:
-    """Server-side commands (``up``, ``agent``, ``phantom``) installed with the master and agent.
-
-    Loading them imports the agent (torch, Ray: seconds), so a client command loads none and a
-    server command only its own; ``--help`` loads them all to list them.
-    """
-    for ep in entry_points(group="rtgrid.commands"):
-        if only is not None and ep.name != only:
-            continue
-        try:
-            app.command(ep.name)(ep.load())
-        except ImportError:  # a thin SDK install has no server parts
-            continue
-
-
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     name = _command_name(sys.argv[1:])
     if name is None and "--version" not in sys.argv[1:]:
-        _register_plugins()  # help lists every command
-    elif name in {ep.name for ep in entry_points(group="rtgrid.commands")}:
-        _register_plugins(only=name)
+        plugins.list_for_help(app)  # help lists every command, loading none
+    elif name in plugins.server_commands():
+        plugins.register(app, name)
     app()
-

@@ -8,11 +8,6 @@ import sys
 from enum import Enum
 from typing import Any
 
-import grpc
-from google.protobuf.json_format import MessageToDict
-
-from ..sdk import LocalFileError, UnsafeArtifactName
-
 
 EXIT_JOB_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_LOCAL = 1, 2, 3, 4, 5
 """Exit codes: the job failed or was cancelled; bad usage; the master refused the request; the
@@ -26,6 +21,8 @@ class Format(str, Enum):
 
 
 def as_dict(message) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict  # protobuf loads when a command runs, not for --help
+
     return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
@@ -43,6 +40,10 @@ def rpc_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        import grpc  # grpc and the SDK load when a command runs, not for --help
+
+        from ..sdk import LocalFileError, UnsafeArtifactName
+
         try:
             return func(*args, **kwargs)
         except grpc.RpcError as exc:
