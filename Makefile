@@ -7,7 +7,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_TMPDIR ?= /tmp/rtgrid-ray
 
-.PHONY: install tools proto test demo bench-grid bench-dose bench-seg bench-conversion bench-load bench-plan-hn clean model-hn model-hn-deeplab model-dose bench-predict
+.PHONY: install tools proto test demo bench-grid bench-dose bench-seg bench-conversion bench-load bench-plan-hn clean model-hn model-hn-deeplab model-dose bench-predict gpu-check
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,13 @@ bench-plan-hn: install
 bench-load: install
 	mkdir -p $(RAY_TMPDIR)
 	$(PY) -m bench.load
+
+# Every CUDA path against the CPU path (bench/gpu_check.py; about 5 minutes on one H100/H200).
+# cupy (the `gpu` extra) is installed only where nvidia-smi exists; without a CUDA device the
+# check prints 'no CUDA device' and exits 0.
+gpu-check: install
+	@if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q -e '.[gpu]' || echo "warning: could not install the gpu extra (cupy): the dij check will fail"; fi
+	$(PY) -m bench.gpu_check
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
