@@ -358,7 +358,7 @@ def check_seg_inference(device: str, sizes: Sizes, state: dict) -> dict:
             from rtgrid.engines.segmentation.deep.phantom_model import train_phantom_model
 
             package = train_phantom_model(tmp, device=device).package_dir
-            phantom = make_phantom((sizes.seg_slices or 64, 256, 256))
+            phantom = make_phantom((max(sizes.seg_slices, 4) if sizes.seg_slices else 64, 256, 256))  # 4 slices at least
             hu, spacing, source = phantom.ct.voxels, phantom.ct.spacing_mm, "digital phantom"
         cpu = SegmentationRunner(package, device="cpu", batch_slices=16, precision="fp32")
         reference, cpu_s = timed(lambda: cpu.predict_slices(hu, spacing), "cpu")
@@ -400,7 +400,7 @@ def check_dose_prediction(device: str, sizes: Sizes, state: dict) -> dict:
     else:
         from rtgrid.engines.phantom.digital_patient import make_phantom
 
-        phantom = make_phantom((sizes.dose_slices or 64, 128, 128), (3.0, 3.0, 3.0))
+        phantom = make_phantom((max(sizes.dose_slices, 4) if sizes.dose_slices else 64, 128, 128), (3.0, 3.0, 3.0))
         body = phantom.labels["BODY"]
         inputs = build_inputs(phantom.ct.voxels, body, phantom.labels, [(60.0, phantom.labels["PTV"])])
         source = "digital phantom"
