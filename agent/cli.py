@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from rtgrid.engines.dose.parallel import ENGINE_THREADS_ENV
 from rtgrid.engines.logsetup import configure_logging
 
 from .daemon import DEFAULT_OBJECT_STORE_MB, Agent, AgentOptions
@@ -46,6 +47,9 @@ def agent_command(
     options = AgentOptions(master=master, cpus=cpus, slots=slots, node_ip=node_ip, object_store_mb=object_store_mb,
                            model_cache=model_cache, metrics_host=metrics_host, metrics_port=metrics_port,
                            ca=ca, cert=cert, key=key, **({"name": name} if name else {}))
+    # The dose engine's hot loops use the CPUs this agent offers: its shards (Ray workers started
+    # by this process) inherit the variable; an operator's own setting wins.
+    os.environ.setdefault(ENGINE_THREADS_ENV, str(max(1, cpus)))
     agent = Agent(options)
     signal.signal(signal.SIGTERM, agent.request_drain)
     signal.signal(signal.SIGINT, agent.request_drain)

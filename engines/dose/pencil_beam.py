@@ -9,7 +9,10 @@ voxel's projection (the list of bixels is made once per cell, so the stored pair
 matrix's nonzeros). The kernel is separable in ``X`` and ``Y``: per voxel, the 1-D overlaps of the
 nearby bixel columns and rows are computed once (erf at shared edges) and each stored entry is a
 sum over the kernel components of one product. No dense voxels x bixels array is ever made; the
-CPU path is numpy (with torch's vectorised erf), the GPU path the same code on cupy.
+CPU path is numpy (with torch's vectorised erf), the GPU path the same code on cupy. On the CPU
+the ray trace and the voxel blocks run on threads (:mod:`rtgrid.engines.dose.parallel`,
+``RTGRID_ENGINE_THREADS``); every block is computed as on one thread, so the results are bitwise
+the same for any thread count.
 
 Unit of the matrix: Gy per unit bixel weight, where weight 1 on every bixel of a 10 x 10 cm2
 open field at SSD 100 cm gives the machine's MU calibration (1 cGy = 0.01 Gy) at the calibration
@@ -29,6 +32,7 @@ import scipy.sparse as sp
 from rtgrid.engines.dose.beams import Beam, BixelGrid, beam_axes
 from rtgrid.engines.dose.kernel import component_amplitudes, component_sigmas_mm, open_field_axis_dose
 from rtgrid.engines.dose.machine import MachineModel
+from rtgrid.engines.dose.parallel import engine_threads, ordered_map
 from rtgrid.engines.dose.raytrace import BevDepthGrid, bev_radiological_depth, sample_depth
 from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
@@ -75,7 +79,8 @@ def _to_host(xp: ModuleType, a) -> np.ndarray:
 
 
 def compute_beam_dij(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels: BixelGrid, machine: MachineModel,
-                     *, device: str = "cpu", lateral_cutoff_mm: float | None = None) -> sp.csr_matrix:
+                     *, device: str = "cpu", lateral_cutoff_mm: float | None = None,
+                     workers: int | None = None) -> sp.csr_matrix:
     """Dose influence matrix of one beam.
 
     Parameters
@@ -99,6 +104,10 @@ def compute_beam_dij(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels:
         centre of the bixel-lattice cell holding the voxel's projection (so within the cutoff
         +- half a cell diagonal of the projection itself); ``None`` takes the machine's
         ``lateral_cutoff_mm``; ``float('inf')`` keeps every bixel (exact kernel).
+    workers
+        Threads for the ray trace and the voxel blocks (CPU only; the GPU path uses one);
+        ``None``: :func:`rtgrid.engines.dose.parallel.engine_threads`. The matrix is bitwise the
+        same for every count.
 
     Returns
     -------
@@ -111,17 +120,20 @@ def compute_beam_dij(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels:
     ------
     DoseEngineError
         Mask not on the grid, bixels of another beam, or an unavailable device.
+    EngineThreadsError
+        ``workers`` (or ``RTGRID_ENGINE_THREADS``) is not a positive integer.
     PatientPositionError
         Unsupported patient position.
     """
     xp, ndi, erf = _backend(device)
+    threads = _threads(xp, workers)
     cutoff = machine.lateral_cutoff_mm if lateral_cutoff_mm is None else float(lateral_cutoff_mm)
     if not cutoff > 0:
         raise DoseEngineError(f"lateral_cutoff_mm must be > 0, got {cutoff}")
     n_vox, n_bix = density.voxels.size, bixels.n_bixels
     b = bixels.bixel_mm
     # the cutoff is measured from the cell centre: voxels up to a cell further out can be reached
-    pts = _beam_points(density, dose_mask, beam, bixels, machine, xp, ndi, reach_mm=cutoff + b)
+    pts = _beam_points(density, dose_mask, beam, bixels, machine, xp, ndi, reach_mm=cutoff + b, workers=threads)
     if pts is None:
         return sp.csr_matrix((n_vox, n_bix), dtype=np.float32)
     # lattice cell of every voxel's projection; the bixels kept for a cell are those whose centres
@@ -154,14 +166,18 @@ def compute_beam_dij(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels:
     per_voxel_all = per_cell[cell_of_voxel]
     pairs_before = np.concatenate([[0], np.cumsum(per_voxel_all)])
 
-    data_parts, col_parts, count_parts = [], [], []
+    # blocks of voxels holding about BLOCK_ELEMENTS voxel-bixel pairs each, fixed before any runs so
+    # that every thread count computes the same blocks
+    blocks = []
     start = 0
     while start < pts.rows.size:
-        # a block of voxels holding about BLOCK_ELEMENTS voxel-bixel pairs
         stop = int(np.searchsorted(pairs_before, pairs_before[start] + BLOCK_ELEMENTS, side="right")) - 1
         stop = min(max(stop, start + 1), pts.rows.size)
-        sl = slice(start, stop)
+        blocks.append(slice(start, stop))
         start = stop
+
+    def block_entries(sl: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Values and columns of a block's voxel-bixel pairs (voxel-major, columns ascending)."""
         xb, yb, amp, inv = _block_kernel(pts, sl, machine, xp, ndi)
         nb = xb.size
         sx = xp.asarray(window_x[cell_of_voxel[sl]].astype(np.int32))
@@ -173,10 +189,9 @@ def compute_beam_dij(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels:
         n_comp = inv.shape[1]
         fx = _overlaps(erf, edges_x, inv).ravel()  # (nb, n_comp, wx)
         fy = (_overlaps(erf, edges_y, inv) * amp[:, :, None]).ravel()  # (nb, n_comp, wy)
-        # voxel-bixel pairs of the block, voxel-major, columns ascending within a voxel
         counts = xp.asarray(per_voxel_all[sl])
-        n_pairs = int(pairs_before[stop] - pairs_before[sl.start])
-        first = xp.asarray((cell_start[cell_of_voxel[sl]] - (pairs_before[sl.start:stop] - pairs_before[sl.start])).astype(np.int32))
+        n_pairs = int(pairs_before[sl.stop] - pairs_before[sl.start])
+        first = xp.asarray((cell_start[cell_of_voxel[sl]] - (pairs_before[sl] - pairs_before[sl.start])).astype(np.int32))
         pos = _repeat(xp, first, counts, n_pairs) + xp.arange(n_pairs, dtype=xp.int32)
         cols = cols_flat[pos]
         voxel_base = _repeat(xp, xp.arange(nb, dtype=xp.int32) * n_comp, counts, n_pairs)
@@ -185,9 +200,13 @@ def compute_beam_dij(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels:
         vals = fy[oy] * fx[ox]
         for c in range(1, n_comp):
             vals += fy[oy + c * wy] * fx[ox + c * wx]
-        data_parts.append(_to_host(xp, vals))
-        col_parts.append(_to_host(xp, cols))
-        count_parts.append(per_voxel_all[sl])
+        return _to_host(xp, vals), _to_host(xp, cols)
+
+    parts = ordered_map(block_entries, blocks, threads)
+    data_parts = [p[0] for p in parts]
+    col_parts = [p[1] for p in parts]
+    del parts
+    count_parts = [per_voxel_all[sl] for sl in blocks]
 
     counts = np.zeros(n_vox, dtype=np.int64)
     counts[pts.rows] = np.concatenate(count_parts)
@@ -201,7 +220,7 @@ def compute_beam_dij(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels:
 
 
 def compute_beam_dose(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels: BixelGrid, machine: MachineModel,
-                      weights: np.ndarray, *, device: str = "cpu") -> np.ndarray:
+                      weights: np.ndarray, *, device: str = "cpu", workers: int | None = None) -> np.ndarray:
     """Dose of one beam for given bixel weights with the full kernel (no lateral cutoff), without
     a matrix: the final dose of an optimised fluence.
 
@@ -213,7 +232,7 @@ def compute_beam_dose(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels
     weights
         ``(n_bixels,)`` bixel weights (MU-equivalent), in the column order of ``bixels``.
     Other parameters
-        As :func:`compute_beam_dij`.
+        As :func:`compute_beam_dij` (``workers``: the dose is bitwise the same for every count).
 
     Returns
     -------
@@ -225,8 +244,9 @@ def compute_beam_dose(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels
     if weights.size != bixels.n_bixels:
         raise DoseEngineError(f"{weights.size} weights given for {bixels.n_bixels} bixels")
     xp, ndi, erf = _backend(device)
+    threads = _threads(xp, workers)
     dose = np.zeros(density.voxels.size, dtype=np.float32)
-    pts = _beam_points(density, dose_mask, beam, bixels, machine, xp, ndi, reach_mm=float("inf"))
+    pts = _beam_points(density, dose_mask, beam, bixels, machine, xp, ndi, reach_mm=float("inf"), workers=threads)
     if pts is None:
         return dose.reshape(density.shape)
     b = bixels.bixel_mm
@@ -238,13 +258,15 @@ def compute_beam_dose(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels
     edges_x0 = xp.asarray(((ix0 + np.arange(nx + 1)) * b)[None, :])
     edges_y0 = xp.asarray(((iy0 + np.arange(ny + 1)) * b)[None, :])
     block = max(1, BLOCK_ELEMENTS // (len(machine.kernel) * max(nx, ny) + 1))
-    for start in range(0, pts.rows.size, block):
-        sl = slice(start, start + block)
+
+    def block_dose(sl: slice) -> None:  # blocks write disjoint voxels
         xb, yb, amp, inv = _block_kernel(pts, sl, machine, xp, ndi)
         fx = _overlaps(erf, (edges_x0 - xb[:, None]).astype(xp.float32), inv)  # (nb, n_comp, nx)
         fy = _overlaps(erf, (edges_y0 - yb[:, None]).astype(xp.float32), inv) * amp[:, :, None]
         through_x = xp.matmul(fx, fluence_d.T)  # (nb, n_comp, ny)
         dose[pts.rows[sl]] = _to_host(xp, (fy * through_x).sum(axis=(1, 2)))
+
+    ordered_map(block_dose, [slice(s, s + block) for s in range(0, pts.rows.size, block)], threads)
     return dose.reshape(density.shape)
 
 
@@ -261,7 +283,7 @@ class _BeamPoints:
 
 
 def _beam_points(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels: BixelGrid, machine: MachineModel,
-                 xp: ModuleType, ndi: ModuleType, reach_mm: float) -> _BeamPoints | None:
+                 xp: ModuleType, ndi: ModuleType, reach_mm: float, workers: int = 1) -> _BeamPoints | None:
     """Validate the inputs, project the masked voxels into the BEV, keep those within ``reach_mm``
     (iso plane) of the bixels, and ray-trace the beam; ``None`` when no voxel is in reach."""
     dose_mask = np.asarray(dose_mask, dtype=bool)
@@ -295,8 +317,15 @@ def _beam_points(density: Volume, dose_mask: np.ndarray, beam: Beam, bixels: Bix
     if rows.size == 0:
         return None
     grid = bev_radiological_depth(xp, ndi, xp.asarray(density.voxels, dtype=xp.float32), density, axes, sad,
-                                  (float(x.min()), float(x.max())), (float(y.min()), float(y.max())), float(z.max()))
+                                  (float(x.min()), float(x.max())), (float(y.min()), float(y.max())), float(z.max()),
+                                  workers=workers)
     return _BeamPoints(rows, x, y, z, grid)
+
+
+def _threads(xp: ModuleType, workers: int | None) -> int:
+    """Threads of the hot loops: the CPU path's count; one on the GPU (its kernels are parallel)."""
+    count = engine_threads(workers)
+    return count if xp is np else 1
 
 
 def _block_kernel(pts: _BeamPoints, sl: slice, machine: MachineModel, xp: ModuleType, ndi: ModuleType):
@@ -326,7 +355,8 @@ def _overlaps(erf: object, edges_mm, inv):
     return 0.5 * (e[:, :, 1:] - e[:, :, :-1])
 
 
-def assemble_dij(per_beam: Sequence[sp.csr_matrix] | list[sp.csr_matrix], *, release: bool = False) -> sp.csr_matrix:
+def assemble_dij(per_beam: Sequence[sp.csr_matrix] | list[sp.csr_matrix], *, release: bool = False,
+                 workers: int | None = None) -> sp.csr_matrix:
     """Join per-beam matrices side by side (columns of beam 0, then beam 1, ...).
 
     Equivalent to ``scipy.sparse.hstack(per_beam, format="csr")`` but without the COO detour.
@@ -338,11 +368,16 @@ def assemble_dij(per_beam: Sequence[sp.csr_matrix] | list[sp.csr_matrix], *, rel
     release
         When ``per_beam`` is a list, replace each entry by ``None`` once it is copied, so that
         (with no other reference held) the peak memory stays near the result's own size.
+    workers
+        Threads copying beams at once (each into its own slots of every row); ``None``:
+        :func:`rtgrid.engines.dose.parallel.engine_threads`.
 
     Raises
     ------
     DoseEngineError
         No matrices, or row counts differ.
+    EngineThreadsError
+        ``workers`` (or ``RTGRID_ENGINE_THREADS``) is not a positive integer.
     """
     if not per_beam:
         raise DoseEngineError("assemble_dij needs at least one beam matrix")
@@ -350,8 +385,12 @@ def assemble_dij(per_beam: Sequence[sp.csr_matrix] | list[sp.csr_matrix], *, rel
     for n, mat in enumerate(per_beam):
         if mat.shape[0] != n_rows:
             raise DoseEngineError(f"beam matrix {n} has {mat.shape[0]} rows, beam 0 has {n_rows}")
+    threads = engine_threads(workers)
+    # first slot of every row for each beam: the row's start plus the entries of the beams before it
+    starts = []
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     for mat in per_beam:
+        starts.append(indptr[1:].copy())
         indptr[1:] += np.diff(mat.indptr)
     np.cumsum(indptr, out=indptr)
     nnz = int(indptr[-1])
@@ -359,18 +398,17 @@ def assemble_dij(per_beam: Sequence[sp.csr_matrix] | list[sp.csr_matrix], *, rel
     index_dtype = np.int32 if max(nnz, n_cols) < 2**31 else np.int64
     data = np.empty(nnz, dtype=np.float32)
     indices = np.empty(nnz, dtype=index_dtype)
-    filled = indptr[:-1].copy()  # next free slot of each row
-    col_offset = 0
-    for n in range(len(per_beam)):
+    col_offsets = np.cumsum([0] + [m.shape[1] for m in per_beam])
+
+    def copy_beam(n: int) -> None:  # beams fill disjoint slots
         mat = per_beam[n].tocsr()
-        counts = np.diff(mat.indptr)
         if release and isinstance(per_beam, list):
             per_beam[n] = None
         if mat.nnz:
-            dest = np.repeat(filled - mat.indptr[:-1], counts) + np.arange(mat.nnz)
+            dest = np.repeat(indptr[:-1] + starts[n] - mat.indptr[:-1], np.diff(mat.indptr)) + np.arange(mat.nnz)
             data[dest] = mat.data
-            indices[dest] = mat.indices + col_offset
-        filled += counts
-        col_offset += mat.shape[1]
-        del mat
+            indices[dest] = mat.indices + col_offsets[n]
+        starts[n] = None
+
+    ordered_map(copy_beam, range(len(per_beam)), threads)
     return sp.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=(n_rows, n_cols))

@@ -14,7 +14,11 @@ from types import ModuleType
 import numpy as np
 
 from rtgrid.engines.dose.beams import BeamAxes
+from rtgrid.engines.dose.parallel import ordered_map
 from rtgrid.engines.imaging.volume import Volume
+
+SLAB_SAMPLES = 2_000_000
+"""Density samples interpolated together (a slab of the grid): bounds the temporary arrays of one slab."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def _volume_z_range(density: Volume, axes: BeamAxes) -> tuple[float, float]:
 
 def bev_radiological_depth(xp: ModuleType, ndi: ModuleType, density_voxels, density: Volume, axes: BeamAxes,
                            sad_mm: float, x_range_mm: tuple[float, float], y_range_mm: tuple[float, float],
-                           z_max_mm: float) -> BevDepthGrid:
+                           z_max_mm: float, *, workers: int = 1) -> BevDepthGrid:
     """Integrate relative electron density along the rays of one beam.
 
     Parameters
@@ -59,6 +63,9 @@ def bev_radiological_depth(xp: ModuleType, ndi: ModuleType, density_voxels, dens
         Iso-plane BEV extent the dose points occupy.
     z_max_mm
         Largest along-axis distance of a dose point.
+    workers
+        Threads over slabs of the grid (numpy only; each slab is computed as on one thread, so
+        the depths are bitwise the same for every count).
     """
     step = float(np.min(density.spacing_mm))
     dxy = step
@@ -82,17 +89,29 @@ def bev_radiological_depth(xp: ModuleType, ndi: ModuleType, density_voxels, dens
     lateral = xs[None, :, None] * u + ys[:, None, None] * v  # (ny, nx, 3) per mm of z
     path_per_dz = xp.sqrt(1.0 + (xs[None, :] ** 2 + ys[:, None] ** 2) / sad_mm**2) * dz
     rho = xp.empty((nz, ny, nx), dtype=xp.float32)
-    chunk = max(1, int(2_000_000 // (nx * ny)))
-    for start in range(0, nz, chunk):
+    chunk = max(1, int(SLAB_SAMPLES // (nx * ny)))
+    threads = workers if xp is np else 1
+
+    def sample_slab(start: int) -> None:  # slabs of z write disjoint planes
         zs = xp.asarray(z0 + dz * np.arange(start, min(nz, start + chunk)))
         pts = src + zs[:, None, None, None] * (w + lateral[None])  # (c, ny, nx, 3) in (i, j, k)
         coords = xp.stack([pts[..., 2].ravel(), pts[..., 1].ravel(), pts[..., 0].ravel()])
         rho[start:start + zs.size] = ndi.map_coordinates(
             density_voxels, coords, order=1, mode="grid-constant", cval=0.0).reshape(zs.size, ny, nx)
+
+    ordered_map(sample_slab, range(0, nz, chunk), threads)
     # trapezoid rule along each ray, integrated from the first sample (outside the volume: zero;
-    # grid-constant interpolation puts the density edge on the outer voxel faces)
+    # grid-constant interpolation puts the density edge on the outer voxel faces); rays are
+    # independent, so threads take bands of rows (y)
     depth = xp.zeros((nz, ny, nx), dtype=xp.float32)
-    depth[1:] = xp.cumsum(0.5 * (rho[1:] + rho[:-1]), axis=0, dtype=xp.float64) * path_per_dz[None]
+    band = -(-ny // threads)
+
+    def integrate_band(y0: int) -> None:
+        rows = slice(y0, y0 + band)
+        depth[1:, rows] = xp.cumsum(0.5 * (rho[1:, rows] + rho[:-1, rows]), axis=0,
+                                    dtype=xp.float64) * path_per_dz[None, rows]
+
+    ordered_map(integrate_band, range(0, ny, band), threads)
     return BevDepthGrid(depth, z0, dz, x0, y0, dxy)
 
 

@@ -297,6 +297,8 @@ def full_kernel_dose(
     machine: MachineModel,
     order: MedicalOrder,
     target_mask: np.ndarray,
+    *,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The plan's final dose with the full pencil-beam kernel, normalized again to the prescription.
 
@@ -319,6 +321,10 @@ def full_kernel_dose(
         Its prescription sets the normalization.
     target_mask : np.ndarray
         The prescription's target on the dose grid.
+    workers : int, optional
+        Threads of each beam's dose (:func:`~rtgrid.engines.dose.pencil_beam.compute_beam_dose`;
+        ``None``: ``RTGRID_ENGINE_THREADS`` or this process's CPUs); the dose is bitwise the same
+        for every count.
 
     Returns
     -------
@@ -328,7 +334,8 @@ def full_kernel_dose(
     offsets = np.cumsum([0] + [g.n_bixels for g in bixels])
     dose = np.zeros(dose_grid.shape, dtype=np.float64)
     for b, grid in enumerate(bixels):
-        dose += compute_beam_dose(dose_grid, body, grid.beam, grid, machine, weights[offsets[b]:offsets[b + 1]])
+        dose += compute_beam_dose(dose_grid, body, grid.beam, grid, machine, weights[offsets[b]:offsets[b + 1]],
+                                  workers=workers)
     rx = order.prescription
     factor = rx.dose_gy / dose_at_volume(dose[np.asarray(target_mask, dtype=bool)], rx.normalization_volume_pct)
     return np.asarray(weights) * factor, (dose * factor).astype(np.float32)
