@@ -38,10 +38,10 @@ def test_without_a_cuda_device_it_says_so_and_exits_0():
 
 
 def test_self_test_runs_every_comparison_cpu_against_cpu():
-    # About 35 s on 2 busy cores, most of it imports (torch, its compiler for Adam); the
-    # timeout leaves room for a loaded machine.
-    done = _run("--device", "cpu", "--tiny", "--threads", "2", timeout_s=150)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # 30-40 s on 2 busy cores, most of it imports (torch, its compiler for Adam). The budgets are
+    # scaled up: a loaded machine must not fail the plumbing (the budget itself is tested below).
+    done = _run("--device", "cpu", "--tiny", "--threads", "2", "--budget-scale", "4", timeout_s=200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1, "stdout must be exactly one JSON line"
     result = json.loads(lines[0])
