@@ -209,12 +209,11 @@ def check_dij(device: str, sizes: Sizes, state: dict) -> dict:
     out: dict = {"tolerance_rel_max_error": DIJ_REL_MAX_ERROR}
     warm = phantom_case((4, 32, 32), (8.0, 8.0, 8.0), 8.0)
     influence(warm, device, GANTRY_ANGLES_DEG[:1])  # cupy compiles its kernels on first use
-    cases = ([phantom_case((6, 48, 48), (6.0, 6.0, 6.0), 6.0)] if sizes.tiny
-             else [tg119_case(), phantom_case((60, 512, 512), (1.0, 1.0, 2.5), 3.0)])
+    cases = ([("phantom_tiny", phantom_case((6, 48, 48), (6.0, 6.0, 6.0), 6.0))] if sizes.tiny
+             else [("tg119", tg119_case()), ("512x512", phantom_case((60, 512, 512), (1.0, 1.0, 2.5), 3.0))])
     errors = []
     all_beams = GANTRY_ANGLES_DEG[::4] if sizes.tiny else GANTRY_ANGLES_DEG
-    for i, case in enumerate(cases):
-        key = "tg119" if case.name == "TG-119" else ("phantom_tiny" if sizes.tiny else "512x512")
+    for i, (key, case) in enumerate(cases):
         dev_inf, dev_s = timed(lambda c=case: influence(c, device, all_beams), device)
         # The 512x512 case compares its first two beams only: the CPU path would take most of the budget.
         angles = all_beams if i == 0 else all_beams[:2]
