@@ -16,8 +16,10 @@ Stages
 
 Parameters
 ----------
+(Typed, with their defaults and ranges, in ``rtgrid.master.jobs.params``.)
+
 ``shards``
-    Number of classical slabs (default: one per 16 slices).
+    Number of classical slabs, 1 to 64 (default: one per 16 slices).
 ``models``
     ``NAME`` or ``NAME@VERSION``, comma-separated: registered segmentation models. Resolved at
     submission to the exact packages (stored as ``NAME@VERSION:SHA256``), so a job always names
@@ -34,7 +36,6 @@ Parameters
 from __future__ import annotations
 
 import json
-import math
 
 from rtgrid.engines.segmentation.classical import plan_slabs
 from rtgrid.engines.segmentation.deep.inference import plan_slice_batches
@@ -49,29 +50,16 @@ from ..store.base import Store
 from ..store.records import JobRecord, ShardRecord
 from .assist import check_assist
 from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
+from .params import ContourParams, parse_contour_params
 
-SLICES_PER_SHARD = 16
-MAX_SHARDS = 64
 # Slices per segmentation shard: large enough to batch well on a GPU, small enough to spread.
 SEGMENT_SLICES_PER_SHARD = 32
 MAX_MODELS_PER_JOB = 8
 
 
-def int_param(params: dict[str, str], name: str, low: int, high: int) -> int | None:
-    if name not in params:
-        return None
-    try:
-        value = int(params[name])
-    except ValueError:
-        raise InvalidArgument(f"parameter {name}={params[name]!r} is not an integer") from None
-    if not low <= value <= high:
-        raise InvalidArgument(f"parameter {name}={value} is outside [{low}, {high}]")
-    return value
-
-
 def model_hashes(params: dict[str, str]) -> list[str]:
     """The package hashes of a validated job's ``models`` parameter, in order."""
-    return [item.rpartition(":")[2] for item in params.get("models", "").split(",") if item]
+    return parse_contour_params(params).model_hashes
 
 
 def resolve_models(store: Store, spec: str) -> str:
@@ -138,23 +126,19 @@ def split_by_region(store: Store, blobs: BlobStore, case_id: str, resolved: str)
     return ",".join(kept), skipped
 
 
-def skipped_models(params: dict[str, str]) -> list[dict[str, str]]:
-    """The models a job dropped at submission because the CT lacks their body region."""
-    return json.loads(params.get("models_skipped", "[]"))
-
-
 class ContourJob(JobKind):
     name = "contour"
     stages = ("contour", "merge")
 
+    def job_params(self, params: dict[str, str]) -> ContourParams:
+        """A stored job's parameters, typed (a ``full`` job's contour stages read theirs from its own)."""
+        return parse_contour_params(params)
+
     def stages_for(self, params: dict[str, str]) -> tuple[str, ...]:
-        return ("contour", "segment", "merge") if params.get("models") else self.stages
+        return ("contour", "segment", "merge") if self.job_params(params).models else self.stages
 
     def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
-        unknown = set(params) - {"shards", "models", "assist"}
-        if unknown:
-            raise InvalidArgument(f"unknown parameter(s) for a contour job: {', '.join(sorted(unknown))}")
-        int_param(params, "shards", 1, MAX_SHARDS)
+        parse_contour_params(params, submitted=True)  # unknown parameters, shards
         params = dict(params)
         if "models" in params:
             kept, skipped = split_by_region(store, blobs, case_id, resolve_models(store, params["models"]))
@@ -174,12 +158,11 @@ class ContourJob(JobKind):
         # Announced once, as the job's first shard starts: which models the CT's anatomy ruled out.
         if shard.stage != "contour" or shard.index != 0 or shard.attempts > 1:
             return ""
-        return "; ".join(f"model {m['model']} {m['reason']}" for m in skipped_models(ctx.job.params))
+        return "; ".join(f"model {m['model']} {m['reason']}" for m in self.job_params(ctx.job.params).models_skipped)
 
     def _slabs(self, ctx: JobContext):
         nz = ctx.series_record.n_slices
-        n_parts = int_param(ctx.job.params, "shards", 1, MAX_SHARDS) or math.ceil(nz / SLICES_PER_SHARD)
-        return plan_slabs(nz, min(n_parts, nz))
+        return plan_slabs(nz, self.job_params(ctx.job.params).slab_count(nz))
 
     def _batches(self, ctx: JobContext) -> list[tuple[int, int]]:
         return plan_slice_batches(ctx.series_record.n_slices, SEGMENT_SLICES_PER_SHARD)
@@ -188,11 +171,12 @@ class ContourJob(JobKind):
         if stage == "contour":
             return StagePlan.count(len(self._slabs(ctx)))
         if stage == "segment":
-            return StagePlan.count(len(model_hashes(ctx.job.params)) * len(self._batches(ctx)))
+            return StagePlan.count(len(self.job_params(ctx.job.params).model_hashes) * len(self._batches(ctx)))
         return StagePlan.count(1)
 
     def shard_call(self, ctx: JobContext, shard: ShardRecord) -> ShardCall:
         volume = ctx.volume
+        params = self.job_params(ctx.job.params)
         if shard.stage == "contour":
             slab = self._slabs(ctx)[shard.index]
             return ShardCall(
@@ -207,7 +191,7 @@ class ContourJob(JobKind):
             )
         if shard.stage == "segment":
             batches = self._batches(ctx)
-            sha256 = model_hashes(ctx.job.params)[shard.index // len(batches)]
+            sha256 = params.model_hashes[shard.index // len(batches)]
             start, stop = batches[shard.index % len(batches)]
             return ShardCall(
                 Task.CONTOUR_SEGMENT,
@@ -217,14 +201,14 @@ class ContourJob(JobKind):
         return ShardCall(
             Task.CONTOUR_MERGE,
             {"slab_results": ctx.stage_results("contour"), "series": ctx.series,
-             "model_results": self._model_results(ctx), "assist": json.loads(ctx.job.params.get("assist", "null")),
-             "skipped_models": skipped_models(ctx.job.params)},
+             "model_results": self._model_results(ctx, params), "assist": json.loads(params.assist or "null"),
+             "skipped_models": list(params.models_skipped)},
             ShardResources(cpus=1.0, memory_mb=4096),
         )
 
-    def _model_results(self, ctx: JobContext) -> list[dict]:
+    def _model_results(self, ctx: JobContext, params: ContourParams) -> list[dict]:
         """Per model: its card and registry identity, and its label slabs in slice order."""
-        hashes = model_hashes(ctx.job.params)
+        hashes = params.model_hashes
         if not hashes:
             return []
         results = ctx.stage_results("segment")

@@ -16,15 +16,17 @@ RTSTRUCT uploaded with the CT (an uploaded structure wins over an automatic one 
 
 Parameters (strings, as they travel)
 ------------------------------------
+Typed, with their defaults and ranges, in ``rtgrid.master.jobs.params``.
+
 ``order``          the medical order (YAML or JSON text; ``engines/optimization/ORDER.md``)
-``beams``          number of equispaced coplanar beams (default 9), or
-``gantry_angles``  comma-separated gantry angles in degrees (IEC 61217)
-``bixel_mm``       bixel size at the isocenter (default 5)
-``dose_grid_mm``   dose grid spacing (default 3)
+``beams``          number of equispaced coplanar beams, 1 to 36 (default 9), or
+``gantry_angles``  comma-separated gantry angles in degrees (IEC 61217), 1 to 36 in [0, 360)
+``bixel_mm``       bixel size at the isocenter, 2 to 20 mm (default 5)
+``dose_grid_mm``   dose grid spacing, 1 to 10 mm (default 3)
 ``machine``        machine model id (default the standard 6 MV machine)
 ``contours_job``   (``plan`` only) a finished contour job whose RTSTRUCT to use
 ``body``           the outline structure that gets dose (default ``BODY``)
-``shards``         (``full`` only) z-slabs of the contour stage
+``shards``         (``full`` only) z-slabs of the contour stage, 1 to 64
 ``devices``        device ids (``ID,ID``), ``auto`` or ``auto:N``: adds the ``convert`` stage,
                    one shard per device: conversion, RTPLAN, independent QA, release on pass
 ``dose_model``     (set by the master) the dose model of an order with ``goals: predicted``
@@ -40,8 +42,6 @@ import pydicom
 
 from rtgrid.engines.dicomrt.rtstruct import RoiInfo, read_rtstruct_rois
 from rtgrid.engines.dose_prediction.inputs import N_LEVELS
-from rtgrid.engines.dose.beams import equispaced_gantry_angles
-from rtgrid.engines.dose.machine import STANDARD_MACHINE_ID, list_machines
 from rtgrid.engines.errors import EngineError
 from rtgrid.engines.optimization.order import load_order
 from rtgrid.engines.segmentation.classical import STRUCTURE_NAMES
@@ -53,38 +53,8 @@ from ..store.base import Store
 from ..devices import resolve_devices, reroute
 from ..store.records import DOWN, SUCCEEDED, ShardRecord
 from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
-from .contour import ContourJob, int_param
-
-PLAN_PARAMS = {"order", "beams", "gantry_angles", "bixel_mm", "dose_grid_mm", "machine", "body", "devices",
-               "device_rule"}
-MAX_BEAMS = 36
-
-
-def _float_param(params: dict[str, str], name: str, default: float, low: float, high: float) -> float:
-    if name not in params:
-        return default
-    try:
-        value = float(params[name])
-    except ValueError:
-        raise InvalidArgument(f"parameter {name}={params[name]!r} is not a number") from None
-    if not low <= value <= high:
-        raise InvalidArgument(f"parameter {name}={value} mm is outside [{low}, {high}] mm")
-    return value
-
-
-def gantry_angles(params: dict[str, str]) -> list[float]:
-    """The beams' gantry angles (degrees) from ``gantry_angles`` or ``beams``."""
-    if "gantry_angles" in params and "beams" in params:
-        raise InvalidArgument("give either beams or gantry_angles, not both")
-    if "gantry_angles" in params:
-        try:
-            angles = [float(a) for a in params["gantry_angles"].split(",") if a.strip()]
-        except ValueError:
-            raise InvalidArgument(f"gantry_angles={params['gantry_angles']!r} is not a comma-separated list of degrees") from None
-        if not 1 <= len(angles) <= MAX_BEAMS or any(not 0 <= a < 360 for a in angles):
-            raise InvalidArgument(f"gantry_angles: 1 to {MAX_BEAMS} angles in [0, 360) degrees, got {angles}")
-        return angles
-    return equispaced_gantry_angles(int_param(params, "beams", 1, MAX_BEAMS) or 9)
+from .contour import ContourJob
+from .params import ContourParams, PlanParams, parse_plan_params
 
 
 def _rtstruct_rois(data: bytes) -> list[RoiInfo]:
@@ -105,10 +75,13 @@ def _case_frame_of_reference(store: Store, case_id: str) -> str:
 class PlanJob(JobKind):
     name = "plan"
     stages = ("setup", "dose", "optimize")
-    extra_params: frozenset[str] = frozenset({"contours_job"})
+
+    def job_params(self, params: dict[str, str]) -> PlanParams:
+        """A stored job's parameters, typed."""
+        return parse_plan_params(params, self.name)
 
     def stages_for(self, params: dict[str, str]) -> tuple[str, ...]:
-        return self.stages + (("convert",) if params.get("devices") else ())
+        return self.stages + (("convert",) if self.job_params(params).devices else ())
 
     # inputs
     def uploaded_rtstructs(self, store: Store, blobs: BlobStore, case_id: str) -> list[bytes]:
@@ -152,32 +125,15 @@ class PlanJob(JobKind):
         return set().union(*(_rtstruct_names(r) for r in rtstructs))
 
     def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
-        unknown = set(params) - PLAN_PARAMS - self.extra_params
-        if unknown:
-            raise InvalidArgument(f"unknown parameter(s) for a {self.name} job: {', '.join(sorted(unknown))}")
-        if not params.get("order"):
-            raise InvalidArgument("a plan needs a medical order: parameter order (YAML or JSON text)")
-        if "\n" not in params["order"] and params["order"].strip().lower().endswith((".yaml", ".yml", ".json")):
-            # load_order reads such a value as a path: the master must never open its own files for a client.
-            raise InvalidArgument(
-                f"parameter order={params['order']!r} looks like a file path; send the order's text, not a path"
-            )
-        gantry_angles(params)
-        _float_param(params, "bixel_mm", 5.0, 2.0, 20.0)
-        _float_param(params, "dose_grid_mm", 3.0, 1.0, 10.0)
-        machine = params.get("machine", STANDARD_MACHINE_ID)
-        if machine not in list_machines():
-            raise InvalidArgument(f"unknown machine {machine!r}; known: {', '.join(list_machines())}")
-        if params.get("devices"):
-            resolve_devices(store, params["devices"], params.get("device_rule", "congestion"))
-        elif "device_rule" in params:
-            raise InvalidArgument("device_rule needs devices=auto (or auto:N)")
+        typed = parse_plan_params(params, self.name, submitted=True)
+        if typed.devices:
+            resolve_devices(store, typed.devices, typed.device_rule)
         names = self.structure_names(store, blobs, case_id, params)
-        body = params.get("body", "BODY")
-        if body not in names:
-            raise InvalidArgument(f"the outline structure {body!r} is not among the contours ({', '.join(sorted(names))})")
+        if typed.body not in names:
+            raise InvalidArgument(
+                f"the outline structure {typed.body!r} is not among the contours ({', '.join(sorted(names))})")
         try:
-            order = load_order(params["order"], names)
+            order = load_order(typed.order, names)
         except EngineError as exc:
             raise InvalidArgument(f"medical order: {exc}") from None
         params = dict(params)
@@ -200,9 +156,9 @@ class PlanJob(JobKind):
 
     def plan_stage(self, ctx: JobContext, stage: str) -> StagePlan:
         if stage == "convert":  # chosen now, by the congestion of this moment
-            params = ctx.job.params
-            return StagePlan(tuple(resolve_devices(ctx.store, params["devices"], params.get("device_rule", "congestion"))))
-        return StagePlan.count(len(gantry_angles(ctx.job.params)) if stage == "dose" else 1)
+            params = self.job_params(ctx.job.params)
+            return StagePlan(tuple(resolve_devices(ctx.store, params.devices, params.device_rule)))
+        return StagePlan.count(len(self.job_params(ctx.job.params).angles_deg) if stage == "dose" else 1)
 
     def prepare_shard(self, ctx: JobContext, shard: ShardRecord) -> str:
         """A conversion planned on a device that is now down goes to another usable device."""
@@ -212,7 +168,7 @@ class PlanJob(JobKind):
         if device is None or device.status != DOWN:
             return ""
         taken = {s.target for s in ctx.store.list_shards(ctx.job.job_id, "convert")}
-        other = reroute(ctx.store, shard.target, taken, ctx.job.params.get("device_rule", "congestion"))
+        other = reroute(ctx.store, shard.target, taken, self.job_params(ctx.job.params).device_rule)
         if other is None:
             raise FailedPrecondition(f"device {shard.target} is down and no other device is usable")
         notice = f"device {shard.target} is down: its conversion is rerouted to {other}"
@@ -236,15 +192,13 @@ class PlanJob(JobKind):
                          for r in failed)
 
     def shard_call(self, ctx: JobContext, shard: ShardRecord) -> ShardCall:
-        params, stage, index = ctx.job.params, shard.stage, shard.index
-        machine = params.get("machine", STANDARD_MACHINE_ID)
+        params, stage, index = self.job_params(ctx.job.params), shard.stage, shard.index
+        machine = params.machine
         if stage == "setup":
             return ShardCall(Task.PLAN_SETUP, {
-                "series": ctx.series, "rtstructs": self.rtstructs(ctx), "order_text": params["order"],
-                "machine_id": machine, "gantry_angles_deg": gantry_angles(params),
-                "bixel_mm": _float_param(params, "bixel_mm", 5.0, 2.0, 20.0),
-                "dose_grid_mm": _float_param(params, "dose_grid_mm", 3.0, 1.0, 10.0),
-                "body": params.get("body", "BODY"),
+                "series": ctx.series, "rtstructs": self.rtstructs(ctx), "order_text": params.order,
+                "machine_id": machine, "gantry_angles_deg": params.angles_deg,
+                "bixel_mm": params.bixel_mm, "dose_grid_mm": params.dose_grid_mm, "body": params.body,
             }, ShardResources(cpus=1.0, memory_mb=4096))
         # The set-up (density and masks on the dose grid) goes to every later shard: once into Ray's object store.
         setup = ctx.shared_result("setup")
@@ -262,9 +216,16 @@ class PlanJob(JobKind):
                              ShardResources(cpus=1.0, memory_mb=4096))
         return ShardCall(Task.PLAN_OPTIMIZE, {
             "setup": setup, "beams": ctx.stage_results("dose"), "series": ctx.series,
-            "rtstructs": self.rtstructs(ctx), "order_text": params["order"], "machine_id": machine,
-            "dose_model": params.get("dose_model", ""),
+            "rtstructs": self.rtstructs(ctx), "order_text": params.order, "machine_id": machine,
+            "dose_model": params.dose_model,
         }, ShardResources(cpus=1.0, memory_mb=8192))
+
+
+class _FullContourStages(ContourJob):
+    """The contour stages of a ``full`` job: their parameters come from the full job's."""
+
+    def job_params(self, params: dict[str, str]) -> ContourParams:
+        return parse_plan_params(params, "full").contour
 
 
 class FullJob(PlanJob):
@@ -272,8 +233,7 @@ class FullJob(PlanJob):
 
     name = "full"
     stages = ContourJob.stages + PlanJob.stages
-    extra_params = frozenset({"shards"})
-    _contour = ContourJob()
+    _contour = _FullContourStages()
 
     def earlier_rtstructs(self, store: Store, blobs: BlobStore, case_id: str, params: dict[str, str]) -> list[bytes]:
         return []
@@ -281,10 +241,6 @@ class FullJob(PlanJob):
     def structure_names(self, store: Store, blobs: BlobStore, case_id: str, params: dict[str, str]) -> set[str]:
         uploaded = self.uploaded_rtstructs(store, blobs, case_id)
         return set(STRUCTURE_NAMES).union(*(_rtstruct_names(r) for r in uploaded))
-
-    def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
-        int_param(params, "shards", 1, 64)
-        return super().validate(params, store, blobs, case_id)
 
     def rtstructs(self, ctx: JobContext) -> list[bytes]:
         auto = ctx.stage_file("merge", "RS.contours.dcm")

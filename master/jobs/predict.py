@@ -10,6 +10,8 @@ Stages
 
 Parameters (strings, as they travel)
 ------------------------------------
+Typed, with their defaults, in ``rtgrid.master.jobs.params``.
+
 ``order``  the medical order whose prescription levels (at most three) and targets the model
            takes (YAML or JSON text; ``engines/optimization/ORDER.md``). Default: the standard
            head-and-neck order ``head-and-neck-sib`` fitted to the case's structures.
@@ -34,9 +36,8 @@ from ..errors import FailedPrecondition, InvalidArgument
 from ..store.base import Store
 from ..store.records import JobRecord, ShardRecord
 from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
+from .params import PredictParams, parse_predict_params
 from .plan import _rtstruct_names
-
-PREDICT_PARAMS = {"order", "body"}
 
 
 def builtin_model_identity() -> str:
@@ -63,21 +64,16 @@ class PredictJob(JobKind):
         return [blobs.read_bytes(f.sha256) for f in store.list_files(case_id) if f.modality == "RTSTRUCT"]
 
     def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
-        unknown = set(params) - PREDICT_PARAMS
-        if unknown:
-            raise InvalidArgument(f"unknown parameter(s) for a predict job: {', '.join(sorted(unknown))}")
+        typed = parse_predict_params(params, submitted=True)
         rtstructs = self._rtstructs(store, blobs, case_id)
         if not rtstructs:
             raise FailedPrecondition("dose prediction needs the case's contours: upload an RTSTRUCT with the CT")
         names = set().union(*(_rtstruct_names(r) for r in rtstructs))
-        body = params.get("body", "BODY")
-        if body not in names:
-            raise InvalidArgument(f"the outline structure {body!r} is not among the contours ({', '.join(sorted(names))})")
+        if typed.body not in names:
+            raise InvalidArgument(
+                f"the outline structure {typed.body!r} is not among the contours ({', '.join(sorted(names))})")
         params = dict(params)
-        order_text = params.get("order")
-        if order_text and "\n" not in order_text and order_text.strip().lower().endswith((".yaml", ".yml", ".json")):
-            # load_order reads such a value as a path: the master must never open its own files for a client.
-            raise InvalidArgument(f"parameter order={order_text!r} looks like a file path; send the order's text, not a path")
+        order_text = typed.order
         try:
             if not order_text:
                 order_text = standard_order_text(HEAD_AND_NECK, names)
@@ -96,9 +92,13 @@ class PredictJob(JobKind):
     def plan_stage(self, ctx: JobContext, stage: str) -> StagePlan:
         return StagePlan.count(1)
 
+    def job_params(self, params: dict[str, str]) -> PredictParams:
+        """A stored job's parameters, typed."""
+        return parse_predict_params(params)
+
     def shard_call(self, ctx: JobContext, shard: ShardRecord) -> ShardCall:
-        params = ctx.job.params
+        params = self.job_params(ctx.job.params)
         return ShardCall(Task.PREDICT_DOSE, {
             "series": ctx.series, "rtstructs": self._rtstructs(ctx.store, ctx.blobs, ctx.job.case_id),
-            "order_text": params["order"], "body": params.get("body", "BODY"), "model": params["model"],
+            "order_text": params.order, "body": params.body, "model": params.model,
         }, ShardResources(cpus=1.0, memory_mb=4096))
