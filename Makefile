@@ -7,7 +7,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_TMPDIR ?= /tmp/rtgrid-ray
 
-.PHONY: install tools proto test demo bench-grid bench-dose bench-seg bench-conversion bench-load bench-plan-hn clean model-hn model-hn-deeplab model-dose bench-predict gpu-check
+.PHONY: install tools proto test demo bench-grid bench-dose bench-seg bench-conversion bench-load bench-plan-hn clean model-hn model-hn-deeplab model-dose bench-predict gpu-check bench-scale
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,11 @@ bench-plan-hn: install
 bench-load: install
 	mkdir -p $(RAY_TMPDIR)
 	$(PY) -m bench.load
+
+# The same full-size contour job on 1, 2 and 4 one-CPU agents of one grid: speed-up and efficiency.
+bench-scale: install
+	mkdir -p $(RAY_TMPDIR)
+	$(PY) -m bench.scale
 
 # Every CUDA path against the CPU path (bench/gpu_check.py; about 5 minutes on one H100/H200).
 # cupy (the `gpu` extra) is installed only where nvidia-smi exists; without a CUDA device the
