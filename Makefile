@@ -85,9 +85,10 @@ bench-plan-hn: install
 	mkdir -p $(RAY_TMPDIR)
 	$(PY) -m bench.plan_hn
 
+# One wave of 50 hospitals on the secure grid; `make bench-load SOAK=3`: a 3-minute soak instead.
 bench-load: install
 	mkdir -p $(RAY_TMPDIR)
-	$(PY) -m bench.load
+	$(PY) -m bench.load $(if $(SOAK),--soak $(SOAK))
 
 # The same full-size contour job on 1, 2 and 4 one-CPU agents of one grid: speed-up and efficiency.
 bench-scale: install

@@ -176,27 +176,54 @@ class RssSampler(threading.Thread):
 
 
 class Soak:
-    """The bounds of a soak shared by all hospitals: a deadline, jobs at once, jobs in all."""
+    """The bounds of a soak shared by all hospitals: a deadline, jobs at once, jobs in all.
+
+    Slots are handed out first come, first served (a ticket each), so a hospital that just
+    finished a job queues behind the others instead of taking its slot again at once. A
+    hospital's first job waits only for a slot, not for the deadline: every hospital runs one.
+    """
 
     def __init__(self, minutes: float, in_flight: int, max_jobs: int) -> None:
+        if in_flight < 1 or max_jobs < 1:
+            raise ValueError(f"--soak-in-flight ({in_flight}) and --soak-max-jobs ({max_jobs}) must be at least 1")
         self.deadline = time.perf_counter() + minutes * 60
-        self.slots = threading.Semaphore(in_flight)
+        self.in_flight, self.limit = 0, in_flight
         self.left = max_jobs
-        self._lock = threading.Lock()
+        self._next_ticket = self._serving = 0
+        self._cond = threading.Condition()
+        self._skipped: set[int] = set()
 
-    def take(self) -> bool:
-        """Wait for a free slot (until the deadline); False when the soak is over."""
-        if not self.slots.acquire(timeout=max(0.0, self.deadline - time.perf_counter())):
-            return False
-        with self._lock:
-            if self.left > 0 and time.perf_counter() < self.deadline:
-                self.left -= 1
-                return True
-        self.slots.release()
-        return False
+    def take(self, first: bool = False) -> bool:
+        """Wait for a free slot in turn (a later job: until the deadline); False when the soak is
+        over for this hospital."""
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            try:
+                while True:
+                    over = not first and (self.left <= 0 or time.perf_counter() >= self.deadline)
+                    if over:
+                        return False
+                    if ticket == self._serving and self.in_flight < self.limit:
+                        self.in_flight += 1
+                        self.left -= 1
+                        return True
+                    # Bounded waits: the deadline passes without anyone notifying.
+                    self._cond.wait(timeout=min(1.0, max(0.01, self.deadline - time.perf_counter())))
+            finally:
+                if ticket == self._serving:
+                    self._serving += 1
+                else:  # leaving out of turn (the soak is over): drop the ticket from the line
+                    self._skipped.add(ticket)
+                while self._serving in self._skipped:
+                    self._skipped.discard(self._serving)
+                    self._serving += 1
+                self._cond.notify_all()
 
     def give(self) -> None:
-        self.slots.release()
+        with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
 
 
 def run_job(client: Client, case_id: str, label: str, kind: str, params: dict[str, str],
@@ -229,6 +256,8 @@ def run_job(client: Client, case_id: str, label: str, kind: str, params: dict[st
         run.in_order = False
         run.error = run.error or f"the last event says {state_name(events[-1].state)}, the job {run.state}"
     replay = list(client.hospital.WatchJob(hospital_pb2.WatchJobRequest(job_id=job.job_id), timeout=REPLAY_TIMEOUT_S))
+    if run.error:  # cancelled after the watch's deadline: the replay goes on with the cancellation
+        replay = replay[:len(events)]
     run.replay_matches = [(e.seq, e.type, e.message) for e in replay] == [(e.seq, e.type, e.message) for e in events]
     return run
 
@@ -257,7 +286,9 @@ def hospital(run: HospitalRun, client: Client, spec: JobSpec, start: threading.B
 
             if soak is None:
                 one_job()
-            while soak is not None and soak.take():
+            first = True
+            while soak is not None and soak.take(first):
+                first = False
                 try:
                     one_job()
                 finally:
@@ -318,10 +349,10 @@ def summarize(runs: list[HospitalRun], wave_s: float) -> dict:
             by_label[label] |= {"job_p50_s": round(_percentile([j.job_s for j in mine], 50), 3),
                                 "job_max_s": round(max(j.job_s for j in mine), 3)}
     figures["by_kind"] = by_label
-    errors = [f"{r.name}: {r.error}" for r in runs if r.error]
+    errors = [f"{r.name}: {r.error or 'no job submitted'}" for r in runs if r.error or not r.jobs]
     errors += [f"{j.job_id} ({j.label}): {j.error or j.state + ': ' + j.message}"
                for j in jobs if j not in succeeded]
-    errors += [f"{j.job_id} ({j.label}): events out of order or replay differs" for j in jobs
+    errors += [f"{j.job_id} ({j.label}): events incomplete, out of order or replayed differently" for j in jobs
                if not (j.in_order and j.replay_matches)]
     if errors:
         figures["errors"] = errors[:8]
@@ -459,8 +490,9 @@ def run(args: argparse.Namespace, figures: dict) -> None:
         specs = job_mix(tmp, args)
         figures["config"]["mix"] = {label: sum(s.label == label for s in specs) for label in sorted({s.label for s in specs})}
         (tmp / "data").mkdir()
-        (tmp / "logs").mkdir()
-        grid = SecureLocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb, make_pki(tmp / "pki"))
+        logs = args.logs or tmp / "logs"  # --logs: kept after the run, to see why a job hung
+        logs.mkdir(parents=True, exist_ok=True)
+        grid = SecureLocalGrid(tmp / "data", logs, args.head_object_store_mb, make_pki(tmp / "pki"))
         runs: list[HospitalRun] = []
         with secure_session(grid, runs):
             started = time.perf_counter()
@@ -514,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-timeout", type=float, default=420.0, help="seconds allowed per job's watch")
     parser.add_argument("--wave-timeout", type=float, default=540.0,
                         help="seconds allowed for all hospitals (a soak adds its minutes)")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="keep the master's and agents' logs in this folder (default: a temporary one)")
     parser.add_argument("--head-object-store-mb", type=int, default=512,
                         help="object store of the Ray head, where the master puts shard arguments (MiB)")
     args = parser.parse_args(argv)
