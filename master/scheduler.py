@@ -155,8 +155,11 @@ class Scheduler:
                 pass
             self._wake.clear()
             try:
-                self._mark_lost_agents()
-                self._place_ready_shards()
+                # The store's reads and commits run in a thread, off the event loop every RPC shares.
+                await asyncio.to_thread(self._mark_lost_agents)
+                running = {r.shard_id: r.agent_id for r in self._running.values()}
+                for shard, job, agent_id in await asyncio.to_thread(self._claim_ready_shards, running):
+                    self._start(shard, job, agent_id)
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("scheduler tick failed")
 
@@ -266,15 +269,22 @@ class Scheduler:
         return [a for a in self.store.list_agents() if a.state == ALIVE and self.pool.actor(a.agent_id) is not None]
 
     # placement
-    def _place_ready_shards(self) -> None:
+    def _claim_ready_shards(self, running: dict[str, str]) -> list[tuple[ShardRecord, JobRecord, str]]:
+        """Choose agents for ready shards and mark them running in the store (in a thread).
+
+        ``running`` maps the shards running now to their agents. Returns ``(shard, job, agent)``
+        for :meth:`_start`, in placement order.
+        """
         live = self._live_agents()
-        free = {a.agent_id: a.slots - self.running_on(a.agent_id) for a in live}
+        busy = Counter(running.values())
+        free = {a.agent_id: a.slots - busy[a.agent_id] for a in live}
         jobs: dict[str, JobRecord] = {}
+        claimed: list[tuple[ShardRecord, JobRecord, str]] = []
         for shard in self.store.ready_shards():
-            if shard.shard_id in self._running:
+            if shard.shard_id in running:
                 continue
             if not any(n > 0 for n in free.values()):
-                return
+                break
             job = jobs.get(shard.job_id) or jobs.setdefault(shard.job_id, self._job(shard.job_id))
             wants_gpu = get_kind(job.kind).wants_gpu(job, shard)
             candidates = eligible_agents(free, live, wants_gpu)
@@ -290,9 +300,11 @@ class Scheduler:
             agent_id = max(candidates, key=lambda a: (candidates[a], -self._last_placed.get(a, 0.0), a))
             self._last_placed[agent_id] = time.monotonic()
             free[agent_id] -= 1
-            self._launch(shard, agent_id)
+            claimed.append((shard, self._claim(shard, agent_id), agent_id))
+        return claimed
 
-    def _launch(self, shard: ShardRecord, agent_id: str) -> None:
+    def _claim(self, shard: ShardRecord, agent_id: str) -> JobRecord:
+        """Mark the shard running on the agent (and its job running, once)."""
         job = self._job(shard.job_id)
         shard.state, shard.agent_id, shard.attempts, shard.started_ms = RUNNING, agent_id, shard.attempts + 1, now_ms()
         with self.store.transaction():
@@ -301,6 +313,9 @@ class Scheduler:
                 job.state, job.started_ms = RUNNING, now_ms()
                 self.store.update_job(job)
                 self.events.publish(job.job_id, "state", RUNNING, stage=job.stage, message="running")
+        return job
+
+    def _start(self, shard: ShardRecord, job: JobRecord, agent_id: str) -> None:
         task = asyncio.get_running_loop().create_task(self._run_shard(shard, job, agent_id))
         self._running[shard.shard_id] = _Running(shard.shard_id, job.job_id, agent_id, task)
 
@@ -311,6 +326,9 @@ class Scheduler:
                  agent_id, extra=ids)
         try:
             call = await asyncio.to_thread(self._prepare_call, shard, job)
+            if call is None:  # its job ended while the shard was being placed
+                self._running.pop(shard.shard_id, None)
+                return
             result = await self.pool.call(agent_id, call.task, call.kwargs, dataclasses.asdict(call.resources))
             result, result_sha = await asyncio.to_thread(self._keep_result, result)
         except asyncio.CancelledError:
@@ -319,13 +337,13 @@ class Scheduler:
         except BlobWriteError as exc:  # the master's disk, not the agent: no retry helps
             self._running.pop(shard.shard_id, None)
             self.metrics.shard_seconds.labels(shard.stage, "failed").observe(time.monotonic() - started)
-            self._fail_on_master(job.job_id, shard, str(exc))
+            await asyncio.to_thread(self._fail_on_master, job.job_id, shard, str(exc))
         except Exception as exc:  # a failed shard is data: retried or reported
             self._running.pop(shard.shard_id, None)
             self.pool.forget(agent_id)
             reason = str(exc) if isinstance(exc, ShardTaskError) else f"{type(exc).__name__}: {exc}"
             self.metrics.shard_seconds.labels(shard.stage, "failed").observe(time.monotonic() - started)
-            self._shard_failed(shard, agent_id, reason.strip()[:2000])
+            await asyncio.to_thread(self._shard_failed, shard, agent_id, reason.strip()[:2000])
         else:
             self._running.pop(shard.shard_id, None)
             seconds = time.monotonic() - started
@@ -336,7 +354,7 @@ class Scheduler:
                 kept = await asyncio.to_thread(self._shard_succeeded, shard, result_sha, result)
             except BlobWriteError as exc:  # the store's transaction was rolled back
                 kept = False
-                self._fail_on_master(job.job_id, shard, str(exc))
+                await asyncio.to_thread(self._fail_on_master, job.job_id, shard, str(exc))
             if not kept:
                 await asyncio.to_thread(self._discard_unused, [result_sha, *(a["sha256"] for a in result["artifacts"])])
         self.wake()
@@ -380,7 +398,10 @@ class Scheduler:
                 self.blobs.delete(sha)
 
     def _prepare_call(self, shard: ShardRecord, job: JobRecord):
-        """The kind's last word on the shard (e.g. a reroute), then its call."""
+        """The kind's last word on the shard (e.g. a reroute), then its call; ``None`` when the job
+        has ended meanwhile (cancelled while the shard was placed)."""
+        if self._job(job.job_id).state in TERMINAL_JOB_STATES:
+            return None
         kind = get_kind(job.kind)
         ctx = JobContext(self.store, self.blobs, job, self._volumes)
         notice = kind.prepare_shard(ctx, shard)

@@ -1,6 +1,12 @@
-"""Agent API servicer."""
+"""Agent API servicer.
+
+Store and blob calls run in threads (the caller's identity goes along in the context): every agent
+beats every few seconds, and a commit waiting on the disk must not stall the master's event loop.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
@@ -23,11 +29,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     @unary
     async def Register(self, request, context):
-        agent = agents.register(
+        agent = await asyncio.to_thread(lambda: agents.register(
             self.store, agent_id=request.agent_id, name=request.name, hostname=request.hostname, cpus=request.cpus,
             ram_bytes=request.ram_bytes, gpus=gpus_from_proto(request.gpus),
             engine_versions=dict(request.engine_versions), slots=request.slots, identity=current_principal().name,
-        )
+        ))
         self.scheduler.wake()
         return agent_pb2.RegisterResponse(
             agent_id=agent.agent_id, ray_address=self.ray_address, ray_resource=agent.ray_resource,
@@ -40,10 +46,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if agent is not None:
             agents.check_identity(agent, current_principal().name)
 
+    def _owned(self, action, agent_id: str):
+        """``action(store, agent_id)`` for the agent this certificate registered."""
+        self._own(agent_id)
+        return action(self.store, agent_id)
+
     @unary
     async def Heartbeat(self, request, context):
-        self._own(request.agent_id)
-        agent = agents.heartbeat(self.store, request.agent_id)
+        agent = await asyncio.to_thread(self._owned, agents.heartbeat, request.agent_id)
         if agent is None:
             return agent_pb2.HeartbeatResponse(known=False)
         self.scheduler.metrics.heartbeats.labels(agent.agent_id).inc()
@@ -54,20 +64,19 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     @unary
     async def Drain(self, request, context):
-        self._own(request.agent_id)
-        agent = agents.drain(self.store, request.agent_id)
+        agent = await asyncio.to_thread(self._owned, agents.drain, request.agent_id)
         return agent_to_proto(agent, self.scheduler.running_on(agent.agent_id))
 
     @unary
     async def Deregister(self, request, context):
-        self._own(request.agent_id)
-        agent = agents.deregister(self.store, request.agent_id)
+        agent = await asyncio.to_thread(self._owned, agents.deregister, request.agent_id)
         return agent_to_proto(agent, self.scheduler.running_on(agent.agent_id))
 
     @stream
     async def FetchModel(self, request, context):
-        model = models.get(self.store, request.sha256)
+        model = await asyncio.to_thread(models.get, self.store, request.sha256)
         yield common_pb2.ModelPackageChunk(sha256=model.sha256, card_json=model.card_json.encode("utf-8"),
                                            weights_bytes=model.weights_bytes)
-        for _, data in self.scheduler.blobs.iter_chunks(model.weights_sha256, 0, DOWNLOAD_CHUNK_BYTES):
-            yield common_pb2.ModelPackageChunk(data=data)
+        chunks = self.scheduler.blobs.iter_chunks(model.weights_sha256, 0, DOWNLOAD_CHUNK_BYTES)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield common_pb2.ModelPackageChunk(data=chunk[1])
