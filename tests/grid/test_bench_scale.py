@@ -15,8 +15,8 @@ from bench.scale import parse_agent_counts, summarize
 
 REPO = Path(__file__).resolve().parents[2]
 SMALLEST = ["--slices", "8", "--size", "64", "--agents", "1,2", "--shards", "2", "--repeats", "1"]
-# About 60 s on an idle 2-core box (Ray head, master, two agents started one after the other, their
-# warm-up); 200 s seen at a load average of 20 on 2 cores.
+# Mostly starting the grid (Ray head, master, two agents one after the other) and each agent's first
+# shard: 145-200 s seen on 2 cores shared at load averages of 15-22.
 RUN_TIMEOUT_S = 400
 
 
