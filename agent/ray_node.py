@@ -8,6 +8,8 @@ address to the machine's network address. Starting the node through ``ray._priva
 
 from __future__ import annotations
 
+import os
+
 import ray._private.node
 import ray._private.parameter
 
@@ -24,6 +26,11 @@ def start_worker_node(
 
     The node's processes stop when this process exits (Ray's reaper), or on :func:`stop_node`.
     """
+    # Ray retries a task its memory monitor killed without end by default ("infinite oom retries"):
+    # on a node short of memory a shard was killed and started again and again, and its job hung
+    # (seen under load). Here it fails at once, and the master retries it on another agent within
+    # its attempts, or fails the job saying why. The node's processes inherit the setting.
+    os.environ.setdefault("RAY_task_oom_retries", "0")
     params = ray._private.parameter.RayParams(
         gcs_address=gcs_address,
         node_ip_address=node_ip,
