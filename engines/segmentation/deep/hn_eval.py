@@ -169,7 +169,8 @@ OPENKBP_CITATION = (
 
 
 def finalize_package(trained_dir: Path, validation_paths: Sequence[Path], out_dir: Path,
-                     progress: Callable[[str], None] | None = None, name: str | None = None) -> tuple[str, dict[str, Any]]:
+                     progress: Callable[[str], None] | None = None, name: str | None = None,
+                     version: str | None = None) -> tuple[str, dict[str, Any]]:
     """Score a trained package on the OpenKBP validation patients and write the shipped package.
 
     The card keeps the trainer's record and gains: the validation scores on each CT's own grid
@@ -186,8 +187,8 @@ def finalize_package(trained_dir: Path, validation_paths: Sequence[Path], out_di
         Where to write the final package.
     progress : callable, optional
         Receives one line per patient.
-    name : str, optional
-        The model's name in the final card (the trained card's when ``None``).
+    name, version : str, optional
+        The model's name and version in the final card (the trained card's when ``None``).
 
     Returns
     -------
@@ -221,7 +222,8 @@ def finalize_package(trained_dir: Path, validation_paths: Sequence[Path], out_di
     metrics = dict(card.validation_metrics)
     metrics = {"selection_on_model_grid": metrics, "openkbp_validation": evaluation["summary"],
                "mean_dsc": evaluation["summary"]["mean_dsc"]}
-    final = dataclasses.replace(card, name=name or card.name, validation_metrics=metrics, extra=extra)
+    final = dataclasses.replace(card, name=name or card.name, version=version or card.version,
+                                validation_metrics=metrics, extra=extra)
     return save_package(out_dir, model, final), evaluation
 
 
@@ -241,13 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compare", type=Path, help="a package whose card's validation figures to compare with")
     parser.add_argument("--tolerance", type=float, default=0.02, help="DSC difference counted as noise")
     parser.add_argument("--name", help="the model's name in the final card (default: the trained card's)")
+    parser.add_argument("--version", help="the model's version in the final card (default: the trained card's)")
     parser.add_argument("--report", type=Path, help="write the full evaluation (per patient) as JSON here")
     args = parser.parse_args(argv)
 
     def say(line: str) -> None:
         print(f"hn-eval: {line}", file=sys.stderr, flush=True)
 
-    sha, evaluation = finalize_package(args.trained, openkbp_patients(args.validation), args.out, say, args.name)
+    sha, evaluation = finalize_package(args.trained, openkbp_patients(args.validation), args.out, say, args.name,
+                                       args.version)
     if args.report:
         args.report.write_text(json.dumps(evaluation, indent=1, sort_keys=True))
     summary = evaluation["summary"]
