@@ -56,19 +56,8 @@ def predicted_dose_on_ct(series: ImageSeries, masks: dict[str, np.ndarray], orde
 
 
 def predict_dose_shard(series: ImageSeries, rtstructs: list[bytes], order_text: str, body: str, model: str) -> dict[str, Any]:
-    """Predict the dose of a case with the built-in model; publish ``RD.predicted.dcm`` and
-    ``predicted-dose.json``.
-
-    Parameters
-    ----------
-    model : str
-        ``NAME@VERSION:SHA256`` the master recorded at submission.
-
-    Raises
-    ------
-    RuntimeError
-        This agent's built-in model is not the one the job names (an agent of another release).
-    """
+    """Predict the dose of a case with the built-in model (:func:`predicted_dose_on_ct`, whose
+    ``model`` check applies); publish ``RD.predicted.dcm`` and ``predicted-dose.json``."""
     start = time.monotonic()
     masks = structures_on_ct(series, rtstructs)
     order = load_order(order_text, set(masks))
