@@ -298,16 +298,24 @@ class Scheduler:
                     continue  # another agent will free a slot: a retry does not go back where it failed
             # Most free slots first; among equals the one idle longest, so every agent stays warm.
             agent_id = max(candidates, key=lambda a: (candidates[a], -self._last_placed.get(a, 0.0), a))
+            job = self._claim(shard, agent_id)
+            if job is None:
+                continue
             self._last_placed[agent_id] = time.monotonic()
             free[agent_id] -= 1
-            claimed.append((shard, self._claim(shard, agent_id), agent_id))
+            claimed.append((shard, job, agent_id))
         return claimed
 
-    def _claim(self, shard: ShardRecord, agent_id: str) -> JobRecord:
-        """Mark the shard running on the agent (and its job running, once)."""
-        job = self._job(shard.job_id)
-        shard.state, shard.agent_id, shard.attempts, shard.started_ms = RUNNING, agent_id, shard.attempts + 1, now_ms()
+    def _claim(self, shard: ShardRecord, agent_id: str) -> JobRecord | None:
+        """Mark the shard running on the agent (and its job running, once); ``None`` when it is no
+        longer queued. Checked inside the transaction: a cancel on the event loop may have ended
+        its job since the shard was read."""
         with self.store.transaction():
+            job = self._job(shard.job_id)
+            current = self.store.get_shard(shard.shard_id)
+            if job.state in TERMINAL_JOB_STATES or current is None or current.state != QUEUED:
+                return None
+            shard.state, shard.agent_id, shard.attempts, shard.started_ms = RUNNING, agent_id, current.attempts + 1, now_ms()
             self.store.update_shard(shard)
             if job.state == QUEUED:
                 job.state, job.started_ms = RUNNING, now_ms()

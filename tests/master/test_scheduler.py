@@ -203,3 +203,18 @@ def test_cancel_stops_a_running_job_and_its_shards(tmp_path):
         await grid.stop()
 
     run(scenario)
+
+
+def test_a_shard_read_before_its_job_was_cancelled_is_not_claimed(tmp_path):
+    # The tick reads ready shards and claims them in a thread while a cancel may run on the event
+    # loop; a claim after the cancel must not leave a shard "running" in a cancelled job.
+    async def scenario():
+        grid = Grid(tmp_path, {"square": square, "sum": total}, {"a1": 1})
+        job = grid.scheduler.submit("case-1", SquareThenSum.name, {"n": "2"}, 0, "")
+        shard = grid.store.ready_shards()[0]
+        grid.scheduler.cancel(job.job_id)
+        assert grid.scheduler._claim(shard, "a1") is None
+        assert {s.state for s in grid.store.list_shards(job.job_id)} == {"cancelled"}
+        await grid.stop()
+
+    run(scenario)
