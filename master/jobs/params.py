@@ -152,6 +152,7 @@ class PlanParams:
     machine: str = STANDARD_MACHINE_ID
     body: str = DEFAULT_BODY
     contours_job: str = ""  # plan only
+    contours_version: int = bounded(0, 0, 10_000)  # plan only: that job's contours version (0: latest approved)
     shards: int | None = bounded(None, 1, MAX_SHARDS)  # full only: the contour stage's slabs
     devices: str = ""  # "" : no convert stage
     device_rule: str = DEFAULT_DEVICE_RULE
@@ -170,7 +171,7 @@ class PlanParams:
 
 PLAN_PARAMS = frozenset({"order", "beams", "gantry_angles", "bixel_mm", "dose_grid_mm", "machine", "body", "devices",
                          "device_rule"})
-PLAN_EXTRA = {"plan": frozenset({"contours_job"}), "full": frozenset({"shards"})}
+PLAN_EXTRA = {"plan": frozenset({"contours_job", "contours_version"}), "full": frozenset({"shards"})}
 PLAN_INTERNAL = frozenset({"dose_model"})
 
 
@@ -211,7 +212,7 @@ def parse_plan_params(params: dict[str, str], kind: str = "plan", *, submitted: 
     typed = PlanParams(
         order=params["order"],
         gantry_angles_deg=_gantry_angles(params["gantry_angles"]) if "gantry_angles" in params else (),
-        **_numbers(PlanParams, params, ("beams", "bixel_mm", "dose_grid_mm", "shards")),
+        **_numbers(PlanParams, params, ("beams", "bixel_mm", "dose_grid_mm", "shards", "contours_version")),
         **{name: params[name] for name in ("machine", "body", "contours_job", "devices", "device_rule", "dose_model")
            if name in params},
     )

@@ -25,6 +25,8 @@ Typed, with their defaults and ranges, in ``rtgrid.master.jobs.params``.
 ``dose_grid_mm``   dose grid spacing, 1 to 10 mm (default 3)
 ``machine``        machine model id (default the standard 6 MV machine)
 ``contours_job``   (``plan`` only) a finished contour job whose RTSTRUCT to use
+``contours_version`` (``plan`` only) which version of that job's contours (``rtgrid versions``);
+                   default the latest approved, else the latest not rejected; kept with the job
 ``body``           the outline structure that gets dose (default ``BODY``)
 ``shards``         (``full`` only) z-slabs of the contour stage, 1 to 64
 ``devices``        device ids (``ID,ID``), ``auto`` or ``auto:N``: adds the ``convert`` stage,
@@ -47,6 +49,7 @@ from rtgrid.engines.optimization.order import load_order
 from rtgrid.engines.segmentation.classical import STRUCTURE_NAMES
 from rtgrid.protos.grid_contract import Task
 
+from ..approval import contours_for_plan
 from ..blobs import BlobStore
 from ..errors import FailedPrecondition, InvalidArgument
 from ..store.base import Store
@@ -70,6 +73,27 @@ def _case_frame_of_reference(store: Store, case_id: str) -> str:
     if not series:
         raise FailedPrecondition(f"case {case_id} has no committed CT series")
     return series[0].frame_of_reference_uid
+
+
+def check_contours_on_case(store: Store, case_id: str, data: bytes, what: str) -> None:
+    """Refuse an RTSTRUCT with structures off the case's CT frame of reference.
+
+    Raises
+    ------
+    InvalidArgument
+        Naming the foreign frames of reference and the case's.
+    """
+    frame = _case_frame_of_reference(store, case_id)
+    try:
+        rois = _rtstruct_rois(data)
+    except EngineError as exc:
+        raise InvalidArgument(f"{what}: {exc}") from None
+    elsewhere = {r.frame_of_reference_uid for r in rois} - {frame}
+    if elsewhere:
+        raise InvalidArgument(
+            f"{what} holds structures on frame of reference {', '.join(sorted(elsewhere))}, "
+            f"not on case {case_id}'s CT frame of reference {frame}"
+        )
 
 
 class PlanJob(JobKind):
@@ -104,15 +128,11 @@ class PlanJob(JobKind):
                 f"contours_job={job_id!r} contoured case {job.case_id}, not case {case_id}: "
                 "a plan uses only its own case's contours"
             )
-        rtstructs = [blobs.read_bytes(a.sha256) for a in store.list_artifacts(job_id) if a.kind == "rtstruct"]
-        frame = _case_frame_of_reference(store, case_id)
+        # Checked with the other parameters at submission; here only the number is needed.
+        chosen, _ = contours_for_plan(store, job_id, int(params.get("contours_version") or 0))
+        rtstructs = [blobs.read_bytes(a.sha256) for a in chosen]
         for data in rtstructs:
-            elsewhere = {r.frame_of_reference_uid for r in _rtstruct_rois(data)} - {frame}
-            if elsewhere:
-                raise InvalidArgument(
-                    f"contours_job={job_id!r} holds structures on frame of reference {', '.join(sorted(elsewhere))}, "
-                    f"not on case {case_id}'s CT frame of reference {frame}"
-                )
+            check_contours_on_case(store, case_id, data, f"contours_job={job_id!r}")
         return rtstructs
 
     def structure_names(self, store: Store, blobs: BlobStore, case_id: str, params: dict[str, str]) -> set[str]:
@@ -137,6 +157,12 @@ class PlanJob(JobKind):
         except EngineError as exc:
             raise InvalidArgument(f"medical order: {exc}") from None
         params = dict(params)
+        if params.get("contours_job"):  # the version chosen now stays the plan's, whatever is approved later
+            params["contours_version"] = str(contours_for_plan(store, params["contours_job"],
+                                                               typed.contours_version)[1])
+        elif typed.contours_version:
+            raise InvalidArgument("contours_version names a version of the contours of contours_job=JOB_ID: "
+                                  "give contours_job too")
         if order.goals == "predicted":
             # Imported here: the predict kind imports this module.
             from .predict import builtin_model_identity

@@ -17,9 +17,12 @@ from .records import (
     HospitalRecord,
     JobRecord,
     ModelRecord,
+    ReviewRecord,
     SeriesRecord,
     ShardRecord,
+    ShareRecord,
     UploadRecord,
+    VersionRecord,
 )
 
 
@@ -47,6 +50,12 @@ class Store(ABC):
         after the case ``after_case_id`` (the next page).
 
         Raises ``KeyError`` when ``after_case_id`` names no case."""
+    @abstractmethod
+    def list_visible_cases(self, hospital: str, now_ms: int, limit: int = -1,
+                           after_case_id: str = "") -> list[CaseRecord]:
+        """The cases ``hospital`` owns or has been shared (a share that has not ended by
+        ``now_ms``), oldest first, paged as :meth:`list_cases`."""
+
     @abstractmethod
     def set_case_committed(self, case_id: str) -> None: ...
     @abstractmethod
@@ -140,6 +149,39 @@ class Store(ABC):
     def get_artifact(self, artifact_id: str) -> ArtifactRecord | None: ...
     @abstractmethod
     def list_artifacts(self, job_id: str) -> list[ArtifactRecord]: ...
+    @abstractmethod
+    def update_artifact(self, artifact: ArtifactRecord) -> None:
+        """Point an artifact at new content (a version whose approval tags were rewritten)."""
+
+    # versions and reviews of structure sets and plans; shared cases
+    @abstractmethod
+    def add_version(self, version: VersionRecord) -> None:
+        """Raises the driver's integrity error when the job's lineage already has that number."""
+
+    @abstractmethod
+    def update_version(self, version: VersionRecord) -> None: ...
+    @abstractmethod
+    def list_versions(self, job_id: str) -> list[VersionRecord]:
+        """A job's versions by lineage, then number."""
+
+    @abstractmethod
+    def add_review(self, review: ReviewRecord) -> None: ...
+    @abstractmethod
+    def list_reviews(self, version_id: str) -> list[ReviewRecord]:
+        """A version's transitions and comments, oldest first."""
+
+    @abstractmethod
+    def put_share(self, share: ShareRecord) -> None:
+        """Share a case with a hospital, or replace that share's grant and end."""
+
+    @abstractmethod
+    def get_share(self, case_id: str, hospital: str) -> ShareRecord | None: ...
+    @abstractmethod
+    def delete_share(self, case_id: str, hospital: str) -> bool:
+        """End a share at once; False when there was none."""
+
+    @abstractmethod
+    def list_shares(self, case_id: str) -> list[ShareRecord]: ...
 
     # agents
     @abstractmethod

@@ -180,9 +180,68 @@ class AuditRecord:
     time_ms: int
     principal: str
     role: str
-    action: str  # upload | view | download | submit | cancel | admin | agent
+    action: str  # upload | view | download | submit | cancel | admin | agent | review | share (and, written by
+    # the approval and sharing modules: approve | reject | comment | version | unshare | consult)
     method: str
     objects: dict[str, str]
     outcome: str
     detail: str = ""  # the refusal's message, if any
     peer: str = ""  # the caller's address as gRPC saw it
+
+
+# Review status of a structure set's or plan's version (the RT Approval module's vocabulary, lower case).
+DRAFT, REVIEWED, APPROVED, REJECTED = "draft", "reviewed", "approved", "rejected"
+
+
+@dataclass
+class VersionRecord:
+    """One version of a job's structure set or plan (or dose) and its review status.
+
+    Versions of one ``lineage`` (the name of the job's original artifact, e.g. ``RS.contours.dcm``)
+    are numbered 1, 2, ...; each is an artifact of the job. The last transition's who, when and
+    comment are kept here; every transition is also a :class:`ReviewRecord` and an audit entry.
+    """
+
+    version_id: str
+    job_id: str
+    lineage: str
+    version: int
+    artifact_id: str
+    kind: str  # rtstruct | rtplan | rtdose
+    status: str
+    author: str  # the hospital that uploaded it, or "grid" for what a job made
+    created_ms: int
+    reviewer_name: str = ""  # the person named by --as
+    reviewed_by: str = ""  # the principal (hospital) that made the last transition
+    reviewed_ms: int = 0
+    comment: str = ""
+
+
+@dataclass
+class ReviewRecord:
+    """One transition (or comment: ``from_status == to_status``) of a version."""
+
+    review_id: str
+    version_id: str
+    time_ms: int
+    principal: str
+    reviewer_name: str
+    from_status: str
+    to_status: str
+    comment: str = ""
+
+
+VIEW, COMMENT, REVIEW, APPROVE = "view", "comment", "review", "approve"
+GRANTS = (VIEW, COMMENT, REVIEW, APPROVE)  # each grant includes those before it
+
+
+@dataclass
+class ShareRecord:
+    """A case shared by its owner with a consultant hospital, until ``until_ms`` (0: no end)."""
+
+    case_id: str
+    hospital: str  # the consultant
+    grant: str  # one of GRANTS
+    shared_by: str
+    created_ms: int
+    until_ms: int = 0

@@ -33,21 +33,25 @@ from .records import (
     HospitalRecord,
     JobRecord,
     ModelRecord,
+    ReviewRecord,
     SeriesRecord,
     ShardRecord,
+    ShareRecord,
     UploadRecord,
+    VersionRecord,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Version 3 added case owners, agent identities, hospitals and the audit log; version 4 the time of
-# an upload's last chunk. An older store is migrated in place: a column a record has gained is
+# an upload's last chunk; version 5 versions and reviews of structure sets and plans, and shared
+# cases (new tables, created when missing). An older store is migrated in place: a column a record has gained is
 # added with the field's default (see ``_add_missing_columns``).
 OLDEST_SCHEMA_VERSION = 2
 # Text the master itself writes (job and shard errors, event messages, audit details) is cut to
 # this many characters: an engine's error may echo a whole input.
 MAX_STORED_TEXT_CHARS = 4000
 _CLIPPED = {"JobRecord": ("error",), "ShardRecord": ("error",), "EventRecord": ("message",),
-            "AuditRecord": ("detail",)}
+            "AuditRecord": ("detail",), "VersionRecord": ("comment",), "ReviewRecord": ("comment",)}
 R = TypeVar("R")
 
 TABLES: dict[type, tuple[str, str]] = {
@@ -64,6 +68,9 @@ TABLES: dict[type, tuple[str, str]] = {
     ModelRecord: ("models", "sha256"),
     HospitalRecord: ("hospitals", "name"),
     AuditRecord: ("audit", "audit_id"),
+    VersionRecord: ("versions", "version_id"),
+    ReviewRecord: ("reviews", "review_id"),
+    ShareRecord: ("shares", "case_id, hospital"),
 }
 
 INDEXES = (
@@ -79,6 +86,9 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS cases_hospital ON cases(hospital)",
     "CREATE UNIQUE INDEX IF NOT EXISTS hospitals_token ON hospitals(token_sha256)",
     "CREATE INDEX IF NOT EXISTS audit_time ON audit(time_ms)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS versions_number ON versions(job_id, lineage, version)",
+    "CREATE INDEX IF NOT EXISTS reviews_version ON reviews(version_id)",
+    "CREATE INDEX IF NOT EXISTS shares_hospital ON shares(hospital)",
 )
 
 
@@ -254,12 +264,25 @@ class SqlStore(Store):
             args += [after.created_ms, after.created_ms, after.case_id]
         return self._select(CaseRecord, " AND ".join(where), args, f"ORDER BY created_ms, case_id {_limit(limit)}")
 
+    def list_visible_cases(self, hospital: str, now_ms: int, limit: int = -1,
+                           after_case_id: str = "") -> list[CaseRecord]:
+        where = ["(hospital = ? OR case_id IN (SELECT case_id FROM shares WHERE hospital = ? "
+                 "AND (until_ms = 0 OR until_ms > ?)))"]
+        args: list[Any] = [hospital, hospital, now_ms]
+        if after_case_id:
+            after = self.get_case(after_case_id)
+            if after is None:
+                raise KeyError(after_case_id)
+            where.append("(created_ms > ? OR (created_ms = ? AND case_id > ?))")
+            args += [after.created_ms, after.created_ms, after.case_id]
+        return self._select(CaseRecord, " AND ".join(where), args, f"ORDER BY created_ms, case_id {_limit(limit)}")
+
     def set_case_committed(self, case_id: str) -> None:
         self._exec("UPDATE cases SET committed = TRUE WHERE case_id = ?", (case_id,))
 
     def delete_case(self, case_id: str) -> None:
         with self.transaction():
-            for table in ("uploads", "files", "series", "cases"):
+            for table in ("uploads", "files", "series", "shares", "cases"):
                 self._execute(f"DELETE FROM {table} WHERE case_id = ?", (case_id,))
 
     def add_upload(self, upload: UploadRecord) -> None:
@@ -404,6 +427,37 @@ class SqlStore(Store):
 
     def list_artifacts(self, job_id: str) -> list[ArtifactRecord]:
         return self._select(ArtifactRecord, "job_id = ?", (job_id,), "ORDER BY name")
+
+    def update_artifact(self, artifact: ArtifactRecord) -> None:
+        self._insert(artifact, replace=True)
+
+    # versions, reviews and shares
+    def add_version(self, version: VersionRecord) -> None:
+        self._insert(version)
+
+    def update_version(self, version: VersionRecord) -> None:
+        self._insert(version, replace=True)
+
+    def list_versions(self, job_id: str) -> list[VersionRecord]:
+        return self._select(VersionRecord, "job_id = ?", (job_id,), "ORDER BY lineage, version")
+
+    def add_review(self, review: ReviewRecord) -> None:
+        self._insert(review)
+
+    def list_reviews(self, version_id: str) -> list[ReviewRecord]:
+        return self._select(ReviewRecord, "version_id = ?", (version_id,), "ORDER BY time_ms, rowid")
+
+    def put_share(self, share: ShareRecord) -> None:
+        self._insert(share, replace=True)
+
+    def get_share(self, case_id: str, hospital: str) -> ShareRecord | None:
+        return self._one(ShareRecord, "case_id = ? AND hospital = ?", (case_id, hospital))
+
+    def delete_share(self, case_id: str, hospital: str) -> bool:
+        return self._exec("DELETE FROM shares WHERE case_id = ? AND hospital = ?", (case_id, hospital)) > 0
+
+    def list_shares(self, case_id: str) -> list[ShareRecord]:
+        return self._select(ShareRecord, "case_id = ?", (case_id,), "ORDER BY hospital")
 
     # agents
     def upsert_agent(self, agent: AgentRecord) -> None:
