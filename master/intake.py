@@ -1,6 +1,12 @@
 """Case intake: resumable chunked uploads, per-file DICOM checks, and an all-or-nothing commit.
 
 Plain functions over the store and blob store; the hospital servicer only translates protobuf.
+
+Where each check happens: FinishUpload proves the bytes (size, sha256) and reads the DICOM header
+(modality, identity) of every file; a non-image object (RTSTRUCT) is checked completely there. An
+image file's complete check (every element, pixel data, geometry, identity repairs) is made once,
+at commit, where the series is built from it anyway: it would otherwise be parsed twice, and the
+commit refuses the whole case, naming the file, if any check fails.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ IMAGE_MODALITIES = ("CT",)
 ATTACHMENT_MODALITIES = ("RTSTRUCT",)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
+# An image file naming all of these in its header is checked completely at commit (see _identify).
+_IDENTITY_TAGS = ("Modality", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
 
 
 @dataclass(frozen=True)
@@ -181,12 +189,14 @@ def _discard_upload(intake: Intake, upload: UploadRecord) -> None:
     intake.store.delete_upload(upload.upload_id)
 
 
-def finish_upload(intake: Intake, upload_id: str) -> FileRecord:
-    """Verify size, checksum and DICOM readability, then keep the file with its case.
+def finish_upload(intake: Intake, upload_id: str, upload: UploadRecord | None = None) -> FileRecord:
+    """Verify size, checksum and the DICOM header, then keep the file with its case.
 
-    A file that fails is discarded whole (nothing half-stored) and the error names it.
+    A file that fails is discarded whole (nothing half-stored) and the error names it. ``upload``:
+    the open upload ``upload_id``, when the caller has read it already. An image file's complete
+    check comes at commit (see the module's docstring).
     """
-    upload = get_upload(intake, upload_id)
+    upload = upload if upload is not None and upload.upload_id == upload_id else get_upload(intake, upload_id)
     _open_case(intake, upload.case_id)
     if upload.committed_bytes != upload.size_bytes:
         raise FailedPrecondition(
@@ -198,25 +208,48 @@ def finish_upload(intake: Intake, upload_id: str) -> FileRecord:
         _discard_upload(intake, upload)
         raise DataLoss(f"{upload.file_name}: sha256 of the received bytes does not match the declared sha256")
     try:
-        info = inspect_dicom(data, upload.file_name)
+        modality, sop_instance_uid, notes = _identify(data, upload.file_name)
     except IntakeError as exc:
         _discard_upload(intake, upload)
         raise InvalidArgument(str(exc)) from exc
-    if info.modality not in IMAGE_MODALITIES + ATTACHMENT_MODALITIES:
+    if modality not in IMAGE_MODALITIES + ATTACHMENT_MODALITIES:
         _discard_upload(intake, upload)
         raise InvalidArgument(
-            f"{upload.file_name}: modality {info.modality or '(none)'} is not accepted; a case holds "
+            f"{upload.file_name}: modality {modality or '(none)'} is not accepted; a case holds "
             f"{'/'.join(IMAGE_MODALITIES)} images and {'/'.join(ATTACHMENT_MODALITIES)} objects"
         )
     record = FileRecord(
         new_id("file"), upload.case_id, upload.file_name, upload.sha256, upload.size_bytes,
-        info.modality, info.sop_instance_uid, list(info.notes),
+        modality, sop_instance_uid, notes,
     )
     with intake.store.transaction():
         intake.store.add_file(record)
         intake.store.delete_upload(upload.upload_id)
     intake.blobs.adopt(path, upload.sha256)
     return record
+
+
+def _identify(data: bytes, file_name: str) -> tuple[str, str, list[str]]:
+    """Modality, SOP Instance UID and repair notes of an uploaded file.
+
+    An image whose header names its modality and every identity UID is only read up to its pixel
+    data here (its complete check comes at commit); anything else (a non-image object, a header
+    that does not read cleanly, empty UIDs to repair) gets the complete check now.
+
+    Raises
+    ------
+    IntakeError
+        From the complete check: the file is not DICOM, truncated, undecodable, ...
+    """
+    try:
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=list(_IDENTITY_TAGS))
+        values = {tag: str(header.get(tag, "") or "").strip() for tag in _IDENTITY_TAGS}
+    except Exception:  # a malformed header fails in many ways; the complete check names how
+        values = {}
+    if values and values["Modality"] in IMAGE_MODALITIES and all(values.values()):
+        return values["Modality"], values["SOPInstanceUID"], []
+    info = inspect_dicom(data, file_name)
+    return info.modality, info.sop_instance_uid, list(info.notes)
 
 
 def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
