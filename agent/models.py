@@ -23,7 +23,7 @@ import numpy as np
 
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.segmentation.deep.package import CARD_FILE, HASH_FILE, WEIGHTS_FILE, ModelPackageError
-from rtgrid.protos.grid_contract import Task
+from rtgrid.protos.grid_contract import ContourSegmentCall, SegmentResult, Task, shard_call_from
 from rtgrid.protos.v1 import agent_pb2, agent_pb2_grpc
 
 from .channel import MasterLink
@@ -134,17 +134,20 @@ class ModelActor:
         """Run a shard task that needs this model (the shard worker's entry point)."""
         if task != Task.CONTOUR_SEGMENT:
             raise KeyError(f"a model actor runs only {Task.CONTOUR_SEGMENT.value!r}, not {task!r}")
-        return self.segment(**kwargs)
+        call = shard_call_from(task, kwargs)
+        assert isinstance(call, ContourSegmentCall)
+        return self.segment(call)
 
-    def segment(self, hu: np.ndarray, spacing_mm: np.ndarray, direction: np.ndarray) -> dict[str, Any]:
+    def segment(self, call: ContourSegmentCall) -> dict[str, Any]:
         """Label a slab of axial slices (any axis-aligned orientation) with this model.
 
         Returns
         -------
         dict
-            ``labels`` (uint8, the slab's shape) and ``actor`` (:meth:`stats` after this shard).
+            A :class:`SegmentResult`: the slab's uint8 labels and :meth:`stats` after this shard.
         """
-        slab = Volume(np.asarray(hu), np.zeros(3), np.asarray(spacing_mm, float), np.asarray(direction, float))
+        slab = Volume(np.asarray(call.hu), np.zeros(3), np.asarray(call.spacing_mm, float),
+                      np.asarray(call.direction, float))
         labels = self.runner.predict_volume(slab).voxels
         self.shards += 1
-        return {"labels": labels, "actor": self.stats()}
+        return SegmentResult(labels, self.stats()).to_result()

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from rtgrid.engines.dicomrt.rtstruct import StructureSpec, write_rtstruct
-from rtgrid.engines.imaging.volume import ImageSeries
 from rtgrid.engines.report.overlay import render_overlays
 from rtgrid.engines.segmentation import classical
 from rtgrid.engines.segmentation.deep.card import ModelCard
 from rtgrid.engines.segmentation.deep.postprocess import postprocess
+from rtgrid.protos.grid_contract import ContourMergeCall, ContourSlabCall, ContourSlabResult
 
 from .assist import assisted_structures
 from .files import artifact, dataset_bytes
@@ -31,10 +31,10 @@ MODEL_COLORS = ((220, 60, 60), (60, 200, 90), (240, 160, 40), (170, 80, 220), (4
                 (140, 140, 40), (90, 120, 250))
 
 
-def contour_slab(hu: np.ndarray, spacing_mm: np.ndarray, direction: np.ndarray, slab: classical.Slab) -> dict[str, Any]:
+def contour_slab(call: ContourSlabCall) -> dict[str, Any]:
     """Classical structures of one z-slab (its core slices)."""
-    result = classical.contour_slab(np.asarray(hu), spacing_mm, direction, slab)
-    return {"slab": dataclasses.asdict(result.slab), "bits": result.bits}
+    result = classical.contour_slab(np.asarray(call.hu), call.spacing_mm, call.direction, call.slab)
+    return ContourSlabResult(dataclasses.asdict(result.slab), result.bits).to_result()
 
 
 def model_structures(model: dict[str, Any], taken: set[str]) -> tuple[list[StructureSpec], dict[str, Any], ModelCard]:
@@ -56,13 +56,13 @@ def model_structures(model: dict[str, Any], taken: set[str]) -> tuple[list[Struc
     return specs, summary, card
 
 
-def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries,
-                  model_results: list[dict[str, Any]] | None = None, assist: dict[str, Any] | None = None,
-                  skipped_models: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def contour_merge(call: ContourMergeCall) -> dict[str, Any]:
     """Merge slabs (and model label maps), complete what the user drew (``assist``), write the
     RTSTRUCT on the uploaded series, render overlays and a summary (which lists the
     ``skipped_models`` the master ruled out for this CT, with the reason)."""
-    results = [classical.SlabResult(classical.Slab(**r["slab"]), r["bits"]) for r in slab_results]
+    series, assist = call.series, call.assist
+    results = [classical.SlabResult(classical.Slab(**r.slab), r.bits)
+               for r in map(ContourSlabResult.from_result, call.slab_results)]
     masks = classical.merge_slabs(results, series.volume)
     specs = [
         StructureSpec(name, masks[name], *CLASSICAL_ROI.get(name, ("ORGAN", (255, 0, 0))), "AUTOMATIC")
@@ -71,7 +71,7 @@ def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries,
     taken = set(masks)
     model_summaries = []
     model_masks: dict[str, tuple[np.ndarray, str]] = {}  # what assist may refine with, by structure name
-    for model in model_results or []:
+    for model in call.model_results:
         model_specs, summary, card = model_structures(model, taken)
         specs += model_specs
         model_summaries.append(summary)
@@ -89,7 +89,7 @@ def contour_merge(slab_results: list[dict[str, Any]], series: ImageSeries,
     summary = {
         "structures": {s.name: {"volume_cc": round(float(s.mask.sum()) * voxel_cc, 3)} for s in specs},
         "models": model_summaries,
-        "skipped_models": list(skipped_models or []),
+        "skipped_models": list(call.skipped_models),
         "assisted": assisted,
         "series_instance_uid": series.series_instance_uid,
         "notes": list(series.notes),

@@ -12,24 +12,26 @@ import numpy as np
 from rtgrid.engines.conversion.device import load_device
 from rtgrid.engines.conversion.standard_plan import StandardPlan
 from rtgrid.engines.dicomrt.rtdose import write_rtdose
-from rtgrid.engines.imaging.volume import ImageSeries, Volume
+from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.optimization.dvh import cumulative_dvh
 from rtgrid.engines.qa.plan_check import QaResult
 from rtgrid.engines.qa.release import release_device_plan, release_report
 from rtgrid.engines.report.pdf_report import device_plan_pdf
 from rtgrid.engines.report.plan_report import render_dvh_png, render_gamma_png
 
-from .files import artifact, dataset_bytes
+from rtgrid.protos.grid_contract import Artifact, ConvertDeviceCall, DevicePlanResult, PlanSetup
+
+from .files import dataset_bytes
+from .plan import setup_grid
 
 
-def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSeries, device_name: str,
-                   model_id: str, rtstruct_uid: str) -> dict[str, Any]:
+def convert_device(call: ConvertDeviceCall) -> dict[str, Any]:
     """One device's plan, released only when QA passes (at most as many tries as the release policy allows)."""
-    plan = StandardPlan.from_bytes(standard_plan)
-    device = load_device(model_id)
-    density = Volume(setup["density"], np.asarray(setup["origin_mm"]), np.asarray(setup["spacing_mm"]),
-                     np.asarray(setup["direction"]))
-    masks = {name: setup[f"mask:{name}"] for name in setup["structures"]}
+    plan = StandardPlan.from_bytes(call.standard_plan)
+    device = load_device(call.model_id)
+    setup = PlanSetup.from_result(call.setup)
+    density, masks = setup_grid(setup), setup.masks
+    series, device_name, rtstruct_uid = call.series, call.device_name, call.rtstruct_uid
     release = release_device_plan(plan, density, masks, device, series, device_name=device_name,
                                   rtstruct_uid=rtstruct_uid)
     best, passed = release.reported, release.released
@@ -48,9 +50,7 @@ def convert_device(setup: dict[str, Any], standard_plan: bytes, series: ImageSer
                               comment=f"rtgrid plan for {device_name}")
         files = [(f"RP.{device_name}.dcm", "rtplan", "RTPLAN", best.rtplan_bytes),
                  (f"RD.{device_name}.dcm", "rtdose", "RTDOSE", dataset_bytes(rtdose))] + files
-    result = artifact(*files)
-    result.update({"device": device_name, "qa_passed": passed, "qa_reasons": list(best.reasons)})
-    return result
+    return DevicePlanResult(device_name, passed, list(best.reasons), tuple(Artifact(*f) for f in files)).to_result()
 
 
 def _dvh_comparison(plan: StandardPlan, qa: QaResult, masks: dict[str, np.ndarray], grid: Volume, name: str,

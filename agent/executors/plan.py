@@ -1,15 +1,8 @@
 """Standard-plan executors: set up beams on the dose grid, one dose influence matrix per beam,
 then optimize the fluence against the medical order and write the plan's outputs.
 
-The set-up result is a flat dict of arrays and JSON values (it is stored by the master and sent
-to every beam shard):
-
-``density``, ``origin_mm``, ``spacing_mm``, ``direction``
-    Relative electron density on the dose grid and the grid's LPS geometry.
-``structures`` and ``mask:<name>``
-    Names and boolean masks (on the dose grid) of the order's structures and the body.
-``isocenter_mm``, ``gantry_deg``, ``bixel_mm``, ``sad_mm``, ``ix:<b>``, ``iy:<b>``
-    The beams and the bixel lattice of beam ``b``.
+The set-up is a :class:`rtgrid.protos.grid_contract.PlanSetup` (density, masks and beams on the
+dose grid); it is stored by the master and sent to every beam, optimization and device shard.
 
 The standard plan travels as ``standard-plan.npz``
 (:class:`rtgrid.engines.conversion.standard_plan.StandardPlan`, the artifact device conversion
@@ -43,8 +36,9 @@ from rtgrid.engines.optimization.order import load_order
 from rtgrid.engines.qa.plan_acceptance import judge_standard_plan
 from rtgrid.engines.report.pdf_report import standard_plan_pdf
 from rtgrid.engines.report.plan_report import render_dose_wash_png, render_dvh_png
+from rtgrid.protos.grid_contract import Artifact, BeamDij, BeamDijCall, PlanOptimizeCall, PlanOptimizeResult, PlanSetup, PlanSetupCall
 
-from .files import artifact, dataset_bytes
+from .files import dataset_bytes
 
 def structures_on_ct(series: ImageSeries, rtstructs: list[bytes]) -> dict[str, np.ndarray]:
     """Masks on the CT grid from RTSTRUCTs; a later structure set wins over an earlier one."""
@@ -55,70 +49,63 @@ def structures_on_ct(series: ImageSeries, rtstructs: list[bytes]) -> dict[str, n
     return masks
 
 
-def _grid(setup: dict[str, Any]) -> Volume:
-    return Volume(setup["density"], np.asarray(setup["origin_mm"]), np.asarray(setup["spacing_mm"]),
-                  np.asarray(setup["direction"]))
+def setup_grid(setup: PlanSetup) -> Volume:
+    """The set-up's relative electron density as a volume on the dose grid (LPS, mm)."""
+    return Volume(setup.density, np.asarray(setup.origin_mm), np.asarray(setup.spacing_mm), np.asarray(setup.direction))
 
 
-def _bixels(setup: dict[str, Any], b: int) -> BixelGrid:
-    beam = Beam(float(setup["gantry_deg"][b]), 0.0, 0.0, np.asarray(setup["isocenter_mm"]))
-    return BixelGrid(beam, float(setup["bixel_mm"]), float(setup["sad_mm"]), setup[f"ix:{b}"], setup[f"iy:{b}"])
+def _bixels(setup: PlanSetup, b: int) -> BixelGrid:
+    beam = Beam(setup.gantry_deg[b], 0.0, 0.0, np.asarray(setup.isocenter_mm))
+    ix, iy = setup.bixels[b]
+    return BixelGrid(beam, setup.bixel_mm, setup.sad_mm, ix, iy)
 
 
-def _masks(setup: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {name: setup[f"mask:{name}"] for name in setup["structures"]}
-
-
-def plan_setup(series: ImageSeries, rtstructs: list[bytes], order_text: str, machine_id: str,
-               gantry_angles_deg: list[float], bixel_mm: float, dose_grid_mm: float, body: str) -> dict[str, Any]:
+def plan_setup(call: PlanSetupCall) -> dict[str, Any]:
     """Density and structures on the dose grid, beams at the target's centroid, their bixels."""
-    masks = structures_on_ct(series, rtstructs)
-    order = load_order(order_text, masks)
-    machine = load_machine(machine_id)
-    ct = series.volume
+    masks = structures_on_ct(call.series, call.rtstructs)
+    order = load_order(call.order_text, masks)
+    machine = load_machine(call.machine_id)
+    ct = call.series.volume
     density = ct.with_voxels(hu_to_relative_electron_density(ct.voxels))
-    grid = resample_to_dose_grid(density, dose_grid_mm)
-    names = sorted(set(order.structures) | {body})
+    grid = resample_to_dose_grid(density, call.dose_grid_mm)
+    names = sorted(set(order.structures) | {call.body})
     dose_masks = {name: resample_mask(masks[name], density, grid) for name in names}
     covered = targets_mask(order, dose_masks)  # beams cover every prescription level's target
     isocenter = default_isocenter(covered, grid)
-    result: dict[str, Any] = {
-        "density": grid.voxels.astype(np.float32), "origin_mm": grid.origin_mm.tolist(),
-        "spacing_mm": grid.spacing_mm.tolist(), "direction": grid.direction.tolist(), "structures": names,
-        "isocenter_mm": isocenter.tolist(), "gantry_deg": list(map(float, gantry_angles_deg)),
-        "bixel_mm": bixel_mm, "sad_mm": machine.sad_mm, "body": body,
+    bixels = [make_bixel_grid(Beam(float(gantry), 0.0, 0.0, isocenter), covered, grid, machine, call.bixel_mm)
+              for gantry in call.gantry_angles_deg]
+    return PlanSetup(
+        density=grid.voxels.astype(np.float32), origin_mm=grid.origin_mm.tolist(), spacing_mm=grid.spacing_mm.tolist(),
+        direction=grid.direction.tolist(), masks=dose_masks, isocenter_mm=isocenter.tolist(),
+        gantry_deg=list(map(float, call.gantry_angles_deg)), bixel_mm=call.bixel_mm, sad_mm=machine.sad_mm,
+        body=call.body,
         # The structure set the plan is made on (the last one wins on equal names).
-        "rtstruct_uid": str(pydicom.dcmread(io.BytesIO(rtstructs[-1]), stop_before_pixels=True).SOPInstanceUID),
-    }
-    result.update({f"mask:{name}": mask for name, mask in dose_masks.items()})
-    for b, gantry in enumerate(gantry_angles_deg):
-        beam = Beam(float(gantry), 0.0, 0.0, isocenter)
-        bixels = make_bixel_grid(beam, covered, grid, machine, bixel_mm)
-        result[f"ix:{b}"], result[f"iy:{b}"] = bixels.ix, bixels.iy
-    return result
+        rtstruct_uid=str(pydicom.dcmread(io.BytesIO(call.rtstructs[-1]), stop_before_pixels=True).SOPInstanceUID),
+        bixels=[(b.ix, b.iy) for b in bixels],
+    ).to_result()
 
 
-def beam_dij(setup: dict[str, Any], beam_index: int, machine_id: str) -> dict[str, Any]:
+def beam_dij(call: BeamDijCall) -> dict[str, Any]:
     """The dose influence matrix of one beam (CSR parts), rows over the whole dose grid."""
-    grid = _grid(setup)
-    bixels = _bixels(setup, beam_index)
-    dij = compute_beam_dij(grid, setup[f"mask:{setup['body']}"], bixels.beam, bixels, load_machine(machine_id))
-    return {"data": dij.data, "indices": dij.indices, "indptr": dij.indptr, "shape": list(dij.shape),
-            "beam_index": beam_index}
+    setup = PlanSetup.from_result(call.setup)
+    bixels = _bixels(setup, call.beam_index)
+    dij = compute_beam_dij(setup_grid(setup), setup.masks[setup.body], bixels.beam, bixels, load_machine(call.machine_id))
+    return BeamDij(dij.data, dij.indices, dij.indptr, list(dij.shape), call.beam_index).to_result()
 
 
-def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: ImageSeries, rtstructs: list[bytes],
-                  order_text: str, machine_id: str, dose_model: str = "") -> dict[str, Any]:
+def plan_optimize(call: PlanOptimizeCall) -> dict[str, Any]:
     """Optimize, normalize, and write RTDOSE, the standard plan, a report and its pictures.
 
     An order with ``goals: predicted`` first predicts the patient's dose with the built-in model
-    ``dose_model`` (``NAME@VERSION:SHA256``, recorded by the master), and the optimizer mimics it
-    (its voxels and DVHs) beside the order's goals; ``RD.predicted.dcm`` is published with the plan.
+    ``call.dose_model`` (``NAME@VERSION:SHA256``, recorded by the master), and the optimizer mimics
+    it (its voxels and DVHs) beside the order's goals; ``RD.predicted.dcm`` is published with the plan.
     """
-    grid = _grid(setup)
-    masks = _masks(setup)
-    order = load_order(order_text, masks)
-    machine = load_machine(machine_id)
+    setup = PlanSetup.from_result(call.setup)
+    series, rtstructs = call.series, call.rtstructs
+    grid = setup_grid(setup)
+    masks = setup.masks
+    order = load_order(call.order_text, masks)
+    machine = load_machine(call.machine_id)
     ct_masks = structures_on_ct(series, rtstructs)
     reference, predicted_files, prediction = None, [], {}
     if order.goals == "predicted":
@@ -126,7 +113,7 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
         # need no dose model.
         from .predict import predicted_dose_on_ct
 
-        predicted, card, sha256 = predicted_dose_on_ct(series, ct_masks, order, setup["body"], dose_model)
+        predicted, card, sha256 = predicted_dose_on_ct(series, ct_masks, order, setup.body, call.dose_model)
         reference = resample_dose(predicted, series.volume, grid)
         predicted_ds = write_rtdose(predicted, series.volume, series, referenced_rtplan_uid=generate_uid(),
                                     comment="predicted dose, the goals of the plan")
@@ -134,22 +121,22 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
         predicted_files = [("RD.predicted.dcm", "rtdose", "RTDOSE", dataset_bytes(predicted_ds))]
         prediction = {"model": f"{card['name']}@{card['version']}", "sha256": sha256,
                       "mean_dose_gy": {name: float(reference[mask].mean()) for name, mask in masks.items() if mask.any()}}
-    per_beam = [sp.csr_matrix((b["data"], b["indices"], b["indptr"]), shape=tuple(b["shape"]))
-                for b in sorted(beams, key=lambda b: b["beam_index"])]
+    per_beam = [sp.csr_matrix((b.data, b.indices, b.indptr), shape=tuple(b.shape))
+                for b in sorted(map(BeamDij.from_result, call.beams), key=lambda b: b.beam_index)]
     bixels = [_bixels(setup, b) for b in range(len(per_beam))]
     dij = assemble_dij(per_beam, release=True)
-    final = optimize_on_full_kernel(dij, masks, order, grid, setup[f"mask:{setup['body']}"], bixels, machine,
+    final = optimize_on_full_kernel(dij, masks, order, grid, masks[setup.body], bixels, machine,
                                     reference_dose_gy=reference)
     fluence, weights, dose = final.fluence, final.weights, final.dose_gy
     voxel_cc = grid.voxel_volume_mm3 / 1000.0
     goals = list(final.goals)  # the order's goals on the final dose, levels first
-    acceptance = judge_standard_plan(order, goals, dose, masks[setup["body"]])
+    acceptance = judge_standard_plan(order, goals, dose, masks[setup.body])
     metrics = plan_metrics(dose, masks, voxel_cc, dose_levels_gy=tuple(level.dose_gy for level in order.levels))
     plan_uid = generate_uid()
     rtdose = write_rtdose(dose, grid, series, referenced_rtplan_uid=plan_uid,
                           comment="rtgrid standard plan (pencil beam)")
     standard_plan = StandardPlan.from_optimization(machine, tuple(bixels), weights, grid, dose, order,
-                                                   setup["body"])
+                                                   setup.body)
     report = {
         "release": acceptance.to_json_dict(),  # first: a failed plan says so before anything else
         "normalization": {"target": order.prescription.target, "volume_pct": order.prescription.normalization_volume_pct,
@@ -186,15 +173,14 @@ def plan_optimize(setup: dict[str, Any], beams: list[dict[str, Any]], series: Im
     # A failed plan leaves its report and pictures for review, and no dose or plan to import or convert.
     released = [("RD.standard.dcm", "rtdose", "RTDOSE", dataset_bytes(rtdose)),
                 ("RP.standard.dcm", "rtplan", "RTPLAN", dataset_bytes(standard_rtplan(
-                    standard_plan, grid, masks, series, setup["rtstruct_uid"], plan_uid))),
+                    standard_plan, grid, masks, series, setup.rtstruct_uid, plan_uid))),
                 ("standard-plan.npz", "standard_plan", "", standard_plan.to_bytes())] if acceptance.released else []
-    result = artifact(
+    files = [
         *released,
         *predicted_files,
         ("plan-report.json", "report", "", json.dumps(report, indent=2).encode()),
         ("dvh.png", "image", "", dvh_png),
         ("dose-wash.png", "image", "", wash_png),
         ("report.pdf", "report_pdf", "", standard_plan_pdf(series, rtstructs, order, report, dvh_png, wash_png)),
-    )
-    result.update({"plan_released": acceptance.released, "plan_reasons": list(acceptance.reasons)})
-    return result
+    ]
+    return PlanOptimizeResult(acceptance.released, list(acceptance.reasons), tuple(Artifact(*f) for f in files)).to_result()

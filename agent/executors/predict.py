@@ -15,6 +15,7 @@ from rtgrid.engines.dose_prediction import build_inputs, dvh_metrics, load_dose_
 from rtgrid.engines.dose_prediction.package import BUILTIN_HN
 from rtgrid.engines.imaging.volume import ImageSeries
 from rtgrid.engines.optimization.order import MedicalOrder, load_order
+from rtgrid.protos.grid_contract import PredictDoseCall
 
 from .files import artifact, dataset_bytes
 from .plan import structures_on_ct
@@ -55,13 +56,14 @@ def predicted_dose_on_ct(series: ImageSeries, masks: dict[str, np.ndarray], orde
     return dose, card, sha256
 
 
-def predict_dose_shard(series: ImageSeries, rtstructs: list[bytes], order_text: str, body: str, model: str) -> dict[str, Any]:
+def predict_dose_shard(call: PredictDoseCall) -> dict[str, Any]:
     """Predict the dose of a case with the built-in model (:func:`predicted_dose_on_ct`, whose
-    ``model`` check applies); publish ``RD.predicted.dcm`` and ``predicted-dose.json``."""
+    ``call.model`` check applies); publish ``RD.predicted.dcm`` and ``predicted-dose.json``."""
     start = time.monotonic()
-    masks = structures_on_ct(series, rtstructs)
-    order = load_order(order_text, set(masks))
-    dose, card, sha256 = predicted_dose_on_ct(series, masks, order, body, model)
+    series, body = call.series, call.body
+    masks = structures_on_ct(series, call.rtstructs)
+    order = load_order(call.order_text, set(masks))
+    dose, card, sha256 = predicted_dose_on_ct(series, masks, order, body, call.model)
     ct = series.volume
     identity = f"{card['name']}@{card['version']} {sha256[:12]}"
     # write_rtdose writes plan doses only (Referenced RT Plan is type 1C): the UID is that of the

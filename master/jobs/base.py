@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
-from rtgrid.protos.grid_contract import SharedInput, file_key, stored_file_sha256
+from rtgrid.protos.grid_contract import ShardArgs, SharedInput, file_key, stored_file_sha256
 
 from ..blobs import BlobStore
 from ..codec import series_from_bytes, unpack, volume_from_bytes
@@ -42,11 +42,20 @@ class ShardResources:
 
 @dataclass(frozen=True)
 class ShardCall:
-    """One unit of work: ``task`` names an executor on the agents (``rtgrid.agent.executors``)."""
+    """One unit of work: ``task`` names an executor on the agents (``rtgrid.agent.executors``).
+
+    Job kinds build it from the contract's typed call (:meth:`of`); the scheduler and its shard
+    runner see the task name and keyword arguments.
+    """
 
     task: str
     kwargs: dict[str, Any]
     resources: ShardResources = field(default_factory=ShardResources)
+
+    @classmethod
+    def of(cls, call: ShardArgs, resources: ShardResources | None = None) -> "ShardCall":
+        """The shard call of a typed call (``rtgrid.protos.grid_contract``: ``ContourSlabCall`` ...)."""
+        return cls(call.task, call.kwargs(), resources or ShardResources())
 
 
 @dataclass(frozen=True)

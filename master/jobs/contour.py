@@ -40,7 +40,7 @@ import json
 from rtgrid.engines.segmentation.classical import plan_slabs
 from rtgrid.engines.segmentation.deep.inference import plan_slice_batches
 from rtgrid.engines.segmentation.deep.region import UnknownRegionError, check_region
-from rtgrid.protos.grid_contract import Task
+from rtgrid.protos.grid_contract import ContourMergeCall, ContourSegmentCall, ContourSlabCall, SegmentResult
 
 from .. import models
 from ..blobs import BlobStore
@@ -179,30 +179,21 @@ class ContourJob(JobKind):
         params = self.job_params(ctx.job.params)
         if shard.stage == "contour":
             slab = self._slabs(ctx)[shard.index]
-            return ShardCall(
-                Task.CONTOUR_SLAB,
-                {
-                    "hu": volume.voxels[slab.halo_start : slab.halo_stop],
-                    "spacing_mm": volume.spacing_mm,
-                    "direction": volume.direction,
-                    "slab": slab,
-                },
+            return ShardCall.of(
+                ContourSlabCall(volume.voxels[slab.halo_start : slab.halo_stop], volume.spacing_mm, volume.direction, slab),
                 ShardResources(cpus=1.0, memory_mb=1024),
             )
         if shard.stage == "segment":
             batches = self._batches(ctx)
             sha256 = params.model_hashes[shard.index // len(batches)]
             start, stop = batches[shard.index % len(batches)]
-            return ShardCall(
-                Task.CONTOUR_SEGMENT,
-                {"hu": volume.voxels[start:stop], "spacing_mm": volume.spacing_mm, "direction": volume.direction},
+            return ShardCall.of(
+                ContourSegmentCall(volume.voxels[start:stop], volume.spacing_mm, volume.direction),
                 ShardResources(cpus=1.0, memory_mb=2048, model=sha256),
             )
-        return ShardCall(
-            Task.CONTOUR_MERGE,
-            {"slab_results": ctx.stage_results("contour"), "series": ctx.series,
-             "model_results": self._model_results(ctx, params), "assist": json.loads(params.assist or "null"),
-             "skipped_models": list(params.models_skipped)},
+        return ShardCall.of(
+            ContourMergeCall(ctx.stage_results("contour"), ctx.series, self._model_results(ctx, params),
+                             json.loads(params.assist or "null"), list(params.models_skipped)),
             ShardResources(cpus=1.0, memory_mb=4096),
         )
 
@@ -211,12 +202,12 @@ class ContourJob(JobKind):
         hashes = params.model_hashes
         if not hashes:
             return []
-        results = ctx.stage_results("segment")
+        results = [SegmentResult.from_result(r) for r in ctx.stage_results("segment")]
         per_model = len(results) // len(hashes)
         out = []
         for position, sha256 in enumerate(hashes):
             record = models.get(ctx.store, sha256)
             mine = results[position * per_model : (position + 1) * per_model]
             out.append({"name": record.name, "version": record.version, "sha256": sha256, "card_json": record.card_json,
-                        "labels": [r["labels"] for r in mine], "actors": [r["actor"] for r in mine]})
+                        "labels": [r.labels for r in mine], "actors": [r.actor for r in mine]})
         return out

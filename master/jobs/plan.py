@@ -47,7 +47,15 @@ from rtgrid.engines.dose_prediction.inputs import N_LEVELS
 from rtgrid.engines.errors import EngineError
 from rtgrid.engines.optimization.order import load_order
 from rtgrid.engines.segmentation.classical import STRUCTURE_NAMES
-from rtgrid.protos.grid_contract import Task
+from rtgrid.protos.grid_contract import (
+    BeamDijCall,
+    ConvertDeviceCall,
+    DevicePlanResult,
+    PlanOptimizeCall,
+    PlanOptimizeResult,
+    PlanSetup,
+    PlanSetupCall,
+)
 
 from ..approval import contours_for_plan
 from ..blobs import BlobStore
@@ -206,45 +214,43 @@ class PlanJob(JobKind):
         built on it); device plans that failed QA fail the job, with their reasons (passing ones
         are released)."""
         if stage == "optimize":
-            result = ctx.stage_results("optimize")[0]
-            if not result["plan_released"]:
+            result = PlanOptimizeResult.from_result(ctx.stage_results("optimize")[0])
+            if not result.plan_released:
                 return ("standard plan FAILED its release check, nothing released (no RTDOSE, no device plans): "
-                        + "; ".join(result["plan_reasons"]) + " (see plan-report.json)")
+                        + "; ".join(result.plan_reasons) + " (see plan-report.json)")
             return ""
         if stage != "convert":
             return ""
-        failed = [r for r in ctx.stage_results("convert") if not r["qa_passed"]]
-        return "; ".join(f"QA failed for {r['device']}, nothing released for it: {', '.join(r['qa_reasons'])}"
-                         for r in failed)
+        failed = [r for r in map(DevicePlanResult.from_result, ctx.stage_results("convert")) if not r.qa_passed]
+        return "; ".join(f"QA failed for {r.device}, nothing released for it: {', '.join(r.qa_reasons)}" for r in failed)
 
     def shard_call(self, ctx: JobContext, shard: ShardRecord) -> ShardCall:
         params, stage, index = self.job_params(ctx.job.params), shard.stage, shard.index
         machine = params.machine
         if stage == "setup":
-            return ShardCall(Task.PLAN_SETUP, {
-                "series": ctx.series, "rtstructs": self.rtstructs(ctx), "order_text": params.order,
-                "machine_id": machine, "gantry_angles_deg": params.angles_deg,
-                "bixel_mm": params.bixel_mm, "dose_grid_mm": params.dose_grid_mm, "body": params.body,
-            }, ShardResources(cpus=1.0, memory_mb=4096))
+            return ShardCall.of(PlanSetupCall(
+                series=ctx.series, rtstructs=self.rtstructs(ctx), order_text=params.order, machine_id=machine,
+                gantry_angles_deg=list(params.angles_deg), bixel_mm=params.bixel_mm, dose_grid_mm=params.dose_grid_mm,
+                body=params.body,
+            ), ShardResources(cpus=1.0, memory_mb=4096))
         # The set-up (density and masks on the dose grid) goes to every later shard: once into Ray's object store.
         setup = ctx.shared_result("setup")
         if stage == "convert":
             device = ctx.store.get_device(shard.target)
             if device is None:
                 raise FailedPrecondition(f"device {shard.target} is no longer registered")
-            return ShardCall(Task.PLAN_CONVERT_DEVICE, {
-                "setup": setup, "standard_plan": ctx.stage_file("optimize", "standard-plan.npz"),
-                "series": ctx.shared_series(), "device_name": device.device_id, "model_id": device.model_id,
-                "rtstruct_uid": ctx.stage_results("setup")[0]["rtstruct_uid"],
-            }, ShardResources(cpus=1.0, memory_mb=4096))
+            return ShardCall.of(ConvertDeviceCall(
+                setup=setup, standard_plan=ctx.stage_file("optimize", "standard-plan.npz"), series=ctx.shared_series(),
+                device_name=device.device_id, model_id=device.model_id,
+                rtstruct_uid=PlanSetup.from_result(ctx.stage_results("setup")[0]).rtstruct_uid,
+            ), ShardResources(cpus=1.0, memory_mb=4096))
         if stage == "dose":
-            return ShardCall(Task.PLAN_BEAM_DIJ, {"setup": setup, "beam_index": index, "machine_id": machine},
-                             ShardResources(cpus=1.0, memory_mb=4096))
-        return ShardCall(Task.PLAN_OPTIMIZE, {
-            "setup": setup, "beams": ctx.stage_results("dose"), "series": ctx.series,
-            "rtstructs": self.rtstructs(ctx), "order_text": params.order, "machine_id": machine,
-            "dose_model": params.dose_model,
-        }, ShardResources(cpus=1.0, memory_mb=8192))
+            return ShardCall.of(BeamDijCall(setup=setup, beam_index=index, machine_id=machine),
+                                ShardResources(cpus=1.0, memory_mb=4096))
+        return ShardCall.of(PlanOptimizeCall(
+            setup=setup, beams=ctx.stage_results("dose"), series=ctx.series, rtstructs=self.rtstructs(ctx),
+            order_text=params.order, machine_id=machine, dose_model=params.dose_model,
+        ), ShardResources(cpus=1.0, memory_mb=8192))
 
 
 class _FullContourStages(ContourJob):

@@ -29,7 +29,7 @@ from rtgrid.engines.dose_prediction.inputs import N_LEVELS
 from rtgrid.engines.dose_prediction.package import BUILTIN_HN, CARD_FILE, HASH_FILE
 from rtgrid.engines.optimization.order import MedicalOrderError, load_order
 from rtgrid.engines.optimization.standard_orders import HEAD_AND_NECK, standard_order_text
-from rtgrid.protos.grid_contract import Task
+from rtgrid.protos.grid_contract import PredictDoseCall
 
 from ..blobs import BlobStore
 from ..errors import FailedPrecondition, InvalidArgument
@@ -98,7 +98,7 @@ class PredictJob(JobKind):
 
     def shard_call(self, ctx: JobContext, shard: ShardRecord) -> ShardCall:
         params = self.job_params(ctx.job.params)
-        return ShardCall(Task.PREDICT_DOSE, {
-            "series": ctx.series, "rtstructs": self._rtstructs(ctx.store, ctx.blobs, ctx.job.case_id),
-            "order_text": params.order, "body": params.body, "model": params.model,
-        }, ShardResources(cpus=1.0, memory_mb=4096))
+        return ShardCall.of(PredictDoseCall(
+            series=ctx.series, rtstructs=self._rtstructs(ctx.store, ctx.blobs, ctx.job.case_id),
+            order_text=params.order, body=params.body, model=params.model,
+        ), ShardResources(cpus=1.0, memory_mb=4096))
