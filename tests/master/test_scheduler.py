@@ -213,7 +213,7 @@ def test_a_shard_read_before_its_job_was_cancelled_is_not_claimed(tmp_path):
         job = grid.scheduler.submit("case-1", SquareThenSum.name, {"n": "2"}, 0, "")
         shard = grid.store.ready_shards()[0]
         grid.scheduler.cancel(job.job_id)
-        assert grid.scheduler._claim(shard, "a1") is None
+        assert grid.scheduler.jobs.claim(shard, "a1") is None
         assert {s.state for s in grid.store.list_shards(job.job_id)} == {"cancelled"}
         await grid.stop()
 
