@@ -538,3 +538,46 @@ class Client:
         ``limit`` (0: all), fetched page by page."""
         request = admin_pb2.ListAuditRequest(principal=principal, action=action, since_ms=since_ms)
         return list(self._pages(self.admin.ListAudit, request, "entries", limit))
+
+    # review, approval and consultation
+    def versions(self, job_id: str) -> list[hospital_pb2.Version]:
+        """Every version of a job's structure sets, plans and doses, with status and history."""
+        return list(self.call(self.hospital.ListVersions, hospital_pb2.ListVersionsRequest(job_id=job_id)).versions)
+
+    def review(self, job_id: str, action: str, reviewer_name: str = "", comment: str = "",
+               artifact_name: str = "") -> list[hospital_pb2.Version]:
+        """``comment``, ``review``, ``approve`` or ``reject`` versions of a job's results: the one
+        named ``artifact_name`` (an artifact or its lineage), else the latest of each; returns
+        every version after the step. An illegal transition is FAILED_PRECONDITION."""
+        request = hospital_pb2.ReviewVersionRequest(job_id=job_id, artifact_name=artifact_name, action=action,
+                                                    reviewer_name=reviewer_name, comment=comment)
+        return list(self.call(self.hospital.ReviewVersion, request).versions)
+
+    def add_version(self, job_id: str, path: Path | str, lineage: str = "") -> hospital_pb2.Version:
+        """Upload a corrected RTSTRUCT as the next version of a job's contours (in draft)."""
+        data = Path(path).read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+
+        def chunks() -> Iterator[hospital_pb2.VersionChunk]:
+            yield hospital_pb2.VersionChunk(job_id=job_id, lineage=lineage, size_bytes=len(data), sha256=sha256,
+                                            offset=0, data=data[:MODEL_CHUNK_BYTES])
+            for offset in range(MODEL_CHUNK_BYTES, len(data), MODEL_CHUNK_BYTES):
+                yield hospital_pb2.VersionChunk(offset=offset, data=data[offset:offset + MODEL_CHUNK_BYTES])
+
+        for attempt in self._retrying():
+            with attempt:
+                return self.hospital.AddVersion(chunks(), timeout=RPC_TIMEOUT_S * 10)
+        raise AssertionError("unreachable")
+
+    def share(self, case_id: str, hospital: str, grant: str = "view", until_ms: int = 0) -> hospital_pb2.Share:
+        """Share one of the hospital's cases with another hospital (``view``, ``comment``,
+        ``review`` or ``approve``), until ``until_ms`` (ms since the epoch; 0: until unshared)."""
+        request = hospital_pb2.ShareCaseRequest(case_id=case_id, hospital=hospital, grant=grant, until_ms=until_ms)
+        return self.call(self.hospital.ShareCase, request)
+
+    def unshare(self, case_id: str, hospital: str) -> hospital_pb2.Share:
+        """End a share now: the consultant's next call on the case is refused."""
+        return self.call(self.hospital.UnshareCase, hospital_pb2.UnshareCaseRequest(case_id=case_id, hospital=hospital))
+
+    def shares(self, case_id: str) -> list[hospital_pb2.Share]:
+        return list(self.call(self.hospital.ListShares, hospital_pb2.ListSharesRequest(case_id=case_id)).shares)

@@ -247,12 +247,13 @@ def add_contours_version(store: Store, blobs: BlobStore, job: JobRecord, data: b
         raise InvalidArgument(f"the RTSTRUCT is {len(data)} bytes; the limit is {MAX_VERSION_BYTES}")
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
-    except Exception as exc:
+        modality, referenced = ds.get("Modality"), _referenced_series(ds)
+    except Exception as exc:  # pydicom's errors on a damaged file are of many kinds
         raise InvalidArgument(f"the corrected structure set is not a readable DICOM file: {exc}") from None
-    if ds.get("Modality") != "RTSTRUCT":
-        raise InvalidArgument(f"a new contours version must be an RTSTRUCT, got modality {ds.get('Modality', '')!r}")
+    if modality != "RTSTRUCT":
+        raise InvalidArgument(f"a new contours version must be an RTSTRUCT, got modality {modality or ''!r}")
     case_series = {s.series_instance_uid for s in store.list_series(job.case_id)}
-    foreign = _referenced_series(ds) - case_series
+    foreign = referenced - case_series
     if foreign:
         raise InvalidArgument(f"the RTSTRUCT references CT series {', '.join(sorted(foreign))}, not case "
                               f"{job.case_id}'s series: contours of another image cannot be a version of these")

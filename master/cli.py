@@ -100,6 +100,8 @@ def up_command(
     metrics_port: int = typer.Option(None, help="Serve Prometheus /metrics on this port (0 picks a free one)."),
     metrics_host: str = typer.Option("127.0.0.1", help="Address of the /metrics endpoint."),
     log_format: str = typer.Option("text", help="Log lines on stderr: text or json (with job and shard ids)."),
+    require_approval: bool = typer.Option(False, "--require-approval",
+                                          help="Plans leave the grid (download, gateway, devices) only once approved."),
 ) -> None:
     """Start the embedded grid: master + local Ray head + SQLite + blob folder + local agent(s).
 
@@ -143,6 +145,7 @@ def up_command(
         max_open_cases_per_hospital=max_open_cases, max_open_uploads_per_hospital=max_open_uploads,
         upload_idle_s=upload_idle_s, upload_expiry_s=upload_expiry_s, idle_timeout_s=idle_timeout_s,
         keepalive_s=keepalive_s, max_auth_failures_per_minute=max_auth_failures, store=store,
+        require_approval=require_approval,
     )
     asyncio.run(_run_embedded(config, agents, agent_cpus, agent_tls, log_format))
 

@@ -73,6 +73,9 @@ class MasterConfig:
     store : str
         The job store: a SQLite file path or a ``postgresql://USER@HOST:PORT/DB`` URL; empty:
         ``data_dir/rtgrid.sqlite``.
+    require_approval : bool
+        Plans (RTPLAN) leave the grid only once approved: a download, and so a gateway's push to
+        a device, of an unapproved plan is FAILED_PRECONDITION (``rtgrid.master.approval``).
     """
 
     data_dir: Path
@@ -117,6 +120,7 @@ class MasterConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None  # None: no /metrics endpoint; 0: a free port
     store: str = ""
+    require_approval: bool = False
 
     @property
     def store_location(self) -> str:

@@ -25,6 +25,7 @@ from .demo import demo_command
 from .follow import follow
 from .gateway import gateway_command
 from .output import EXIT_JOB_FAILED, Format, as_dict, emit, fail, rpc_errors
+from .review import COMMANDS as REVIEW_COMMANDS
 
 if TYPE_CHECKING:  # grpc and the protos load when a command runs, not for --help
     from ..sdk import Client
@@ -35,6 +36,8 @@ app = typer.Typer(help="rtgrid: cloud radiotherapy planning grid.", no_args_is_h
 app.add_typer(admin_app, name="admin")
 app.command("demo")(demo_command)
 app.command("gateway")(gateway_command)
+for _name, _command in REVIEW_COMMANDS.items():
+    app.command(_name)(_command)
 
 TargetOption = typer.Option(None, "--target", envvar="RTGRID_TARGET", help="Master HOST:PORT.")
 MappingOption = typer.Option(Path("rtgrid-pseudonyms.json"), "--pseudonym-map", envvar="RTGRID_PSEUDONYM_MAP",
@@ -126,6 +129,8 @@ def submit(
     dose_grid_mm: float = typer.Option(None, help="Dose grid spacing in mm (default 3)."),
     machine: str = typer.Option(None, help="Machine model id (default the standard 6 MV machine)."),
     contours_job: str = typer.Option(None, help="A finished contour job whose contours a plan uses."),
+    contours_version: int = typer.Option(None, help="Which version of those contours (default: the latest "
+                                                    "approved, else the latest; see `rtgrid versions`)."),
     devices: str = typer.Option(None, help="Device plans too: ID,ID,... or auto / auto:N (chosen by congestion)."),
     device_rule: str = typer.Option(None, help="How auto chooses: congestion, shortest_queue or prefer:ID,ID."),
     models: str = typer.Option(None, help="Deep segmentation models for contour jobs: NAME or NAME@VERSION, comma-separated "
@@ -141,7 +146,8 @@ def submit(
     """Submit a job on a case; prints the job id."""
     params = _params(param)
     named = {"beams": beams, "gantry_angles": gantry_angles, "bixel_mm": bixel_mm, "dose_grid_mm": dose_grid_mm,
-             "machine": machine, "contours_job": contours_job, "devices": devices,
+             "machine": machine, "contours_job": contours_job,
+             "contours_version": contours_version, "devices": devices,
              "device_rule": device_rule, "models": models}
     params.update({k: str(v) for k, v in named.items() if v is not None})
     if order is not None:

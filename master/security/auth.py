@@ -61,6 +61,8 @@ _ACTIONS = {
         "CommitCase": "upload", "DeleteCase": "upload",
         "GetCase": "view", "ListCases": "view", "GetJob": "view", "WatchJob": "view", "ListArtifacts": "view",
         "SubmitJob": "submit", "CancelJob": "cancel", "DownloadArtifact": "download",
+        "ListVersions": "view", "ListShares": "view", "ReviewVersion": "review", "AddVersion": "upload",
+        "ShareCase": "share", "UnshareCase": "share",
     },
     _ADMIN_API: {"CancelJob": "cancel", "*": "admin"},
     _AGENT_API: {"*": "agent"},

@@ -45,11 +45,15 @@ FIELD_LIMITS: dict[str, int] = {
     "RegisterRequest.hostname": 255,
     "RegisterRequest.engine_versions": 64,
     "SubmitJobRequest.params": 32,
+    "ReviewVersionRequest.comment": 2000,
+    "ReviewVersionRequest.action": 32,
+    "VersionChunk.sha256": 64,
+    "ShareCaseRequest.grant": 32,
 }
 # Job parameters by name: an order is YAML text, ``assist`` a drawn RTSTRUCT in base64 JSON.
 PARAM_VALUE_LIMITS: dict[str, int] = {"order": 64 << 10, "assist": 1 << 20}
 # Fields limited elsewhere, with RESOURCE_EXHAUSTED naming max_chunk_bytes.
-_PAYLOADS = frozenset({"UploadChunk.data", "ModelPackageChunk.data"})
+_PAYLOADS = frozenset({"UploadChunk.data", "ModelPackageChunk.data", "VersionChunk.data"})
 # Strings that name one object the master made (or the caller names: hospital, device, agent).
 _ID_FIELDS = frozenset({"case_id", "job_id", "upload_id", "artifact_id", "agent_id", "device_id", "hospital"})
 

@@ -2,7 +2,9 @@
 
 Tenant isolation lives here: every case, upload, job and artifact is reached through the case it
 belongs to, and a case owned by another hospital is answered exactly like a missing one
-(NOT_FOUND with the same message), so a hospital cannot even learn that it exists.
+(NOT_FOUND with the same message), so a hospital cannot even learn that it exists. A case its
+owner shares with another hospital is readable by that hospital too, and reviewable as granted
+(``consult.py``: the review, approval and sharing RPCs).
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from ..events import EventBus
 from ..scheduler import Scheduler
 from ..security.auth import current_principal
 from ..store.records import TERMINAL_JOB_STATES, CaseRecord, JobRecord
+from ..approval import audit
+from ..ids import now_ms
 from .common import PAGE_BYTES, listed, page_limit, paginate, stream, unary
+from .consult import ConsultMixin
 
 # A watcher re-reads the store at least this often, even without a wake-up.
 WATCH_POLL_S = 1.0
@@ -28,7 +33,7 @@ DEFAULT_CASE_PAGE = 1000
 DEFAULT_ARTIFACT_PAGE = 1000
 
 
-class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
+class HospitalService(ConsultMixin, hospital_pb2_grpc.HospitalServiceServicer):
     def __init__(self, intake_state: intake.Intake, scheduler: Scheduler, events: EventBus) -> None:
         self.intake = intake_state
         self.store = intake_state.store
@@ -138,17 +143,27 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def GetCase(self, request, context):
-        return await asyncio.to_thread(self._case_proto, request.case_id)
+        def get():
+            case = self._readable_case(request.case_id, "GetCase")
+            return case_to_proto(case, self.store.list_series(case.case_id), self.store.list_files(case.case_id))
+        return await asyncio.to_thread(get)
 
     @unary
     async def ListCases(self, request, context):
         if request.limit < 0:
             raise InvalidArgument(f"limit must not be negative, got {request.limit}")
         hospital = current_principal().name
+
+        def listed_case(c: CaseRecord) -> common_pb2.Case:
+            if c.hospital != hospital:  # a shared case: who saw it is audited
+                audit(self.store, hospital, "consult", {"case_id": c.case_id, "owner": c.hospital},
+                      "ListCases through a share")
+            return case_to_proto(c, self.store.list_series(c.case_id), self.store.list_files(c.case_id))
+
         cases, token = await asyncio.to_thread(
             paginate,
-            lambda after, n: self.store.list_cases(hospital, n, after),
-            lambda c: case_to_proto(c, self.store.list_series(c.case_id), self.store.list_files(c.case_id)),
+            lambda after, n: self.store.list_visible_cases(hospital, now_ms(), n, after),
+            listed_case,
             lambda c: c.case_id, request.page_token, request.limit or DEFAULT_CASE_PAGE, self.page_bytes,
         )
         return hospital_pb2.ListCasesResponse(cases=cases, next_page_token=token)
@@ -184,11 +199,11 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def GetJob(self, request, context):
-        return await asyncio.to_thread(lambda: self._job_proto(self._get_job(request.job_id)))
+        return await asyncio.to_thread(lambda: self._job_proto(self._readable_job(request.job_id, "GetJob")))
 
     @stream
     async def WatchJob(self, request, context):
-        await asyncio.to_thread(self._get_job, request.job_id)
+        await asyncio.to_thread(self._readable_job, request.job_id, "WatchJob")
         seq = request.after_seq
         while True:
             for event in await asyncio.to_thread(self.store.events_after, request.job_id, seq):
@@ -200,7 +215,8 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
 
     def _watch_ended(self, job_id: str, seq: int) -> bool:
         """The job has ended and its watcher has seen every event."""
-        return self._get_job(job_id).state in TERMINAL_JOB_STATES and not self.store.events_after(job_id, seq, limit=1)
+        job = self._readable_job(job_id, "WatchJob", audited=False)  # a share revoked meanwhile ends the watch
+        return job.state in TERMINAL_JOB_STATES and not self.store.events_after(job_id, seq, limit=1)
 
     @unary
     async def CancelJob(self, request, context):
@@ -210,7 +226,7 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
     @unary
     async def ListArtifacts(self, request, context):
         def page():
-            self._get_job(request.job_id)
+            self._readable_job(request.job_id, "ListArtifacts")
             key = lambda a: a.artifact_id  # noqa: E731
             return paginate(
                 listed(self.store.list_artifacts(request.job_id), key), artifact_to_proto, key, request.page_token,
@@ -219,19 +235,9 @@ class HospitalService(hospital_pb2_grpc.HospitalServiceServicer):
         artifacts, token = await asyncio.to_thread(page)
         return hospital_pb2.ListArtifactsResponse(artifacts=artifacts, next_page_token=token)
 
-    def _own_artifact(self, artifact_id: str):
-        artifact = self.store.get_artifact(artifact_id)
-        try:
-            if artifact is None:
-                raise NotFound("")
-            self._get_job(artifact.job_id)
-        except NotFound:
-            raise NotFound(f"no artifact {artifact_id!r}") from None
-        return artifact
-
     @stream
     async def DownloadArtifact(self, request, context):
-        artifact = await asyncio.to_thread(self._own_artifact, request.artifact_id)
+        artifact = await asyncio.to_thread(self._readable_artifact, request.artifact_id, "DownloadArtifact")
         if not 0 <= request.offset <= artifact.size_bytes:
             raise InvalidArgument(f"offset {request.offset} is outside the artifact's {artifact.size_bytes} bytes")
         chunks = self.blobs.iter_chunks(artifact.sha256, request.offset, DOWNLOAD_CHUNK_BYTES)

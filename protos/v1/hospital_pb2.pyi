@@ -175,3 +175,143 @@ class DownloadArtifactRequest(_message.Message):
     artifact_id: str
     offset: int
     def __init__(self, artifact_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class Review(_message.Message):
+    __slots__ = ("time_ms", "principal", "reviewer_name", "from_status", "to_status", "comment")
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_NAME_FIELD_NUMBER: _ClassVar[int]
+    FROM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    TO_STATUS_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    time_ms: int
+    principal: str
+    reviewer_name: str
+    from_status: str
+    to_status: str
+    comment: str
+    def __init__(self, time_ms: _Optional[int] = ..., principal: _Optional[str] = ..., reviewer_name: _Optional[str] = ..., from_status: _Optional[str] = ..., to_status: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
+
+class Version(_message.Message):
+    __slots__ = ("version_id", "job_id", "lineage", "version", "artifact_id", "artifact_name", "kind", "status", "author", "created_ms", "reviewer_name", "reviewed_by", "reviewed_ms", "comment", "history")
+    VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_NAME_FIELD_NUMBER: _ClassVar[int]
+    REVIEWED_BY_FIELD_NUMBER: _ClassVar[int]
+    REVIEWED_MS_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    version_id: str
+    job_id: str
+    lineage: str
+    version: int
+    artifact_id: str
+    artifact_name: str
+    kind: str
+    status: str
+    author: str
+    created_ms: int
+    reviewer_name: str
+    reviewed_by: str
+    reviewed_ms: int
+    comment: str
+    history: _containers.RepeatedCompositeFieldContainer[Review]
+    def __init__(self, version_id: _Optional[str] = ..., job_id: _Optional[str] = ..., lineage: _Optional[str] = ..., version: _Optional[int] = ..., artifact_id: _Optional[str] = ..., artifact_name: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., author: _Optional[str] = ..., created_ms: _Optional[int] = ..., reviewer_name: _Optional[str] = ..., reviewed_by: _Optional[str] = ..., reviewed_ms: _Optional[int] = ..., comment: _Optional[str] = ..., history: _Optional[_Iterable[_Union[Review, _Mapping]]] = ...) -> None: ...
+
+class ListVersionsRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListVersionsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[Version]
+    def __init__(self, versions: _Optional[_Iterable[_Union[Version, _Mapping]]] = ...) -> None: ...
+
+class ReviewVersionRequest(_message.Message):
+    __slots__ = ("job_id", "artifact_name", "action", "reviewer_name", "comment")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_NAME_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    artifact_name: str
+    action: str
+    reviewer_name: str
+    comment: str
+    def __init__(self, job_id: _Optional[str] = ..., artifact_name: _Optional[str] = ..., action: _Optional[str] = ..., reviewer_name: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
+
+class VersionChunk(_message.Message):
+    __slots__ = ("job_id", "lineage", "size_bytes", "sha256", "offset", "data")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    lineage: str
+    size_bytes: int
+    sha256: str
+    offset: int
+    data: bytes
+    def __init__(self, job_id: _Optional[str] = ..., lineage: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Share(_message.Message):
+    __slots__ = ("case_id", "hospital", "grant", "shared_by", "created_ms", "until_ms")
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSPITAL_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    SHARED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    case_id: str
+    hospital: str
+    grant: str
+    shared_by: str
+    created_ms: int
+    until_ms: int
+    def __init__(self, case_id: _Optional[str] = ..., hospital: _Optional[str] = ..., grant: _Optional[str] = ..., shared_by: _Optional[str] = ..., created_ms: _Optional[int] = ..., until_ms: _Optional[int] = ...) -> None: ...
+
+class ShareCaseRequest(_message.Message):
+    __slots__ = ("case_id", "hospital", "grant", "until_ms")
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSPITAL_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    case_id: str
+    hospital: str
+    grant: str
+    until_ms: int
+    def __init__(self, case_id: _Optional[str] = ..., hospital: _Optional[str] = ..., grant: _Optional[str] = ..., until_ms: _Optional[int] = ...) -> None: ...
+
+class UnshareCaseRequest(_message.Message):
+    __slots__ = ("case_id", "hospital")
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSPITAL_FIELD_NUMBER: _ClassVar[int]
+    case_id: str
+    hospital: str
+    def __init__(self, case_id: _Optional[str] = ..., hospital: _Optional[str] = ...) -> None: ...
+
+class ListSharesRequest(_message.Message):
+    __slots__ = ("case_id",)
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    case_id: str
+    def __init__(self, case_id: _Optional[str] = ...) -> None: ...
+
+class ListSharesResponse(_message.Message):
+    __slots__ = ("shares",)
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedCompositeFieldContainer[Share]
+    def __init__(self, shares: _Optional[_Iterable[_Union[Share, _Mapping]]] = ...) -> None: ...

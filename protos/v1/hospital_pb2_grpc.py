@@ -105,6 +105,36 @@ class HospitalServiceStub:
                 request_serializer=rtgrid_dot_v1_dot_hospital__pb2.DownloadArtifactRequest.SerializeToString,
                 response_deserializer=rtgrid_dot_v1_dot_common__pb2.DataChunk.FromString,
                 _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/rtgrid.v1.HospitalService/ListVersions',
+                request_serializer=rtgrid_dot_v1_dot_hospital__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_hospital__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.ReviewVersion = channel.unary_unary(
+                '/rtgrid.v1.HospitalService/ReviewVersion',
+                request_serializer=rtgrid_dot_v1_dot_hospital__pb2.ReviewVersionRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_hospital__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.AddVersion = channel.stream_unary(
+                '/rtgrid.v1.HospitalService/AddVersion',
+                request_serializer=rtgrid_dot_v1_dot_hospital__pb2.VersionChunk.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_hospital__pb2.Version.FromString,
+                _registered_method=True)
+        self.ShareCase = channel.unary_unary(
+                '/rtgrid.v1.HospitalService/ShareCase',
+                request_serializer=rtgrid_dot_v1_dot_hospital__pb2.ShareCaseRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_hospital__pb2.Share.FromString,
+                _registered_method=True)
+        self.UnshareCase = channel.unary_unary(
+                '/rtgrid.v1.HospitalService/UnshareCase',
+                request_serializer=rtgrid_dot_v1_dot_hospital__pb2.UnshareCaseRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_hospital__pb2.Share.FromString,
+                _registered_method=True)
+        self.ListShares = channel.unary_unary(
+                '/rtgrid.v1.HospitalService/ListShares',
+                request_serializer=rtgrid_dot_v1_dot_hospital__pb2.ListSharesRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_hospital__pb2.ListSharesResponse.FromString,
+                _registered_method=True)
 
 
 class HospitalServiceServicer:
@@ -201,6 +231,49 @@ class HospitalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListVersions(self, request, context):
+        """Review and approval (RT Approval module) of a job's structure sets, plans and doses.
+        Every version, with its status (draft, reviewed, approved, rejected) and history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewVersion(self, request, context):
+        """comment, review, approve or reject; an illegal transition is FAILED_PRECONDITION naming the status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddVersion(self, request_iterator, context):
+        """A corrected RTSTRUCT (the physician's edits) as the next version of a job's contours, in
+        chunks; the first message names the job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShareCase(self, request, context):
+        """Consultation: the owner shares a case with another hospital, which then sees it (its jobs
+        and artifacts) and may comment, review or approve as granted, until unshared or `until_ms`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnshareCase(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListShares(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HospitalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -273,6 +346,36 @@ def add_HospitalServiceServicer_to_server(servicer, server):
                     servicer.DownloadArtifact,
                     request_deserializer=rtgrid_dot_v1_dot_hospital__pb2.DownloadArtifactRequest.FromString,
                     response_serializer=rtgrid_dot_v1_dot_common__pb2.DataChunk.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=rtgrid_dot_v1_dot_hospital__pb2.ListVersionsRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_hospital__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'ReviewVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewVersion,
+                    request_deserializer=rtgrid_dot_v1_dot_hospital__pb2.ReviewVersionRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_hospital__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'AddVersion': grpc.stream_unary_rpc_method_handler(
+                    servicer.AddVersion,
+                    request_deserializer=rtgrid_dot_v1_dot_hospital__pb2.VersionChunk.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_hospital__pb2.Version.SerializeToString,
+            ),
+            'ShareCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShareCase,
+                    request_deserializer=rtgrid_dot_v1_dot_hospital__pb2.ShareCaseRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_hospital__pb2.Share.SerializeToString,
+            ),
+            'UnshareCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnshareCase,
+                    request_deserializer=rtgrid_dot_v1_dot_hospital__pb2.UnshareCaseRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_hospital__pb2.Share.SerializeToString,
+            ),
+            'ListShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListShares,
+                    request_deserializer=rtgrid_dot_v1_dot_hospital__pb2.ListSharesRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_hospital__pb2.ListSharesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -653,6 +756,168 @@ class HospitalService:
             '/rtgrid.v1.HospitalService/DownloadArtifact',
             rtgrid_dot_v1_dot_hospital__pb2.DownloadArtifactRequest.SerializeToString,
             rtgrid_dot_v1_dot_common__pb2.DataChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.HospitalService/ListVersions',
+            rtgrid_dot_v1_dot_hospital__pb2.ListVersionsRequest.SerializeToString,
+            rtgrid_dot_v1_dot_hospital__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.HospitalService/ReviewVersion',
+            rtgrid_dot_v1_dot_hospital__pb2.ReviewVersionRequest.SerializeToString,
+            rtgrid_dot_v1_dot_hospital__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddVersion(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/rtgrid.v1.HospitalService/AddVersion',
+            rtgrid_dot_v1_dot_hospital__pb2.VersionChunk.SerializeToString,
+            rtgrid_dot_v1_dot_hospital__pb2.Version.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.HospitalService/ShareCase',
+            rtgrid_dot_v1_dot_hospital__pb2.ShareCaseRequest.SerializeToString,
+            rtgrid_dot_v1_dot_hospital__pb2.Share.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnshareCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.HospitalService/UnshareCase',
+            rtgrid_dot_v1_dot_hospital__pb2.UnshareCaseRequest.SerializeToString,
+            rtgrid_dot_v1_dot_hospital__pb2.Share.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtgrid.v1.HospitalService/ListShares',
+            rtgrid_dot_v1_dot_hospital__pb2.ListSharesRequest.SerializeToString,
+            rtgrid_dot_v1_dot_hospital__pb2.ListSharesResponse.FromString,
             options,
             channel_credentials,
             insecure,

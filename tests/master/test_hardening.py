@@ -27,7 +27,7 @@ from rtgrid.protos.v1 import admin_pb2, agent_pb2, hospital_pb2
 
 SERVICES = ((hospital_pb2, "HospitalService"), (admin_pb2, "AdminService"), (agent_pb2, "AgentService"))
 HUGE = 2_000_000  # beyond every field's limit (the largest, a model card, is 1 MiB)
-PAYLOADS = {"UploadChunk.data", "ModelPackageChunk.data"}  # bounded by max_chunk_bytes where received
+PAYLOADS = {"UploadChunk.data", "ModelPackageChunk.data", "VersionChunk.data"}  # bounded by max_chunk_bytes where received
 
 
 def _request_types():
