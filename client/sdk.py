@@ -14,6 +14,8 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,11 +48,58 @@ CONNECT_TIMEOUT_S = 3.0
 # A segmentation model package folder, as ``rtgrid train-seg`` writes it.
 MODEL_PACKAGE_FILES = ("weights.pt", "card.json", "sha256")
 MODEL_CHUNK_BYTES = 1 << 20
+UPLOAD_STREAMS = 4
+"""Files :meth:`Client.upload_folder` sends at once, each on its own stream of the one connection:
+a file's round trips (start, chunks, finish) overlap with the others' instead of adding up."""
+IN_MEMORY_FILE_BYTES = 16 << 20
+"""A file up to this size is read once (hashed and sent from memory); a larger one is read twice."""
 TERMINAL_STATES = (
     common_pb2.JOB_STATE_SUCCEEDED,
     common_pb2.JOB_STATE_FAILED,
     common_pb2.JOB_STATE_CANCELLED,
 )
+
+
+class _Stopped(Exception):
+    """A file not sent because another one failed first."""
+
+
+class _Gate:
+    """How many files of an upload go at once: ``streams``, fewer after the master refused a start
+    for room while others were under way; closed once a file failed (the rest are not sent)."""
+
+    def __init__(self, streams: int) -> None:
+        self.allowed, self.running, self.closed = streams, 0, False
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the allowed places while a file is sent; raises ``_Stopped`` once closed."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.closed or self.running < self.allowed)
+            if self.closed:
+                raise _Stopped()
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.running -= 1
+                self._changed.notify_all()
+
+    def shrink(self) -> bool:
+        """After a refusal for room: allow one file fewer than go now, and say whether to try again
+        (not when this file goes alone: the refusal is then the answer)."""
+        with self._changed:
+            if self.closed or self.running <= 1:
+                return False
+            self.allowed = self.running - 1
+            return True
+
+    def close(self) -> None:
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
 
 
 class UnsafeArtifactName(ValueError):
@@ -253,13 +302,16 @@ class Client:
     # upload
     def upload_folder(self, *paths: Path | str, label: str = "", chunk_bytes: int | None = None,
                       pseudonymizer: "Pseudonymizer | None" = None,
-                      progress: Callable[[Path, int], None] | None = None) -> UploadResult:
+                      progress: Callable[[Path, int], None] | None = None,
+                      streams: int = UPLOAD_STREAMS) -> UploadResult:
         """Upload every file under the given folders (and the given files) into a new case, and
         commit it: one CT series, plus e.g. an RTSTRUCT drawn on it.
 
         With a ``pseudonymizer`` the files are pseudonymized copies (see :mod:`.pseudonym`) and the
         default label is the patient's pseudonym: no identity leaves the hospital. ``progress`` is
-        called with a file and how many of its bytes the master holds, after every chunk.
+        called with a file and how many of its bytes the master holds, after every chunk (from one
+        thread at a time). ``streams`` files are sent at once; the first refusal stops the rest,
+        and the case is then deleted whole.
 
         Raises
         ------
@@ -275,10 +327,10 @@ class Client:
             with tempfile.TemporaryDirectory(prefix="rtgrid-pseudonymized-") as tmp:
                 copies, pseudonym = pseudonymizer.pseudonymize(files, Path(tmp))
                 return self.upload_folder(*copies, label=label or pseudonym, chunk_bytes=chunk_bytes,
-                                          progress=progress)
+                                          progress=progress, streams=streams)
         case = self.create_case(label or Path(paths[0]).name)
         try:
-            uploaded = [self.upload_file(case.case_id, path, chunk_bytes, progress) for path in files]
+            uploaded = self._upload_files(case.case_id, files, chunk_bytes, progress, streams)
             case = self.commit_case(case.case_id)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:  # a failed commit already removed it
@@ -288,6 +340,48 @@ class Client:
                     pass
             raise
         return UploadResult(case, uploaded)
+
+    def _upload_files(self, case_id: str, files: list[Path], chunk_bytes: int | None,
+                      progress: Callable[[Path, int], None] | None, streams: int) -> list[hospital_pb2.UploadedFile]:
+        """:meth:`upload_file` for each file, ``streams`` at once; results in the files' order.
+
+        A start the master refuses for room (RESOURCE_EXHAUSTED, e.g. its limit on a hospital's open
+        uploads) while other files are under way is tried again once fewer go at once. Any other
+        failure stops the files not yet started and waits for those under way; the failure of the
+        first file (in the files' order) is raised, so the same input names the same file.
+        """
+        if progress is not None:
+            lock = threading.Lock()
+            report = progress
+
+            def progress(path: Path, held: int) -> None:
+                with lock:
+                    report(path, held)
+
+        if streams <= 1 or len(files) == 1:
+            return [self.upload_file(case_id, path, chunk_bytes, progress) for path in files]
+        gate = _Gate(streams)
+
+        def send(path: Path) -> hospital_pb2.UploadedFile:
+            while True:
+                with gate.slot():
+                    try:
+                        return self.upload_file(case_id, path, chunk_bytes, progress)
+                    except grpc.RpcError as exc:
+                        if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or not gate.shrink():
+                            raise
+
+        with ThreadPoolExecutor(max_workers=min(streams, len(files)), thread_name_prefix="rtgrid-upload") as pool:
+            futures: list[Future] = [pool.submit(send, path) for path in files]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            if any(f.exception() is not None for f in done):
+                gate.close()
+                for future in futures:
+                    future.cancel()
+                wait(futures)
+                raise next(f.exception() for f in futures if not f.cancelled() and f.exception() is not None
+                           and not isinstance(f.exception(), _Stopped))
+        return [f.result() for f in futures]
 
     def create_case(self, label: str = "") -> common_pb2.Case:
         """A new, open case to upload files into (see :meth:`upload_file`, :meth:`commit_case`)."""
@@ -314,16 +408,22 @@ class Client:
     def upload_file(self, case_id: str, path: Path, chunk_bytes: int | None = None,
                     progress: Callable[[Path, int], None] | None = None) -> hospital_pb2.UploadedFile:
         """Upload one file in checksummed chunks, resuming from what the master already holds;
-        ``progress(path, bytes_held)`` after each chunk."""
+        ``progress(path, bytes_held)`` after each chunk.
+
+        A file up to ``IN_MEMORY_FILE_BYTES`` is read once: hashed and sent from memory."""
         size = path.stat().st_size
-        start = hospital_pb2.StartUploadRequest(case_id=case_id, file_name=path.name, size_bytes=size, sha256=_sha256(path))
+        data = path.read_bytes() if size <= IN_MEMORY_FILE_BYTES else None
+        sha256 = hashlib.sha256(data).hexdigest() if data is not None else _sha256(path)
+        if data is not None and len(data) != size:
+            raise LocalFileError(f"{path} changed while it was read ({size} bytes, then {len(data)})")
+        start = hospital_pb2.StartUploadRequest(case_id=case_id, file_name=path.name, size_bytes=size, sha256=sha256)
         for attempt in self._retrying():
             with attempt:
                 status = self.call(self.hospital.StartUpload, start)
                 if status.committed_bytes < status.size_bytes:
                     step = min(chunk_bytes or status.max_chunk_bytes, status.max_chunk_bytes)
                     self.hospital.UploadChunks(self._chunks(path, status.upload_id, status.committed_bytes, step,
-                                                            progress), timeout=RPC_TIMEOUT_S * 10)
+                                                            progress, data), timeout=RPC_TIMEOUT_S * 10)
         if progress is not None:
             progress(path, size)
         if not status.upload_id:  # the master already had the whole file
@@ -332,10 +432,13 @@ class Client:
 
     @staticmethod
     def _chunks(path: Path, upload_id: str, offset: int, step: int,
-                progress: Callable[[Path, int], None] | None = None) -> Iterator[hospital_pb2.UploadChunk]:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            while data := fh.read(step):
+                progress: Callable[[Path, int], None] | None = None,
+                whole: bytes | None = None) -> Iterator[hospital_pb2.UploadChunk]:
+        """The file's chunks from ``offset``: from ``whole`` (its bytes, read already) or from disk."""
+        with (path.open("rb") if whole is None else nullcontext()) as fh:
+            if fh is not None:
+                fh.seek(offset)
+            while data := (fh.read(step) if fh is not None else whole[offset:offset + step]):
                 yield hospital_pb2.UploadChunk(upload_id=upload_id, offset=offset, data=data, crc32=zlib.crc32(data))
                 offset += len(data)
                 if progress is not None:  # the chunk before this one was taken by the stream

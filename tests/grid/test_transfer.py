@@ -4,8 +4,11 @@ the bytes already on disk; checksums prove both files intact."""
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+import threading
 import time
 import zlib
+from pathlib import Path
 
 import grpc
 import pytest
@@ -72,6 +75,53 @@ def test_corrupted_chunk_is_refused(grid, tmp_path):
         assert caught.value.code() == grpc.StatusCode.DATA_LOSS and "x.dcm" in caught.value.details()
         assert client.call(client.hospital.StartUpload, hospital_pb2.StartUploadRequest(
             case_id=case.case_id, file_name="x.dcm", size_bytes=len(data), sha256=_sha(data))).committed_bytes == 0
+
+
+def _truncated_pixels(folder: Path) -> tuple[Path, tuple[str, ...]]:
+    """A slice whose header is whole but whose pixel data ends early: it passes FinishUpload's
+    header check and is refused by the commit's complete check."""
+    victim = sorted(folder.iterdir())[23]
+    victim.write_bytes(victim.read_bytes()[:-1000])
+    return victim, ("trunc",)
+
+
+def _not_dicom(folder: Path) -> tuple[Path, tuple[str, ...]]:
+    """A file that is no DICOM at all: refused by its FinishUpload while other files are in flight."""
+    victim = folder / "CT_0023.dcm"
+    victim.write_bytes(b"a scanned referral letter, not DICOM " * 4000)
+    return victim, ("not", "dicom")
+
+
+def _stored(grid) -> dict[str, object]:
+    """Row counts of the tables an upload fills, and the blob and partial file names."""
+    with sqlite3.connect(grid.data_dir / "rtgrid.sqlite") as db:
+        stored: dict[str, object] = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                                     for t in ("cases", "files", "uploads", "series")}
+    blobs = grid.data_dir / "blobs"
+    stored["blobs"] = sorted(p.name for p in blobs.glob("??/*"))
+    stored["partial"] = sorted(p.name for p in (blobs / "partial").iterdir())
+    return stored
+
+
+@pytest.mark.parametrize("corrupt", [_truncated_pixels, _not_dicom], ids=["truncated-pixels", "not-dicom"])
+def test_a_parallel_upload_with_one_corrupt_file_commits_nothing_and_names_it(grid, tmp_path, corrupt):
+    ct_dir = write_phantom_case(tmp_path, shape=(40, 64, 64), spacing_mm=(4.0, 4.0, 3.0), seed=11).ct_dir
+    victim, words = corrupt(ct_dir)
+    senders: set[int] = set()
+    with grid.client() as client:
+        before = _stored(grid)
+        with pytest.raises(grpc.RpcError) as caught:
+            client.upload_folder(ct_dir, streams=8, progress=lambda path, held: senders.add(threading.get_ident()))
+        message = caught.value.details()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
+        assert victim.name in message and all(word in message.lower() for word in words), message
+        assert len(senders) > 1, "the files did not go in parallel streams"
+        assert _stored(grid) == before  # no case, file, upload, series, blob or partial file left
+        # The same folder, repaired, goes through whole.
+        write_phantom_case(tmp_path, shape=(40, 64, 64), spacing_mm=(4.0, 4.0, 3.0), seed=11)
+        result = client.upload_folder(ct_dir, streams=8)
+    assert result.case.committed and result.case.series[0].n_slices == 40
+    assert [f.file_name for f in result.files] == sorted(p.name for p in ct_dir.iterdir())
 
 
 def test_download_resumes_a_partial_file(grid, tmp_path):
