@@ -108,21 +108,25 @@ class HospitalService(ConsultMixin, hospital_pb2_grpc.HospitalServiceServicer):
     @unary
     async def UploadChunks(self, request_iterator, context):
         upload = None
-        async for chunk in self._chunks(request_iterator):
+
+        def write(upload, chunk):  # one hop to a thread per chunk: the owner check rides along
             if upload is None or upload.upload_id != chunk.upload_id:
-                upload = await asyncio.to_thread(self._own_upload, chunk.upload_id)
-            upload = await asyncio.to_thread(
-                intake.write_chunk, self.intake, upload, chunk.offset, chunk.data, chunk.crc32
-            )
-            self.scheduler.metrics.bytes_received.labels("upload").inc(len(chunk.data))
+                upload = self._own_upload(chunk.upload_id)
+            return intake.write_chunk(self.intake, upload, chunk.offset, chunk.data, chunk.crc32)
+
+        received = self.scheduler.metrics.bytes_received.labels("upload")
+        async for chunk in self._chunks(request_iterator):
+            upload = await asyncio.to_thread(write, upload, chunk)
+            received.inc(len(chunk.data))
         if upload is None:
             raise InvalidArgument("the upload stream carried no chunks")
         return self._status(upload)
 
     @unary
     async def FinishUpload(self, request, context):
-        await asyncio.to_thread(self._own_upload, request.upload_id)
-        record = await asyncio.to_thread(intake.finish_upload, self.intake, request.upload_id)
+        def finish():
+            return intake.finish_upload(self.intake, request.upload_id, self._own_upload(request.upload_id))
+        record = await asyncio.to_thread(finish)
         return hospital_pb2.UploadedFile(
             file_id=record.file_id, case_id=record.case_id, file_name=record.file_name, modality=record.modality,
             sop_instance_uid=record.sop_instance_uid, size_bytes=record.size_bytes, sha256=record.sha256,
