@@ -123,7 +123,8 @@ def stamp(data: bytes, status: str, reviewer_name: str, when_ms: int) -> bytes:
     return out.getvalue()
 
 
-def _pick(versions: list[VersionRecord], artifact_name: str, artifacts: dict[str, ArtifactRecord]) -> list[VersionRecord]:
+def _pick(versions: list[VersionRecord], artifact_name: str,
+          artifacts: dict[str, ArtifactRecord]) -> list[VersionRecord]:
     """The versions a review acts on: the one whose artifact (or lineage) is ``artifact_name``
     (a lineage: its latest version), or the latest of every lineage. A plan takes its dose along."""
     newest = latest(versions)

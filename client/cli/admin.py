@@ -257,7 +257,8 @@ def _since_ms(value: str | None) -> int:
 @admin_app.command()
 def audit(
     hospital: str = typer.Option("", help="Only what this hospital (or agent / operator CN) did."),
-    action: str = typer.Option("", help="upload, view, download, submit, cancel, admin, agent or auth (refusals)."),
+    action: str = typer.Option("", help="upload, view, download, submit, cancel, admin, agent, auth (refusals), "
+                                        "review, approve, reject, comment, version, share, unshare or consult."),
     since: str = typer.Option(None, help="From this ISO time, or this far back (30m, 12h, 7d)."),
     limit: int = typer.Option(0, help="At most this many entries (0: all, fetched page by page)."),
     target: str = TargetOption,

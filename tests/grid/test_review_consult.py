@@ -86,7 +86,8 @@ def reviewed(grid, tmp_path_factory):
 
 def test_corrected_contours_approved_then_planned_on(grid, reviewed, tmp_path):
     v2, contour = reviewed["v2"], reviewed["contour"]
-    assert (v2.lineage, v2.version, v2.status, v2.artifact_name) == ("RS.contours.dcm", 2, "draft", "RS.contours.v2.dcm")
+    assert (v2.lineage, v2.version, v2.status, v2.artifact_name) == \
+        ("RS.contours.dcm", 2, "draft", "RS.contours.v2.dcm")
     on_v1 = reviewed["on_v1"]
     assert on_v1.code() == grpc.StatusCode.INVALID_ARGUMENT and "Bones_corrected" in on_v1.details()
     assert [(v.version, v.status, v.reviewer_name) for v in reviewed["approved"]] == \
