@@ -21,7 +21,7 @@ from .common import unary
 
 
 class ConsultMixin:
-    """Needs ``self.intake``, ``self.store``, ``self.blobs`` and ``self._own_case``."""
+    """Needs ``self.intake``, ``self.store``, ``self.blobs``, ``self._own_case`` and ``self._chunks``."""
 
     # reading: the owner, or a hospital the case is shared with (audited)
     def _readable_case(self, case_id: str, what: str, objects: dict[str, str] | None = None,
@@ -89,7 +89,7 @@ class ConsultMixin:
     async def AddVersion(self, request_iterator, context):
         first, parts, received = None, [], 0
         limit = self.intake.config.max_chunk_bytes
-        async for chunk in request_iterator:
+        async for chunk in self._chunks(request_iterator):  # a silent stream is closed (upload_idle_s)
             if first is None:
                 first = chunk
                 job = await asyncio.to_thread(self._own_job_for_version, chunk.job_id, chunk.size_bytes)
