@@ -356,3 +356,27 @@ def check_release(store: Store, artifact: ArtifactRecord, require_approval: bool
             f"plan {artifact.name} is {status}: this grid requires approval before plans go to devices or out "
             f"through the gateway (rtgrid up --require-approval); approve it first (rtgrid approve {artifact.job_id} "
             f"--artifact {artifact.name} --as NAME)")
+
+
+def check_conversion(store: Store, plan_job: str) -> None:
+    """With ``rtgrid up --require-approval``, device plans are made only from an approved plan:
+    a conversion of an earlier plan job (``plan_job``) whose standard plan is approved.
+
+    Raises
+    ------
+    FailedPrecondition
+        No ``plan_job`` (a plan made in the same job cannot be approved before its conversion),
+        or its standard plan not approved, naming its status.
+    """
+    route = ("plan without devices, approve its plan (rtgrid approve JOB --artifact RP.standard.dcm --as NAME), "
+             "then convert it: rtgrid submit CASE --kind plan --plan-job JOB --devices ...")
+    if not plan_job:
+        raise FailedPrecondition("this grid requires approval before plans go to devices (rtgrid up "
+                                 f"--require-approval), and a plan made in this job cannot be approved first: {route}")
+    artifacts = {a.artifact_id: a for a in store.list_artifacts(plan_job)}
+    plans = [v for v in versions_of(store, plan_job)
+             if v.artifact_id in artifacts and artifacts[v.artifact_id].name == "RP.standard.dcm"]
+    status = plans[0].status if plans else "missing"
+    if status != APPROVED:
+        raise FailedPrecondition(f"the standard plan of plan_job={plan_job} is {status}: this grid requires approval "
+                                 f"before plans go to devices (rtgrid up --require-approval): {route}")

@@ -131,6 +131,7 @@ def submit(
     contours_job: str = typer.Option(None, help="A finished contour job whose contours a plan uses."),
     contours_version: int = typer.Option(None, help="Which version of those contours (default: the latest "
                                                     "approved, else the latest; see `rtgrid versions`)."),
+    plan_job: str = typer.Option(None, help="Convert this finished plan job's (approved) plan for --devices."),
     devices: str = typer.Option(None, help="Device plans too: ID,ID,... or auto / auto:N (chosen by congestion)."),
     device_rule: str = typer.Option(None, help="How auto chooses: congestion, shortest_queue or prefer:ID,ID."),
     models: str = typer.Option(None, help="Deep segmentation models for contour jobs: NAME or NAME@VERSION, comma-separated "
@@ -147,7 +148,7 @@ def submit(
     params = _params(param)
     named = {"beams": beams, "gantry_angles": gantry_angles, "bixel_mm": bixel_mm, "dose_grid_mm": dose_grid_mm,
              "machine": machine, "contours_job": contours_job,
-             "contours_version": contours_version, "devices": devices,
+             "contours_version": contours_version, "plan_job": plan_job, "devices": devices,
              "device_rule": device_rule, "models": models}
     params.update({k: str(v) for k, v in named.items() if v is not None})
     if order is not None:

@@ -153,6 +153,7 @@ class PlanParams:
     body: str = DEFAULT_BODY
     contours_job: str = ""  # plan only
     contours_version: int = bounded(0, 0, 10_000)  # plan only: that job's contours version (0: latest approved)
+    plan_job: str = ""  # plan only: convert that finished plan's standard plan for devices (convert stage only)
     shards: int | None = bounded(None, 1, MAX_SHARDS)  # full only: the contour stage's slabs
     devices: str = ""  # "" : no convert stage
     device_rule: str = DEFAULT_DEVICE_RULE
@@ -171,7 +172,7 @@ class PlanParams:
 
 PLAN_PARAMS = frozenset({"order", "beams", "gantry_angles", "bixel_mm", "dose_grid_mm", "machine", "body", "devices",
                          "device_rule"})
-PLAN_EXTRA = {"plan": frozenset({"contours_job", "contours_version"}), "full": frozenset({"shards"})}
+PLAN_EXTRA = {"plan": frozenset({"contours_job", "contours_version", "plan_job"}), "full": frozenset({"shards"})}
 PLAN_INTERNAL = frozenset({"dose_model"})
 
 
@@ -213,7 +214,8 @@ def parse_plan_params(params: dict[str, str], kind: str = "plan", *, submitted: 
         order=params["order"],
         gantry_angles_deg=_gantry_angles(params["gantry_angles"]) if "gantry_angles" in params else (),
         **_numbers(PlanParams, params, ("beams", "bixel_mm", "dose_grid_mm", "shards", "contours_version")),
-        **{name: params[name] for name in ("machine", "body", "contours_job", "devices", "device_rule", "dose_model")
+        **{name: params[name] for name in ("machine", "body", "contours_job", "devices", "device_rule", "dose_model",
+                                           "plan_job")
            if name in params},
     )
     if typed.machine not in list_machines():

@@ -27,6 +27,9 @@ Typed, with their defaults and ranges, in ``rtgrid.master.jobs.params``.
 ``contours_job``   (``plan`` only) a finished contour job whose RTSTRUCT to use
 ``contours_version`` (``plan`` only) which version of that job's contours (``rtgrid versions``);
                    default the latest approved, else the latest not rejected; kept with the job
+``plan_job``       (``plan`` only) a finished plan or full job of this case: only its ``convert``
+                   stage runs, on that job's set-up and standard plan, for ``devices`` (the way an
+                   approved plan goes to devices when ``rtgrid up --require-approval``)
 ``body``           the outline structure that gets dose (default ``BODY``)
 ``shards``         (``full`` only) z-slabs of the contour stage, 1 to 64
 ``devices``        device ids (``ID,ID``), ``auto`` or ``auto:N``: adds the ``convert`` stage,
@@ -62,7 +65,7 @@ from ..blobs import BlobStore
 from ..errors import FailedPrecondition, InvalidArgument
 from ..store.base import Store
 from ..devices import resolve_devices, reroute
-from ..store.records import DOWN, SUCCEEDED, ShardRecord
+from ..store.records import DOWN, SUCCEEDED, JobRecord, ShardRecord
 from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
 from .contour import ContourJob
 from .params import ContourParams, PlanParams, parse_plan_params
@@ -104,6 +107,10 @@ def check_contours_on_case(store: Store, case_id: str, data: bytes, what: str) -
         )
 
 
+# What a conversion of an earlier plan (plan_job) is given; the rest comes from that plan.
+CONVERSION_PARAMS = frozenset({"plan_job", "devices", "device_rule"})
+
+
 class PlanJob(JobKind):
     name = "plan"
     stages = ("setup", "dose", "optimize")
@@ -113,7 +120,48 @@ class PlanJob(JobKind):
         return parse_plan_params(params, self.name)
 
     def stages_for(self, params: dict[str, str]) -> tuple[str, ...]:
-        return self.stages + (("convert",) if self.job_params(params).devices else ())
+        typed = self.job_params(params)
+        if typed.plan_job:
+            return ("convert",)
+        return self.stages + (("convert",) if typed.devices else ())
+
+    # a conversion of an earlier plan (plan_job)
+    def source_plan(self, store: Store, case_id: str, job_id: str) -> JobRecord:
+        """The finished plan whose set-up and standard plan a ``plan_job`` conversion uses: of this
+        case only, checked at submission and whenever a shard reads it.
+
+        Raises
+        ------
+        InvalidArgument
+            Not a finished plan or full job, or one of another case.
+        """
+        job = store.get_job(job_id)
+        if job is None or job.kind not in ("plan", "full") or job.state != SUCCEEDED:
+            raise InvalidArgument(f"plan_job={job_id!r} is not a finished plan or full job")
+        if job.case_id != case_id:
+            raise InvalidArgument(f"plan_job={job_id!r} planned case {job.case_id}, not case {case_id}: "
+                                  "a conversion uses only its own case's plan")
+        return job
+
+    def _validate_conversion(self, params: dict[str, str], store: Store, case_id: str) -> dict[str, str]:
+        """A ``plan_job`` conversion takes the plan as it was made: its order, machine and outline."""
+        extra = set(params) - CONVERSION_PARAMS
+        if extra:
+            raise InvalidArgument(f"plan_job converts that plan as it was made: drop {', '.join(sorted(extra))}")
+        if not params.get("devices"):
+            raise InvalidArgument("plan_job converts a plan for devices: give devices=ID,ID (or auto, auto:N)")
+        source = self.source_plan(store, case_id, params["plan_job"])
+        stored = {**{k: source.params[k] for k in ("order", "machine", "body") if k in source.params}, **params}
+        typed = parse_plan_params(stored, self.name, submitted=True)
+        resolve_devices(store, typed.devices, typed.device_rule)
+        return stored
+
+    def _made_in(self, ctx: JobContext) -> JobContext:
+        """The job whose set-up and standard plan the later stages use: this one, or ``plan_job``'s."""
+        plan_job = self.job_params(ctx.job.params).plan_job
+        if not plan_job:
+            return ctx
+        return JobContext(ctx.store, ctx.blobs, self.source_plan(ctx.store, ctx.job.case_id, plan_job))
 
     # inputs
     def uploaded_rtstructs(self, store: Store, blobs: BlobStore, case_id: str) -> list[bytes]:
@@ -153,6 +201,8 @@ class PlanJob(JobKind):
         return set().union(*(_rtstruct_names(r) for r in rtstructs))
 
     def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
+        if "plan_job" in params and self.name == "plan":
+            return self._validate_conversion(params, store, case_id)
         typed = parse_plan_params(params, self.name, submitted=True)
         if typed.devices:
             resolve_devices(store, typed.devices, typed.device_rule)
@@ -234,15 +284,16 @@ class PlanJob(JobKind):
                 body=params.body,
             ), ShardResources(cpus=1.0, memory_mb=4096))
         # The set-up (density and masks on the dose grid) goes to every later shard: once into Ray's object store.
-        setup = ctx.shared_result("setup")
+        made = self._made_in(ctx)
+        setup = made.shared_result("setup")
         if stage == "convert":
             device = ctx.store.get_device(shard.target)
             if device is None:
                 raise FailedPrecondition(f"device {shard.target} is no longer registered")
             return ShardCall.of(ConvertDeviceCall(
-                setup=setup, standard_plan=ctx.stage_file("optimize", "standard-plan.npz"), series=ctx.shared_series(),
+                setup=setup, standard_plan=made.stage_file("optimize", "standard-plan.npz"), series=ctx.shared_series(),
                 device_name=device.device_id, model_id=device.model_id,
-                rtstruct_uid=PlanSetup.from_result(ctx.stage_results("setup")[0]).rtstruct_uid,
+                rtstruct_uid=PlanSetup.from_result(made.stage_results("setup")[0]).rtstruct_uid,
             ), ShardResources(cpus=1.0, memory_mb=4096))
         if stage == "dose":
             return ShardCall.of(BeamDijCall(setup=setup, beam_index=index, machine_id=machine),

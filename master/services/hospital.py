@@ -22,7 +22,7 @@ from ..events import EventBus
 from ..scheduler import Scheduler
 from ..security.auth import current_principal
 from ..store.records import TERMINAL_JOB_STATES, CaseRecord, JobRecord
-from ..approval import audit
+from ..approval import audit, check_conversion
 from ..ids import now_ms
 from .common import PAGE_BYTES, listed, page_limit, paginate, stream, unary
 from .consult import ConsultMixin
@@ -188,6 +188,10 @@ class HospitalService(ConsultMixin, hospital_pb2_grpc.HospitalServiceServicer):
         self._own_case(request.case_id)
         if request.params.get("contours_job"):
             self._get_job(request.params["contours_job"])  # contours of another hospital's job: not found
+        if request.params.get("plan_job"):
+            self._get_job(request.params["plan_job"])  # another hospital's plan: not found
+        if self.intake.config.require_approval and request.params.get("devices"):
+            check_conversion(self.store, request.params.get("plan_job", ""))  # device plans from approved plans only
         with self._submit_locks.setdefault(hospital, threading.Lock()):
             existing = self.store.find_job_by_key(key) if key else None
             if existing is not None:

@@ -122,6 +122,21 @@ def test_corrected_contours_approved_then_planned_on(grid, reviewed, tmp_path):
     assert any("draft -> approved by Dr Li: margins fixed" in d for d in details)
 
 
+def test_an_earlier_plan_is_converted_for_a_device(grid, reviewed, tmp_path):
+    """plan_job: only the convert stage runs, on the earlier job's set-up and standard plan."""
+    with grid.client() as client:
+        job = client.submit(reviewed["case"].case_id, "plan", params={"plan_job": reviewed["plan"].job_id,
+                                                                      "devices": "TB-M120"})
+        events = list(client.watch(job.job_id))
+        assert events[-1].state == common_pb2.JOB_STATE_SUCCEEDED, events[-1].message
+        assert {s.stage for s in client.shards(job.job_id)} == {"convert"}
+        rp = _download(client, job.job_id, "RP.TB-M120.dcm", tmp_path)
+        standard = _download(client, reviewed["plan"].job_id, "RD.standard.dcm", tmp_path)
+    assert {b.TreatmentMachineName for b in rp.BeamSequence} == {"TB-M120"}
+    assert rp.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID  # the plan's structures, as planned
+    assert standard.FrameOfReferenceUID == rp.FrameOfReferenceUID
+
+
 def test_a_grid_that_requires_approval_holds_unapproved_plans_back(grid, reviewed, tmp_path):
     """A second master with --require-approval on a copy of the grid's store and blobs."""
     copy = tmp_path / "copy"
@@ -132,17 +147,28 @@ def test_a_grid_that_requires_approval_holds_unapproved_plans_back(grid, reviewe
     proc, ready = start_master_with(copy, grid.ray_address, grid.pki, args=("--require-approval",))
     try:
         plan_job = reviewed["plan"].job_id
+        case_id = reviewed["case"].case_id
         with grid.hospital_client(grid.token, ready["target"]) as client:
             code, message = _refused(lambda: _download(client, plan_job, "RP.standard.dcm", tmp_path))
             assert code == grpc.StatusCode.FAILED_PRECONDITION
             assert "plan RP.standard.dcm is draft" in message and "--require-approval" in message
             _download(client, plan_job, "RD.standard.dcm", tmp_path)  # what is not a plan goes out
+            # Device plans come only from an approved plan: never from one made in the same job.
+            code, message = _refused(lambda: client.submit(case_id, "plan", params={
+                "order": ORDER_ON_V2, "contours_job": reviewed["contour"].job_id, "devices": "TB-M120"}))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION and "--plan-job" in message
+            convert = {"plan_job": plan_job, "devices": "TB-M120"}
+            code, message = _refused(lambda: client.submit(case_id, "plan", params=convert))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION and f"plan_job={plan_job} is draft" in message
             env = {**os.environ, **grid.env(), "RTGRID_TARGET": ready["target"]}
             approved = subprocess.run(rtgrid_cmd("approve", plan_job, "--artifact", "RP.standard.dcm", "--as",
                                                  "Dr Wang"), env=env, capture_output=True, text=True, timeout=120)
             assert approved.returncode == 0, approved.stderr
             assert "RP.standard.dcm" in approved.stdout and "approved" in approved.stdout
             ds = _download(client, plan_job, "RP.standard.dcm", tmp_path)
+            queued = client.submit(case_id, "plan", params=convert)  # approved: it may go to the device now
+            assert (queued.stage, queued.params["order"]) == ("convert", ORDER_ON_V2)
+            client.cancel(queued.job_id)  # this master has no agents
         assert (ds.ApprovalStatus, str(ds.ReviewerName)) == ("APPROVED", "Dr Wang")
     finally:
         stop_process(proc)

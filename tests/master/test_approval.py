@@ -195,6 +195,36 @@ def test_require_approval_holds_plans_back(store, blobs, rtstruct_bytes):
     approval.check_release(store, store.get_artifact(plan.artifact_id), require_approval=True)
 
 
+def test_device_plans_come_only_from_an_approved_plan(store, blobs, rtstruct_bytes):
+    job = _contour_job(store, blobs, rtstruct_bytes, plan_too=True)
+    with pytest.raises(FailedPrecondition, match="--require-approval.*cannot be approved first.*--plan-job"):
+        approval.check_conversion(store, "")
+    with pytest.raises(FailedPrecondition, match="plan_job=job-1 is draft"):
+        approval.check_conversion(store, job.job_id)
+    approval.review(store, blobs, job, "RP.standard.dcm", "review", OWNER, "Dr A", "")
+    with pytest.raises(FailedPrecondition, match="plan_job=job-1 is reviewed"):
+        approval.check_conversion(store, job.job_id)
+    approval.review(store, blobs, job, "RP.standard.dcm", "approve", OWNER, "Dr A", "")
+    approval.check_conversion(store, job.job_id)
+
+
+def test_a_conversion_takes_only_a_finished_plan_of_its_own_case(store, blobs, rtstruct_bytes):
+    from rtgrid.master.jobs.plan import PlanJob
+
+    contour = _contour_job(store, blobs, rtstruct_bytes)
+    plan = PlanJob()
+    for params, words in (({"plan_job": "job-1", "devices": "TB-M120", "beams": "5"}, "drop beams"),
+                          ({"plan_job": "job-1"}, "give devices"),
+                          ({"plan_job": contour.job_id, "devices": "TB-M120"}, "not a finished plan"),
+                          ({"plan_job": "job-none", "devices": "TB-M120"}, "not a finished plan")):
+        with pytest.raises(InvalidArgument, match=words):
+            plan.validate(params, store, blobs, "case-1")
+    store.add_job(JobRecord("job-p", "case-other", "plan", "succeeded", 0, {"order": "x"}, "optimize", 2))
+    with pytest.raises(InvalidArgument, match="planned case case-other, not case case-1"):
+        plan.validate({"plan_job": "job-p", "devices": "TB-M120"}, store, blobs, "case-1")
+    assert plan.stages_for({"order": "x", "plan_job": "job-p", "devices": "TB-M120"}) == ("convert",)
+
+
 def test_shares_end_by_revocation_and_by_time(store):
     for name in (OWNER, CONSULTANT, STRANGER):
         store.add_hospital(HospitalRecord(name, name * 2, 1))
