@@ -116,14 +116,18 @@ class Scheduler:
 
     def wake(self) -> None:
         """Place shards now, not at the next tick (callable from any thread: submit runs in one)."""
+        self._on_loop(self._wake.set)
+
+    def _on_loop(self, action) -> None:
+        """Run ``action`` on the scheduler's event loop: now when called there, else soon."""
         try:
             on_loop = asyncio.get_running_loop() is self._event_loop
         except RuntimeError:
             on_loop = False
         if on_loop:
-            self._wake.set()
+            action()
         else:
-            self._event_loop.call_soon_threadsafe(self._wake.set)
+            self._event_loop.call_soon_threadsafe(action)
 
     async def _loop(self) -> None:
         while True:
@@ -149,11 +153,11 @@ class Scheduler:
         return job
 
     def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a job and stop its running shards."""
+        """Cancel a job and stop its running shards (callable from any thread)."""
         job, ended = self.jobs.cancel(job_id)
         if ended:
-            for running in [r for r in self._running.values() if r.job_id == job_id]:
-                running.task.cancel()
+            for running in [r for r in list(self._running.values()) if r.job_id == job_id]:
+                self._on_loop(running.task.cancel)
         return job
 
     def set_priority(self, job_id: str, priority: int) -> JobRecord:

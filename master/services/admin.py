@@ -26,7 +26,7 @@ from ..ray_pool import RayPool
 from ..scheduler import Scheduler
 from ..security import tokens
 from ..store.base import Store
-from .common import PAGE_BYTES, listed, page_limit, paginate, unary
+from .common import PAGE_BYTES, listed, page_limit, paginate, threaded, unary
 
 DEFAULT_JOB_PAGE = 100
 DEFAULT_AUDIT_PAGE = 1000
@@ -50,14 +50,16 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                         page_limit(request.limit, DEFAULT_PAGE), self.page_bytes)
 
     @unary
-    async def ListAgents(self, request, context):
+    @threaded
+    def ListAgents(self, request, context):
         agents, token = self._page(request, self.store.list_agents(),
                                    lambda a: agent_to_proto(a, self.scheduler.running_on(a.agent_id)),
                                    lambda a: a.agent_id)
         return admin_pb2.ListAgentsResponse(agents=agents, next_page_token=token)
 
     @unary
-    async def ListJobs(self, request, context):
+    @threaded
+    def ListJobs(self, request, context):
         try:
             states = [job_state_from_proto(s) for s in request.states]
         except ValueError as exc:
@@ -72,7 +74,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @unary
-    async def ListShards(self, request, context):
+    @threaded
+    def ListShards(self, request, context):
         if self.store.get_job(request.job_id) is None:
             raise NotFound(f"no job {request.job_id!r}")
         shards, token = self._page(request, self.store.list_shards(request.job_id), shard_to_proto,
@@ -80,22 +83,26 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListShardsResponse(shards=shards, next_page_token=token)
 
     @unary
-    async def CancelJob(self, request, context):
+    @threaded
+    def CancelJob(self, request, context):
         job = self.scheduler.cancel(request.job_id)
         return job_to_proto(job, *self.scheduler.shard_progress(job.job_id))
 
     @unary
-    async def SetJobPriority(self, request, context):
+    @threaded
+    def SetJobPriority(self, request, context):
         job = self.scheduler.set_priority(request.job_id, request.priority)
         return job_to_proto(job, *self.scheduler.shard_progress(job.job_id))
 
     @unary
-    async def DrainAgent(self, request, context):
+    @threaded
+    def DrainAgent(self, request, context):
         agent = agents.drain(self.store, request.agent_id)
         return agent_to_proto(agent, self.scheduler.running_on(agent.agent_id))
 
     @unary
-    async def GetClusterStatus(self, request, context):
+    @threaded
+    def GetClusterStatus(self, request, context):
         return admin_pb2.ClusterStatus(
             queue_depth=self.scheduler.queue_depth(),
             jobs_by_state=self.scheduler.jobs_by_state(),
@@ -111,14 +118,16 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         )
 
     @unary
-    async def ListDevices(self, request, context):
+    @threaded
+    def ListDevices(self, request, context):
         found, token = self._page(request, self.store.list_devices(), device_to_proto, lambda d: d.device_id)
         # The catalog is a few models: it rides on the first page.
         catalog = [] if request.page_token else [catalog_entry_to_proto(e) for e in devices.catalog()]
         return admin_pb2.ListDevicesResponse(devices=found, catalog=catalog, next_page_token=token)
 
     @unary
-    async def SetDevice(self, request, context):
+    @threaded
+    def SetDevice(self, request, context):
         device = devices.set_device(
             self.store, request.device_id, hospital=request.hospital, model_id=request.model_id,
             status=device_status_from_proto(request.status), queue_length=request.queue_length,
@@ -147,26 +156,31 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return model_to_proto(record)
 
     @unary
-    async def ListModels(self, request, context):
+    @threaded
+    def ListModels(self, request, context):
         found, token = self._page(request, self.store.list_models(), model_to_proto, lambda m: m.sha256)
         return admin_pb2.ListModelsResponse(models=found, next_page_token=token)
 
     @unary
-    async def AddHospital(self, request, context):
+    @threaded
+    def AddHospital(self, request, context):
         record, token = tokens.add_hospital(self.store, request.name)
         return admin_pb2.AddHospitalResponse(hospital=hospital_to_proto(record), token=token)
 
     @unary
-    async def ListHospitals(self, request, context):
+    @threaded
+    def ListHospitals(self, request, context):
         hospitals, token = self._page(request, self.store.list_hospitals(), hospital_to_proto, lambda h: h.name)
         return admin_pb2.ListHospitalsResponse(hospitals=hospitals, next_page_token=token)
 
     @unary
-    async def RevokeHospital(self, request, context):
+    @threaded
+    def RevokeHospital(self, request, context):
         return hospital_to_proto(tokens.revoke_hospital(self.store, request.name))
 
     @unary
-    async def ListAudit(self, request, context):
+    @threaded
+    def ListAudit(self, request, context):
         if request.limit < 0 or request.since_ms < 0:
             raise InvalidArgument("limit and since_ms must not be negative")
         entries, token = paginate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -119,6 +120,17 @@ def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]
         except Exception as exc:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(exc).__name__}")
+
+    return wrapper
+
+
+def threaded(method: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run a synchronous servicer method in a thread (contextvars, so the caller's identity, go
+    along): its store and blob calls must not stall every other call on the event loop."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        return await asyncio.to_thread(method, self, request, context)
 
     return wrapper
 
