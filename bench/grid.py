@@ -4,9 +4,15 @@
 utilities, one master process (``rtgrid up``) with a temporary data folder, and two agent
 processes of one CPU each — and measures:
 
-1. upload: a phantom CT of 200 slices of 512 x 512 (about 100 MB of DICOM) through
-   ``Client.upload_folder``, split into the per-file part (StartUpload, the chunk stream,
-   FinishUpload) and CommitCase (series grouping, validation, volume store);
+1. upload: a phantom CT of 300 slices of 512 x 512 (about 157 MB of DICOM; ``--upload-slices``)
+   through ``Client.upload_folder`` to a master serving TLS with
+   a hospital token (``upload``: the real path: TLS, checksums, store, per-file and series
+   validation, the all-or-nothing commit), split into the file phase (StartUpload, the chunk
+   streams, FinishUpload; ``--streams`` files at once) and CommitCase (series grouping,
+   validation, volume store); the same upload to the plaintext master (``upload_plaintext``);
+   and beside them, in the same run, the transport's ceiling: the same bytes in the same message
+   sizes over one raw gRPC stream into a server that only counts them, with TLS and without
+   (``raw_grpc``). ``--upload-only`` stops there (no agents, no jobs);
 2. latency: submit → first WatchJob event, and submit → RUNNING, for ``--latency-jobs`` jobs on a
    small committed case (each cancelled once running), plus ``--tiny-jobs`` small jobs run to the
    end (the grid's fixed cost per job), after one warm-up job that starts both agents' shard
@@ -31,6 +37,7 @@ Usage::
 
     python -m bench.grid
     python -m bench.grid --slices 40 --size 256 --latency-jobs 10 --tiny-jobs 2   # a quick smoke run
+    python -m bench.grid --slices 300 --upload-only                                # upload vs raw gRPC
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import queue
 import signal
@@ -59,8 +67,8 @@ os.environ.setdefault("RAY_TMPDIR", "/tmp/rtgrid-ray")
 
 import grpc  # noqa: E402  (after the Ray environment above, which child processes inherit)
 
-from rtgrid.client.sdk import Client, state_name  # noqa: E402
-from rtgrid.protos.grid_contract import RAY_NAMESPACE, Task, agent_actor_name  # noqa: E402
+from rtgrid.client.sdk import UPLOAD_STREAMS, Client, state_name  # noqa: E402
+from rtgrid.protos.grid_contract import RAY_NAMESPACE, ContourMergeCall, Task, agent_actor_name  # noqa: E402
 from rtgrid.protos.v1 import common_pb2, hospital_pb2  # noqa: E402
 
 NODE_IP = "127.0.0.1"
@@ -73,6 +81,12 @@ FIRST_EVENT_TIMEOUT_S = 30.0
 RUNNING_TIMEOUT_S = 30.0
 TINY_JOB_TIMEOUT_S = 120.0
 TERMINAL = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+# The raw gRPC sink: one stream-unary method on bytes, no servicer code, no store.
+RAW_SERVICE, RAW_METHOD = "rtgrid.bench.Raw", "Send"
+RAW_TIMEOUT_S = 600.0
+# As the master's defaults (master.config): a chunk and the room for the other fields of its message.
+RAW_CHUNK_BYTES = 1 << 20
+RAW_MESSAGE_BYTES = 2 << 20
 
 
 class BenchError(RuntimeError):
@@ -239,12 +253,12 @@ def _wait_or_kill(proc: subprocess.Popen) -> None:
 
 
 class TimedClient(Client):
-    """The SDK client, adding up the wall time of each unary RPC by request type and of each file."""
+    """The SDK client, adding up the wall time of each unary RPC by request type (over all the
+    upload's streams, so the sums may exceed the wall time)."""
 
-    def __init__(self, target: str) -> None:
-        super().__init__(target)
+    def __init__(self, target: str, **kwargs) -> None:
+        super().__init__(target, **kwargs)
         self.rpc_s: dict[str, float] = defaultdict(float)
-        self.files_s = 0.0
 
     def call(self, method, request, timeout: float | None = None):
         started = time.perf_counter()
@@ -253,43 +267,107 @@ class TimedClient(Client):
         finally:
             self.rpc_s[type(request).__name__] += time.perf_counter() - started
 
-    def upload_file(self, case_id: str, path: Path, chunk_bytes: int | None = None,
-                    progress=None) -> hospital_pb2.UploadedFile:
-        started = time.perf_counter()
-        try:
-            return super().upload_file(case_id, path, chunk_bytes, progress)
-        finally:
-            self.files_s += time.perf_counter() - started
 
-
-def measure_upload(target: str, ct_dir: Path) -> tuple[str, dict[str, float]]:
-    """Upload ``ct_dir`` through ``Client.upload_folder``; returns the case id and the figures."""
+def measure_upload(target: str, ct_dir: Path, streams: int, **credentials) -> tuple[str, dict[str, float]]:
+    """Upload ``ct_dir`` through ``Client.upload_folder`` (``credentials``: ``ca`` and ``token`` for
+    a TLS master); returns the case id and the figures."""
     n_bytes = sum(p.stat().st_size for p in ct_dir.iterdir() if p.is_file())
     n_files = sum(1 for p in ct_dir.iterdir() if p.is_file())
-    with TimedClient(target) as client:
-        started = time.perf_counter()
-        case = client.upload_folder(ct_dir, label="bench-big").case
+    load = _load()
+    with TimedClient(target, **credentials) as client:
+        client.wait_ready(START_TIMEOUT_S)
+        started, cpu = time.perf_counter(), time.process_time()
+        case = client.upload_folder(ct_dir, label="bench-big", streams=streams).case
         total_s = time.perf_counter() - started
+        client_cpu_s = time.process_time() - cpu
         rpc = dict(client.rpc_s)
-        files_s = client.files_s
-    commit_s = rpc.get("CommitCaseRequest", 0.0)
-    start_s, finish_s = rpc.get("StartUploadRequest", 0.0), rpc.get("FinishUploadRequest", 0.0)
+    commit_s, create_s = rpc.get("CommitCaseRequest", 0.0), rpc.get("CreateCaseRequest", 0.0)
+    files_s = total_s - commit_s - create_s
     mb = n_bytes / 1e6
     figures = {
         "files": n_files,
         "mb": round(mb, 2),
+        "streams": streams,
+        "tls": bool(credentials),
         "total_s": round(total_s, 3),
         "mb_per_s": round(mb / total_s, 2),
+        # From the first StartUpload to the last FinishUpload (the client's reads and sha256 included).
         "files_s": round(files_s, 3),
         "files_mb_per_s": round(mb / files_s, 2),
-        "start_upload_s": round(start_s, 3),
-        "finish_upload_s": round(finish_s, 3),
-        # What is left of the per-file time: the client's sha256 of each file and the chunk streams.
-        "chunks_and_client_hash_s": round(files_s - start_s - finish_s, 3),
+        "start_upload_sum_s": round(rpc.get("StartUploadRequest", 0.0), 3),
+        "finish_upload_sum_s": round(rpc.get("FinishUploadRequest", 0.0), 3),
         "commit_s": round(commit_s, 3),
         "per_file_ms": round(1000 * files_s / n_files, 2),
+        "client_cpu_s": round(client_cpu_s, 3),
+        "load_avg": load,
     }
     return case.case_id, figures
+
+
+# --- raw gRPC: the transport's ceiling ------------------------------------------------------
+
+
+def _raw_sink(cert: bytes, key: bytes, conn) -> None:
+    """Serve ``RAW_SERVICE/RAW_METHOD`` on a free loopback port (TLS when ``cert`` is given): it
+    counts the bytes streamed to it and answers the count. Sends the port on ``conn``, then
+    serves until anything arrives on it."""
+    from concurrent import futures
+
+    def send(chunks, context) -> bytes:
+        return sum(len(chunk) for chunk in chunks).to_bytes(8, "little")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                         options=[("grpc.max_receive_message_length", RAW_MESSAGE_BYTES)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        RAW_SERVICE, {RAW_METHOD: grpc.stream_unary_rpc_method_handler(send)})])
+    address = f"{NODE_IP}:0"
+    port = (server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)])) if cert
+            else server.add_insecure_port(address))
+    server.start()
+    conn.send(port)
+    conn.recv()
+    server.stop(1)
+
+
+def measure_raw_grpc(ct_dir: Path, ca: Path | None = None, cert: Path | None = None,
+                     key: Path | None = None) -> dict[str, float]:
+    """The files' bytes, read beforehand, in ``RAW_CHUNK_BYTES`` messages (the SDK's chunking) over
+    one gRPC stream into a sink process: no checksums, store or validation. TLS when ``ca``,
+    ``cert`` and ``key`` (the master's certificate) are given."""
+    data = [p.read_bytes() for p in sorted(ct_dir.iterdir()) if p.is_file()]
+    n_bytes = sum(len(d) for d in data)
+    spawn = multiprocessing.get_context("spawn")
+    ours, theirs = spawn.Pipe()
+    sink = spawn.Process(target=_raw_sink, args=(cert.read_bytes() if cert else b"", key.read_bytes() if key else b"",
+                                                 theirs), daemon=True)
+    sink.start()
+    try:
+        if not ours.poll(START_TIMEOUT_S):
+            raise BenchError(f"the raw gRPC sink did not start within {START_TIMEOUT_S:.0f} s")
+        target = f"{NODE_IP}:{ours.recv()}"
+        options = [("grpc.max_send_message_length", RAW_MESSAGE_BYTES)]
+        channel = (grpc.secure_channel(target, grpc.ssl_channel_credentials(ca.read_bytes()), options) if ca
+                   else grpc.insecure_channel(target, options))
+        with channel:
+            grpc.channel_ready_future(channel).result(timeout=START_TIMEOUT_S)
+            send = channel.stream_unary(f"/{RAW_SERVICE}/{RAW_METHOD}")
+
+            def chunks() -> Iterator[bytes]:
+                for whole in data:
+                    for offset in range(0, len(whole), RAW_CHUNK_BYTES):
+                        yield whole[offset: offset + RAW_CHUNK_BYTES]
+
+            started = time.perf_counter()
+            received = int.from_bytes(send(chunks(), timeout=RAW_TIMEOUT_S), "little")
+            seconds = time.perf_counter() - started
+        if received != n_bytes:
+            raise BenchError(f"the raw gRPC sink counted {received} bytes of {n_bytes}")
+    finally:
+        ours.send(None)
+        sink.join(STOP_TIMEOUT_S)
+        if sink.is_alive():
+            sink.kill()
+    return {"mb": round(n_bytes / 1e6, 2), "s": round(seconds, 3), "mb_per_s": round(n_bytes / 1e6 / seconds, 2)}
 
 
 # --- jobs -----------------------------------------------------------------------------------
@@ -473,7 +551,7 @@ def measure_engine(ct_dir: Path, shard_counts: list[int]) -> tuple[dict, dict[st
         if "executor_merge_s" not in figures:
             slab_results = [{"slab": dataclasses.asdict(r.slab), "bits": r.bits} for r in results]
             with _timed(figures, "executor_merge"):
-                EXECUTORS[Task.CONTOUR_MERGE](slab_results=slab_results, series=series)
+                EXECUTORS[Task.CONTOUR_MERGE](ContourMergeCall(slab_results=slab_results, series=series))
         part["sequential_s"] = round(part["slabs_s"] + part["merge_s"], 3)
         part["slab_s_max"] = round(max(slab_s), 3)
         part["slabs_two_workers_s"] = round(_two_worker_makespan(slab_s), 3)
@@ -504,7 +582,7 @@ def run(args: argparse.Namespace, figures: dict) -> None:
     big_shape = (args.slices, args.size, args.size)
     spacing = (BIG_SPACING_MM[0] * 512 / args.size, BIG_SPACING_MM[1] * 512 / args.size, BIG_SPACING_MM[2])
     shard_counts = [int(s) for s in args.shards.split(",")]
-    figures["config"] = {"big_shape": list(big_shape), "big_spacing_mm": [round(s, 4) for s in spacing],
+    figures["config"] = {"big_shape": list(big_shape), "upload_shape": [args.upload_slices, args.size, args.size], "big_spacing_mm": [round(s, 4) for s in spacing],
                          "small_shape": list(SMALL_SHAPE), "shards": shard_counts, "agents": 2, "agent_cpus": 1,
                          "head_object_store_mb": args.head_object_store_mb, "cpu_count": os.cpu_count()}
     figures["load_avg_start"] = _load()
@@ -513,31 +591,49 @@ def run(args: argparse.Namespace, figures: dict) -> None:
         started = time.perf_counter()
         big = write_phantom_case(tmp / "big", shape=big_shape, spacing_mm=spacing, seed=7)
         small = write_phantom_case(tmp / "small", shape=SMALL_SHAPE, spacing_mm=SMALL_SPACING_MM, seed=7)
+        upload_ct = big.ct_dir
+        if args.upload_slices != args.slices:
+            upload_ct = write_phantom_case(tmp / "upload", shape=(args.upload_slices, args.size, args.size),
+                                           spacing_mm=spacing, seed=7).ct_dir
         figures["phantom_write_s"] = round(time.perf_counter() - started, 3)
         say(f"phantoms written in {figures['phantom_write_s']:.1f} s: {big_shape} and {SMALL_SHAPE}")
 
-        say("engine alone, in this process ...")
-        engine, engine_cc = measure_engine(big.ct_dir, shard_counts)
-        figures["engine"] = engine
-        say(f"  load {engine['load_series_s']:.2f} s; contour_volume {engine['contour_volume_s']:.2f} s "
-            f"(cpu {engine['contour_volume_cpu_s']:.2f} s)")
-        say(f"  agents' merge executor (merge + RTSTRUCT + overlays): {engine['executor_merge_s']:.2f} s "
-            f"(cpu {engine['executor_merge_cpu_s']:.2f} s)")
-        for key, part in engine.items():
-            if key.startswith("shards_"):
-                say(f"  {key}: slabs {part['slabs_s']:.2f} s + merge {part['merge_s']:.2f} s = "
-                    f"{part['sequential_s']:.2f} s sequential, {part['ideal_two_workers_s']:.2f} s ideal on two "
-                    f"workers (speedup {part['speedup_ideal_two_workers']:.2f}x; from cpu seconds "
-                    f"{part['speedup_ideal_two_workers_cpu']:.2f}x); identical: "
-                    f"{part['same_volumes_as_unsharded']}")
+        if not args.upload_only:
+            say("engine alone, in this process ...")
+            engine, engine_cc = measure_engine(big.ct_dir, shard_counts)
+            figures["engine"] = engine
+            say(f"  load {engine['load_series_s']:.2f} s; contour_volume {engine['contour_volume_s']:.2f} s "
+                f"(cpu {engine['contour_volume_cpu_s']:.2f} s)")
+            say(f"  agents' merge executor (merge + RTSTRUCT + overlays): {engine['executor_merge_s']:.2f} s "
+                f"(cpu {engine['executor_merge_cpu_s']:.2f} s)")
+            for key, part in engine.items():
+                if key.startswith("shards_"):
+                    say(f"  {key}: slabs {part['slabs_s']:.2f} s + merge {part['merge_s']:.2f} s = "
+                        f"{part['sequential_s']:.2f} s sequential, {part['ideal_two_workers_s']:.2f} s ideal on two "
+                        f"workers (speedup {part['speedup_ideal_two_workers']:.2f}x; from cpu seconds "
+                        f"{part['speedup_ideal_two_workers_cpu']:.2f}x); identical: "
+                        f"{part['same_volumes_as_unsharded']}")
 
-        (tmp / "data").mkdir()
-        (tmp / "logs").mkdir()
+        for folder in ("data", "logs", "tls-data", "tls-logs"):
+            (tmp / folder).mkdir()
         grid = LocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
         with grid_session(grid):
-            started = time.perf_counter()
             ray_address = grid.start_ray()
+            measure_uploads(args, figures, upload_ct, tmp, ray_address)
+            started = time.perf_counter()
             target = grid.start_master(ray_address)
+            master_start_s = time.perf_counter() - started
+            say("upload to the plaintext master ...")
+            big_case, figures["upload_plaintext"] = measure_upload(target, upload_ct, args.streams)
+            up = figures["upload_plaintext"]
+            say(f"  {up['mb']:.1f} MB in {up['total_s']:.2f} s = {up['mb_per_s']:.1f} MB/s (commit {up['commit_s']:.2f} s)")
+            if args.upload_only:
+                figures["load_avg_end"] = _load()
+                return
+            if upload_ct != big.ct_dir:
+                with Client(target) as client:
+                    big_case = client.upload_folder(big.ct_dir, label="bench-big").case.case_id
+            started = time.perf_counter() - master_start_s
             with Client(target) as client:
                 for i, name in enumerate(("bench-a", "bench-b")):
                     # One after the other: two raylets starting at once on 2 busy cores can miss Ray's start limit.
@@ -545,13 +641,6 @@ def run(args: argparse.Namespace, figures: dict) -> None:
                     grid.wait_agents(client, i + 1)
             figures["grid_start_s"] = round(time.perf_counter() - started, 3)
             say(f"grid up in {figures['grid_start_s']:.1f} s: master {target}, Ray {ray_address}, two 1-CPU agents")
-
-            say("upload ...")
-            big_case, figures["upload"] = measure_upload(target, big.ct_dir)
-            up = figures["upload"]
-            say(f"  {up['files']} files, {up['mb']:.1f} MB in {up['total_s']:.2f} s = {up['mb_per_s']:.1f} MB/s "
-                f"(files {up['files_s']:.2f} s = {up['files_mb_per_s']:.1f} MB/s, of which FinishUpload "
-                f"{up['finish_upload_s']:.2f} s; commit {up['commit_s']:.2f} s)")
 
             with Client(target) as client:
                 small_case = client.upload_folder(small.ct_dir, label="bench-small").case.case_id
@@ -589,6 +678,36 @@ def run(args: argparse.Namespace, figures: dict) -> None:
                 figures["ratios"] = _ratios(engine, grid_figures, shard_counts)
                 say(f"ratios: {json.dumps(figures['ratios'])}")
     figures["load_avg_end"] = _load()
+
+
+def measure_uploads(args: argparse.Namespace, figures: dict, ct_dir: Path, tmp: Path, ray_address: str) -> None:
+    """``upload`` through a TLS master (``rtgrid up`` with ``rtgrid certs``, a hospital token; no
+    agents, so the upload has the CPUs to itself) and ``raw_grpc`` with the same certificate,
+    into ``figures``; the TLS master is stopped before returning."""
+    from bench.secure_grid import SecureLocalGrid, make_pki  # imports this module: not at the top
+
+    secure = SecureLocalGrid(tmp / "tls-data", tmp / "tls-logs", args.head_object_store_mb, make_pki(tmp / "pki"))
+    try:
+        say("raw gRPC (the same bytes and message sizes, nothing done with them) ...")
+        pki = secure.pki
+        figures["raw_grpc"] = raw = {"tls": measure_raw_grpc(ct_dir, pki.ca, pki.server_cert, pki.server_key),
+                                     "plaintext": measure_raw_grpc(ct_dir)}
+        say(f"  TLS {raw['tls']['mb_per_s']:.1f} MB/s, plaintext {raw['plaintext']['mb_per_s']:.1f} MB/s")
+        secure.start_master(ray_address)
+        secure.add_hospitals(["bench"])
+        say(f"upload through the real path (TLS, token, {args.streams} streams) ...")
+        _, figures["upload"] = measure_upload(secure.target, ct_dir, args.streams, ca=pki.ca,
+                                              token=secure.tokens["bench"])
+    except BaseException:
+        secure.dump_log_tails()
+        raise
+    finally:
+        secure.close()
+    up = figures["upload"]
+    up["vs_raw_grpc_tls"] = round(up["mb_per_s"] / figures["raw_grpc"]["tls"]["mb_per_s"], 3)
+    say(f"  {up['files']} files, {up['mb']:.1f} MB in {up['total_s']:.2f} s = {up['mb_per_s']:.1f} MB/s "
+        f"({up['vs_raw_grpc_tls']:.0%} of raw gRPC over TLS; files {up['files_s']:.2f} s = "
+        f"{up['files_mb_per_s']:.1f} MB/s, commit {up['commit_s']:.2f} s; load average {up['load_avg']})")
 
 
 def with_jobs_cancelled(grid: LocalGrid) -> None:
@@ -665,6 +784,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-object-store-mb", type=int, default=1024,
                         help="object store of the Ray head, where the master puts shard arguments (MiB)")
     parser.add_argument("--job-timeout", type=float, default=240.0, help="seconds allowed per big contour job")
+    parser.add_argument("--upload-slices", type=int, default=300,
+                        help="slices of the uploaded phantom CT (of --size; the big CT itself when equal to --slices)")
+    parser.add_argument("--streams", type=int, default=UPLOAD_STREAMS, help="files the upload sends at once")
+    parser.add_argument("--upload-only", action="store_true",
+                        help="measure the uploads and raw gRPC only (no engine part, agents or jobs)")
     return run_benchmark("grid", run, parser.parse_args(argv))
 
 
