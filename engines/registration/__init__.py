@@ -13,6 +13,7 @@ from rtgrid.engines.registration.deformable import (
     DeformableSettings,
     DisplacementField,
     register_deformable,
+    resample_deformed,
 )
 from rtgrid.engines.registration.errors import (
     EmptyImageError,
@@ -41,5 +42,6 @@ __all__ = [
     "map_structures_to_fixed",
     "register_deformable",
     "register_rigid",
+    "resample_deformed",
     "resample_to_fixed",
 ]

@@ -35,7 +35,8 @@ class RigidSettings:
     histogram_bins : int
         Mattes mutual information histogram bins.
     sampling_fraction : float
-        Fraction of fixed voxels sampled (randomly, with ``seed``) for the metric, in (0, 1].
+        Fraction of fixed voxels sampled (randomly, with ``seed``) for the metric at full resolution,
+        in (0, 1]; a level shrunk by ``f`` samples ``f`` times that fraction (at most all voxels).
     seed : int
         Sampling seed: the same inputs and settings give the same result.
     shrink_factors : tuple of int
@@ -219,7 +220,10 @@ def register_rigid(fixed: ImageSeries, moving: ImageSeries, settings: RigidSetti
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(settings.sampling_fraction, settings.seed)
+    # Coarse levels have few voxels: sample more of them (fraction x shrink factor, at most all),
+    # or the metric is too noisy for the descent to settle before its iteration bound.
+    per_level = [min(1.0, settings.sampling_fraction * factor) for factor in settings.shrink_factors]
+    method.SetMetricSamplingPercentagePerLevel(per_level, settings.seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=settings.learning_rate,

@@ -7,7 +7,7 @@ its voxel at moving-frame point ``p`` shows the CT's anatomy at ``M @ p``, where
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 import numpy as np
 import SimpleITK as sitk
@@ -141,3 +141,41 @@ def _about_centre(matrix: np.ndarray, ct: Volume) -> np.ndarray:
     out = matrix.copy()
     out[:3, 3] = centre + matrix[:3, 3] - matrix[:3, :3] @ centre
     return out
+
+
+def bump_mm(points_mm: np.ndarray, centre_mm: np.ndarray, amplitude_mm: np.ndarray, sigma_mm: float) -> np.ndarray:
+    """A smooth local displacement (mm): ``amplitude * exp(-|p - centre|^2 / (2 sigma^2))``."""
+    weight = np.exp(-np.sum((points_mm - centre_mm) ** 2, axis=-1) / (2 * sigma_mm**2))
+    return weight[..., None] * amplitude_mm
+
+
+def synthetic_deformed_mr(ct: ImageSeries, centre_mm: np.ndarray, amplitude_mm: np.ndarray, sigma_mm: float, seed: int = 3):
+    """An MR-like series whose anatomy is the CT's moved rigidly AND pushed by a smooth local bump.
+
+    Returns the series and ``true_moving_to_fixed(points)``: a moving-frame point ``p`` shows the CT
+    at ``x + bump(x)`` with ``x = M p``.
+    """
+    matrix = _about_centre(rigid_matrix(MR_ROTATION_DEG, MR_TRANSLATION_MM), ct.volume)
+    grid = moving_grid(ct.volume, matrix, (3.0, 3.0, 3.5))
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in grid.shape[::-1]], indexing="ij"), -1).transpose(2, 1, 0, 3)
+
+    def truth(points: np.ndarray) -> np.ndarray:
+        x = apply_matrix(matrix, points.reshape(-1, 3)).reshape(points.shape)
+        return x + bump_mm(x, centre_mm, amplitude_mm, sigma_mm)
+
+    where = ct.volume.lps_to_index(truth(grid.index_to_lps(ijk.astype(np.float64)).reshape(-1, 3)))
+    hu = ndimage.map_coordinates(ct.volume.voxels, where[:, ::-1].T, order=1, mode="constant", cval=-1024.0)
+    voxels = mr_signal(hu.reshape(grid.shape), np.random.default_rng(seed))
+    return series_of(grid.with_voxels(voxels), "MR", study_uid=ct.study_instance_uid), matrix, truth
+
+
+def crop(series: ImageSeries, centre_mm: np.ndarray, half_mm: float) -> ImageSeries:
+    """The series cut to a box of +-``half_mm`` around ``centre_mm`` (same frame; slices re-referenced)."""
+    volume = series.volume
+    centre = np.rint(volume.lps_to_index(np.asarray(centre_mm, dtype=np.float64))).astype(int)
+    half = np.ceil(half_mm / volume.spacing_mm).astype(int)
+    low = np.maximum(centre - half, 0)
+    high = np.minimum(centre + half + 1, np.array(volume.shape[::-1]))
+    voxels = volume.voxels[low[2] : high[2], low[1] : high[1], low[0] : high[0]]
+    cut = Volume(voxels, volume.index_to_lps(low.astype(np.float64)), volume.spacing_mm, volume.direction)
+    return dataclasses.replace(series, volume=cut, slices=series.slices[low[2] : high[2]])
