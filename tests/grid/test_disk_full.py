@@ -51,7 +51,8 @@ def disk_grid(ray_cluster, small_disk, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("diskfull")
     (data_dir / "blobs").symlink_to(small_disk)
     proc, ready = start_master_with(data_dir, ray_cluster.address, None)
-    grid = Grid(ready["target"], ready["internal_target"], data_dir, ray_cluster.address, proc, None)
+    grid = Grid(data_dir, ray_cluster.address, None, target=ready["target"], internal_target=ready["internal_target"],
+                master=proc)
     grid.start_agent("disk-agent")
     yield grid
     for agent in grid.agents:

@@ -111,8 +111,7 @@ class PostgresGrid(Grid):
 def postgres_grid(ray_cluster, pki, tmp_path_factory):
     """A master on a throwaway PostgreSQL with one agent, beside the session's SQLite grid."""
     with running_postgres() as server:
-        g = PostgresGrid("", "", tmp_path_factory.mktemp("pg-grid"), ray_cluster.address, None, pki,
-                         store=server.new_database())
+        g = PostgresGrid(tmp_path_factory.mktemp("pg-grid"), ray_cluster.address, pki, store=server.new_database())
         g.start_master()
         try:
             with g.operator_client() as operator:

@@ -42,7 +42,7 @@ def small(ray_cluster, pki, tmp_path_factory):
                                           "--max-chunk-bytes", str(CHUNK), "--max-file-bytes", str(FILE),
                                           "--max-case-bytes", str(CASE), "--max-open-cases", str(OPEN_CASES),
                                           "--max-open-uploads", str(OPEN_UPLOADS))
-    g = Grid(target, internal, data_dir, ray_cluster.address, proc, pki)
+    g = Grid(data_dir, ray_cluster.address, pki, target=target, internal_target=internal, master=proc)
     with g.operator_client() as operator:
         g.token = operator.add_hospital("limited").token
         g.other_token = operator.add_hospital("unlimited").token
@@ -130,8 +130,8 @@ def reaping(ray_cluster, pki, tmp_path_factory):
         data_dir, ray_cluster.address, pki, args=(
             "--idle-timeout-s", str(IDLE_S), "--upload-idle-s", str(UPLOAD_IDLE_S), "--upload-expiry-s",
             str(UPLOAD_EXPIRY_S), "--max-auth-failures", str(AUTH_FAILURES), "--metrics-port", "0"))
-    g = Grid(ready["target"], ready["internal_target"], data_dir, ray_cluster.address, proc, pki,
-             metrics=ready["metrics"])
+    g = Grid(data_dir, ray_cluster.address, pki, target=ready["target"], internal_target=ready["internal_target"],
+             master=proc, metrics=ready["metrics"])
     with g.operator_client() as operator:
         g.token = operator.add_hospital("reaped").token
     yield g
