@@ -17,6 +17,7 @@ from rtgrid.engines.registration.errors import RegistrationError
 
 CT_WINDOW_HU = (-160.0, 240.0)
 """Soft-tissue window (level 40, width 400)."""
+BODY_THRESHOLD_HU = -400.0
 
 
 def fused_overlay_png(
@@ -73,10 +74,14 @@ def fused_overlay_png(
     moving = registered.voxels.astype(np.float32)
     high = float(np.percentile(moving, 99.5)) or 1.0
     di, dj, dk = ct.spacing_mm
+    # Show the body (CT above -400 HU) with a small margin, not the empty field of view.
+    body = np.argwhere(ct.voxels > BODY_THRESHOLD_HU)
+    low, high_index = (body.min(axis=0), body.max(axis=0) + 1) if len(body) else ((0, 0, 0), ct.shape)
+    ks, js, is_ = (slice(max(int(lo) - 3, 0), int(hi) + 3) for lo, hi in zip(low, high_index))
     planes = (
-        ("axial", ct.voxels[k], moving[k], dj / di),
-        ("coronal", ct.voxels[::-1, j, :], moving[::-1, j, :], dk / di),
-        ("sagittal", ct.voxels[::-1, :, i], moving[::-1, :, i], dk / dj),
+        ("axial", ct.voxels[k, js, is_], moving[k, js, is_], dj / di),
+        ("coronal", ct.voxels[ks, j, is_][::-1], moving[ks, j, is_][::-1], dk / di),
+        ("sagittal", ct.voxels[ks, js, i][::-1], moving[ks, js, i][::-1], dk / dj),
     )
     figure = Figure(figsize=(12, 4.4), dpi=dpi)
     FigureCanvasAgg(figure)

@@ -38,7 +38,8 @@ class RigidSettings:
         Fraction of fixed voxels sampled (randomly, with ``seed``) for the metric at full resolution,
         in (0, 1]; a level shrunk by ``f`` samples ``f`` times that fraction (at most all voxels).
     seed : int
-        Sampling seed: the same inputs and settings give the same result.
+        Sampling seed: the same inputs and settings sample the same voxels, so a run repeats (to
+        about a micrometre: SimpleITK's threads sum in varying order).
     shrink_factors : tuple of int
         Pyramid levels, coarse to fine (1 = full resolution).
     smoothing_sigmas_mm : tuple of float
@@ -57,7 +58,7 @@ class RigidSettings:
     minimum_overlap : float
         Fraction of the CT's body that must lie inside the moving image, before and after.
     threads : int or None
-        SimpleITK threads; ``None`` keeps SimpleITK's default. Results repeat for a given count.
+        SimpleITK threads for the registration; ``None`` keeps SimpleITK's default.
     """
 
     histogram_bins: int = 50

@@ -73,14 +73,20 @@ def test_the_matrix_maps_moving_to_fixed(ct, mr_pair, mr_rigid) -> None:
     np.testing.assert_allclose(euler_zyx_deg(rigid_matrix((1.0, -2.0, 3.0), (0, 0, 0))[:3, :3]), (1.0, -2.0, 3.0))
 
 
-def test_a_run_repeats_with_its_seed(ct, mr_pair) -> None:
-    """Same seed, same result (to rounding: SimpleITK's threads sum in varying order); another seed differs."""
-    settings = dataclasses.replace(FAST_RIGID, shrink_factors=(4,), smoothing_sigmas_mm=(4.0,), max_iterations=8)
-    first = register_rigid(ct, mr_pair[0], settings)
-    second = register_rigid(ct, mr_pair[0], settings)
-    np.testing.assert_allclose(first.matrix_moving_to_fixed, second.matrix_moving_to_fixed, rtol=0, atol=1e-9)
-    assert first.final_metric == pytest.approx(second.final_metric, abs=1e-12)
-    other_seed = register_rigid(ct, mr_pair[0], dataclasses.replace(settings, seed=settings.seed + 1))
+def test_a_run_repeats_with_its_seed(ct, mr_pair, mr_rigid) -> None:
+    """Same seed, same samples: a second run lands within 0.01 mm at every body voxel.
+
+    Not bitwise: SimpleITK's threads add partial sums in varying order, and over a hundred
+    iterations those last-digit differences grow to about a micrometre. Another seed samples other voxels.
+    """
+    mr, _ = mr_pair
+    again = register_rigid(ct, mr, FAST_RIGID)
+    drift = synth.error_at_body_points_mm(ct.volume, mr_rigid[0].matrix_moving_to_fixed, again.matrix_moving_to_fixed)
+    print(f"\nMR rerun: largest body-point difference {drift.max() * 1000:.2f} micrometres")
+    assert drift.max() < 0.01
+    short = dataclasses.replace(FAST_RIGID, shrink_factors=(4,), smoothing_sigmas_mm=(4.0,), max_iterations=8)
+    first = register_rigid(ct, mr, short)
+    other_seed = register_rigid(ct, mr, dataclasses.replace(short, seed=short.seed + 1))
     assert np.abs(first.matrix_moving_to_fixed - other_seed.matrix_moving_to_fixed).max() > 1e-6
 
 
