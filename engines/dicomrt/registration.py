@@ -99,7 +99,8 @@ def write_spatial_registration(
     Raises
     ------
     RegistrationObjectError
-        The result connects other frames than the series', a frame UID is empty, or the label is not a CS.
+        The series are of different patients, the result connects other frames than the series',
+        a frame UID is empty, or the label is not a CS.
     """
     _check_frames(fixed, moving, result)
     ds = _common(fixed, moving, SPATIAL_REGISTRATION_STORAGE, description, label)
@@ -272,6 +273,11 @@ def _common(fixed: ImageSeries, moving: ImageSeries, sop_class_uid: str, descrip
 
 
 def _check_frames(fixed: ImageSeries, moving: ImageSeries, result: RigidResult) -> None:
+    if fixed.patient_id != moving.patient_id:
+        raise RegistrationObjectError(
+            f"the {moving.modality} series is of PatientID {moving.patient_id!r}, the planning CT of "
+            f"{fixed.patient_id!r}; one registration object links one patient's images"
+        )
     for role, series in (("planning CT", fixed), (moving.modality, moving)):
         if not series.frame_of_reference_uid:
             raise RegistrationObjectError(f"the {role} series has an empty FrameOfReferenceUID")

@@ -18,6 +18,7 @@ from rtgrid.engines.registration.deformable import (
 from rtgrid.engines.registration.errors import (
     EmptyImageError,
     NoOverlapError,
+    PatientMismatchError,
     RegistrationError,
     RegistrationFailedError,
     RegistrationModalityError,
@@ -32,6 +33,7 @@ __all__ = [
     "DisplacementField",
     "EmptyImageError",
     "NoOverlapError",
+    "PatientMismatchError",
     "RegistrationError",
     "RegistrationFailedError",
     "RegistrationModalityError",

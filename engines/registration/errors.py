@@ -17,6 +17,10 @@ class EmptyImageError(RegistrationError):
     """An image has no voxels, or every voxel holds the same value (nothing to align)."""
 
 
+class PatientMismatchError(RegistrationError):
+    """The two series belong to different patients (their PatientIDs differ)."""
+
+
 class NoOverlapError(RegistrationError):
     """The two images share too little (or no) space in patient coordinates to be registered."""
 

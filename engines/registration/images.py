@@ -10,7 +10,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from rtgrid.engines.imaging.volume import ImageSeries, Volume
-from rtgrid.engines.registration.errors import EmptyImageError, NoOverlapError, RegistrationModalityError
+from rtgrid.engines.registration.errors import (
+    EmptyImageError,
+    NoOverlapError,
+    PatientMismatchError,
+    RegistrationModalityError,
+)
 
 FIXED_MODALITIES = ("CT",)
 """The planning image every other series is registered to."""
@@ -41,12 +46,14 @@ def from_sitk(image: sitk.Image) -> Volume:
 
 
 def check_pair(fixed: ImageSeries, moving: ImageSeries) -> None:
-    """Refuse a pair that is not (planning CT, MR or PET) or holds an empty image.
+    """Refuse a pair that is not (planning CT, MR or PET) of one patient, or holds an empty image.
 
     Raises
     ------
     RegistrationModalityError
         The fixed series is not CT, or the moving series is not MR or PT.
+    PatientMismatchError
+        Both series name a PatientID and they differ.
     EmptyImageError
         Either volume has no voxels, a non-finite voxel, or a single value everywhere.
     """
@@ -59,6 +66,11 @@ def check_pair(fixed: ImageSeries, moving: ImageSeries) -> None:
         raise RegistrationModalityError(
             f"moving series {moving.series_instance_uid or '(no UID)'} is {moving.modality or 'of no modality'}; "
             f"only {' and '.join(MOVING_MODALITIES)} series are registered to the planning CT"
+        )
+    if fixed.patient_id and moving.patient_id and fixed.patient_id != moving.patient_id:
+        raise PatientMismatchError(
+            f"the {moving.modality} series {moving.series_instance_uid or '(no UID)'} is of PatientID "
+            f"{moving.patient_id!r}, the planning CT of PatientID {fixed.patient_id!r}"
         )
     for role, series in (("fixed", fixed), ("moving", moving)):
         voxels = series.volume.voxels

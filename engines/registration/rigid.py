@@ -203,6 +203,8 @@ def register_rigid(fixed: ImageSeries, moving: ImageSeries, settings: RigidSetti
     ------
     RegistrationModalityError
         The fixed series is not CT or the moving one is not MR or PT.
+    PatientMismatchError
+        The two series name different PatientIDs.
     EmptyImageError
         An image without voxels or with one value everywhere.
     NoOverlapError

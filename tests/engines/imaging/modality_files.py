@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from collections.abc import Callable
 
@@ -98,7 +99,8 @@ def pet_files(volume_bqml: Volume, *, edit: Edit | None = None, injection_as_tim
     for k in range(volume_bqml.shape[0]):
         ds = _base(volume_bqml, k, "PT", PET_IMAGE_STORAGE, uids)
         ds.SeriesDate, ds.SeriesTime = "20240312", PET_TAGS["series_time"]
-        ds.AcquisitionDate, ds.AcquisitionTime = "20240312", f"{int(PET_TAGS['series_time']) + 2 * k:06d}"
+        start = dt.datetime.strptime("20240312" + PET_TAGS["series_time"], "%Y%m%d%H%M%S")
+        ds.AcquisitionDate, ds.AcquisitionTime = "20240312", (start + dt.timedelta(seconds=2 * k)).strftime("%H%M%S")
         ds.Units, ds.DecayCorrection, ds.CorrectedImage = "BQML", "START", ["DECY", "ATTN", "SCAT"]
         ds.PatientWeight = PET_TAGS["weight_kg"]
         radio = Dataset()
