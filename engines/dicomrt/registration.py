@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from scipy import ndimage
 
 from rtgrid.engines.dicomrt.common import MANUFACTURER, new_rt_dataset
 from rtgrid.engines.errors import EngineError
@@ -30,7 +31,6 @@ DEFORMABLE_SPATIAL_REGISTRATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.3"
 SOFTWARE_VERSION = "rtgrid registration 1"
 # DICOM (DCM) codes of Registration Type Code Sequence: image-content-based registration.
 IMAGE_CONTENT_BASED_ALIGNMENT = ("125024", "DCM", "Image Content-based Alignment")
-VISUAL_ALIGNMENT_CODE = IMAGE_CONTENT_BASED_ALIGNMENT
 
 
 class RegistrationObjectError(EngineError, ValueError):
@@ -61,8 +61,6 @@ class DeformableGrid:
 
     def registered_to_source(self, points_mm: np.ndarray) -> np.ndarray:
         """Map ``(N, 3)`` CT-frame points to the source frame as the standard defines (trilinear grid)."""
-        from scipy import ndimage
-
         points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
         pre = points @ self.pre_matrix[:3, :3].T + self.pre_matrix[:3, 3]
         coords = self.grid.lps_to_index(pre)[:, ::-1].T
