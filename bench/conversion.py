@@ -1,7 +1,7 @@
 """Conversion benchmark: one standard plan converted for 1, 2 and 3 linacs on a two-agent grid.
 
 ``python -m bench.conversion`` builds a real grid on 127.0.0.1 (a Ray head from Ray's cluster
-utilities, one master process, two agent processes of one CPU each: ``bench.grid.LocalGrid``),
+utilities, one master process, two agent processes of one CPU each: ``bench.grid.BenchGrid``),
 uploads a case with its manual RTSTRUCT (for the digital phantom, a ``contour`` job adds BODY and
 lungs first, named in the plan jobs' ``contours_job``), and runs one ``plan`` job per device count with
 ``devices=`` the first 1, 2 and 3 of ``--devices``. There is no conversion-only job kind, so each
@@ -45,7 +45,7 @@ from pathlib import Path
 
 from bench.grid import (
     BenchError,
-    LocalGrid,
+    BenchGrid,
     _load,
     grid_session,
     run_benchmark,
@@ -232,16 +232,14 @@ def run(args: argparse.Namespace, figures: dict) -> None:
         params["order"] = order
         (tmp / "data").mkdir()
         (tmp / "logs").mkdir()
-        grid = LocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
+        grid = BenchGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
         with grid_session(grid):
             started = time.perf_counter()
-            ray_address = grid.start_ray()
-            address = grid.start_master(ray_address)
-            with Client(address) as client:
-                for i, name in enumerate(("bench-a", "bench-b")):
-                    # One after the other: two raylets starting at once on 2 busy cores can miss Ray's start limit.
-                    grid.start_agent(name, cpus=1)
-                    grid.wait_agents(client, i + 1)
+            grid.start_ray()
+            address = grid.start_master()
+            for name in ("bench-a", "bench-b"):
+                # One after the other: two raylets starting at once on 2 busy cores can miss Ray's start limit.
+                grid.start_agent(name, cpus=1)
             figures["grid_start_s"] = round(time.perf_counter() - started, 3)
             say(f"grid up in {figures['grid_start_s']:.1f} s: master {address}, two 1-CPU agents")
             with Client(address) as client:

@@ -47,12 +47,10 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import queue
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -67,6 +65,7 @@ os.environ.setdefault("RAY_TMPDIR", "/tmp/rtgrid-ray")
 
 import grpc  # noqa: E402  (after the Ray environment above, which child processes inherit)
 
+from rtgrid.client.local_grid import LocalGrid, Pki, make_pki  # noqa: E402
 from rtgrid.client.sdk import UPLOAD_STREAMS, Client, state_name  # noqa: E402
 from rtgrid.protos.grid_contract import RAY_NAMESPACE, ContourMergeCall, Task, agent_actor_name  # noqa: E402
 from rtgrid.protos.v1 import common_pb2, hospital_pb2  # noqa: E402
@@ -108,28 +107,24 @@ def _percentile(values: list[float], q: float) -> float:
 # --- the grid's processes -------------------------------------------------------------------
 
 
-def _rtgrid_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from rtgrid.client.cli.main import main; main()", *args]
+class BenchGrid(LocalGrid):
+    """:class:`~rtgrid.client.local_grid.LocalGrid` with a Ray head in this process (Ray's cluster
+    utilities: agents join as their own nodes) and every child's log in ``log_dir``.
 
-
-class LocalGrid:
-    """A Ray head in this process, a master process and agent processes, all on 127.0.0.1.
-
-    Child processes run in their own sessions (so a stuck one is killed with its Ray children) and
-    log into ``log_dir``; :meth:`close` stops everything that was started, in reverse order.
+    Child processes run in their own sessions (so a stuck one is killed with its Ray children);
+    :meth:`close` stops everything that was started, in reverse order. ``pki`` makes it the secure
+    deployment (TLS, hospital tokens), else plaintext on loopback.
     """
 
-    def __init__(self, data_dir: Path, log_dir: Path, head_object_store_mb: int) -> None:
-        self.data_dir = data_dir
-        self.head_object_store_mb = head_object_store_mb
+    def __init__(self, data_dir: Path, log_dir: Path, head_object_store_mb: int, pki: Pki | None = None) -> None:
+        super().__init__(data_dir, pki=pki)
         self.log_dir = log_dir
+        self.head_object_store_mb = head_object_store_mb
         self.cluster = None
-        self.master: subprocess.Popen | None = None
-        self.target = ""
-        self.agents: dict[str, subprocess.Popen] = {}
         self._logs: list = []
 
     def start_ray(self) -> str:
+        """Start the Ray head (no CPUs of its own) and join it as a driver; returns its address."""
         import ray
         from ray.cluster_utils import Cluster
 
@@ -141,70 +136,25 @@ class LocalGrid:
                                                "object_store_memory": self.head_object_store_mb * 1024 * 1024})
         # A driver, only to see when the agents' named actors exist.
         ray.init(address=self.cluster.address, namespace="rtgrid-bench", log_to_driver=False, logging_level="WARNING")
-        return self.cluster.address
+        self.ray_address = self.cluster.address
+        self.actor_ready = _actor_ready
+        return self.ray_address
 
     def _log(self, name: str):
         fh = (self.log_dir / f"{name}.log").open("w")
         self._logs.append(fh)
         return fh
 
-    def start_master(self, ray_address: str) -> str:
-        self.master = subprocess.Popen(
-            _rtgrid_cmd("up", "--port", "0", "--data", str(self.data_dir), "--ray-address", ray_address,
-                        "--agents", "0", "--insecure"),
-            stdout=subprocess.PIPE, stderr=self._log("master"), text=True, start_new_session=True,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        stdout = self.master.stdout
+    def start_master(self, port: str = "0", internal_port: str = "0", args=(), log_path: Path | None = None,
+                     agents: int = 0) -> str:
+        """The master on the Ray head of :meth:`start_ray`, its log in ``log_dir/master.log``."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return super().start_master(port, internal_port, args, log_path or self.log_dir / "master.log", agents)
 
-        def pump() -> None:
-            for line in stdout:
-                lines.put(line)
-            lines.put("")
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1.0)
-            except queue.Empty:
-                continue
-            if not line:
-                break
-            if line.startswith("{"):
-                self.target = json.loads(line)["target"]
-                return self.target
-        raise BenchError(f"the master printed no ready line within {START_TIMEOUT_S:.0f} s; "
-                         f"see {self.log_dir / 'master.log'}")
-
-    def start_agent(self, name: str, cpus: int) -> None:
-        self.agents[name] = subprocess.Popen(
-            [sys.executable, "-m", "rtgrid.agent", "--master", self.target, "--name", name, "--cpus", str(cpus),
-             "--insecure"],
-            stdout=self._log(name), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def wait_agents(self, client: Client, n: int, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Until ``n`` agents are alive with their worker actors up on their Ray nodes."""
-        import ray
-
-        def actor_ready(agent_id: str) -> bool:
-            try:
-                ray.get_actor(agent_actor_name(agent_id), namespace=RAY_NAMESPACE)
-                return True
-            except ValueError:
-                return False
-
-        deadline = time.monotonic() + timeout_s
-        while True:
-            alive = [a for a in client.agents() if a.state == common_pb2.AGENT_STATE_ALIVE]
-            if len(alive) >= n and all(actor_ready(a.agent_id) for a in alive):
-                return
-            dead = [name for name, proc in self.agents.items() if proc.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                raise BenchError(f"{len(alive)} of {n} agents ready after {timeout_s:.0f} s "
-                                 f"(exited: {dead or 'none'}); see the agent logs in {self.log_dir}")
-            time.sleep(0.5)
+    def start_agent(self, name: str, cpus: int = 1, tries: int = 3, args=(), log=None,
+                    timeout_s: float = START_TIMEOUT_S) -> subprocess.Popen:
+        """An agent process, its log in ``log_dir/NAME.log``; returns once it is ready."""
+        return super().start_agent(name, cpus, tries, args, log or self._log(name), timeout_s)
 
     def dump_log_tails(self, lines: int = 15) -> None:
         """Print the end of each child's log to stderr (the logs go with the temporary folder)."""
@@ -216,13 +166,7 @@ class LocalGrid:
                 say(f"  {line}")
 
     def close(self) -> None:
-        for proc in self.agents.values():  # SIGTERM drains: the agent deregisters and stops its Ray node
-            _signal(proc, signal.SIGTERM)
-        for proc in self.agents.values():
-            _wait_or_kill(proc)
-        if self.master is not None:
-            _signal(self.master, signal.SIGTERM)
-            _wait_or_kill(self.master)
+        self.stop()  # SIGTERM drains: an agent deregisters and stops its Ray node
         if self.cluster is not None:
             import ray
 
@@ -232,21 +176,14 @@ class LocalGrid:
             fh.close()
 
 
-def _signal(proc: subprocess.Popen, sig: int) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
+def _actor_ready(agent_id: str) -> bool:
+    import ray
 
-
-def _wait_or_kill(proc: subprocess.Popen) -> None:
     try:
-        proc.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        say(f"  process {proc.pid} did not stop in {STOP_TIMEOUT_S:.0f} s: killing its process group")
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(STOP_TIMEOUT_S)
+        ray.get_actor(agent_actor_name(agent_id), namespace=RAY_NAMESPACE)
+        return True
+    except ValueError:
+        return False
 
 
 # --- the SDK, timed ---------------------------------------------------------------------------
@@ -616,12 +553,12 @@ def run(args: argparse.Namespace, figures: dict) -> None:
 
         for folder in ("data", "logs", "tls-data", "tls-logs"):
             (tmp / folder).mkdir()
-        grid = LocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
+        grid = BenchGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
         with grid_session(grid):
             ray_address = grid.start_ray()
             measure_uploads(args, figures, upload_ct, tmp, ray_address)
             started = time.perf_counter()
-            target = grid.start_master(ray_address)
+            target = grid.start_master()
             master_start_s = time.perf_counter() - started
             say("upload to the plaintext master ...")
             big_case, figures["upload_plaintext"] = measure_upload(target, upload_ct, args.streams)
@@ -634,11 +571,9 @@ def run(args: argparse.Namespace, figures: dict) -> None:
                 with Client(target) as client:
                     big_case = client.upload_folder(big.ct_dir, label="bench-big").case.case_id
             started = time.perf_counter() - master_start_s
-            with Client(target) as client:
-                for i, name in enumerate(("bench-a", "bench-b")):
-                    # One after the other: two raylets starting at once on 2 busy cores can miss Ray's start limit.
-                    grid.start_agent(name, cpus=1)
-                    grid.wait_agents(client, i + 1)
+            for name in ("bench-a", "bench-b"):
+                # One after the other: two raylets starting at once on 2 busy cores can miss Ray's start limit.
+                grid.start_agent(name, cpus=1)
             figures["grid_start_s"] = round(time.perf_counter() - started, 3)
             say(f"grid up in {figures['grid_start_s']:.1f} s: master {target}, Ray {ray_address}, two 1-CPU agents")
 
@@ -684,16 +619,17 @@ def measure_uploads(args: argparse.Namespace, figures: dict, ct_dir: Path, tmp: 
     """``upload`` through a TLS master (``rtgrid up`` with ``rtgrid certs``, a hospital token; no
     agents, so the upload has the CPUs to itself) and ``raw_grpc`` with the same certificate,
     into ``figures``; the TLS master is stopped before returning."""
-    from bench.secure_grid import SecureLocalGrid, make_pki  # imports this module: not at the top
+    from bench.secure_grid import SecureLocalGrid  # imports this module: not at the top
 
     secure = SecureLocalGrid(tmp / "tls-data", tmp / "tls-logs", args.head_object_store_mb, make_pki(tmp / "pki"))
+    secure.ray_address = ray_address  # beside the plaintext grid, on its Ray head
     try:
         say("raw gRPC (the same bytes and message sizes, nothing done with them) ...")
         pki = secure.pki
         figures["raw_grpc"] = raw = {"tls": measure_raw_grpc(ct_dir, pki.ca, pki.server_cert, pki.server_key),
                                      "plaintext": measure_raw_grpc(ct_dir)}
         say(f"  TLS {raw['tls']['mb_per_s']:.1f} MB/s, plaintext {raw['plaintext']['mb_per_s']:.1f} MB/s")
-        secure.start_master(ray_address)
+        secure.start_master()
         secure.add_hospitals(["bench"])
         say(f"upload through the real path (TLS, token, {args.streams} streams) ...")
         _, figures["upload"] = measure_upload(secure.target, ct_dir, args.streams, ca=pki.ca,
@@ -710,7 +646,7 @@ def measure_uploads(args: argparse.Namespace, figures: dict, ct_dir: Path, tmp: 
         f"{up['files_mb_per_s']:.1f} MB/s, commit {up['commit_s']:.2f} s; load average {up['load_avg']})")
 
 
-def with_jobs_cancelled(grid: LocalGrid) -> None:
+def with_jobs_cancelled(grid: BenchGrid) -> None:
     """Cancel anything still queued or running, so the agents drain at once."""
     if not grid.target or grid.master is None or grid.master.poll() is not None:
         return
@@ -724,7 +660,7 @@ def with_jobs_cancelled(grid: LocalGrid) -> None:
 
 
 @contextmanager
-def grid_session(grid: LocalGrid) -> Iterator[LocalGrid]:
+def grid_session(grid: BenchGrid) -> Iterator[BenchGrid]:
     """Around a benchmark's use of ``grid``: on failure print the children's log tails; always
     cancel what is left and stop the grid."""
     try:

@@ -59,7 +59,8 @@ import grpc
 import numpy as np
 
 from bench.grid import TERMINAL, _load, _percentile, run_benchmark, say
-from bench.secure_grid import SecureLocalGrid, make_pki
+from bench.secure_grid import SecureLocalGrid
+from rtgrid.client.local_grid import make_pki
 from rtgrid.client.sdk import Client, state_name
 from rtgrid.engines.phantom import PHANTOM_ORDER, make_phantom, write_phantom_case, write_plan_inputs
 from rtgrid.protos.v1 import common_pb2, hospital_pb2
@@ -496,12 +497,11 @@ def run(args: argparse.Namespace, figures: dict) -> None:
         runs: list[HospitalRun] = []
         with secure_session(grid, runs):
             started = time.perf_counter()
-            grid.start_master(grid.start_ray())
-            with grid.operator_client() as operator:
-                for i in range(args.agents):
-                    # One after the other: raylets starting at once on busy cores can miss Ray's start limit.
-                    grid.start_agent(f"load-{i}", cpus=1)
-                    grid.wait_agents(operator, i + 1)
+            grid.start_ray()
+            grid.start_master()
+            for i in range(args.agents):
+                # One after the other: raylets starting at once on busy cores can miss Ray's start limit.
+                grid.start_agent(f"load-{i}", cpus=1)
             names = [f"hospital-{i:02d}" for i in range(args.hospitals)]
             grid.add_hospitals(names)
             figures["grid_start_s"] = round(time.perf_counter() - started, 3)
@@ -511,7 +511,7 @@ def run(args: argparse.Namespace, figures: dict) -> None:
             sampler.start()
             try:
                 soak = Soak(soak_minutes, args.soak_in_flight, args.soak_max_jobs) if soak_minutes else None
-                wave_runs, wave_s = wave(lambda i: grid.hospital_client(names[i]), specs, args, soak)
+                wave_runs, wave_s = wave(lambda i: grid.tenant_client(names[i]), specs, args, soak)
                 runs.extend(wave_runs)
             finally:
                 sampler.stop()

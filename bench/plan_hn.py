@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pydicom
 
-from bench.grid import BenchError, LocalGrid, _load, grid_session, run_benchmark, say, watch_job
+from bench.grid import BenchError, BenchGrid, _load, grid_session, run_benchmark, say, watch_job
 from rtgrid.client.sdk import Client, state_name
 from rtgrid.engines.dicomrt.rtdose import read_rtdose
 from rtgrid.engines.dose.grid import resample_dose
@@ -121,13 +121,12 @@ def run(args: argparse.Namespace, figures: dict) -> None:
         tmp = Path(tmp_name)
         (tmp / "data").mkdir()
         (tmp / "logs").mkdir()
-        grid = LocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
+        grid = BenchGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
         with grid_session(grid):
-            address = grid.start_master(grid.start_ray())
-            with Client(address) as client:
-                for i, name in enumerate(("bench-a", "bench-b")):
-                    grid.start_agent(name, cpus=1)
-                    grid.wait_agents(client, i + 1)
+            grid.start_ray()
+            address = grid.start_master()
+            for name in ("bench-a", "bench-b"):
+                grid.start_agent(name, cpus=1)
             sources = ("order", "predicted") if args.goals == "both" else (args.goals,)
             per_patient: dict[str, dict[str, dict]] = {source: {} for source in sources}
             with Client(address) as client:

@@ -1,6 +1,6 @@
 """Scale-out benchmark: the same full-size contour job on 1, 2 and 4 agents.
 
-``python -m bench.scale`` builds one grid on 127.0.0.1 with ``bench.grid.LocalGrid`` (a Ray head
+``python -m bench.scale`` builds one grid on 127.0.0.1 with ``bench.grid.BenchGrid`` (a Ray head
 from Ray's cluster utilities, a master process, agent processes of one CPU each, every agent its
 own Ray worker node), uploads a phantom CT of ``--slices`` x ``--size`` x ``--size`` (100 x 512 x
 512 by default, about 50 MB of DICOM) once, and then, for each agent count N of ``--agents``:
@@ -48,7 +48,7 @@ from bench.grid import (
     SMALL_SPACING_MM,
     TINY_JOB_TIMEOUT_S,
     BenchError,
-    LocalGrid,
+    BenchGrid,
     _load,
     grid_session,
     job_timings,
@@ -159,10 +159,11 @@ def run(args: argparse.Namespace, figures: dict) -> None:
 
         (tmp / "data").mkdir()
         (tmp / "logs").mkdir()
-        grid = LocalGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
+        grid = BenchGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
         with grid_session(grid):
             started = time.perf_counter()
-            target = grid.start_master(grid.start_ray())
+            grid.start_ray()
+            target = grid.start_master()
             figures["grid_start_s"] = round(time.perf_counter() - started, 3)
             with Client(target) as client:
                 big_case = client.upload_folder(big.ct_dir, label="bench-scale-big").case.case_id
@@ -173,7 +174,6 @@ def run(args: argparse.Namespace, figures: dict) -> None:
                     while len(grid.agents) < n:
                         # One after the other: raylets starting at once on busy cores can miss Ray's start limit.
                         grid.start_agent(f"scale-{len(grid.agents) + 1}", cpus=1)
-                        grid.wait_agents(client, len(grid.agents))
                     agents_start_s = round(time.perf_counter() - started, 3)
                     say(f"{n} agent(s) up ({agents_start_s:.1f} s); warming up ...")
                     warm = warm_up(client, small_case, n)

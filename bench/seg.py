@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench.grid import BenchError, LocalGrid, run_benchmark, say, watch_job, with_jobs_cancelled
+from bench.grid import BenchError, BenchGrid, run_benchmark, say, watch_job, with_jobs_cancelled
 from rtgrid.client.sdk import state_name
 from rtgrid.engines.imaging.openkbp import load_openkbp_patient, openkbp_patients, write_openkbp_dicom
 from rtgrid.engines.segmentation.deep.builtin import BUILTIN_DIR, HN_OAR_PACKAGE
@@ -119,14 +118,14 @@ def measure_grid(args: argparse.Namespace, figures: dict) -> None:
         ct_dir = write_openkbp_dicom(patient, tmp / "case", structures=[]).ct_dir
         figures["grid_ct"] = f"OpenKBP {patient.patient_id}, {list(patient.volume.shape)} voxels"
         # The agent starts with an empty package cache of its own: the first job is a true cold start.
-        os.environ["RTGRID_MODEL_CACHE"] = str(tmp / "agent-model-cache")
         (tmp / "logs").mkdir()
-        grid = LocalGrid(tmp / "master", tmp / "logs", head_object_store_mb=1024)
+        # A fresh grid: its agent's model cache (under the master's data folder) starts empty.
+        grid = BenchGrid(tmp / "master", tmp / "logs", head_object_store_mb=1024)
         try:
-            grid.start_master(grid.start_ray())
+            grid.start_ray()
+            grid.start_master()
             grid.start_agent("bench-seg-agent", cpus=args.agent_cpus)
             with Client(grid.target) as client:
-                grid.wait_agents(client, 1)
                 listed = [m for m in client.models() if m.name == args.model]
                 if not listed:
                     raise BenchError(f"a fresh grid does not list the built-in model {args.model}")
