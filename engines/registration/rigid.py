@@ -38,8 +38,8 @@ class RigidSettings:
         Fraction of fixed voxels sampled (randomly, with ``seed``) for the metric at full resolution,
         in (0, 1]; a level shrunk by ``f`` samples ``f`` times that fraction (at most all voxels).
     seed : int
-        Sampling seed: the same inputs and settings sample the same voxels, so a run repeats (to
-        about a micrometre: SimpleITK's threads sum in varying order).
+        Sampling seed: the same inputs and settings sample the same voxels, so a run repeats to a
+        few hundredths of a mm (not bitwise: SimpleITK's threads sum in varying order).
     shrink_factors : tuple of int
         Pyramid levels, coarse to fine (1 = full resolution).
     smoothing_sigmas_mm : tuple of float

@@ -156,3 +156,15 @@ def test_deformable_recovers_a_known_local_deformation(patient, ct) -> None:
     # The seeded sampling makes the B-spline repeat exactly.
     again = register_deformable(region, mr, rigid, settings)
     np.testing.assert_array_equal(again.field.vectors_mm, result.field.vectors_mm)
+
+
+def test_the_time_budget_stops_the_bspline(patient, ct, mr_pair, mr_rigid) -> None:
+    centre = patient.volume.index_to_lps(np.array(np.nonzero(patient.masks["Parotid_L"]))[::-1].mean(axis=1))
+    region = synth.crop(ct, centre, 60.0)
+    settings = DeformableSettings(
+        grid_spacing_mm=30.0, sampling_fraction=0.5, shrink_factors=(1,), smoothing_sigmas_mm=(0.0,),
+        max_iterations=1000, time_budget_s=0.3, threads=2,
+    )
+    result = register_deformable(region, mr_pair[0], mr_rigid[0], settings)
+    assert result.stopped_by_budget
+    assert result.iterations < 1000 and result.elapsed_s < 0.3 + 10.0
