@@ -28,6 +28,9 @@ from rtgrid.engines.dicomrt.rtstruct import RtStructError, read_rtstruct_rois
 from rtgrid.engines.imaging.dicom_files import inspect_dicom
 from rtgrid.engines.imaging.errors import IntakeError
 from rtgrid.engines.imaging.intake import load_series
+from rtgrid.engines.imaging.mr_intake import load_mr_series
+from rtgrid.engines.imaging.pet_intake import load_pet_series
+from rtgrid.engines.imaging.volume import ImageSeries
 
 from .blobs import BlobStore, BlobWriteError, write_fully
 from .codec import series_meta_to_bytes, volume_to_bytes
@@ -35,11 +38,13 @@ from .config import MasterConfig
 from .errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .ids import new_id, now_ms
 from .store.base import Store
-from .store.records import CaseRecord, FileRecord, SeriesRecord, UploadRecord
+from .store.records import PLANNING_SERIES, SECONDARY_SERIES, CaseRecord, FileRecord, SeriesRecord, UploadRecord
 
 log = logging.getLogger(__name__)
 
-IMAGE_MODALITIES = ("CT",)
+IMAGE_MODALITIES = ("CT",)  # the planning image: exactly one series of these per case
+# Images a case may hold beside its planning CT, to register to it (never planned on).
+SECONDARY_MODALITIES = ("MR", "PT")
 # Non-image objects a case may carry beside its images (manual contours, an earlier plan).
 ATTACHMENT_MODALITIES = ("RTSTRUCT",)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -212,11 +217,12 @@ def finish_upload(intake: Intake, upload_id: str, upload: UploadRecord | None = 
     except IntakeError as exc:
         _discard_upload(intake, upload)
         raise InvalidArgument(str(exc)) from exc
-    if modality not in IMAGE_MODALITIES + ATTACHMENT_MODALITIES:
+    if modality not in IMAGE_MODALITIES + SECONDARY_MODALITIES + ATTACHMENT_MODALITIES:
         _discard_upload(intake, upload)
         raise InvalidArgument(
             f"{upload.file_name}: modality {modality or '(none)'} is not accepted; a case holds "
-            f"{'/'.join(IMAGE_MODALITIES)} images and {'/'.join(ATTACHMENT_MODALITIES)} objects"
+            f"{'/'.join(IMAGE_MODALITIES)} images (the planning image), {'/'.join(SECONDARY_MODALITIES)} images "
+            f"to register to it and {'/'.join(ATTACHMENT_MODALITIES)} objects"
         )
     record = FileRecord(
         new_id("file"), upload.case_id, upload.file_name, upload.sha256, upload.size_bytes,
@@ -246,17 +252,33 @@ def _identify(data: bytes, file_name: str) -> tuple[str, str, list[str]]:
         values = {tag: str(header.get(tag, "") or "").strip() for tag in _IDENTITY_TAGS}
     except Exception:  # a malformed header fails in many ways; the complete check names how
         values = {}
-    if values and values["Modality"] in IMAGE_MODALITIES and all(values.values()):
+    if values and values["Modality"] in IMAGE_MODALITIES + SECONDARY_MODALITIES and all(values.values()):
         return values["Modality"], values["SOPInstanceUID"], []
     info = inspect_dicom(data, file_name)
     return info.modality, info.sop_instance_uid, list(info.notes)
 
 
 def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
-    """Group the case's images into one series, validate it and store its volume — or nothing.
+    """Validate the case's planning CT and any MR/PET series beside it, and store their volumes — or nothing.
 
-    On any validation error the case is removed with its files (the hospital fixes the input and
-    uploads again) and the error names the file and the reason.
+    The CT files form the one planning series (``IMAGE_MODALITIES``); MR and PET files
+    (``SECONDARY_MODALITIES``) are grouped by Series Instance UID and each group is checked by its
+    modality's loader (an MR split into one series per echo; a PET's SUVbw factor recorded). On any
+    validation error the case is removed with its files (the hospital fixes the input and uploads
+    again) and the error names the file and the reason.
+
+    Returns
+    -------
+    list of SeriesRecord
+        The planning CT first, then the MR/PET series.
+
+    Raises
+    ------
+    FailedPrecondition
+        Unfinished uploads, or no image files at all.
+    InvalidArgument
+        MR/PET without a CT (they cannot be planned on alone); a series fails its modality's checks,
+        is of another patient than the CT, or an RTSTRUCT is not on the CT's frame of reference.
     """
     _open_case(intake, case_id)
     if intake.store.list_uploads(case_id):
@@ -264,36 +286,106 @@ def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
         raise FailedPrecondition(f"case {case_id} has unfinished uploads ({names}); finish them first")
     files = intake.store.list_files(case_id)
     images = [f for f in files if f.modality in IMAGE_MODALITIES]
+    others = sorted({f.modality for f in files if f.modality in SECONDARY_MODALITIES})
+    if not images and others:
+        # The input is wrong, not the moment: refused and removed like any series that fails its checks.
+        named = ", ".join([f.file_name for f in files if f.modality in SECONDARY_MODALITIES][:3])
+        delete_case(intake, case_id)
+        raise InvalidArgument(
+            f"{named}...: case {case_id} holds {'/'.join(others)} images but no {'/'.join(IMAGE_MODALITIES)} series: "
+            f"modality {'/'.join(others)} is taken only beside a planning {'/'.join(IMAGE_MODALITIES)}, "
+            "to register to it"
+        )
     if not images:
         raise FailedPrecondition(f"case {case_id} holds no {'/'.join(IMAGE_MODALITIES)} image files")
     try:
         series = load_series(
             [(f.file_name, intake.blobs.read_bytes(f.sha256)) for f in images], expected_modalities=IMAGE_MODALITIES
         )
+        secondary = _secondary_series(intake, [f for f in files if f.modality in SECONDARY_MODALITIES], series)
         for f in files:
             if f.modality == "RTSTRUCT":
                 _check_rtstruct_on(series.frame_of_reference_uid, f.file_name, intake.blobs.read_bytes(f.sha256))
     except IntakeError as exc:
         delete_case(intake, case_id)
         raise InvalidArgument(str(exc)) from exc
-    volume_sha = intake.blobs.put_bytes(volume_to_bytes(series.volume))
+    records: list[SeriesRecord] = []
+    written: list[str] = []
     try:
-        meta_sha = intake.blobs.put_bytes(series_meta_to_bytes(series))
+        for item, role, suv_factor, echo in [(series, PLANNING_SERIES, 0.0, 0), *secondary]:
+            records.append(_series_record(intake, case_id, item, role, suv_factor, echo, written))
     except BlobWriteError:
         # The case stays uncommitted with its files (commit again once there is room); no
         # volume blob is left that nothing refers to.
-        if not intake.store.blob_in_use(volume_sha):
-            intake.blobs.delete(volume_sha)
+        for sha256 in written:
+            if not intake.store.blob_in_use(sha256):
+                intake.blobs.delete(sha256)
         raise
+    with intake.store.transaction():
+        for record in records:
+            intake.store.add_series(record)
+        intake.store.set_case_committed(case_id)
+    return records
+
+
+def _series_record(
+    intake: Intake, case_id: str, series: ImageSeries, role: str, suv_factor: float, echo: int, written: list[str]
+) -> SeriesRecord:
+    """Store one series' volume and identity blobs (their hashes appended to ``written``)."""
+    volume_sha = intake.blobs.put_bytes(volume_to_bytes(series.volume))
+    written.append(volume_sha)
+    meta_sha = intake.blobs.put_bytes(series_meta_to_bytes(series))
+    written.append(meta_sha)
     nz, ny, nx = series.volume.shape
-    record = SeriesRecord(
+    return SeriesRecord(
         new_id("series"), case_id, series.modality, series.series_instance_uid, series.frame_of_reference_uid,
         nz, ny, nx, series.volume.spacing_mm.tolist(), volume_sha, meta_sha, list(series.notes),
+        role=role, suv_factor=float(suv_factor), echo_number=int(echo),
     )
-    with intake.store.transaction():
-        intake.store.add_series(record)
-        intake.store.set_case_committed(case_id)
-    return [record]
+
+
+def _secondary_series(
+    intake: Intake, files: list[FileRecord], ct: ImageSeries
+) -> list[tuple[ImageSeries, str, float, int]]:
+    """The MR and PET series of a case, each checked by its modality's loader.
+
+    Returns ``(series, role, suv_factor, echo_number)`` per series (an MR per echo).
+
+    Raises
+    ------
+    IntakeError
+        From the loaders (named per modality: ``MultiFrameMrError``, ``MissingSuvTagError`` ...),
+        or a series of another patient than the planning CT.
+    """
+    groups: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
+    for f in files:
+        data = intake.blobs.read_bytes(f.sha256)
+        groups.setdefault((f.modality, _series_uid(data)), []).append((f.file_name, data))
+    out: list[tuple[ImageSeries, str, float, int]] = []
+    for (modality, _), group in sorted(groups.items()):
+        if modality == "PT":
+            pet = load_pet_series(group)
+            found = [(pet.series, SECONDARY_SERIES, pet.suv_factor, 0)]
+        else:
+            found = [(mr.series, SECONDARY_SERIES, 0.0, mr.echo_number or 0) for mr in load_mr_series(group)]
+        for item, *_ in found:
+            if item.patient_id != ct.patient_id:
+                raise IntakeError.for_files(
+                    [name for name, _ in group[:3]],
+                    f"the {modality} series {item.series_instance_uid} is of PatientID {item.patient_id!r}, "
+                    f"the planning CT of PatientID {ct.patient_id!r}: a case holds one patient's images",
+                )
+        out.extend(found)
+    return out
+
+
+def _series_uid(data: bytes) -> str:
+    """The Series Instance UID in a file's header (``""`` when absent: the loader names the problem)."""
+    try:
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        return str(header.get("SeriesInstanceUID", "") or "").strip()
+    except Exception:  # an unreadable header is named by the loader's complete check
+        return ""
 
 
 def _check_rtstruct_on(frame_of_reference_uid: str, file_name: str, data: bytes) -> None:

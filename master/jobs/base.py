@@ -22,7 +22,7 @@ from ..blobs import BlobStore
 from ..codec import series_from_bytes, unpack, volume_from_bytes
 from ..errors import FailedPrecondition
 from ..store.base import Store
-from ..store.records import SUCCEEDED, JobRecord, SeriesRecord, ShardRecord
+from ..store.records import PLANNING_SERIES, SUCCEEDED, JobRecord, SeriesRecord, ShardRecord
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,10 @@ class JobContext:
 
     @lazy_attribute
     def series_record(self) -> SeriesRecord:
-        series = self.store.list_series(self.job.case_id)
+        """The case's planning CT (never one of the MR/PET series registered to it)."""
+        series = [s for s in self.store.list_series(self.job.case_id) if s.role == PLANNING_SERIES]
         if not series:
-            raise FailedPrecondition(f"case {self.job.case_id} has no committed image series")
+            raise FailedPrecondition(f"case {self.job.case_id} has no committed planning CT series")
         return series[0]
 
     @lazy_attribute

@@ -45,6 +45,10 @@ class FileRecord:
     notes: list[str] = field(default_factory=list)
 
 
+PLANNING_SERIES = "planning"
+SECONDARY_SERIES = "secondary"
+
+
 @dataclass
 class SeriesRecord:
     series_id: str
@@ -59,6 +63,11 @@ class SeriesRecord:
     volume_sha256: str  # npz blob: voxels + geometry
     meta_sha256: str  # JSON blob: the ImageSeries identity (UIDs per slice, patient, notes)
     notes: list[str] = field(default_factory=list)
+    # The case's planning CT is PLANNING_SERIES; MR and PET series beside it are SECONDARY_SERIES
+    # (registered to the CT, never planned on). Series stored before MR/PET intake are all the CT.
+    role: str = "planning"
+    suv_factor: float = 0.0  # PET: SUVbw per Bq/mL (0 for other modalities)
+    echo_number: int = 0  # MR: the echo of a split multi-echo series (0: none given)
 
 
 @dataclass

@@ -44,8 +44,10 @@ from .records import (
 SCHEMA_VERSION = 5
 # Version 3 added case owners, agent identities, hospitals and the audit log; version 4 the time of
 # an upload's last chunk; version 5 versions and reviews of structure sets and plans, and shared
-# cases (new tables, created when missing). An older store is migrated in place: a column a record has gained is
-# added with the field's default (see ``_add_missing_columns``).
+# cases (new tables, created when missing); series gained role, suv_factor and echo_number (MR and
+# PET beside the planning CT) within version 5: added columns whose defaults describe the CT series
+# stored before. An older store is migrated in place: a column a record has gained is added with
+# the field's default (see ``_add_missing_columns``).
 OLDEST_SCHEMA_VERSION = 2
 # Text the master itself writes (job and shard errors, event messages, audit details) is cut to
 # this many characters: an engine's error may echo a whole input.
@@ -332,7 +334,10 @@ class SqlStore(Store):
         self._insert(series)
 
     def list_series(self, case_id: str) -> list[SeriesRecord]:
-        return self._select(SeriesRecord, "case_id = ?", (case_id,))
+        # The planning CT first (callers take series[0] as the image to plan on), then by modality.
+        return self._select(SeriesRecord, "case_id = ?", (case_id,),
+                            "ORDER BY CASE WHEN role = 'planning' THEN 0 ELSE 1 END, "
+                            "modality, series_instance_uid, echo_number, series_id")
 
     def blob_in_use(self, sha256: str) -> bool:
         queries = (

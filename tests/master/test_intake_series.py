@@ -1,0 +1,129 @@
+"""A case holds its planning CT and MR/PET series beside it: each checked by its modality's loader
+at commit, every failure named and nothing half-stored; the CT stays the series jobs plan on."""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtgrid.engines.imaging.ct_writer import write_ct_series
+from rtgrid.engines.imaging.volume import Volume
+from rtgrid.master.blobs import BlobStore
+from rtgrid.master.config import MasterConfig
+from rtgrid.master.errors import FailedPrecondition, InvalidArgument
+from rtgrid.master.ids import now_ms
+from rtgrid.master.intake import Intake, commit_case, create_case, finish_upload, start_upload, write_chunk
+from rtgrid.master.jobs.base import JobContext
+from rtgrid.master.store.factory import open_store
+from rtgrid.master.store.records import QUEUED, CaseRecord, JobRecord, SeriesRecord
+from rtgrid.master.store.sqlite import SqliteStore
+from tests.engines.imaging.modality_files import enhanced_mr_file, mr_files, pet_files, small_volume
+
+from .test_store import location  # noqa: F401  (both backends)
+
+PATIENT = "REG-TEST"  # the patient of modality_files' MR and PET
+
+
+@pytest.fixture
+def intake(tmp_path: Path):
+    cfg = MasterConfig(data_dir=tmp_path)
+    made = Intake(SqliteStore(cfg.db_path), BlobStore(cfg.blob_dir), cfg)
+    yield made
+    made.store.close()
+
+
+@pytest.fixture(scope="module")
+def ct_files(tmp_path_factory) -> list[tuple[str, bytes]]:
+    hu = np.random.default_rng(0).integers(-1000, 1000, size=(5, 16, 16)).astype(np.int16)
+    paths = write_ct_series(Volume(hu, [-16.0, -16.0, 0.0], [2.0, 2.0, 3.0]), tmp_path_factory.mktemp("ct"),
+                            patient_id=PATIENT, patient_name="Test^Registration")
+    return [(p.name, p.read_bytes()) for p in paths]
+
+
+def _upload(intake: Intake, files: list[tuple[str, bytes]]) -> str:
+    case = create_case(intake, "mixed", "st-luke")
+    for name, data in files:
+        upload = start_upload(intake, case.case_id, name, len(data), hashlib.sha256(data).hexdigest())
+        write_chunk(intake, upload, 0, data, zlib.crc32(data))
+        finish_upload(intake, upload.upload_id)
+    return case.case_id
+
+
+def _assert_nothing_stored(intake: Intake, case_id: str) -> None:
+    assert intake.store.get_case(case_id) is None
+    assert intake.store.list_series(case_id) == [] and intake.store.list_files(case_id) == []
+    assert not [p for p in intake.blobs.root.rglob("*") if p.is_file() and p.suffix != ".part"]
+
+
+def test_a_case_holds_the_ct_with_mr_echoes_and_a_pet_and_plans_on_the_ct(intake, ct_files):
+    mr = mr_files(small_volume(), echoes=(1, 2))
+    pet = pet_files(small_volume(shape=(4, 10, 12), spacing=(4.0, 4.0, 4.0), high=20000.0))
+    case_id = _upload(intake, [*mr, *pet, *ct_files])  # the CT last: the order of upload does not matter
+    records = commit_case(intake, case_id)
+    listed = intake.store.list_series(case_id)
+    assert [(s.modality, s.role, s.echo_number) for s in listed] == [
+        ("CT", "planning", 0), ("MR", "secondary", 1), ("MR", "secondary", 2), ("PT", "secondary", 0)]
+    assert [s.series_id for s in records] == [s.series_id for s in listed]
+    assert listed[3].suv_factor > 0 and listed[0].suv_factor == 0 == listed[1].suv_factor
+    assert (listed[1].n_slices, listed[1].rows, listed[1].columns) == (6, 20, 24)
+    assert listed[1].series_instance_uid == listed[2].series_instance_uid != listed[0].series_instance_uid
+    job = JobRecord("job-1", case_id, "contour", QUEUED, 0, {}, "contour", now_ms())
+    context = JobContext(intake.store, intake.blobs, job)
+    assert context.series_record.series_id == listed[0].series_id and context.series.modality == "CT"
+    assert context.volume.shape == (5, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        (lambda: enhanced_mr_file(small_volume()), "Enhanced MR Image Storage"),
+        (lambda: mr_files(small_volume(), edit=lambda ds, k: setattr(ds, "RescaleType", "HU")), "HU"),
+        (lambda: pet_files(small_volume(), edit=lambda ds, k: delattr(ds, "PatientWeight")), "PatientWeight"),
+        (lambda: pet_files(small_volume(), edit=lambda ds, k: setattr(ds, "Units", "CNTS")), "CNTS"),
+        (lambda: mr_files(small_volume(), edit=lambda ds, k: setattr(ds, "PatientID", "someone-else")),
+         "PatientID 'someone-else', the planning CT of PatientID 'REG-TEST'"),
+    ],
+    ids=["multi-frame-mr", "mr-in-hu", "pet-without-weight", "pet-in-counts", "mr-of-another-patient"],
+)
+def test_a_bad_mr_or_pet_series_is_named_and_nothing_is_stored(intake, ct_files, bad, named):
+    case_id = _upload(intake, [*ct_files, *bad()])
+    with pytest.raises(InvalidArgument, match=named.replace("(", r"\(").replace(")", r"\)")):
+        commit_case(intake, case_id)
+    _assert_nothing_stored(intake, case_id)
+
+
+def test_mr_without_a_planning_ct_is_refused(intake):
+    case_id = _upload(intake, mr_files(small_volume()))
+    with pytest.raises(InvalidArgument, match="holds MR images but no CT series: modality MR is taken only beside"):
+        commit_case(intake, case_id)
+    _assert_nothing_stored(intake, case_id)
+    empty = create_case(intake, "empty", "st-luke")
+    with pytest.raises(FailedPrecondition, match="holds no CT image files"):
+        commit_case(intake, empty.case_id)
+
+
+def test_a_store_from_before_mr_and_pet_gains_the_series_columns(location):  # noqa: F811
+    first = open_store(location)
+    old_columns = ("series_id", "case_id", "modality", "series_instance_uid", "frame_of_reference_uid", "n_slices",
+                   "rows", "columns", "spacing_mm", "volume_sha256", "meta_sha256", "notes")
+    with first.transaction():
+        first._execute("DROP TABLE series")
+        first._execute(f"CREATE TABLE series ({', '.join(chr(34) + c + chr(34) + ' TEXT' for c in old_columns)})")
+        first._execute(f"INSERT INTO series VALUES ({', '.join('?' * len(old_columns))})",
+                       ("series-old", "case-old", "CT", "1.2", "1.3", 4, 8, 8, "[1.0, 1.0, 2.0]", "a" * 64, "b" * 64,
+                        "[]"))
+    first.add_case(CaseRecord("case-old", "kept", True, 1, "st-luke"))
+    first.close()
+    second = open_store(location)
+    try:
+        [old] = second.list_series("case-old")
+        assert (old.series_id, old.role, old.suv_factor, old.echo_number) == ("series-old", "planning", 0.0, 0)
+        second.add_series(SeriesRecord("series-mr", "case-old", "MR", "1.4", "1.5", 3, 8, 8, [1.0, 1.0, 2.0],
+                                       "c" * 64, "d" * 64, [], role="secondary", echo_number=2))
+        assert [s.series_id for s in second.list_series("case-old")] == ["series-old", "series-mr"]
+    finally:
+        second.close()
