@@ -56,6 +56,7 @@ class Task(StrEnum):
     PLAN_OPTIMIZE = "plan.optimize"
     PLAN_CONVERT_DEVICE = "plan.convert_device"
     PREDICT_DOSE = "predict.dose"
+    REGISTER_SERIES = "register.series"
 
 
 @dataclass(frozen=True)
@@ -266,9 +267,21 @@ class PredictDoseCall(ShardArgs):
     model: str
 
 
+@dataclass(frozen=True)
+class RegisterSeriesCall(ShardArgs):
+    """Register the ``moving`` MR or PET series to the planning CT ``fixed`` (rigid, then B-spline
+    when ``deformable``); ``name`` is the stem of the published files (``REG.<name>.dcm`` ...)."""
+
+    task: ClassVar[Task] = Task.REGISTER_SERIES
+    fixed: Any
+    moving: Any
+    name: str
+    deformable: bool = False
+
+
 CALL_TYPES: dict[Task, type[ShardArgs]] = {cls.task: cls for cls in (
     ContourSlabCall, ContourSegmentCall, ContourMergeCall, PlanSetupCall, BeamDijCall, PlanOptimizeCall,
-    ConvertDeviceCall, PredictDoseCall)}
+    ConvertDeviceCall, PredictDoseCall, RegisterSeriesCall)}
 
 
 def shard_call_from(task: str, kwargs: Mapping[str, Any]) -> ShardArgs:

@@ -12,7 +12,7 @@ from typing import Any
 
 from rtgrid.protos.grid_contract import ShardArgs, Task, shard_call_from
 
-from . import contour, conversion, plan, predict
+from . import contour, conversion, plan, predict, register
 
 EXECUTORS: dict[str, Callable[[Any], dict[str, Any]]] = {
     Task.CONTOUR_SLAB: contour.contour_slab,
@@ -22,6 +22,7 @@ EXECUTORS: dict[str, Callable[[Any], dict[str, Any]]] = {
     Task.PLAN_OPTIMIZE: plan.plan_optimize,
     Task.PLAN_CONVERT_DEVICE: conversion.convert_device,
     Task.PREDICT_DOSE: predict.predict_dose_shard,
+    Task.REGISTER_SERIES: register.register_series,
 }
 
 

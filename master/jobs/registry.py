@@ -7,8 +7,9 @@ from .base import JobKind
 from .contour import ContourJob
 from .plan import FullJob, PlanJob
 from .predict import PredictJob
+from .register import RegisterJob
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (ContourJob(), PlanJob(), FullJob(), PredictJob())}
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (ContourJob(), PlanJob(), FullJob(), PredictJob(), RegisterJob())}
 
 
 def get_kind(name: str) -> JobKind:
