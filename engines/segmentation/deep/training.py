@@ -45,7 +45,7 @@ from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.segmentation.deep.augment import AugmentConfig, augment_batch
 from rtgrid.engines.segmentation.deep.card import CardLabel, ModelCard
 from rtgrid.engines.segmentation.deep.models import build_model
-from rtgrid.engines.segmentation.deep.package import load_package, save_package
+from rtgrid.engines.segmentation.deep.package import load_package, package_hash, save_package
 from rtgrid.engines.segmentation.deep.preprocessing import (
     model_grid_shape,
     resample_images,
@@ -752,6 +752,8 @@ def train_segmentation(
         "patch_size": list(config.patch_size),
         "seed": config.seed,
     }
+    if config.initial_package:  # the iterations above continue that package's training
+        training_data["initial_package"] = {"path": config.initial_package, "sha256": package_hash(config.initial_package)}
     validation_metrics = {"epoch": best_epoch, **best_validation}
     package_dir = out_dir / PACKAGE_DIR
     content_hash = save_package(package_dir, model.cpu(), _card(config, training_data, validation_metrics))

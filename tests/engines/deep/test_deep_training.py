@@ -7,6 +7,7 @@ import torch
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.segmentation.deep.augment import AugmentConfig, augment_batch
 from rtgrid.engines.segmentation.deep.inference import SegmentationRunner
+from rtgrid.engines.segmentation.deep.package import load_package
 from rtgrid.engines.segmentation.deep.training import (
     ClassSpec,
     TrainCase,
@@ -140,6 +141,10 @@ def test_a_warm_restart_starts_from_the_packaged_weights(tmp_path):
     # It starts where the first ended: better than a start from scratch with the same budget.
     cold = train_segmentation(_cases(2), dataclasses.replace(config, initial_package=""), tmp_path / "c")
     assert restart.history[0]["train_loss"] < cold.history[0]["train_loss"]
+    # The card says where its training started.
+    _, card = load_package(restart.package_dir)
+    assert card.training_data["initial_package"]["sha256"] == first.package_hash
+    assert "initial_package" not in load_package(cold.package_dir)[1].training_data
     other = dataclasses.replace(config, architecture_kwargs={"base_channels": 8, "depth": 2})
     with pytest.raises(TrainingDataError, match="initial_package"):
         train_segmentation(_cases(2), other, tmp_path / "d")
