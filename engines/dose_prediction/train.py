@@ -24,7 +24,7 @@ from rtgrid.engines.imaging.openkbp import OpenKBPPatient, load_openkbp_patient,
 
 from .inputs import N_CHANNELS, OAR_CHANNELS, REFERENCE_DOSE_GY, build_inputs
 from .model import DoseUNet
-from .package import save_dose_package
+from .package import load_dose_package, save_dose_package
 from .predict import predict_dose, slice_windows
 from .scores import dose_score, dvh_score
 
@@ -53,6 +53,9 @@ class DoseTrainConfig:
         Steps of the learning-rate schedule, and a wall-clock bound that may stop earlier.
     threads : int
         Torch CPU threads while training (one is fastest on a shared machine: more spin and wait).
+    init_package : str
+        A dose model package (same architecture) whose weights training starts from: a second
+        cosine cycle from a trained model goes on where the first one's rate reached zero.
     """
 
     train_dir: str
@@ -72,6 +75,7 @@ class DoseTrainConfig:
     seed: int = 20260312
     threads: int = 1
     log_every: int = 25
+    init_package: str = ""
 
 
 @dataclass
@@ -176,6 +180,7 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
     selection = _load(config.val_dir, config.select_patients)
     _log(f"{len(train)} training patients, {len(selection)} selection patients loaded in {time.monotonic() - start:.0f} s")
     model = DoseUNet(N_CHANNELS, context=config.context, base=config.base, depth=config.depth, pool=config.pool).to(device)
+    initial = _initial_weights(model, config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / config.max_iterations))))
@@ -236,13 +241,34 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
                   "selection": f"first {len(selection)} OpenKBP validation patients (best dose score of the checkpoints)",
                   "validation": f"{validation['patients']} OpenKBP validation patients"},
         "training": {**dataclasses.asdict(config), "steps_done": step, "step_kept": best[2] if selection else step,
-                     "minutes": round((time.monotonic() - start) / 60.0, 1), "device": device},
+                     "minutes": round((time.monotonic() - start) / 60.0, 1), "device": device,
+                     **({"initial_package": initial} if initial else {})},
         "validation": validation,
     }
     # Folders are where this run found the data, not part of the model's identity.
-    for key in ("train_dir", "val_dir", "threads"):
+    for key in ("train_dir", "val_dir", "threads", "init_package"):
         card["training"].pop(key)
     return TrainedDoseModel(model.cpu(), card, losses)
+
+
+def _initial_weights(model: DoseUNet, config: DoseTrainConfig) -> dict[str, Any]:
+    """Load ``config.init_package``'s weights into ``model``; its identity for the card ({} without one).
+
+    Raises
+    ------
+    ValueError
+        The package's architecture is not the configuration's.
+    """
+    if not config.init_package:
+        return {}
+    start, card, sha256 = load_dose_package(config.init_package)
+    expected = {"channels": N_CHANNELS, "context": config.context, "base": config.base, "depth": config.depth,
+                "pool": config.pool}
+    if card["architecture"] != expected:
+        raise ValueError(f"init package {config.init_package} is {card['architecture']}, the configuration {expected}")
+    model.load_state_dict(start.state_dict())
+    return {"name": card["name"], "version": card["version"], "sha256": sha256,
+            "steps": card["training"]["steps_done"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,10 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=DoseTrainConfig.max_iterations)
     parser.add_argument("--minutes", type=float, default=DoseTrainConfig.max_minutes)
     parser.add_argument("--train-patients", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=DoseTrainConfig.lr, help="peak learning rate")
+    parser.add_argument("--init", default="", help="a dose model package to start from (a warm restart)")
+    parser.add_argument("--version", default="1", help="the version in the card")
     args = parser.parse_args(argv)
     config = DoseTrainConfig(args.train, args.val, train_patients=args.train_patients,
-                             max_iterations=args.iterations, max_minutes=args.minutes)
-    trained = train_dose_model(config)
+                             max_iterations=args.iterations, max_minutes=args.minutes, lr=args.lr,
+                             init_package=args.init)
+    trained = train_dose_model(config, version=args.version)
     content_hash = save_dose_package(args.out, trained.model, trained.card)
     print(f"{args.out}: sha256 {content_hash}")
     return 0

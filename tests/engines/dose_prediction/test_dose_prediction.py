@@ -3,6 +3,7 @@ run on two real OpenKBP patients, and the package's content hash."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -91,6 +92,14 @@ def test_tiny_training_on_two_patients_learns_and_packages(tmp_path):
     body[0] = False
     dose = predict_dose(model, x, body, context=card["architecture"]["context"])
     assert dose.shape == (3, 32, 32) and (dose[0] == 0).all() and (dose >= 0).all()
+    # A warm restart starts from the package's weights (its first loss is the first run's last
+    # level, not a fresh start's) and the card names it; another architecture is refused.
+    again = train_dose_model(dataclasses.replace(config, max_iterations=5, select_every=5,
+                                                 init_package=str(tmp_path / "pkg")), name="tiny", version="1")
+    assert again.losses[0] < 0.7 * losses[:5].mean(), (again.losses, losses[:5])
+    assert again.card["training"]["initial_package"]["sha256"] == content_hash
+    with pytest.raises(ValueError, match="init package"):
+        train_dose_model(dataclasses.replace(config, base=8, init_package=str(tmp_path / "pkg")))
     # An edited card no longer matches its hash.
     card_path = tmp_path / "pkg" / "card.json"
     edited = json.loads(card_path.read_text())
