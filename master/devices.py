@@ -123,39 +123,48 @@ def congestion_order(devices: list[DeviceRecord], rule: str = "congestion") -> l
     raise InvalidArgument(f"device_rule={rule!r} is not one of {', '.join(RULES)}")
 
 
-def resolve_devices(store: Store, spec: str, rule: str = "congestion") -> list[str]:
+def devices_of(store: Store, hospital: str) -> list[DeviceRecord]:
+    """The devices a hospital's jobs may use: its own and the grid's shared ones
+    (:data:`DEFAULT_HOSPITAL`), never another hospital's."""
+    return [d for d in store.list_devices() if d.hospital in (hospital, DEFAULT_HOSPITAL)]
+
+
+def resolve_devices(store: Store, spec: str, hospital: str, rule: str = "congestion") -> list[str]:
     """Device ids from a job's ``devices`` parameter: ``ID,ID,...``, ``auto`` or ``auto:N``
-    (``auto`` picks by ``rule``, see :func:`congestion_order`).
+    (``auto`` picks by ``rule``, see :func:`congestion_order`), among :func:`devices_of` ``hospital``.
 
     Raises
     ------
     InvalidArgument
-        Unknown ids, a malformed spec or rule, or fewer usable devices than asked for.
+        Unknown ids (another hospital's count as unknown), a malformed spec or rule, or fewer
+        usable devices than asked for.
     """
     spec = spec.strip()
+    mine = devices_of(store, hospital)
     if spec == "auto" or spec.startswith("auto:"):
         try:
             count = int(spec.partition(":")[2] or 1)
         except ValueError:
             raise InvalidArgument(f"devices={spec!r}: auto or auto:N with N a number") from None
-        ranked = congestion_order(store.list_devices(), rule)
+        ranked = congestion_order(mine, rule)
         if not 1 <= count <= max(len(ranked), 1) or len(ranked) < count:
             raise InvalidArgument(f"devices={spec!r}: {len(ranked)} devices are usable (not down)")
         return [d.device_id for d in ranked[:count]]
     ids = [s.strip() for s in spec.split(",") if s.strip()]
     if not ids or len(set(ids)) != len(ids):
         raise InvalidArgument(f"devices={spec!r}: give distinct device ids, or auto")
-    known = {d.device_id for d in store.list_devices()}
+    known = {d.device_id for d in mine}
     unknown = [i for i in ids if i not in known]
     if unknown:
         raise InvalidArgument(f"unknown device(s) {', '.join(unknown)}; registered: {', '.join(sorted(known))}")
     return ids
 
 
-def reroute(store: Store, device_id: str, taken: set[str], rule: str = "congestion") -> str | None:
-    """Another usable device for a conversion planned on ``device_id`` (now down): the best one by
-    ``rule`` that the job does not already use; ``None`` when there is none."""
-    for candidate in congestion_order(store.list_devices(), rule):
+def reroute(store: Store, device_id: str, taken: set[str], hospital: str, rule: str = "congestion") -> str | None:
+    """Another usable device of ``hospital`` (:func:`devices_of`) for a conversion planned on
+    ``device_id`` (now down): the best one by ``rule`` that the job does not already use; ``None``
+    when there is none."""
+    for candidate in congestion_order(devices_of(store, hospital), rule):
         if candidate.device_id != device_id and candidate.device_id not in taken:
             return candidate.device_id
     return None

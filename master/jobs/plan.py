@@ -111,6 +111,14 @@ def check_contours_on_case(store: Store, case_id: str, data: bytes, what: str) -
 CONVERSION_PARAMS = frozenset({"plan_job", "devices", "device_rule"})
 
 
+
+def _hospital(store: Store, case_id: str) -> str:
+    """The hospital that owns the case (its devices, and the grid's shared ones, are the job's)."""
+    case = store.get_case(case_id)
+    if case is None:
+        raise FailedPrecondition(f"case {case_id} no longer exists")
+    return case.hospital
+
 class PlanJob(JobKind):
     name = "plan"
     stages = ("setup", "dose", "optimize")
@@ -153,7 +161,7 @@ class PlanJob(JobKind):
         source = self.source_plan(store, case_id, params["plan_job"])
         stored = {**{k: source.params[k] for k in ("order", "machine", "body") if k in source.params}, **params}
         typed = parse_plan_params(stored, self.name, submitted=True)
-        resolve_devices(store, typed.devices, typed.device_rule)
+        resolve_devices(store, typed.devices, _hospital(store, case_id), typed.device_rule)
         return stored
 
     def _made_in(self, ctx: JobContext) -> JobContext:
@@ -205,7 +213,7 @@ class PlanJob(JobKind):
             return self._validate_conversion(params, store, case_id)
         typed = parse_plan_params(params, self.name, submitted=True)
         if typed.devices:
-            resolve_devices(store, typed.devices, typed.device_rule)
+            resolve_devices(store, typed.devices, _hospital(store, case_id), typed.device_rule)
         names = self.structure_names(store, blobs, case_id, params)
         if typed.body not in names:
             raise InvalidArgument(
@@ -241,7 +249,8 @@ class PlanJob(JobKind):
     def plan_stage(self, ctx: JobContext, stage: str) -> StagePlan:
         if stage == "convert":  # chosen now, by the congestion of this moment
             params = self.job_params(ctx.job.params)
-            return StagePlan(tuple(resolve_devices(ctx.store, params.devices, params.device_rule)))
+            return StagePlan(tuple(resolve_devices(ctx.store, params.devices, _hospital(ctx.store, ctx.job.case_id),
+                                                   params.device_rule)))
         return StagePlan.count(len(self.job_params(ctx.job.params).angles_deg) if stage == "dose" else 1)
 
     def prepare_shard(self, ctx: JobContext, shard: ShardRecord) -> str:
@@ -252,7 +261,8 @@ class PlanJob(JobKind):
         if device is None or device.status != DOWN:
             return ""
         taken = {s.target for s in ctx.store.list_shards(ctx.job.job_id, "convert")}
-        other = reroute(ctx.store, shard.target, taken, self.job_params(ctx.job.params).device_rule)
+        other = reroute(ctx.store, shard.target, taken, _hospital(ctx.store, ctx.job.case_id),
+                        self.job_params(ctx.job.params).device_rule)
         if other is None:
             raise FailedPrecondition(f"device {shard.target} is down and no other device is usable")
         notice = f"device {shard.target} is down: its conversion is rerouted to {other}"
