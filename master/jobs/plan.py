@@ -111,13 +111,13 @@ def check_contours_on_case(store: Store, case_id: str, data: bytes, what: str) -
 CONVERSION_PARAMS = frozenset({"plan_job", "devices", "device_rule"})
 
 
-
 def _hospital(store: Store, case_id: str) -> str:
     """The hospital that owns the case (its devices, and the grid's shared ones, are the job's)."""
     case = store.get_case(case_id)
     if case is None:
         raise FailedPrecondition(f"case {case_id} no longer exists")
     return case.hospital
+
 
 class PlanJob(JobKind):
     name = "plan"
