@@ -219,15 +219,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         functools.partial(self._audit, name, actions.get(method, actions.get("*", "")),
                                           name in _REFUSALS_ONLY))
 
-    # who
-    def _identify(self, context: grpc.aio.ServicerContext) -> list[Principal]:
+    # who (the store is read and written in threads: never on the event loop every call shares)
+    async def _identify(self, context: grpc.aio.ServicerContext) -> list[Principal]:
         found = []
         cert = (context.auth_context() or {}).get("x509_pem_cert")
         if cert:  # present only where TLS asked for it and verified it against the CA
             found.append(_certificate_principal(cert[0]))
         token = _bearer(context)
         if token is not None:
-            hospital = hospital_for_token(self.store, token)
+            hospital = await asyncio.to_thread(hospital_for_token, self.store, token)
             if hospital is None:
                 raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "the API token is unknown or revoked")
             found.append(Principal(hospital.name, HOSPITAL_ROLE))
@@ -238,7 +238,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return LOCAL
         callers: list[Principal] = []
         try:
-            callers = self._identify(context)
+            callers = await self._identify(context)
             if not callers:
                 raise _Refused(grpc.StatusCode.UNAUTHENTICATED,
                                "no credentials: a hospital sends its API token (--token / RTGRID_TOKEN); agents "
@@ -250,11 +250,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise _Refused(grpc.StatusCode.PERMISSION_DENIED,
                            f"{who} may not call {method}: it needs the {role} role")
         except _Refused as refused:
-            code, message = self._refusal(callers[0] if callers else Principal("", ""), method, refused, context)
+            code, message = await self._refusal(callers[0] if callers else Principal("", ""), method, refused, context)
             await context.abort(code, message)
             raise  # abort raises; this line is never reached
 
-    def _refusal(self, caller: Principal, method: str, refused: _Refused, context) -> tuple[grpc.StatusCode, str]:
+    async def _refusal(self, caller: Principal, method: str, refused: _Refused, context) -> tuple[grpc.StatusCode, str]:
         """Audit a refusal at the door and say how to answer it: as refused, or, past the rate
         limit of its address or token prefix, RESOURCE_EXHAUSTED counted in the window's one
         summary row."""
@@ -262,40 +262,46 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         keys = [f"address {_peer_host(context)}", *([f"token {token[:TOKEN_PREFIX_CHARS]}..."] if token else [])]
         over = self.limiter.fail(keys)
         if over is None:
-            self._write(caller, method, "auth", {}, refused.code.name, str(refused), context)
+            await self._write(caller, method, "auth", {}, refused.code.name, str(refused), context)
             return refused.code, str(refused)
         key, window = over
         window.limited += 1
         summary = (f"{window.limited} authentication failures from {key} rate-limited (more than "
                    f"{self.limiter.per_window} in {self.limiter.window_s:g} s); the last: {refused}")
         if window.summary_id:
-            self._update(window.summary_id, summary)
+            await asyncio.to_thread(self._update, window.summary_id, summary)
         else:
-            window.summary_id = self._write(caller, method, "auth", {}, "RESOURCE_EXHAUSTED", summary, context)
+            window.summary_id = await self._write(caller, method, "auth", {}, "RESOURCE_EXHAUSTED", summary, context)
         return (grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many failed authentications from {key}; try again in {self.limiter.retry_after_s(window)} s")
 
     # what
-    def _audit(self, method: str, action: str, refusals_only: bool, principal: Principal, request, response,
-               error: BaseException | None, context) -> None:
+    async def _audit(self, method: str, action: str, refusals_only: bool, principal: Principal, request, response,
+                     error: BaseException | None, context) -> None:
         if not action or (refusals_only and error is None):
             return
+        going_away = isinstance(error, (asyncio.CancelledError, GeneratorExit))
         if error is None:
             outcome, detail = "OK", ""
-        elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
+        elif going_away:  # the caller went away
             outcome, detail = "CANCELLED", "the call ended before it completed"
         else:
             code = context.code()
             outcome = code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
             detail = context.details() or type(error).__name__
-        self._write(principal, method, action, {**_objects(request), **_objects(response)}, outcome, detail, context)
+        # A call being torn down may not await any more: its (rare) entry is written here and now.
+        await self._write(principal, method, action, {**_objects(request), **_objects(response)}, outcome, detail,
+                          context, in_thread=not going_away)
 
-    def _write(self, principal: Principal, method: str, action: str, objects: dict[str, str], outcome: str,
-               detail: str, context) -> str:
+    async def _write(self, principal: Principal, method: str, action: str, objects: dict[str, str], outcome: str,
+                     detail: str, context, in_thread: bool = True) -> str:
         entry = AuditRecord(new_id("audit"), now_ms(), principal.name, principal.role, action, method, objects,
                             outcome, clip(detail, AUDIT_DETAIL_CHARS), clip(context.peer() or "", 100))
         try:
-            self.store.add_audit(entry)
+            if in_thread:
+                await asyncio.to_thread(self.store.add_audit, entry)
+            else:
+                self.store.add_audit(entry)
         except Exception:  # the audit log must not take the API down with it; the log says so loudly
             log.exception("could not write audit entry %s", entry)
         return entry.audit_id
@@ -351,9 +357,9 @@ def _guarded(handler: grpc.RpcMethodHandler, admit, audit) -> grpc.RpcMethodHand
                 request = await _checked(request, context)
                 response = await inner(request, context)
             except BaseException as exc:
-                audit(principal, request, None, exc, context)
+                await audit(principal, request, None, exc, context)
                 raise
-            audit(principal, request, response, None, context)
+            await audit(principal, request, response, None, context)
             return response
 
         make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
@@ -371,9 +377,9 @@ def _guarded(handler: grpc.RpcMethodHandler, admit, audit) -> grpc.RpcMethodHand
             async for item in inner(request, context):
                 yield item
         except BaseException as exc:
-            audit(principal, request, None, exc, context)
+            await audit(principal, request, None, exc, context)
             raise
-        audit(principal, request, None, None, context)
+        await audit(principal, request, None, None, context)
 
     make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
     return make(stream_response, **serde)
