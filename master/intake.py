@@ -303,9 +303,12 @@ def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
             [(f.file_name, intake.blobs.read_bytes(f.sha256)) for f in images], expected_modalities=IMAGE_MODALITIES
         )
         secondary = _secondary_series(intake, [f for f in files if f.modality in SECONDARY_MODALITIES], series)
+        frames = {series.frame_of_reference_uid: "the planning CT"}
+        for item, *_ in secondary:
+            frames.setdefault(item.frame_of_reference_uid, f"the {item.modality} series {item.series_instance_uid}")
         for f in files:
             if f.modality == "RTSTRUCT":
-                _check_rtstruct_on(series.frame_of_reference_uid, f.file_name, intake.blobs.read_bytes(f.sha256))
+                _check_rtstruct_on(frames, f.file_name, intake.blobs.read_bytes(f.sha256))
     except IntakeError as exc:
         delete_case(intake, case_id)
         raise InvalidArgument(str(exc)) from exc
@@ -388,17 +391,56 @@ def _series_uid(data: bytes) -> str:
         return ""
 
 
-def _check_rtstruct_on(frame_of_reference_uid: str, file_name: str, data: bytes) -> None:
-    """An RTSTRUCT uploaded with a CT must be drawn on that CT's frame of reference."""
+def rtstruct_frames(data: bytes) -> set[str]:
+    """The frames of reference an RTSTRUCT's ROIs are drawn on.
+
+    Raises
+    ------
+    RtStructError, pydicom.errors.InvalidDicomError
+        The structure set cannot be read.
+    """
+    return {r.frame_of_reference_uid for r in read_rtstruct_rois(pydicom.dcmread(io.BytesIO(data)))}
+
+
+def case_rtstructs(store: Store, blobs: BlobStore, case_id: str, frame_of_reference_uid: str) -> list[bytes]:
+    """The RTSTRUCTs uploaded with a case that are drawn on ``frame_of_reference_uid``: the CT's
+    (contours to plan on) or an MR/PET series' (contours to map onto the CT by registration).
+    A structure set with no ROI counts as on the CT's (the planning image)."""
+    series = store.list_series(case_id)
+    ct_frame = series[0].frame_of_reference_uid if series else ""
+    out = []
+    for f in store.list_files(case_id):
+        if f.modality != "RTSTRUCT":
+            continue
+        data = blobs.read_bytes(f.sha256)
+        on = rtstruct_frames(data) or {ct_frame}
+        if on == {frame_of_reference_uid}:
+            out.append(data)
+    return out
+
+
+def _check_rtstruct_on(frames: dict[str, str], file_name: str, data: bytes) -> None:
+    """An RTSTRUCT uploaded with a case must be drawn on the frame of reference of one of its series:
+    the CT's (planned on) or an MR/PET series' (mapped onto the CT by a register job).
+
+    ``frames``: each series' Frame of Reference UID with the words that name the series."""
     try:
-        rois = read_rtstruct_rois(pydicom.dcmread(io.BytesIO(data)))
+        found = rtstruct_frames(data)
     except (RtStructError, pydicom.errors.InvalidDicomError) as exc:
         raise IntakeError(file_name, f"unreadable structure set: {exc}") from exc
-    elsewhere = sorted({r.name for r in rois if r.frame_of_reference_uid != frame_of_reference_uid})
-    if elsewhere:
+    unknown = sorted(found - set(frames))
+    if unknown:
+        known = "; ".join(f"{uid} ({what})" for uid, what in frames.items())
         raise IntakeError(
             file_name,
-            f"structures {', '.join(elsewhere[:5])} are not on the CT's frame of reference {frame_of_reference_uid}",
+            f"structures on frame of reference {', '.join(unknown[:3])}, which is no series' of this case "
+            f"(the CT's, or an MR/PET series' to map by registration): {known}",
+        )
+    if len(found) > 1:
+        raise IntakeError(
+            file_name,
+            f"structures on {len(found)} frames of reference ({'; '.join(frames[u] for u in sorted(found))}): "
+            "a structure set is drawn on one series",
         )
 
 

@@ -270,13 +270,16 @@ class PredictDoseCall(ShardArgs):
 @dataclass(frozen=True)
 class RegisterSeriesCall(ShardArgs):
     """Register the ``moving`` MR or PET series to the planning CT ``fixed`` (rigid, then B-spline
-    when ``deformable``); ``name`` is the stem of the published files (``REG.<name>.dcm`` ...)."""
+    when ``deformable``); ``name`` is the stem of the published files (``REG.<name>.dcm`` ...).
+    ``rtstructs``: structure sets (DICOM bytes) drawn on ``moving``'s frame of reference, mapped onto
+    the CT and published as ``RS.<name>.mapped.dcm``."""
 
     task: ClassVar[Task] = Task.REGISTER_SERIES
     fixed: Any
     moving: Any
     name: str
     deformable: bool = False
+    rtstructs: tuple[bytes, ...] = ()
 
 
 CALL_TYPES: dict[Task, type[ShardArgs]] = {cls.task: cls for cls in (

@@ -24,7 +24,9 @@ Typed, with their defaults and ranges, in ``rtgrid.master.jobs.params``.
 ``bixel_mm``       bixel size at the isocenter, 2 to 20 mm (default 5)
 ``dose_grid_mm``   dose grid spacing, 1 to 10 mm (default 3)
 ``machine``        machine model id (default the standard 6 MV machine)
-``contours_job``   (``plan`` only) a finished contour job whose RTSTRUCT to use
+``contours_job``   (``plan`` only) a finished contour job whose RTSTRUCT to use, or a finished
+                   register job whose ``RS.*.mapped.dcm`` (contours drawn on an MR/PET, mapped
+                   onto the CT) to use
 ``contours_version`` (``plan`` only) which version of that job's contours (``rtgrid versions``);
                    default the latest approved, else the latest not rejected; kept with the job
 ``plan_job``       (``plan`` only) a finished plan or full job of this case: only its ``convert``
@@ -63,6 +65,7 @@ from rtgrid.protos.grid_contract import (
 from ..approval import contours_for_plan
 from ..blobs import BlobStore
 from ..errors import FailedPrecondition, InvalidArgument
+from ..intake import case_rtstructs
 from ..store.base import Store
 from ..devices import resolve_devices, reroute
 from ..store.records import DOWN, SUCCEEDED, JobRecord, ShardRecord
@@ -107,6 +110,8 @@ def check_contours_on_case(store: Store, case_id: str, data: bytes, what: str) -
         )
 
 
+# Job kinds whose RTSTRUCT a plan may name as contours_job (register: MR/PET contours mapped to the CT).
+CONTOUR_SOURCES = ("contour", "register")
 # What a conversion of an earlier plan (plan_job) is given; the rest comes from that plan.
 CONVERSION_PARAMS = frozenset({"plan_job", "devices", "device_rule"})
 
@@ -173,10 +178,12 @@ class PlanJob(JobKind):
 
     # inputs
     def uploaded_rtstructs(self, store: Store, blobs: BlobStore, case_id: str) -> list[bytes]:
-        return [blobs.read_bytes(f.sha256) for f in store.list_files(case_id) if f.modality == "RTSTRUCT"]
+        """The RTSTRUCTs uploaded on the CT (those drawn on an MR/PET reach a plan through a register job)."""
+        return case_rtstructs(store, blobs, case_id, _case_frame_of_reference(store, case_id))
 
     def earlier_rtstructs(self, store: Store, blobs: BlobStore, case_id: str, params: dict[str, str]) -> list[bytes]:
-        """The RTSTRUCT of the contour job named in ``contours_job``, if any: of this case only.
+        """The RTSTRUCT of the contour or register job named in ``contours_job``, if any: of this
+        case only (a register job's are the MR/PET contours it mapped onto the CT).
 
         Checked at submission and again whenever a stage reads them, so that one patient's contours
         can never reach another patient's plan.
@@ -185,8 +192,8 @@ class PlanJob(JobKind):
         if not job_id:
             return []
         job = store.get_job(job_id)
-        if job is None or job.kind != "contour" or job.state != SUCCEEDED:
-            raise InvalidArgument(f"contours_job={job_id!r} is not a finished contour job")
+        if job is None or job.kind not in CONTOUR_SOURCES or job.state != SUCCEEDED:
+            raise InvalidArgument(f"contours_job={job_id!r} is not a finished contour or register job")
         if job.case_id != case_id:
             raise InvalidArgument(
                 f"contours_job={job_id!r} contoured case {job.case_id}, not case {case_id}: "
@@ -195,6 +202,10 @@ class PlanJob(JobKind):
         # Checked with the other parameters at submission; here only the number is needed.
         chosen, _ = contours_for_plan(store, job_id, int(params.get("contours_version") or 0))
         rtstructs = [blobs.read_bytes(a.sha256) for a in chosen]
+        if not rtstructs:
+            raise InvalidArgument(
+                f"contours_job={job_id!r} published no structure set (a register job maps only RTSTRUCTs "
+                "uploaded on its MR/PET series)")
         for data in rtstructs:
             check_contours_on_case(store, case_id, data, f"contours_job={job_id!r}")
         return rtstructs

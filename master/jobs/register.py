@@ -9,6 +9,9 @@ Stages
     ``DREG.<name>.dcm`` (Deformable Spatial Registration, when deformable), ``fused.<name>.png`` and
     ``registration.<name>.json`` (matrix, angles, translation, metric, time), where ``<name>`` is
     the modality (``MR``, ``PT``), numbered (``MR.2``) when the case holds several of one modality.
+    When RTSTRUCTs drawn on that series' frame of reference were uploaded with the case, their ROIs
+    are mapped onto the CT and published as ``RS.<name>.mapped.dcm`` (on the CT's frame), which a
+    plan job takes as its contours with ``contours_job=<this job>``.
 
 Parameters (strings, as they travel)
 ------------------------------------
@@ -25,6 +28,7 @@ from rtgrid.protos.grid_contract import RegisterSeriesCall
 from ..blobs import BlobStore
 from ..codec import series_from_bytes, volume_from_bytes
 from ..errors import FailedPrecondition, InvalidArgument
+from ..intake import case_rtstructs
 from ..store.base import Store
 from ..store.records import SECONDARY_SERIES, SeriesRecord, ShardRecord
 from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
@@ -116,6 +120,7 @@ class RegisterJob(JobKind):
         call = RegisterSeriesCall(
             fixed=ctx.shared_series(), moving=self._series(ctx, record), name=file_stems(all_secondary)[shard.target],
             deformable=parse_deformable(ctx.job.params.get("deformable", "false")),
+            rtstructs=tuple(case_rtstructs(ctx.store, ctx.blobs, ctx.job.case_id, record.frame_of_reference_uid)),
         )
         return ShardCall.of(call, ShardResources(cpus=1.0, memory_mb=3072))
 

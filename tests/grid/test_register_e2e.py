@@ -1,6 +1,7 @@
 """Registration on the grid: a real CT and an MR-like series synthesized from it with a known rotation
 and translation, uploaded as one case, registered by a ``register`` job; the transform the grid
-returns in its DICOM Spatial Registration is the known one within 1 mm and 0.5 degrees."""
+returns in its DICOM Spatial Registration is the known one within 1 mm and 0.5 degrees. Contours
+drawn on the MR come back on the CT where the known transform puts them, and a plan runs on them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import pydicom
 import pytest
 
 from rtgrid.engines.dicomrt.registration import read_spatial_registration
+from rtgrid.engines.dicomrt.rtstruct import StructureSpec, read_rtstruct, write_rtstruct
 from rtgrid.engines.imaging.ct_writer import write_ct_series
+from rtgrid.engines.imaging.mr_intake import load_mr_series
+from rtgrid.engines.registration.rigid import apply_matrix
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.protos.v1 import common_pb2
 from tests.engines.imaging.modality_files import mr_files
@@ -95,3 +99,87 @@ def test_register_needs_an_mr_or_pet_series(grid, ct_and_mr):
 
 def ct_and_mr_slices(mr_dir: Path) -> int:
     return len(list(mr_dir.glob("*.dcm")))
+
+
+TUMOUR_RADIUS_MM = 30.0
+MIN_DICE = 0.9
+
+
+def _sphere(volume: Volume, centre_mm: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Voxels of ``volume`` whose centre lies within ``radius_mm`` of ``centre_mm`` (LPS)."""
+    nz, ny, nx = volume.shape
+    k, j, i = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+    points = volume.index_to_lps(np.column_stack([i.ravel(), j.ravel(), k.ravel()]).astype(float))
+    return (np.linalg.norm(points - centre_mm, axis=1) <= radius_mm).reshape(volume.shape)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_contours_drawn_on_the_mr_reach_the_ct_and_are_planned_on(grid, ct_and_mr, tmp_path: Path):
+    """A tumour sphere and the body outline drawn on the MR (an RTSTRUCT on the MR's frame, uploaded
+    with the case) come back on the CT from the register job where the known transform puts them,
+    and a plan job takes them as its contours; another case cannot."""
+    ct_dir, mr_dir, ct_volume, true_matrix = ct_and_mr
+    [mr] = load_mr_series([(p.name, p.read_bytes()) for p in sorted(mr_dir.glob("*.dcm"))])
+    mr_series = mr.series
+    body_ct = ct_volume.voxels > -400
+    k, j, i = np.nonzero(body_ct)
+    centre_ct = ct_volume.index_to_lps(np.array([i.mean(), j.mean(), k.mean()]))
+    centre_mr = apply_matrix(np.linalg.inv(true_matrix), centre_ct[None])[0]
+    body_mr = synth.resample_ct_to_moving(ct_volume.with_voxels(body_ct.astype(np.float32)), mr_series.volume,
+                                          true_matrix, default=0.0).voxels > 0.5
+    rtstruct = write_rtstruct(mr_series, [
+        StructureSpec("PTV", _sphere(mr_series.volume, centre_mr, TUMOUR_RADIUS_MM), "PTV", (255, 0, 0), "MANUAL"),
+        StructureSpec("BODY", body_mr, "EXTERNAL", (0, 255, 0), "MANUAL"),
+    ], label="MR_CONTOURS")
+    rs_path = tmp_path / "RS.on-mr.dcm"
+    rtstruct.save_as(rs_path, enforce_file_format=True)
+    truth = _sphere(ct_volume, centre_ct, TUMOUR_RADIUS_MM)  # a rigid map keeps a sphere a sphere
+    with grid.client() as client:
+        case = client.upload_folder(ct_dir, mr_dir, rs_path).case
+        ct_series, mr_record = case.series
+        job = client.submit(case.case_id, "register")
+        events = list(client.watch(job.job_id))
+        assert events[-1].state == common_pb2.JOB_STATE_SUCCEEDED, events[-1].message
+        names = {a.name: a for a in client.artifacts(job.job_id)}
+        assert {"REG.MR.dcm", "RS.MR.mapped.dcm"} <= set(names)
+        mapped_path = client.download(names["RS.MR.mapped.dcm"], tmp_path)
+        summary = json.loads(client.download(names["registration.MR.json"], tmp_path).read_text())
+        assert summary["mapped_structures"] == ["PTV", "BODY"]
+        ds = pydicom.dcmread(mapped_path)
+        assert ds.FrameOfReferenceUID == ct_series.frame_of_reference_uid
+        assert_valid_per_dciodvfy(mapped_path)
+        masks = read_rtstruct(ds, ct_volume, frame_of_reference_uid=ct_series.frame_of_reference_uid)
+        dice = _dice(masks["PTV"], truth)
+        print(f"\nMR-drawn PTV on the CT: Dice {dice:.3f} against the sphere through the known transform "
+              f"({truth.sum()} voxels); BODY Dice {_dice(masks['BODY'], body_ct):.3f}")
+        assert dice >= MIN_DICE and _dice(masks["BODY"], body_ct) >= MIN_DICE
+        # The MR-framed RTSTRUCT is not a CT contour: without the register job a plan has none.
+        order = "prescription: {target: PTV, dose_gy: 60, fractions: 30}\n"
+        _refused(lambda: client.submit(case.case_id, "plan", params={"order": order}),
+                 grpc.StatusCode.FAILED_PRECONDITION, "a plan needs contours")
+        other = client.upload_folder(ct_dir).case
+        _refused(lambda: client.submit(other.case_id, "plan", params={"order": order, "contours_job": job.job_id}),
+                 grpc.StatusCode.INVALID_ARGUMENT, f"contoured case {case.case_id}, not case {other.case_id}")
+        plan = client.submit(case.case_id, "plan", params={
+            "order": order, "contours_job": job.job_id, "gantry_angles": "0,120,240", "dose_grid_mm": "8"})
+        events = list(client.watch(plan.job_id))
+        assert events[-1].state == common_pb2.JOB_STATE_SUCCEEDED, events[-1].message
+        report = json.loads(client.download(
+            next(a for a in client.artifacts(plan.job_id) if a.name == "plan-report.json"), tmp_path).read_text())
+    assert report["metrics"]["PTV"]["D95"] == pytest.approx(60.0, abs=0.1)
+
+
+def test_an_rtstruct_on_no_series_of_the_case_is_refused(grid, ct_and_mr, tmp_path: Path):
+    ct_dir, mr_dir, ct_volume, _ = ct_and_mr
+    stranger = synth.series_of(ct_volume, "CT")  # the same grid, another frame of reference
+    rtstruct = write_rtstruct(stranger, [StructureSpec("PTV", ct_volume.voxels > 0, "PTV", (255, 0, 0), "MANUAL")])
+    rs_path = tmp_path / "RS.elsewhere.dcm"
+    rtstruct.save_as(rs_path, enforce_file_format=True)
+    with grid.client() as client:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.upload_folder(ct_dir, mr_dir, rs_path)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "RS.elsewhere.dcm" in caught.value.details() and "which is no series' of this case" in caught.value.details()

@@ -3,20 +3,35 @@ at commit, every failure named and nothing half-stored; the CT stays the series 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
+from rtgrid.agent.executors.files import dataset_bytes
+from rtgrid.engines.dicomrt.rtstruct import StructureSpec, write_rtstruct
 from rtgrid.engines.imaging.ct_writer import write_ct_series
+from rtgrid.engines.imaging.intake import load_series
+from rtgrid.engines.imaging.mr_intake import load_mr_series
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.master.blobs import BlobStore
 from rtgrid.master.config import MasterConfig
 from rtgrid.master.errors import FailedPrecondition, InvalidArgument
 from rtgrid.master.ids import now_ms
-from rtgrid.master.intake import Intake, commit_case, create_case, finish_upload, start_upload, write_chunk
+from rtgrid.master.intake import (
+    Intake,
+    case_rtstructs,
+    commit_case,
+    create_case,
+    finish_upload,
+    start_upload,
+    write_chunk,
+)
 from rtgrid.master.jobs.base import JobContext
 from rtgrid.master.store.factory import open_store
 from rtgrid.master.store.records import QUEUED, CaseRecord, JobRecord, SeriesRecord
@@ -104,6 +119,43 @@ def test_mr_without_a_planning_ct_is_refused(intake):
     empty = create_case(intake, "empty", "st-luke")
     with pytest.raises(FailedPrecondition, match="holds no CT image files"):
         commit_case(intake, empty.case_id)
+
+
+def _rtstruct_on(series, names=("GTV",)) -> bytes:
+    spec = [StructureSpec(n, np.ones(series.volume.shape, dtype=bool), "GTV", (255, 0, 0), "MANUAL") for n in names]
+    return dataset_bytes(write_rtstruct(series, spec))
+
+
+def test_an_rtstruct_drawn_on_the_mr_is_kept_for_registration_not_for_planning(intake, ct_files):
+    mr = mr_files(small_volume())
+    [mr_series] = load_mr_series(mr)
+    ct = load_series(ct_files)
+    case_id = _upload(intake, [*ct_files, *mr, ("RS.mr.dcm", _rtstruct_on(mr_series.series)),
+                               ("RS.ct.dcm", _rtstruct_on(ct, ("BODY",)))])
+    commit_case(intake, case_id)
+    ct_record, mr_record = intake.store.list_series(case_id)
+    on_mr = case_rtstructs(intake.store, intake.blobs, case_id, mr_record.frame_of_reference_uid)
+    on_ct = case_rtstructs(intake.store, intake.blobs, case_id, ct_record.frame_of_reference_uid)
+    assert len(on_mr) == 1 == len(on_ct) and on_mr != on_ct
+
+
+def test_an_rtstruct_on_no_series_or_on_two_is_named_and_nothing_is_stored(intake, ct_files):
+    mr = mr_files(small_volume())
+    [mr_series] = load_mr_series(mr)
+    ct = load_series(ct_files)
+    stranger = dataclasses.replace(ct, frame_of_reference_uid="1.2.826.0.1.99")
+    case_id = _upload(intake, [*ct_files, *mr, ("RS.elsewhere.dcm", _rtstruct_on(stranger))])
+    with pytest.raises(InvalidArgument, match=r"RS\.elsewhere\.dcm.*frame of reference 1\.2\.826\.0\.1\.99, which is "
+                                              "no series' of this case"):
+        commit_case(intake, case_id)
+    _assert_nothing_stored(intake, case_id)
+    two = pydicom.dcmread(io.BytesIO(_rtstruct_on(mr_series.series, ("GTV", "BODY"))))
+    two.StructureSetROISequence[1].ReferencedFrameOfReferenceUID = ct.frame_of_reference_uid
+    case_id = _upload(intake, [*ct_files, *mr, ("RS.two.dcm", dataset_bytes(two))])
+    with pytest.raises(InvalidArgument, match=r"RS\.two\.dcm.*structures on 2 frames of reference .*the planning CT.*"
+                                              "a structure set is drawn on one series"):
+        commit_case(intake, case_id)
+    _assert_nothing_stored(intake, case_id)
 
 
 def test_a_store_from_before_mr_and_pet_gains_the_series_columns(location):  # noqa: F811

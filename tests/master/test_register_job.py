@@ -10,9 +10,12 @@ import pydicom
 import pytest
 
 from rtgrid.agent.executors import execute
+from rtgrid.agent.executors.files import dataset_bytes
 from rtgrid.engines.dicomrt.registration import read_deformable_registration, read_spatial_registration
+from rtgrid.engines.dicomrt.rtstruct import StructureSpec, read_rtstruct, write_rtstruct
 from rtgrid.engines.imaging.volume import Volume
-from rtgrid.engines.registration import RegistrationModalityError
+from rtgrid.engines.registration import RegistrationError, RegistrationModalityError
+from rtgrid.engines.registration.rigid import apply_matrix
 from rtgrid.master.blobs import BlobStore
 from rtgrid.master.errors import FailedPrecondition, InvalidArgument
 from rtgrid.master.ids import now_ms
@@ -24,6 +27,7 @@ from rtgrid.master.store.sqlite import SqliteStore
 from rtgrid.protos.grid_contract import RegisterSeriesCall, Task
 from tests.engines.registration import synth
 from tests.grid.test_contour_e2e import assert_valid_per_dciodvfy
+from tests.grid.test_register_e2e import MIN_DICE, TUMOUR_RADIUS_MM, _dice, _sphere
 
 
 def _series(series_id: str, modality: str, uid: str, role: str = "secondary", echo: int = 0) -> SeriesRecord:
@@ -79,11 +83,17 @@ def pair():
 
 def test_the_executor_publishes_rigid_and_deformable_registrations(pair, tmp_path):
     ct, mr, true_matrix = pair
-    result = execute(Task.REGISTER_SERIES, RegisterSeriesCall(fixed=ct, moving=mr, name="MR", deformable=True).kwargs())
-    names = ["REG.MR.dcm", "DREG.MR.dcm", "fused.MR.png", "registration.MR.json"]
+    # A tumour drawn on the MR: a sphere about a point whose place on the CT the known transform gives.
+    centre_ct = ct.volume.index_to_lps(np.array(ct.volume.shape[::-1], dtype=float) / 2)
+    centre_mr = apply_matrix(np.linalg.inv(true_matrix), centre_ct[None])[0]
+    on_mr = write_rtstruct(mr, [StructureSpec("GTV", _sphere(mr.volume, centre_mr, TUMOUR_RADIUS_MM), "GTV",
+                                              (255, 0, 0), "MANUAL")])
+    call = RegisterSeriesCall(fixed=ct, moving=mr, name="MR", deformable=True, rtstructs=(dataset_bytes(on_mr),))
+    result = execute(Task.REGISTER_SERIES, call.kwargs())
+    names = ["REG.MR.dcm", "DREG.MR.dcm", "RS.MR.mapped.dcm", "fused.MR.png", "registration.MR.json"]
     assert [a["name"] for a in result["artifacts"]] == names
     paths = {}
-    for name in ("REG.MR.dcm", "DREG.MR.dcm"):
+    for name in ("REG.MR.dcm", "DREG.MR.dcm", "RS.MR.mapped.dcm"):
         paths[name] = tmp_path / name
         paths[name].write_bytes(result[f"file:{name}"])
         assert_valid_per_dciodvfy(paths[name])
@@ -96,6 +106,23 @@ def test_the_executor_publishes_rigid_and_deformable_registrations(pair, tmp_pat
     assert grid.source_frame_of_reference_uid == mr.frame_of_reference_uid
     assert summary["deformable"]["iterations"] > 0 and summary["seconds"] > 0
     assert result["file:fused.MR.png"].startswith(b"\x89PNG")
+    # Mapped through the B-spline field, the tumour lands on the CT where the truth puts it.
+    mapped = pydicom.dcmread(paths["RS.MR.mapped.dcm"])
+    assert mapped.FrameOfReferenceUID == ct.frame_of_reference_uid and summary["mapped_structures"] == ["GTV"]
+    gtv = read_rtstruct(mapped, ct.volume, frame_of_reference_uid=ct.frame_of_reference_uid)["GTV"]
+    assert _dice(gtv, _sphere(ct.volume, centre_ct, TUMOUR_RADIUS_MM)) >= MIN_DICE
+
+
+def test_the_executor_refuses_contours_named_twice_or_on_another_frame(pair):
+    ct, mr, _ = pair
+    sphere = StructureSpec("GTV", _sphere(mr.volume, mr.volume.index_to_lps(np.array([20.0, 20.0, 30.0])), 15.0),
+                           "GTV", (255, 0, 0), "MANUAL")
+    twice = dataset_bytes(write_rtstruct(mr, [sphere]))
+    with pytest.raises(RegistrationError, match=r"ROI\(s\) \['GTV'\] are drawn in more than one structure set"):
+        execute(Task.REGISTER_SERIES, RegisterSeriesCall(fixed=ct, moving=mr, name="MR", rtstructs=(twice, twice)).kwargs())
+    on_ct = dataset_bytes(write_rtstruct(ct, [StructureSpec("GTV", ct.volume.voxels > 0, "GTV", (255, 0, 0), "MANUAL")]))
+    with pytest.raises(RegistrationError, match="is drawn in Frame of Reference"):
+        execute(Task.REGISTER_SERIES, RegisterSeriesCall(fixed=ct, moving=mr, name="MR", rtstructs=(on_ct,)).kwargs())
 
 
 def test_the_executor_refuses_a_ct_as_the_moving_image(pair):
