@@ -303,39 +303,49 @@ class Client:
     def upload_folder(self, *paths: Path | str, label: str = "", chunk_bytes: int | None = None,
                       pseudonymizer: "Pseudonymizer | None" = None,
                       progress: Callable[[Path, int], None] | None = None,
-                      streams: int = UPLOAD_STREAMS) -> UploadResult:
+                      streams: int = UPLOAD_STREAMS, add_to: str = "") -> UploadResult:
         """Upload every file under the given folders (and the given files) into a new case, and
-        commit it: one CT series, plus e.g. an RTSTRUCT drawn on it.
+        commit it: one planning CT series, plus MR and PET series of the same patient to register
+        to it (``rtgrid submit CASE --kind register``) and RTSTRUCTs drawn on any of them.
+
+        ``add_to``: a committed case of this hospital to add MR/PET series (and RTSTRUCTs drawn on
+        its series) to instead, checked like a first upload (same patient as the CT, each series by
+        its modality's rules); all or nothing: a refused add leaves the case as it was.
 
         With a ``pseudonymizer`` the files are pseudonymized copies (see :mod:`.pseudonym`) and the
         default label is the patient's pseudonym: no identity leaves the hospital. ``progress`` is
         called with a file and how many of its bytes the master holds, after every chunk (from one
         thread at a time). ``streams`` files are sent at once; the first refusal stops the rest,
-        and the case is then deleted whole.
+        and the case (or the add) is then deleted whole.
 
         Raises
         ------
         LocalFileError
             A path that does not exist, no files, two files with one name, an unreadable file
             (checked before anything is sent).
+        ValueError
+            ``add_to`` names a case that is not committed.
         grpc.RpcError
             With the master's status and message when a file or the series is rejected; the
-            partial case is then deleted so nothing is left half-stored.
+            partial case (or add) is then deleted so nothing is left half-stored.
         """
         files = files_to_send([Path(p) for p in paths])
         if pseudonymizer is not None:
             with tempfile.TemporaryDirectory(prefix="rtgrid-pseudonymized-") as tmp:
                 copies, pseudonym = pseudonymizer.pseudonymize(files, Path(tmp))
                 return self.upload_folder(*copies, label=label or pseudonym, chunk_bytes=chunk_bytes,
-                                          progress=progress, streams=streams)
-        case = self.create_case(label or Path(paths[0]).name)
+                                          progress=progress, streams=streams, add_to=add_to)
+        case = self.case(add_to) if add_to else self.create_case(label or Path(paths[0]).name)
+        if add_to and not case.committed:  # an open case is another upload under way, not one to add to
+            raise ValueError(f"case {add_to} is not committed: add MR/PET series to a case whose CT upload "
+                             "finished, or upload them together with the CT")
         try:
             uploaded = self._upload_files(case.case_id, files, chunk_bytes, progress, streams)
             case = self.commit_case(case.case_id)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:  # a failed commit already removed it
                 try:
-                    self.delete_case(case.case_id)
+                    self.delete_case(case.case_id)  # of a committed case, only the add
                 except grpc.RpcError:
                     pass
             raise

@@ -2,6 +2,11 @@
 
 Plain functions over the store and blob store; the hospital servicer only translates protobuf.
 
+An add (``rtgrid upload --add-to CASE``) brings MR/PET series and RTSTRUCTs into a committed case
+through the same calls: its files are kept pending (invisible to jobs and listings) until
+``commit_case`` checks them like a first upload and adds them in one transaction; a refused add,
+or ``delete_case`` during one, removes its files, uploads and blobs and leaves the case as it was.
+
 Where each check happens: FinishUpload proves the bytes (size, sha256) and reads the DICOM header
 (modality, identity) of every file; a non-image object (RTSTRUCT) is checked completely there. An
 image file's complete check (every element, pixel data, geometry, identity repairs) is made once,
@@ -33,7 +38,7 @@ from rtgrid.engines.imaging.pet_intake import load_pet_series
 from rtgrid.engines.imaging.volume import ImageSeries
 
 from .blobs import BlobStore, BlobWriteError, write_fully
-from .codec import series_meta_to_bytes, volume_to_bytes
+from .codec import series_from_bytes, series_meta_to_bytes, volume_from_bytes, volume_to_bytes
 from .config import MasterConfig
 from .errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .ids import new_id, now_ms
@@ -102,8 +107,10 @@ def _open_case(intake: Intake, case_id: str) -> CaseRecord:
 
 
 def start_upload(intake: Intake, case_id: str, file_name: str, size_bytes: int, sha256: str) -> UploadRecord:
-    """Open an upload, or find the one already open for the same case, name and content."""
-    case = _open_case(intake, case_id)
+    """Open an upload, or find the one already open for the same case, name and content.
+
+    Into a committed case, the upload is part of an add (see the module's docstring)."""
+    case = get_case(intake, case_id)
     if not _SAFE_NAME.match(file_name):
         raise InvalidArgument(f"file name {file_name!r} is empty, too long or contains a path separator")
     if not _SHA256.match(sha256):
@@ -121,7 +128,8 @@ def start_upload(intake: Intake, case_id: str, file_name: str, size_bytes: int, 
     if intake.store.find_file(case_id, file_name, sha256) is not None:
         # Already received whole: report it complete so the client goes straight to finish.
         return UploadRecord("", case_id, file_name, size_bytes, sha256, size_bytes, now_ms())
-    files, uploads = intake.store.list_files(case_id), intake.store.list_uploads(case_id)
+    files = intake.store.list_files(case_id) + intake.store.list_pending_files(case_id)
+    uploads = intake.store.list_uploads(case_id)
     n_files = len(files) + len(uploads)
     if n_files >= intake.config.max_files_per_case:
         raise ResourceExhausted(
@@ -202,7 +210,7 @@ def finish_upload(intake: Intake, upload_id: str, upload: UploadRecord | None = 
     check comes at commit (see the module's docstring).
     """
     upload = upload if upload is not None and upload.upload_id == upload_id else get_upload(intake, upload_id)
-    _open_case(intake, upload.case_id)
+    adding = get_case(intake, upload.case_id).committed
     if upload.committed_bytes != upload.size_bytes:
         raise FailedPrecondition(
             f"{upload.file_name}: holds {upload.committed_bytes} of {upload.size_bytes} bytes; send the rest first"
@@ -224,9 +232,16 @@ def finish_upload(intake: Intake, upload_id: str, upload: UploadRecord | None = 
             f"{'/'.join(IMAGE_MODALITIES)} images (the planning image), {'/'.join(SECONDARY_MODALITIES)} images "
             f"to register to it and {'/'.join(ATTACHMENT_MODALITIES)} objects"
         )
+    if adding and modality in IMAGE_MODALITIES:
+        _discard_upload(intake, upload)
+        raise InvalidArgument(
+            f"{upload.file_name}: modality {modality}: case {upload.case_id} is committed with its planning "
+            f"{'/'.join(IMAGE_MODALITIES)}; an add brings {'/'.join(SECONDARY_MODALITIES + ATTACHMENT_MODALITIES)} "
+            "files (a new planning image is a new case)"
+        )
     record = FileRecord(
         new_id("file"), upload.case_id, upload.file_name, upload.sha256, upload.size_bytes,
-        modality, sop_instance_uid, notes,
+        modality, sop_instance_uid, notes, pending=adding,
     )
     with intake.store.transaction():
         intake.store.add_file(record)
@@ -278,9 +293,12 @@ def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
         Unfinished uploads, or no image files at all.
     InvalidArgument
         MR/PET without a CT (they cannot be planned on alone); a series fails its modality's checks,
-        is of another patient than the CT, or an RTSTRUCT is not on the CT's frame of reference.
+        is of another patient than the CT, or an RTSTRUCT is on no series' frame of reference.
+
+    A committed case: commits its add instead (:func:`commit_add`).
     """
-    _open_case(intake, case_id)
+    if get_case(intake, case_id).committed:
+        return commit_add(intake, case_id)
     if intake.store.list_uploads(case_id):
         names = ", ".join(u.file_name for u in intake.store.list_uploads(case_id)[:3])
         raise FailedPrecondition(f"case {case_id} has unfinished uploads ({names}); finish them first")
@@ -444,8 +462,91 @@ def _check_rtstruct_on(frames: dict[str, str], file_name: str, data: bytes) -> N
         )
 
 
+def commit_add(intake: Intake, case_id: str) -> list[SeriesRecord]:
+    """Commit an add to a committed case: its MR/PET series checked like a first upload's (their
+    modality's loader, the CT's patient), its RTSTRUCTs on a series of the case, then stored with
+    the case in one transaction. A refused add is removed whole; the case stays as it was.
+
+    Returns
+    -------
+    list of SeriesRecord
+        The series the add brought.
+
+    Raises
+    ------
+    FailedPrecondition
+        Unfinished uploads, or no added files.
+    InvalidArgument
+        A series fails its checks, is of another patient than the CT or is already in the case;
+        an RTSTRUCT is on no series of the case.
+    """
+    if intake.store.list_uploads(case_id):
+        names = ", ".join(u.file_name for u in intake.store.list_uploads(case_id)[:3])
+        raise FailedPrecondition(f"case {case_id} has unfinished uploads ({names}); finish them first")
+    added = intake.store.list_pending_files(case_id)
+    if not added:
+        raise FailedPrecondition(f"case {case_id} is committed and no files were added to it: upload MR/PET "
+                                 "series or RTSTRUCTs into it first (rtgrid upload --add-to)")
+    held = intake.store.list_series(case_id)
+    ct_record = held[0]
+    ct = series_from_bytes(intake.blobs.read_bytes(ct_record.meta_sha256),
+                           volume_from_bytes(intake.blobs.read_bytes(ct_record.volume_sha256)))
+    try:
+        secondary = _secondary_series(intake, [f for f in added if f.modality in SECONDARY_MODALITIES], ct)
+        known = {s.series_instance_uid for s in held}
+        for item, *_ in secondary:
+            if item.series_instance_uid in known:
+                raise IntakeError.for_files(
+                    [f.file_name for f in added if f.modality == item.modality][:3],
+                    f"the {item.modality} series {item.series_instance_uid} is already in case {case_id}")
+        frames = {s.frame_of_reference_uid: f"the {s.modality} series {s.series_instance_uid}" for s in reversed(held)}
+        frames[ct_record.frame_of_reference_uid] = "the planning CT"
+        for item, *_ in secondary:
+            frames.setdefault(item.frame_of_reference_uid, f"the {item.modality} series {item.series_instance_uid}")
+        for f in added:
+            if f.modality == "RTSTRUCT":
+                _check_rtstruct_on(frames, f.file_name, intake.blobs.read_bytes(f.sha256))
+    except IntakeError as exc:
+        discard_add(intake, case_id)
+        raise InvalidArgument(str(exc)) from exc
+    records: list[SeriesRecord] = []
+    written: list[str] = []
+    try:
+        for item, role, suv_factor, echo in secondary:
+            records.append(_series_record(intake, case_id, item, role, suv_factor, echo, written))
+    except BlobWriteError:
+        for sha256 in written:  # the add stays pending: commit it again once there is room
+            if not intake.store.blob_in_use(sha256):
+                intake.blobs.delete(sha256)
+        raise
+    with intake.store.transaction():
+        for record in records:
+            intake.store.add_series(record)
+        intake.store.set_files_added([f.file_id for f in added])
+    return records
+
+
+def discard_add(intake: Intake, case_id: str) -> int:
+    """Remove the uploads and files of an uncommitted add to a committed case, and their blobs
+    (unless in use); returns how many files and uploads it removed."""
+    uploads, files = intake.store.list_uploads(case_id), intake.store.list_pending_files(case_id)
+    for upload in uploads:
+        _discard_upload(intake, upload)
+    intake.store.delete_pending_files(case_id)
+    for f in files:
+        if not intake.store.blob_in_use(f.sha256):
+            intake.blobs.delete(f.sha256)
+    return len(uploads) + len(files)
+
+
 def delete_case(intake: Intake, case_id: str) -> None:
-    """Remove an uncommitted case, its uploads, files and their blobs (unless shared)."""
+    """Remove an uncommitted case, its uploads, files and their blobs (unless shared).
+
+    A committed case with an add under way: only the add is removed (the case stays as it was).
+    """
+    case = get_case(intake, case_id)
+    if case.committed and discard_add(intake, case_id):
+        return
     _open_case(intake, case_id)
     files = intake.store.list_files(case_id)
     for upload in intake.store.list_uploads(case_id):

@@ -55,8 +55,12 @@ FormatOption = typer.Option(Format.text, "--format", help="text or json (one obj
 @app.command()
 @rpc_errors
 def upload(
-    paths: list[Path] = typer.Argument(..., help="Folders or files: one CT series, optionally an RTSTRUCT drawn on it."),
+    paths: list[Path] = typer.Argument(..., help="Folders or files: one CT series, optionally MR and PET series of "
+                                                 "the same patient and RTSTRUCTs drawn on any of them."),
     label: str = typer.Option("", help="A label for the case (no patient identifiers needed)."),
+    add_to: str = typer.Option("", "--add-to", metavar="CASE",
+                               help="Add MR/PET series (and RTSTRUCTs drawn on them) to this committed case "
+                                    "instead of making a new one; all or nothing."),
     pseudonymize: bool = typer.Option(False, "--pseudonymize", help="De-identify first (DICOM PS3.15 Basic "
                                                                     "Profile: identifiers, UIDs, dates)."),
     shift_dates: bool = typer.Option(False, "--shift-dates", help="With --pseudonymize: move dates by a per-patient "
@@ -65,7 +69,8 @@ def upload(
     target: str = TargetOption,
     fmt: Format = FormatOption,
 ) -> None:
-    """Upload a CT series (and an RTSTRUCT drawn on it, if any) as a new case; prints the case id.
+    """Upload a CT series (with MR/PET series of the same patient and RTSTRUCTs, if any) as a new
+    case, or add MR/PET series to a committed case with --add-to; prints the case id.
 
     With --pseudonymize the grid gets pseudonymized copies; the mapping stays in --pseudonym-map.
     A progress bar by bytes goes to stderr (not with --format json).
@@ -75,17 +80,20 @@ def upload(
     files_to_send(paths)  # local problems are told before the master is asked anything
     pseudonymizer = _pseudonymizer(pseudonym_map, shift_dates) if pseudonymize else None
     with _client(target) as client:
-        if fmt == Format.json:
-            result = client.upload_folder(*paths, label=label, pseudonymizer=pseudonymizer)
-        else:
-            result = _upload_with_progress(client, paths, label, pseudonymizer)
+        try:
+            if fmt == Format.json:
+                result = client.upload_folder(*paths, label=label, pseudonymizer=pseudonymizer, add_to=add_to)
+            else:
+                result = _upload_with_progress(client, paths, label, pseudonymizer, add_to)
+        except ValueError as exc:  # --add-to names an open case
+            raise typer.BadParameter(str(exc), param_hint="--add-to") from None
     case = result.case
     series = case.series[0] if case.series else None
     emit(fmt, {"case_id": case.case_id, "files": len(result.files), "series": as_dict(series) if series else None},
          case.case_id)
 
 
-def _upload_with_progress(client: "Client", paths: list[Path], label: str, pseudonymizer) -> object:
+def _upload_with_progress(client: "Client", paths: list[Path], label: str, pseudonymizer, add_to: str = "") -> object:
     """``upload_folder`` with a rich progress bar by bytes on stderr."""
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
@@ -103,7 +111,8 @@ def _upload_with_progress(client: "Client", paths: list[Path], label: str, pseud
             held[path] = nbytes
             bar.update(task, completed=sum(held.values()))
 
-        return client.upload_folder(*paths, label=label, pseudonymizer=pseudonymizer, progress=progress)
+        return client.upload_folder(*paths, label=label, pseudonymizer=pseudonymizer, progress=progress,
+                                    add_to=add_to)
 
 
 def _params(values: list[str]) -> dict[str, str]:
@@ -120,7 +129,9 @@ def _params(values: list[str]) -> dict[str, str]:
 @rpc_errors
 def submit(
     case_id: str = typer.Argument(..., help="Case id from `rtgrid upload`."),
-    kind: str = typer.Option("contour", help="Job kind: contour, plan (needs contours), full (contour + plan)."),
+    kind: str = typer.Option("contour", help="Job kind: contour, plan (needs contours), full (contour + plan), "
+                                             "predict (a dose prediction), register (the case's MR/PET series to its CT; "
+                                             "--param moving=SERIES, --param deformable=true)."),
     priority: int = typer.Option(0, help="Higher runs first."),
     order: Path = typer.Option(None, exists=True, dir_okay=False, help="Medical order (YAML or JSON) for plan/full."),
     beams: int = typer.Option(None, help="Number of equispaced coplanar beams (default 9)."),
@@ -128,7 +139,8 @@ def submit(
     bixel_mm: float = typer.Option(None, help="Bixel size at the isocenter in mm (default 5)."),
     dose_grid_mm: float = typer.Option(None, help="Dose grid spacing in mm (default 3)."),
     machine: str = typer.Option(None, help="Machine model id (default the standard 6 MV machine)."),
-    contours_job: str = typer.Option(None, help="A finished contour job whose contours a plan uses."),
+    contours_job: str = typer.Option(None, help="A finished contour job whose contours a plan uses, or a register "
+                                                 "job whose MR/PET contours mapped onto the CT it uses."),
     contours_version: int = typer.Option(None, help="Which version of those contours (default: the latest "
                                                     "approved, else the latest; see `rtgrid versions`)."),
     plan_job: str = typer.Option(None, help="Convert this finished plan job's (approved) plan for --devices."),

@@ -89,7 +89,17 @@ class Store(ABC):
     @abstractmethod
     def add_file(self, file: FileRecord) -> None: ...
     @abstractmethod
-    def list_files(self, case_id: str) -> list[FileRecord]: ...
+    def list_files(self, case_id: str) -> list[FileRecord]:
+        """The case's files, without those of an add not committed yet (``FileRecord.pending``)."""
+    @abstractmethod
+    def list_pending_files(self, case_id: str) -> list[FileRecord]:
+        """The files of an add to the committed case that is not committed yet."""
+    @abstractmethod
+    def set_files_added(self, file_ids: list[str]) -> None:
+        """Commit an add: these pending files (those its commit checked) become their case's files."""
+    @abstractmethod
+    def delete_pending_files(self, case_id: str) -> None:
+        """Forget a refused add's files (not their blobs)."""
     @abstractmethod
     def find_file(self, case_id: str, file_name: str, sha256: str) -> FileRecord | None: ...
     @abstractmethod

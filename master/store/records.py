@@ -43,6 +43,9 @@ class FileRecord:
     modality: str
     sop_instance_uid: str
     notes: list[str] = field(default_factory=list)
+    # Received into a committed case by an add (``rtgrid upload --add-to``) not committed yet:
+    # invisible to jobs and listings until the add commits, removed if it is refused.
+    pending: bool = False
 
 
 PLANNING_SERIES = "planning"

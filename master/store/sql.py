@@ -45,8 +45,8 @@ SCHEMA_VERSION = 5
 # Version 3 added case owners, agent identities, hospitals and the audit log; version 4 the time of
 # an upload's last chunk; version 5 versions and reviews of structure sets and plans, and shared
 # cases (new tables, created when missing); series gained role, suv_factor and echo_number (MR and
-# PET beside the planning CT) within version 5: added columns whose defaults describe the CT series
-# stored before. An older store is migrated in place: a column a record has gained is added with
+# PET beside the planning CT) and files gained pending (an add to a committed case) within version
+# 5: added columns whose defaults describe the series and files stored before. An older store is migrated in place: a column a record has gained is added with
 # the field's default (see ``_add_missing_columns``).
 OLDEST_SCHEMA_VERSION = 2
 # Text the master itself writes (job and shard errors, event messages, audit details) is cut to
@@ -325,7 +325,18 @@ class SqlStore(Store):
         self._insert(file)
 
     def list_files(self, case_id: str) -> list[FileRecord]:
-        return self._select(FileRecord, "case_id = ?", (case_id,), "ORDER BY file_name")
+        return self._select(FileRecord, "case_id = ? AND pending = FALSE", (case_id,), "ORDER BY file_name")
+
+    def list_pending_files(self, case_id: str) -> list[FileRecord]:
+        return self._select(FileRecord, "case_id = ? AND pending = TRUE", (case_id,), "ORDER BY file_name")
+
+    def set_files_added(self, file_ids: list[str]) -> None:
+        with self.transaction():
+            for file_id in file_ids:
+                self._execute("UPDATE files SET pending = FALSE WHERE file_id = ?", (file_id,))
+
+    def delete_pending_files(self, case_id: str) -> None:
+        self._exec("DELETE FROM files WHERE case_id = ? AND pending = TRUE", (case_id,))
 
     def find_file(self, case_id: str, file_name: str, sha256: str) -> FileRecord | None:
         return self._one(FileRecord, "case_id = ? AND file_name = ? AND sha256 = ?", (case_id, file_name, sha256))

@@ -22,6 +22,7 @@ from rtgrid.engines.imaging.volume import Volume
 from rtgrid.protos.v1 import common_pb2
 from tests.engines.imaging.modality_files import mr_files
 from tests.engines.registration import synth
+from tests.grid.test_cli_e2e import _run as _run_cli
 from tests.grid.test_contour_e2e import assert_valid_per_dciodvfy
 
 MAX_ERROR_MM = 1.0
@@ -183,3 +184,52 @@ def test_an_rtstruct_on_no_series_of_the_case_is_refused(grid, ct_and_mr, tmp_pa
             client.upload_folder(ct_dir, mr_dir, rs_path)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "RS.elsewhere.dcm" in caught.value.details() and "which is no series' of this case" in caught.value.details()
+
+
+def test_an_mr_and_its_contours_added_to_a_committed_case(grid, ct_and_mr, tmp_path: Path):
+    """``upload_folder(add_to=CASE)``: a refused add (another patient's MR, a file not DICOM) leaves
+    the case as it was; a good one lists the MR as a series (not its slices as attachments) and its
+    contours are registered onto the CT."""
+    ct_dir, mr_dir, ct_volume, true_matrix = ct_and_mr
+    [mr] = load_mr_series([(p.name, p.read_bytes()) for p in sorted(mr_dir.glob("*.dcm"))])
+    centre_mr = apply_matrix(np.linalg.inv(true_matrix), ct_volume.index_to_lps(
+        np.array(ct_volume.shape[::-1], dtype=float) / 2)[None])[0]
+    rs_path = tmp_path / "RS.on-mr.dcm"
+    write_rtstruct(mr.series, [StructureSpec("GTV", _sphere(mr.series.volume, centre_mr, TUMOUR_RADIUS_MM), "GTV",
+                                             (255, 0, 0), "MANUAL")]).save_as(rs_path, enforce_file_format=True)
+    stranger_dir = tmp_path / "stranger"
+    stranger_dir.mkdir()
+    for path in sorted(mr_dir.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.PatientID = "someone-else"
+        ds.save_as(stranger_dir / path.name, enforce_file_format=True)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in sorted(mr_dir.glob("*.dcm"))[:5]:
+        (broken / path.name).write_bytes(path.read_bytes())
+    (broken / "notes.dcm").write_bytes(b"not DICOM at all")
+    with grid.client() as client:
+        case = client.upload_folder(ct_dir).case
+        for bad, code, words in [(stranger_dir, grpc.StatusCode.INVALID_ARGUMENT, "PatientID 'someone-else'"),
+                                 (broken, grpc.StatusCode.INVALID_ARGUMENT, "notes.dcm")]:
+            _refused(lambda: client.upload_folder(bad, add_to=case.case_id), code, words)
+            same = client.case(case.case_id)
+            assert same == case, f"a refused add changed the case: {same}"
+        with pytest.raises(ValueError, match="is not committed"):
+            client.upload_folder(mr_dir, add_to=client.create_case("open").case_id)
+        # The good add through the command line: rtgrid upload --add-to CASE.
+        run = _run_cli(grid, "upload", str(mr_dir), str(rs_path), "--add-to", case.case_id, "--format", "json")
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["case_id"] == case.case_id
+        added = client.case(case.case_id)
+        assert added.committed
+        assert [s.modality for s in added.series] == ["CT", "MR"]
+        assert list(added.attachments) == ["RTSTRUCT:RS.on-mr.dcm"]  # series, not slices
+        job = client.submit(case.case_id, "register")
+        events = list(client.watch(job.job_id))
+        assert events[-1].state == common_pb2.JOB_STATE_SUCCEEDED, events[-1].message
+        mapped = next(a for a in client.artifacts(job.job_id) if a.name == "RS.MR.mapped.dcm")
+        ds = pydicom.dcmread(client.download(mapped, tmp_path))
+    gtv = read_rtstruct(ds, ct_volume, frame_of_reference_uid=case.series[0].frame_of_reference_uid)["GTV"]
+    centre_ct = ct_volume.index_to_lps(np.array(ct_volume.shape[::-1], dtype=float) / 2)
+    assert _dice(gtv, _sphere(ct_volume, centre_ct, TUMOUR_RADIUS_MM)) >= MIN_DICE

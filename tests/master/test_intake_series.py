@@ -28,13 +28,14 @@ from rtgrid.master.intake import (
     case_rtstructs,
     commit_case,
     create_case,
+    delete_case,
     finish_upload,
     start_upload,
     write_chunk,
 )
 from rtgrid.master.jobs.base import JobContext
 from rtgrid.master.store.factory import open_store
-from rtgrid.master.store.records import QUEUED, CaseRecord, JobRecord, SeriesRecord
+from rtgrid.master.store.records import QUEUED, CaseRecord, FileRecord, JobRecord, SeriesRecord
 from rtgrid.master.store.sqlite import SqliteStore
 from tests.engines.imaging.modality_files import enhanced_mr_file, mr_files, pet_files, small_volume
 
@@ -179,3 +180,106 @@ def test_a_store_from_before_mr_and_pet_gains_the_series_columns(location):  # n
         assert [s.series_id for s in second.list_series("case-old")] == ["series-old", "series-mr"]
     finally:
         second.close()
+
+
+def _add(intake: Intake, case_id: str, files: list[tuple[str, bytes]]) -> None:
+    for name, data in files:
+        upload = start_upload(intake, case_id, name, len(data), hashlib.sha256(data).hexdigest())
+        write_chunk(intake, upload, 0, data, zlib.crc32(data))
+        finish_upload(intake, upload.upload_id)
+
+
+def _state(intake: Intake, case_id: str) -> tuple:
+    """What a case holds: its series, its files (pending ones too), uploads and every blob on disk."""
+    blobs = sorted(p.name for p in intake.blobs.root.rglob("*") if p.is_file() and p.suffix != ".part")
+    return ([s.series_id for s in intake.store.list_series(case_id)],
+            [f.file_id for f in intake.store.list_files(case_id) + intake.store.list_pending_files(case_id)],
+            intake.store.list_uploads(case_id), blobs)
+
+
+def test_an_add_brings_mr_and_its_contours_into_a_committed_case(intake, ct_files):
+    case_id = _upload(intake, ct_files)
+    commit_case(intake, case_id)
+    with pytest.raises(FailedPrecondition, match="is committed and no files were added to it"):
+        commit_case(intake, case_id)
+    mr = mr_files(small_volume(), echoes=(1, 2))
+    [echo1, _] = load_mr_series(mr)
+    _add(intake, case_id, [*mr, ("RS.mr.dcm", _rtstruct_on(echo1.series))])
+    # Until the add commits, jobs and listings see the case as it was.
+    assert [s.modality for s in intake.store.list_series(case_id)] == ["CT"]
+    assert {f.modality for f in intake.store.list_files(case_id)} == {"CT"}
+    assert case_rtstructs(intake.store, intake.blobs, case_id, echo1.series.frame_of_reference_uid) == []
+    added = commit_case(intake, case_id)
+    assert [(s.modality, s.echo_number) for s in added] == [("MR", 1), ("MR", 2)]
+    assert [(s.modality, s.role) for s in intake.store.list_series(case_id)] == [
+        ("CT", "planning"), ("MR", "secondary"), ("MR", "secondary")]
+    assert intake.store.list_pending_files(case_id) == []
+    assert len(case_rtstructs(intake.store, intake.blobs, case_id, echo1.series.frame_of_reference_uid)) == 1
+    # A second add of the same series is refused by name, and the case keeps the first.
+    before = _state(intake, case_id)
+    _add(intake, case_id, [(f"again-{name}", data) for name, data in mr[:6]])  # the same series, exported again
+    with pytest.raises(InvalidArgument, match=f"the MR series {echo1.series.series_instance_uid} is already in case"):
+        commit_case(intake, case_id)
+    assert _state(intake, case_id) == before
+
+
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        (lambda ct: mr_files(small_volume(), edit=lambda ds, k: setattr(ds, "PatientID", "someone-else")),
+         "PatientID 'someone-else', the planning CT of PatientID 'REG-TEST'"),
+        (lambda ct: pet_files(small_volume(), edit=lambda ds, k: delattr(ds, "PatientWeight")), "PatientWeight"),
+        (lambda ct: [*mr_files(small_volume()),
+                     ("RS.x.dcm", _rtstruct_on(dataclasses.replace(load_series(ct), frame_of_reference_uid="1.2.9")))],
+         "which is no series' of this case"),
+    ],
+    ids=["mr-of-another-patient", "pet-without-weight", "rtstruct-on-no-series"],
+)
+def test_a_refused_add_leaves_the_case_as_it_was(intake, ct_files, bad, named):
+    case_id = _upload(intake, ct_files)
+    commit_case(intake, case_id)
+    before = _state(intake, case_id)
+    _add(intake, case_id, bad(ct_files))
+    with pytest.raises(InvalidArgument, match=named.replace("(", r"\(").replace(")", r"\)")):
+        commit_case(intake, case_id)
+    assert _state(intake, case_id) == before
+    assert intake.store.get_case(case_id).committed
+
+
+def test_an_add_takes_no_ct_and_deleting_during_it_removes_only_the_add(intake, ct_files):
+    case_id = _upload(intake, ct_files)
+    commit_case(intake, case_id)
+    before = _state(intake, case_id)
+    name, data = ct_files[0]
+    upload = start_upload(intake, case_id, "another-ct.dcm", len(data), hashlib.sha256(data).hexdigest())
+    write_chunk(intake, upload, 0, data, zlib.crc32(data))
+    with pytest.raises(InvalidArgument, match="another-ct.dcm: modality CT: case .* is committed with its planning CT"):
+        finish_upload(intake, upload.upload_id)
+    _add(intake, case_id, mr_files(small_volume())[:3])
+    data = mr_files(small_volume())[3][1]
+    start_upload(intake, case_id, "unfinished.dcm", len(data), hashlib.sha256(data).hexdigest())
+    with pytest.raises(FailedPrecondition, match=r"unfinished uploads \(unfinished.dcm\)"):
+        commit_case(intake, case_id)
+    delete_case(intake, case_id)  # the hospital gives the add up: the case stays, as it was
+    assert _state(intake, case_id) == before
+    assert not list(intake.blobs.partial_dir.glob("*.part"))
+    with pytest.raises(FailedPrecondition, match="is committed; upload into a new case"):
+        delete_case(intake, case_id)
+
+
+def test_pending_files_of_an_add_on_both_backends(location):  # noqa: F811
+    store = open_store(location)
+    try:
+        store.add_case(CaseRecord("case-add", "kept", True, 1, "st-luke"))
+        for n, pending in ((1, False), (2, True), (3, True)):
+            store.add_file(FileRecord(f"file-{n}", "case-add", f"f{n}.dcm", f"{n}" * 64, 10, "MR", f"1.{n}", [],
+                                      pending=pending))
+        assert [f.file_id for f in store.list_files("case-add")] == ["file-1"]
+        assert [f.file_id for f in store.list_pending_files("case-add")] == ["file-2", "file-3"]
+        store.set_files_added(["file-2"])
+        assert [f.file_id for f in store.list_files("case-add")] == ["file-1", "file-2"]
+        store.delete_pending_files("case-add")
+        assert store.list_pending_files("case-add") == [] and len(store.list_files("case-add")) == 2
+        assert store.blob_in_use("2" * 64) and not store.blob_in_use("3" * 64)
+    finally:
+        store.close()
