@@ -7,6 +7,7 @@ import json
 from rtgrid.protos.v1 import admin_pb2
 from rtgrid.protos.v1 import common_pb2 as pb
 
+from .intake import IMAGE_MODALITIES, SECONDARY_MODALITIES
 from .store.records import (
     AgentRecord,
     ArtifactRecord,
@@ -22,6 +23,8 @@ from .store.records import (
     ShardRecord,
 )
 
+# Image files are listed as their series (with modality), never one attachment per slice.
+_IMAGE_MODALITIES = IMAGE_MODALITIES + SECONDARY_MODALITIES
 _JOB_STATES = {"queued": pb.JOB_STATE_QUEUED, "running": pb.JOB_STATE_RUNNING, "succeeded": pb.JOB_STATE_SUCCEEDED,
                "failed": pb.JOB_STATE_FAILED, "cancelled": pb.JOB_STATE_CANCELLED}
 _SHARD_STATES = {"pending": pb.SHARD_STATE_PENDING, "queued": pb.SHARD_STATE_QUEUED, "running": pb.SHARD_STATE_RUNNING,
@@ -62,7 +65,7 @@ def case_to_proto(case: CaseRecord, series: list[SeriesRecord], files: list[File
     return pb.Case(
         case_id=case.case_id, label=case.label, committed=bool(case.committed), created_ms=case.created_ms,
         series=[series_to_proto(s) for s in series], n_files=len(files),
-        attachments=[f"{f.modality}:{f.file_name}" for f in files if f.modality != "CT"],
+        attachments=[f"{f.modality}:{f.file_name}" for f in files if f.modality not in _IMAGE_MODALITIES],
     )
 
 
