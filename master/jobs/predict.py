@@ -33,11 +33,12 @@ from rtgrid.protos.grid_contract import PredictDoseCall
 
 from ..blobs import BlobStore
 from ..errors import FailedPrecondition, InvalidArgument
+from ..intake import case_rtstructs
 from ..store.base import Store
 from ..store.records import JobRecord, ShardRecord
 from .base import JobContext, JobKind, ShardCall, ShardResources, StagePlan
 from .params import PredictParams, parse_predict_params
-from .plan import _rtstruct_names
+from .plan import _case_frame_of_reference, _rtstruct_names
 
 
 def builtin_model_identity() -> str:
@@ -61,7 +62,8 @@ class PredictJob(JobKind):
     stages = ("predict",)
 
     def _rtstructs(self, store: Store, blobs: BlobStore, case_id: str) -> list[bytes]:
-        return [blobs.read_bytes(f.sha256) for f in store.list_files(case_id) if f.modality == "RTSTRUCT"]
+        """The RTSTRUCTs uploaded on the CT (one drawn on an MR or PET is not on the dose's grid)."""
+        return case_rtstructs(store, blobs, case_id, _case_frame_of_reference(store, case_id))
 
     def validate(self, params: dict[str, str], store: Store, blobs: BlobStore, case_id: str) -> dict[str, str]:
         typed = parse_predict_params(params, submitted=True)

@@ -34,6 +34,7 @@ from rtgrid.master.intake import (
     write_chunk,
 )
 from rtgrid.master.jobs.base import JobContext
+from rtgrid.master.jobs.predict import PredictJob
 from rtgrid.master.store.factory import open_store
 from rtgrid.master.store.records import QUEUED, CaseRecord, FileRecord, JobRecord, SeriesRecord
 from rtgrid.master.store.sqlite import SqliteStore
@@ -138,6 +139,8 @@ def test_an_rtstruct_drawn_on_the_mr_is_kept_for_registration_not_for_planning(i
     on_mr = case_rtstructs(intake.store, intake.blobs, case_id, mr_record.frame_of_reference_uid)
     on_ct = case_rtstructs(intake.store, intake.blobs, case_id, ct_record.frame_of_reference_uid)
     assert len(on_mr) == 1 == len(on_ct) and on_mr != on_ct
+    # A dose prediction reads the contours on the CT only.
+    assert PredictJob()._rtstructs(intake.store, intake.blobs, case_id) == on_ct
 
 
 def test_an_rtstruct_on_no_series_or_on_two_is_named_and_nothing_is_stored(intake, ct_files):
