@@ -322,11 +322,7 @@ def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
         )
         secondary = _secondary_series(intake, [f for f in files if f.modality in SECONDARY_MODALITIES], series)
         frames = {series.frame_of_reference_uid: "the planning CT"}
-        for item, *_ in secondary:
-            frames.setdefault(item.frame_of_reference_uid, f"the {item.modality} series {item.series_instance_uid}")
-        for f in files:
-            if f.modality == "RTSTRUCT":
-                _check_rtstruct_on(frames, f.file_name, intake.blobs.read_bytes(f.sha256))
+        _check_rtstructs(intake, frames, secondary, files)
     except IntakeError as exc:
         delete_case(intake, case_id)
         raise InvalidArgument(str(exc)) from exc
@@ -437,6 +433,16 @@ def case_rtstructs(store: Store, blobs: BlobStore, case_id: str, frame_of_refere
     return out
 
 
+def _check_rtstructs(intake: Intake, frames: dict[str, str], secondary: list, files: list[FileRecord]) -> None:
+    """Each RTSTRUCT among ``files`` must lie on one of ``frames`` (frame UID -> the series' words)
+    or on a ``secondary`` series' frame (added to ``frames``)."""
+    for item, *_ in secondary:
+        frames.setdefault(item.frame_of_reference_uid, f"the {item.modality} series {item.series_instance_uid}")
+    for f in files:
+        if f.modality == "RTSTRUCT":
+            _check_rtstruct_on(frames, f.file_name, intake.blobs.read_bytes(f.sha256))
+
+
 def _check_rtstruct_on(frames: dict[str, str], file_name: str, data: bytes) -> None:
     """An RTSTRUCT uploaded with a case must be drawn on the frame of reference of one of its series:
     the CT's (planned on) or an MR/PET series' (mapped onto the CT by a register job).
@@ -501,11 +507,7 @@ def commit_add(intake: Intake, case_id: str) -> list[SeriesRecord]:
                     f"the {item.modality} series {item.series_instance_uid} is already in case {case_id}")
         frames = {s.frame_of_reference_uid: f"the {s.modality} series {s.series_instance_uid}" for s in reversed(held)}
         frames[ct_record.frame_of_reference_uid] = "the planning CT"
-        for item, *_ in secondary:
-            frames.setdefault(item.frame_of_reference_uid, f"the {item.modality} series {item.series_instance_uid}")
-        for f in added:
-            if f.modality == "RTSTRUCT":
-                _check_rtstruct_on(frames, f.file_name, intake.blobs.read_bytes(f.sha256))
+        _check_rtstructs(intake, frames, secondary, added)
     except IntakeError as exc:
         discard_add(intake, case_id)
         raise InvalidArgument(str(exc)) from exc
