@@ -28,7 +28,8 @@ against CPU on tiny inputs: the plumbing's self-test (tests/project/test_gpu_che
 Human-readable lines go to stderr; stdout ends with exactly one JSON line
 ``{"checks": {name: {"passed": bool, ...}}, "figures": {...}, "all_passed": bool}``.
 Exit code 1 when a check fails. The budgets are enforced between Python operations (SIGALRM),
-so a check stuck inside one long native call overruns until it returns.
+so a check stuck inside one long native call overruns until it returns; an import in progress
+is let finish first.
 """
 
 from __future__ import annotations
@@ -111,11 +112,28 @@ def cuda_present() -> bool:
         return False
 
 
+IMPORT_GRACE_S = 0.05
+
+
+def _inside_import(frame) -> bool:
+    """Whether ``frame`` or one of its callers runs Python's import machinery."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def time_budget(seconds: float) -> Iterator[None]:
     """Raise :class:`CheckTimeout` in the main thread after ``seconds``."""
 
     def expire(signum, frame):  # noqa: ARG001
+        if _inside_import(frame):
+            # An exception inside an import leaves a half-initialized module behind (torch then
+            # fails with "initialization failed" later): let the import finish, then expire.
+            signal.setitimer(signal.ITIMER_REAL, IMPORT_GRACE_S)
+            return
         raise CheckTimeout(f"ran past its budget of {seconds:.0f} s")
 
     previous = signal.signal(signal.SIGALRM, expire)

@@ -78,3 +78,20 @@ def test_a_check_past_its_budget_fails_the_run():
 def test_unknown_check_is_refused_by_name():
     done = _run("--device", "cpu", "--checks", "dij,warp-drive", timeout_s=60)
     assert done.returncode == 2 and "warp-drive" in done.stderr
+
+
+def test_a_budget_expiring_inside_an_import_lets_the_import_finish(tmp_path, monkeypatch):
+    # The flake this guards against: the alarm raised inside `import torch...`, leaving a half
+    # initialized module, and the check failed with ImportError instead of CheckTimeout.
+    (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(0.3)\nFINISHED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(gpu_check.CheckTimeout):
+        with gpu_check.time_budget(0.05):
+            import slow_to_import
+
+            assert slow_to_import.FINISHED
+            deadline = time.perf_counter() + 5
+            while time.perf_counter() < deadline:  # the deferred alarm arrives here
+                pass
+    assert sys.modules["slow_to_import"].FINISHED
+    sys.modules.pop("slow_to_import")
