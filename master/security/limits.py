@@ -120,6 +120,22 @@ def check_request(message: Message, path: str = "") -> None:
             check_request(value, f"{what}.")
         elif isinstance(value, (str, bytes)) and len(value) > limit:
             raise _too_long(what, len(value), limit, "characters" if isinstance(value, str) else "bytes")
+        _refuse_nul(what, value)
+
+
+def _refuse_nul(what: str, value: object) -> None:
+    """Refuse text holding U+0000: PostgreSQL cannot store it (the call would fail as INTERNAL
+    there and succeed on SQLite), and no name, label, order or id has a use for it."""
+    if isinstance(value, str):
+        texts = [value]
+    elif isinstance(value, (bytes, Message)):
+        texts = []
+    elif hasattr(value, "items"):  # a map: its keys and its text values
+        texts = [t for pair in value.items() for t in pair if isinstance(t, str)]
+    else:  # a repeated field; nested messages were checked on their own
+        texts = [t for t in value if isinstance(t, str)]
+    if any("\x00" in text for text in texts):
+        raise InvalidArgument(f"field {what} contains a NUL character (U+0000), which no text field may hold")
 
 
 def _check_entry(what: str, key: object, value: object, full: str) -> None:

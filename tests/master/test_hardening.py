@@ -221,3 +221,18 @@ def test_open_cases_and_uploads_per_hospital(tmp_path):
         assert start_upload(intake, cases[0].case_id, "0.dcm", 10, "0" * 64).upload_id  # the same one: resumed
     finally:
         intake.store.close()
+
+
+def test_text_with_a_nul_character_is_refused_by_field():
+    # PostgreSQL cannot store U+0000: without this check a label with one failed there as INTERNAL.
+    cases = [
+        (hospital_pb2.CreateCaseRequest(label="neck\x00case"), r"field label contains a NUL character"),
+        (hospital_pb2.SubmitJobRequest(case_id="c1", kind="plan", params={"order": "a\x00"}), r"field params contains a NUL"),
+        (hospital_pb2.SubmitJobRequest(case_id="c1", kind="plan", params={"or\x00der": "a"}), r"field params contains a NUL"),
+        (agent_pb2.RegisterRequest(gpus=[{"name": "g\x00"}]), r"field gpus\[0\]\.name contains a NUL"),
+    ]
+    for request, message in cases:
+        with pytest.raises(InvalidArgument, match=message):
+            check_request(request)
+    check_request(hospital_pb2.UploadChunk(upload_id="a" * 24, data=b"\0" * 64))  # bytes may hold anything
+    check_request(hospital_pb2.CreateCaseRequest(label="neck case"))
