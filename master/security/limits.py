@@ -128,10 +128,10 @@ def _refuse_nul(what: str, value: object) -> None:
     there and succeed on SQLite), and no name, label, order or id has a use for it."""
     if isinstance(value, str):
         texts = [value]
-    elif isinstance(value, (bytes, Message)):
-        texts = []
     elif hasattr(value, "items"):  # a map: its keys and its text values
         texts = [t for pair in value.items() for t in pair if isinstance(t, str)]
+    elif isinstance(value, (bytes, Message)) or not hasattr(value, "__iter__"):  # numbers, bytes
+        texts = []
     else:  # a repeated field; nested messages were checked on their own
         texts = [t for t in value if isinstance(t, str)]
     if any("\x00" in text for text in texts):

@@ -236,3 +236,4 @@ def test_text_with_a_nul_character_is_refused_by_field():
             check_request(request)
     check_request(hospital_pb2.UploadChunk(upload_id="a" * 24, data=b"\0" * 64))  # bytes may hold anything
     check_request(hospital_pb2.CreateCaseRequest(label="neck case"))
+    check_request(agent_pb2.RegisterRequest(hostname="box", cpus=16, slots=16))  # numbers, not text
