@@ -12,16 +12,20 @@ is the place where warm state (loaded models) lives: a shard whose resources nam
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .channel import MasterLink
-from .executors import execute
+from rtgrid.engines.dose.parallel import ENGINE_THREADS_ENV
 from rtgrid.protos.grid_contract import RAY_NAMESPACE, model_actor_name
 
+from .channel import MasterLink
+from .executors import execute
 from .models import ModelActor
+
 # A model actor's share of one GPU: several models can stay warm on one card.
 MODEL_GPU_SHARE = 0.25
 
@@ -32,8 +36,23 @@ def resolve_shared(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {name: ray.get(value) if isinstance(value, ray.ObjectRef) else value for name, value in kwargs.items()}
 
 
+def shard_threads(cpus: int, running: int) -> int:
+    """Engine threads for a shard that starts while ``running`` shards (itself included) run on
+    an agent of ``cpus`` CPUs: the CPUs shared out, at least one each.
+
+    Without the share, every shard took all the agent's CPUs, so an agent with as many slots as
+    CPUs ran CPUs squared threads when full (4096 on a 64-core box).
+    """
+    return max(1, cpus // max(1, running))
+
+
 @ray.remote(max_retries=0)
-def run_shard(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def run_shard(task: str, kwargs: dict[str, Any], threads: int = 0) -> dict[str, Any]:
+    if threads:
+        # This worker process runs one task at a time: the setting holds for this shard only.
+        os.environ[ENGINE_THREADS_ENV] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
     return execute(task, resolve_shared(kwargs))
 
 
@@ -62,6 +81,7 @@ class ShardWorker:
         self.cpus = cpus
         self.gpus = gpus
         self._models: dict[str, Any] = {}
+        self._running = 0  # shards started by run() and not yet finished
 
     def ping(self) -> str:
         return self.agent_id
@@ -91,12 +111,17 @@ class ShardWorker:
             "num_gpus": resources.get("gpus", 0.0),
             "memory": int(resources.get("memory_mb", 0)) * 1024 * 1024 or None,
         }
-        ref = run_shard.options(**{k: v for k, v in options.items() if v is not None}).remote(task, kwargs_ref[0])
+        self._running += 1
         try:
-            return await ref
-        except asyncio.CancelledError:  # the master cancelled the job: free the slot now
-            ray.cancel(ref, force=True)
-            raise
+            threads = shard_threads(self.cpus, self._running)
+            ref = run_shard.options(**{k: v for k, v in options.items() if v is not None}).remote(task, kwargs_ref[0], threads)
+            try:
+                return await ref
+            except asyncio.CancelledError:  # the master cancelled the job: free the slot now
+                ray.cancel(ref, force=True)
+                raise
+        finally:
+            self._running -= 1
 
     async def _run_on_model(self, task: str, kwargs_ref, sha256: str) -> dict[str, Any]:
         actor = self._model_actor(sha256)
