@@ -37,7 +37,8 @@ BIXEL_MM = 5.0
 PRESCRIPTION_GY = 50.0
 TARGET, CORE, BODY = "OuterTarget", "Core", "BODY"
 ORDER_PATH = Path(__file__).resolve().parents[1] / "engines" / "optimization" / "example_order.yaml"
-GOALS = {"ratio_dij_speed": 10.0, "ratio_plan_speed": 10.0, "ratio_peak_memory": 0.5}
+# Issue #14: 15x pyRadPlan's wall clock for the matrix and for the whole plan with our final dose.
+GOALS = {"ratio_dij_speed": 15.0, "ratio_plan_speed_with_final_dose": 15.0, "ratio_peak_memory": 0.5}
 
 
 def _peak_rss_mb() -> float:
@@ -184,8 +185,9 @@ def _summary(grid_mm: float, ours: dict, peer: dict | None) -> dict:
         row["ratio_plan_cpu_with_final_dose"] = (peer["dij_cpu_s"] + peer["opt_cpu_s"]) / (
             ours["dij_cpu_s"] + ours["opt_cpu_s"] + ours["final_dose_cpu_s"])
         row["goals_met"] = {
-            "dij_10x_faster": row["ratio_dij_speed"] >= GOALS["ratio_dij_speed"],
-            "plan_10x_faster": row["ratio_plan_speed"] >= GOALS["ratio_plan_speed"],
+            "dij_15x_faster": row["ratio_dij_speed"] >= GOALS["ratio_dij_speed"],
+            "plan_with_final_dose_15x_faster":
+                row["ratio_plan_speed_with_final_dose"] >= GOALS["ratio_plan_speed_with_final_dose"],
             "half_peak_memory": row["ratio_peak_memory"] <= GOALS["ratio_peak_memory"],
             "better_plan": row["ours_better_plan"] and peer["metrics"]["core_d10_gy"] >= m["core_d10_gy"],
         }
