@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -133,6 +135,24 @@ def threaded(method: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         return await asyncio.to_thread(method, self, request, context)
 
     return wrapper
+
+
+# The job RPCs' store calls (submit, watch, get, cancel) have threads of their own: in the shared
+# default pool they queued behind uploads decoding whole series, and a job's first event with them.
+JOB_RPC_THREADS = 4
+_job_rpc_pool = ThreadPoolExecutor(JOB_RPC_THREADS, thread_name_prefix="rtgrid-job-rpc")
+
+
+async def job_thread(func: Callable[..., Any], *args: Any) -> Any:
+    """``await func(*args)`` in the job RPCs' own threads, as :func:`asyncio.to_thread` does in the
+    shared pool (contextvars, so the caller's identity, go along).
+
+    Only short store calls belong there: a call that waits on an agent or decodes a volume holds
+    one of the few threads every submit and watch shares (a submit naming a model with a body
+    region reads its CT once: rare, and bounded by the pool).
+    """
+    call = functools.partial(contextvars.copy_context().run, func, *args)
+    return await asyncio.get_running_loop().run_in_executor(_job_rpc_pool, call)
 
 
 def stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:

@@ -24,11 +24,13 @@ from ..security.auth import current_principal
 from ..store.records import TERMINAL_JOB_STATES, CaseRecord, JobRecord
 from ..approval import audit, check_conversion
 from ..ids import now_ms
-from .common import PAGE_BYTES, listed, page_limit, paginate, stream, unary
+from .common import PAGE_BYTES, job_thread, listed, page_limit, paginate, stream, unary
 from .consult import ConsultMixin
 
-# A watcher re-reads the store at least this often, even without a wake-up.
+# A watcher re-reads the store at least this often, even without a wake-up; one read returns
+# at most WATCH_PAGE events.
 WATCH_POLL_S = 1.0
+WATCH_PAGE = 1000
 DEFAULT_CASE_PAGE = 1000
 DEFAULT_ARTIFACT_PAGE = 1000
 
@@ -182,7 +184,7 @@ class HospitalService(ConsultMixin, hospital_pb2_grpc.HospitalServiceServicer):
         hospital = current_principal().name
         # Keys are per hospital: one hospital's key never finds another's job.
         key = f"{hospital}/{request.idempotency_key}" if request.idempotency_key else ""
-        return await asyncio.to_thread(lambda: self._job_proto(self._submit(hospital, request, key)))
+        return await job_thread(lambda: self._job_proto(self._submit(hospital, request, key)))
 
     def _submit(self, hospital: str, request, key: str) -> JobRecord:
         self._own_case(request.case_id)
@@ -207,29 +209,34 @@ class HospitalService(ConsultMixin, hospital_pb2_grpc.HospitalServiceServicer):
 
     @unary
     async def GetJob(self, request, context):
-        return await asyncio.to_thread(lambda: self._job_proto(self._readable_job(request.job_id, "GetJob")))
+        return await job_thread(lambda: self._job_proto(self._readable_job(request.job_id, "GetJob")))
 
     @stream
     async def WatchJob(self, request, context):
-        await asyncio.to_thread(self._readable_job, request.job_id, "WatchJob")
-        seq = request.after_seq
-        while True:
-            for event in await asyncio.to_thread(self.store.events_after, request.job_id, seq):
-                seq = event.seq
-                yield event_to_proto(event)
-            if await asyncio.to_thread(self._watch_ended, request.job_id, seq):
-                return
-            await self.events.wait(request.job_id, WATCH_POLL_S)
+        # One thread hop per read: the access check (audited on the first read only) and the events.
+        reads = 0
 
-    def _watch_ended(self, job_id: str, seq: int) -> bool:
-        """The job has ended and its watcher has seen every event."""
-        job = self._readable_job(job_id, "WatchJob", audited=False)  # a share revoked meanwhile ends the watch
-        return job.state in TERMINAL_JOB_STATES and not self.store.events_after(job_id, seq, limit=1)
+        async def read(seq: int):
+            nonlocal reads
+            reads += 1
+            return await job_thread(self._watch_page, request.job_id, seq, reads == 1)
+
+        async for event in self.events.follow(request.job_id, request.after_seq, read, WATCH_POLL_S, WATCH_PAGE):
+            yield event_to_proto(event)
+
+    def _watch_page(self, job_id: str, seq: int, audited: bool) -> tuple[list, bool]:
+        """The events after ``seq`` (at most a page) and whether the job has ended with none after them."""
+        job = self._readable_job(job_id, "WatchJob", audited=audited)  # a share revoked meanwhile ends the watch
+        # The job is read first: an ended job's last event was stored with its state, so it is in this read.
+        events = self.store.events_after(job_id, seq, limit=WATCH_PAGE)
+        return events, job.state in TERMINAL_JOB_STATES and len(events) < WATCH_PAGE
 
     @unary
     async def CancelJob(self, request, context):
-        await asyncio.to_thread(self._get_job, request.job_id)
-        return self._job_proto(self.scheduler.cancel(request.job_id))  # on the loop: it cancels shard tasks
+        def cancel():
+            self._get_job(request.job_id)
+            return self._job_proto(self.scheduler.cancel(request.job_id))  # it stops shard tasks on the loop
+        return await job_thread(cancel)
 
     @unary
     async def ListArtifacts(self, request, context):
