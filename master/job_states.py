@@ -75,6 +75,7 @@ class JobStates:
         self.config = config
         self.metrics = metrics
         self.volumes = VolumeCache(blobs)
+        # (job id, stage) -> when the stage started, for its ETA; only live jobs' current stages.
         self._stage_started: dict[tuple[str, str], float] = {}
 
     def get(self, job_id: str) -> JobRecord:
@@ -152,6 +153,7 @@ class JobStates:
             self._end(job, FAILED, f"shard {shard.stage}#{shard.index} could not be stored: {reason}")
 
     def _end(self, job: JobRecord, state: str, message: str) -> None:
+        self._stage_started.pop((job.job_id, job.stage), None)  # earlier stages' went as each finished
         job.state = state
         job.finished_ms = now_ms()
         if state == FAILED:
@@ -290,6 +292,7 @@ class JobStates:
             if failure or position + 1 == len(stages):
                 self._end(job, FAILED if failure else SUCCEEDED, failure or "done")
             else:
+                self._stage_started.pop((job.job_id, shard.stage), None)
                 job.stage = stages[position + 1]
                 self.store.update_job(job)
                 total = self._plan_stage(job, job.stage)

@@ -89,7 +89,7 @@ class Scheduler:
         self.config = config
         self.jobs = JobStates(store, blobs, events, config, self.metrics)
         self._running: dict[str, _Running] = {}
-        self._avoid: dict[str, str] = {}  # shard id -> agent it last failed on
+        self._avoid: dict[str, str] = {}  # queued or running shard id -> agent it last failed on
         self._wake = asyncio.Event()
         self._event_loop = asyncio.get_running_loop()  # made on the server's loop
         self._loop_task: asyncio.Task | None = None
@@ -243,6 +243,7 @@ class Scheduler:
             result, result_sha = await asyncio.to_thread(self.jobs.keep_result, result)
         except asyncio.CancelledError:
             self._running.pop(shard.shard_id, None)
+            self._avoid.pop(shard.shard_id, None)
             raise
         except BlobWriteError as exc:  # the master's disk, not the agent: no retry helps
             self._running.pop(shard.shard_id, None)
@@ -255,9 +256,11 @@ class Scheduler:
             self.metrics.shard_seconds.labels(shard.stage, "failed").observe(time.monotonic() - started)
             # Before the shard is queued again: a tick in another thread may place it at once.
             self._avoid[shard.shard_id] = agent_id  # a retry does not go back where it failed
-            await asyncio.to_thread(self.jobs.shard_failed, shard, agent_id, reason.strip()[:2000])
+            if not await asyncio.to_thread(self.jobs.shard_failed, shard, agent_id, reason.strip()[:2000]):
+                self._avoid.pop(shard.shard_id, None)  # not queued again: nothing left to steer
         else:
             self._running.pop(shard.shard_id, None)
+            self._avoid.pop(shard.shard_id, None)
             seconds = time.monotonic() - started
             self.metrics.shard_seconds.labels(shard.stage, "succeeded").observe(seconds)
             log.info("shard %s (%s #%d) of job %s succeeded on %s in %.2f s", shard.shard_id, shard.stage, shard.index,

@@ -218,3 +218,33 @@ def test_a_shard_read_before_its_job_was_cancelled_is_not_claimed(tmp_path):
         await grid.stop()
 
     run(scenario)
+
+
+def test_finished_jobs_leave_no_retry_or_stage_bookkeeping(tmp_path):
+    # A long-running master keeps nothing per finished job: memory stays flat over a soak.
+    doomed: set[str] = set()
+
+    def square_but_not_on_a1(agent_id: str, x: int, job: str) -> dict[str, Any]:
+        if agent_id == "a1" or job in doomed:
+            raise RuntimeError(f"no square of {x} on {agent_id}")
+        return square(agent_id, x, job)
+
+    async def scenario():
+        grid = Grid(tmp_path, {"square": square_but_not_on_a1, "sum": total}, {"a1": 1, "a2": 1}, max_attempts=2)
+        retried = grid.scheduler.submit("case-1", SquareThenSum.name, {"n": "3"}, 0, "")
+        failing = grid.scheduler.submit("case-1", SquareThenSum.name, {"n": "1"}, 0, "")
+        doomed.add(failing.job_id)
+        cancelled = grid.scheduler.submit("case-1", SquareThenSum.name, {"n": "1"}, -1, "")
+        grid.scheduler.cancel(cancelled.job_id)
+        grid.start()
+        assert await grid.finished(retried.job_id) == "succeeded"
+        assert await grid.finished(failing.job_id) == "failed"
+        assert any(agent == "a1" for agent, _, _ in grid.runner.calls)  # a shard was steered away from a1
+        for _ in range(int(TIMEOUT_S / 0.01)):  # a failed shard's task ends just after its job
+            if not grid.scheduler._avoid and not grid.scheduler.running_count():
+                break
+            await asyncio.sleep(0.01)
+        assert grid.scheduler._avoid == {} and grid.scheduler.jobs._stage_started == {}
+        await grid.stop()
+
+    run(scenario)
