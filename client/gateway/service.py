@@ -7,6 +7,12 @@ recorded in its ``state.json`` before the next begins, so a restarted gateway re
 where it stopped. A failed step is retried with exponential backoff (``BACKOFF_*``) and logged;
 a refusal that retrying cannot cure (the master rejects the series, the job fails) moves the
 series to ``failed`` with the reason, its instances kept.
+
+An RTSTRUCT joins the image series it was drawn on when that series is still being received (a
+TPS sends the CT and the physician's structures together), so a plan rule gets both in one case.
+On a grid that requires approval (``rtgrid up --require-approval``) a plan's results wait at the
+``fetch`` step, polled every ``APPROVAL_POLL_S``, until the plan is approved; nothing is pushed
+before.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ log = logging.getLogger("rtgrid.gateway")
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 300.0
+APPROVAL_POLL_S = 10.0
+"""How often a plan held back for approval is asked for again."""
 POLL_S = 0.25
 """How often quiet series and due retries are looked for."""
 SDK_ATTEMPTS = 3
@@ -48,6 +56,19 @@ PERMANENT = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITI
 
 class Refused(Exception):
     """The master refused the series or the job failed: no retry."""
+
+
+class AwaitingApproval(Exception):
+    """The grid holds a result back until a physicist approves it: ask again later, not a failure."""
+
+
+def referenced_series_uid(ds: pydicom.Dataset) -> str:
+    """The image series an RTSTRUCT was drawn on (its first referenced series), else ``""``."""
+    try:
+        frame = ds.ReferencedFrameOfReferenceSequence[0]
+        return str(frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].SeriesInstanceUID)
+    except (AttributeError, IndexError, KeyError):
+        return ""
 
 
 class Gateway:
@@ -98,7 +119,9 @@ class Gateway:
         series = str(ds.get("SeriesInstanceUID", "") or "")
         if not sop or not series:
             raise ValueError("the instance has no SOPInstanceUID or SeriesInstanceUID")
-        self.spool.store(encoded, sop, series, str(ds.get("StudyInstanceUID", "") or ""), series_info(ds, calling_ae))
+        images = referenced_series_uid(ds) if ds.get("Modality") == "RTSTRUCT" else ""
+        self.spool.store(encoded, sop, images or series, str(ds.get("StudyInstanceUID", "") or ""),
+                         series_info(ds, calling_ae), attachment=bool(images))
 
     # the loop
     def run(self, stop: threading.Event) -> None:
@@ -135,6 +158,14 @@ class Gateway:
                     state.pop("last_error", None)
                 self.spool.save_state(folder, state)
             self._finish(folder, state, state.get("outcome", "done"))
+        except AwaitingApproval as exc:
+            if not state.get("awaiting_approval"):  # said once, not at every poll
+                state["awaiting_approval"] = str(exc)
+                log.info("series %s: %s", state["series_uid"], exc)
+                self.report({"event": "awaiting_approval", "error": str(exc),
+                             **{k: state.get(k) for k in ("series_uid", "study_uid", "case_id", "job_id", "kind")}})
+            state["next_try"] = time.time() + APPROVAL_POLL_S
+            self.spool.save_state(folder, state)
         except Refused as exc:
             state.update(step="end", outcome="failed", error=str(exc))
             self.spool.save_state(folder, state)
@@ -217,10 +248,16 @@ class Gateway:
         out = self.spool.results_dir(state["job_id"])
         dicom = []
         for artifact in self.client.artifacts(state["job_id"]):
-            with self._identity:
-                path = self.client.download(artifact, out, reidentify=self.pseudonymizer)
+            try:
+                with self._identity:
+                    path = self.client.download(artifact, out, reidentify=self.pseudonymizer)
+            except grpc.RpcError as exc:
+                if artifact.modality == "RTPLAN" and exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise AwaitingApproval(f"job {state['job_id']}: {exc.details()}") from None
+                raise
             if artifact.modality:
                 dicom.append(path.name)
+        state.pop("awaiting_approval", None)
         state.update(results=str(out), dicom=sorted(dicom), pushed={}, step="push")
 
     def _step_push(self, folder: Path, state: dict[str, Any]) -> None:

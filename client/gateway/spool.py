@@ -66,14 +66,20 @@ class Spool:
         now = time.monotonic()  # series found at start wait one quiet period more
         self._last: dict[str, float] = {p.name: now for p in (root / "incoming").iterdir() if p.is_dir()}
 
-    def store(self, encoded: bytes, sop_uid: str, series_uid: str, study_uid: str, info: SeriesInfo) -> Path:
-        """Keep one received instance (Part 10 bytes) with its series; returns its path."""
+    def store(self, encoded: bytes, sop_uid: str, series_uid: str, study_uid: str, info: SeriesInfo,
+              attachment: bool = False) -> Path:
+        """Keep one received instance (Part 10 bytes) with its series; returns its path.
+
+        An ``attachment`` (an RTSTRUCT filed under the image series it references) does not name
+        the batch: the rules see the images' modality and description, whichever came first.
+        """
         with self._lock:
             folder = self.root / "incoming" / _safe(series_uid)
             folder.mkdir(exist_ok=True)
-            if not (folder / SERIES_FILE).exists():
-                write_json(folder / SERIES_FILE, {"series_uid": series_uid, "study_uid": study_uid,
-                                                  "info": info.__dict__, "received_ms": int(time.time() * 1000)})
+            described = folder / SERIES_FILE
+            if not described.exists() or (not attachment and json.loads(described.read_text()).get("attachment")):
+                write_json(described, {"series_uid": series_uid, "study_uid": study_uid, "info": info.__dict__,
+                                       "received_ms": int(time.time() * 1000), "attachment": attachment})
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(encoded)
