@@ -76,6 +76,26 @@ def test_overlapping_targets_are_governed_by_the_higher_level():
     assert np.count_nonzero(targets_mask(order, masks)) == 60
 
 
+
+def test_soft_organ_limits_leave_out_the_targets_prescribed_above_them():
+    order = load_order(SIB + """  - {structure: BODY, type: max_dose, dose_gy: 75, hard: false}
+  - {structure: SpinalCord, type: max_dose, dose_gy: 43, hard: false}
+""", STRUCTURES)
+    masks = {name: np.zeros(100, dtype=bool) for name in STRUCTURES}
+    masks["PTV70"][0:10] = True
+    masks["PTV56"][10:40] = True
+    masks["Parotid_L"][35:50] = True   # 35..39 inside PTV56
+    masks["SpinalCord"][5:15] = True   # wholly inside the targets
+    masks["BODY"][:] = True
+    voxels = {name: np.flatnonzero(mask) for name, mask in masks.items()}
+    terms = {t.label: t.voxels.tolist() for t in build_penalty_terms(order, voxels) if t.kind != "uniform"}
+    assert terms["Parotid_L Dmean <= 26 Gy"] == list(range(40, 50))      # soft: the organ outside the targets
+    assert terms["Parotid_L D50% <= 30 Gy"] == list(range(35, 50))       # hard: every voxel
+    assert terms["SpinalCord Dmax <= 45 Gy"] == list(range(5, 15))       # hard
+    assert terms["SpinalCord Dmax <= 43 Gy"] == list(range(5, 15))       # soft, but no voxel outside the targets
+    assert terms["BODY Dmax <= 75 Gy"] == list(range(100))               # above every level: nothing to leave out
+
+
 def test_each_level_has_its_coverage_goal_first():
     order = load_order(SIB, STRUCTURES)
     masks = {name: np.zeros(100, dtype=bool) for name in STRUCTURES}
