@@ -7,8 +7,10 @@ processes of one CPU each — and measures:
 1. upload: a phantom CT of 300 slices of 512 x 512 (about 157 MB of DICOM; ``--upload-slices``)
    through ``Client.upload_folder`` to a master serving TLS with
    a hospital token (``upload``: the real path: TLS, checksums, store, per-file and series
-   validation, the all-or-nothing commit), split into the file phase (StartUpload, the chunk
-   streams, FinishUpload; ``--streams`` files at once) and CommitCase (series grouping,
+   validation, the all-or-nothing commit), split into the file phase (the first file by
+   StartUpload, UploadChunks and FinishUpload, the rest whole on ``--streams`` UploadFiles
+   streams at once, each file checked as it is kept and its complete check started in the
+   master's worker processes) and CommitCase (the checks waited for, series grouping and
    validation, volume store); the same upload to the plaintext master (``upload_plaintext``);
    and beside them, in the same run, the transport's ceiling: the same bytes in the same message
    sizes over one raw gRPC stream into a server that only counts them, with TLS and without

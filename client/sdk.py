@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
@@ -52,7 +53,10 @@ UPLOAD_STREAMS = 4
 """Files :meth:`Client.upload_folder` sends at once, each on its own stream of the one connection:
 a file's round trips (start, chunks, finish) overlap with the others' instead of adding up."""
 IN_MEMORY_FILE_BYTES = 16 << 20
-"""A file up to this size is read once (hashed and sent from memory); a larger one is read twice."""
+"""A file up to this size is read once (hashed and sent from memory); a larger one is read twice.
+Files up to this size go whole on UploadFiles streams; larger ones by StartUpload (resumable within a file)."""
+STREAM_CHUNK_BYTES = 1 << 20
+"""Chunks on an UploadFiles stream, until a StartUpload has told the master's ``max_chunk_bytes``."""
 TERMINAL_STATES = (
     common_pb2.JOB_STATE_SUCCEEDED,
     common_pb2.JOB_STATE_FAILED,
@@ -100,6 +104,115 @@ class _Gate:
         with self._changed:
             self.closed = True
             self._changed.notify_all()
+
+
+class _FileStreams:
+    """One upload's small files, sent whole on a few UploadFiles streams that take the next file
+    from one queue (so the streams stay evenly busy). The master answers each file once it keeps it;
+    a stream that fails puts its unanswered files back. A transient failure is tried again (with
+    backoff); a refusal for room while other streams run leaves the files to them; any other
+    failure stops the streams from taking more files, and the failure of the first file (in the
+    files' order) is raised once the others have ended."""
+
+    def __init__(self, client: "Client", case_id: str, files: list[Path], step: int,
+                 progress: Callable[[Path, int], None] | None) -> None:
+        self.client, self.case_id, self.step, self.progress = client, case_id, step, progress
+        self.order = {path: i for i, path in enumerate(files)}
+        self.todo: deque[Path] = deque(files)
+        self.answers: dict[Path, hospital_pb2.UploadedFile] = {}
+        self.failures: list[tuple[int, BaseException]] = []
+        self.running, self.stopped, self.unimplemented = 0, False, False
+        self._lock = threading.Lock()
+
+    def run(self, streams: int) -> dict[Path, hospital_pb2.UploadedFile]:
+        """Send every file on up to ``streams`` streams; returns the master's answer per file.
+
+        Raises
+        ------
+        grpc.RpcError, LocalFileError
+            The failure of the first file, in the files' order, that failed.
+        """
+        while self.todo and not self.failures and not self.unimplemented:
+            count = min(streams, len(self.todo))
+            self.running = count
+            with ThreadPoolExecutor(max_workers=count, thread_name_prefix="rtgrid-upload") as pool:
+                survivors = sum(pool.map(lambda _: self._stream(), range(count)))
+            streams = max(1, survivors)
+        if self.failures:
+            raise min(self.failures, key=lambda failure: failure[0])[1]
+        return self.answers
+
+    def _stream(self) -> bool:
+        """One stream, again after transient failures; returns whether it ended without a refusal for room."""
+        attempt = 0
+        try:
+            while True:
+                sent: list[Path] = []
+                local: list[BaseException] = []
+                closed = threading.Event()
+                call = self.client.hospital.UploadFiles(self._requests(sent, closed, local), timeout=RPC_TIMEOUT_S * 10)
+                try:
+                    for answer in call:
+                        with self._lock:
+                            self.answers[sent.pop(0)] = answer
+                        attempt = 0  # it moves: only failures in a row count
+                    if local:  # the stream ended early at a file it could not read
+                        self._fail(self.order[sent[0]], local[0])
+                    return True
+                except grpc.RpcError as exc:
+                    with self._lock:
+                        closed.set()
+                        self.todo.extendleft(reversed(sent))
+                        others = self.running > 1
+                    first = min((self.order[p] for p in sent), default=len(self.order))
+                    code = exc.code()
+                    if local:
+                        self._fail(first, local[0])
+                    elif code == grpc.StatusCode.UNIMPLEMENTED:  # an older master: files one by one
+                        self.unimplemented = True
+                    elif code in TRANSIENT and attempt + 1 < self.client._attempts:
+                        attempt += 1
+                        time.sleep(min(MAX_BACKOFF_S, 0.2 * 2 ** attempt))
+                        continue
+                    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and others:
+                        return False  # its files go on the other streams
+                    else:
+                        self._fail(first, exc)
+                    return True
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def _fail(self, index: int, exc: BaseException) -> None:
+        with self._lock:
+            self.stopped = True
+            self.failures.append((index, exc))
+
+    def _requests(self, sent: list[Path], closed: threading.Event,
+                  local: list[BaseException]) -> Iterator[hospital_pb2.UploadFilesRequest]:
+        """The stream's messages: files taken from the queue one at a time, each whole."""
+        while True:
+            with self._lock:
+                if closed.is_set() or self.stopped or not self.todo:
+                    return
+                path = self.todo.popleft()
+                sent.append(path)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:  # a file that went away since it was checked: named, not a gRPC error
+                local.append(LocalFileError(f"cannot read {path}: {exc.strerror or exc}"))
+                return
+            start = hospital_pb2.StartUploadRequest(case_id=self.case_id, file_name=path.name, size_bytes=len(data),
+                                                    sha256=hashlib.sha256(data).hexdigest())
+            for offset in range(0, len(data), self.step):
+                piece = data[offset:offset + self.step]
+                message = hospital_pb2.UploadFilesRequest(
+                    chunk=hospital_pb2.UploadChunk(offset=offset, data=piece, crc32=zlib.crc32(piece)))
+                if offset == 0:
+                    message.start.CopyFrom(start)
+                yield message
+                if self.progress is not None:  # the stream has taken the chunk
+                    self.progress(path, offset + len(piece))
 
 
 class UnsafeArtifactName(ValueError):
@@ -246,6 +359,7 @@ class Client:
         self.hospital = hospital_pb2_grpc.HospitalServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self._admin_channel)
         self._attempts = attempts
+        self._max_chunk_bytes = STREAM_CHUNK_BYTES  # the master's limit, once a StartUpload has said it
 
     def close(self) -> None:
         """Close the channels, waiting at most ``CLOSE_TIMEOUT_S``: grpc's ``Channel.close`` can
@@ -353,12 +467,13 @@ class Client:
 
     def _upload_files(self, case_id: str, files: list[Path], chunk_bytes: int | None,
                       progress: Callable[[Path, int], None] | None, streams: int) -> list[hospital_pb2.UploadedFile]:
-        """:meth:`upload_file` for each file, ``streams`` at once; results in the files' order.
+        """Send ``files``; results in the files' order.
 
-        A start the master refuses for room (RESOURCE_EXHAUSTED, e.g. its limit on a hospital's open
-        uploads) while other files are under way is tried again once fewer go at once. Any other
-        failure stops the files not yet started and waits for those under way; the failure of the
-        first file (in the files' order) is raised, so the same input names the same file.
+        The first file goes alone (StartUpload, chunks, FinishUpload: it tells the master's chunk
+        limit); the others up to ``IN_MEMORY_FILE_BYTES`` go whole on ``streams`` UploadFiles
+        streams at once (:class:`_FileStreams`), larger ones by :meth:`upload_file` (resumable
+        within a file), ``streams`` at once. A master without UploadFiles gets every file by
+        :meth:`upload_file`. The failure of the first file (in the files' order) is raised.
         """
         if progress is not None:
             lock = threading.Lock()
@@ -368,6 +483,28 @@ class Client:
                 with lock:
                     report(path, held)
 
+        done: dict[Path, hospital_pb2.UploadedFile] = {files[0]: self.upload_file(case_id, files[0], chunk_bytes,
+                                                                                   progress)}
+        rest = files[1:]
+        small = [p for p in rest if 0 < p.stat().st_size <= IN_MEMORY_FILE_BYTES]
+        if small:
+            step = min(chunk_bytes or self._max_chunk_bytes, self._max_chunk_bytes)
+            sent = _FileStreams(self, case_id, small, step, progress).run(max(1, streams))
+            done.update(sent)
+        others = [p for p in rest if p not in done]
+        if others:
+            done.update(zip(others, self._upload_each(case_id, others, chunk_bytes, progress, streams)))
+        return [done[path] for path in files]
+
+    def _upload_each(self, case_id: str, files: list[Path], chunk_bytes: int | None,
+                     progress: Callable[[Path, int], None] | None, streams: int) -> list[hospital_pb2.UploadedFile]:
+        """:meth:`upload_file` for each file, ``streams`` at once; results in the files' order.
+
+        A start the master refuses for room (RESOURCE_EXHAUSTED, e.g. its limit on a hospital's open
+        uploads) while other files are under way is tried again once fewer go at once. Any other
+        failure stops the files not yet started and waits for those under way; the failure of the
+        first file (in the files' order) is raised, so the same input names the same file.
+        """
         if streams <= 1 or len(files) == 1:
             return [self.upload_file(case_id, path, chunk_bytes, progress) for path in files]
         gate = _Gate(streams)
@@ -430,6 +567,7 @@ class Client:
         for attempt in self._retrying():
             with attempt:
                 status = self.call(self.hospital.StartUpload, start)
+                self._max_chunk_bytes = status.max_chunk_bytes or self._max_chunk_bytes
                 if status.committed_bytes < status.size_bytes:
                     step = min(chunk_bytes or status.max_chunk_bytes, status.max_chunk_bytes)
                     self.hospital.UploadChunks(self._chunks(path, status.upload_id, status.committed_bytes, step,

@@ -9,11 +9,14 @@ the disk refuses for space (full disk, quota, file size limit) raises :class:`Bl
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +24,8 @@ from .errors import ResourceExhausted
 
 # The ways a disk says "no room": full, over quota, over the process's file size limit.
 NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# Blobs made durable at once (fsync waits on the disk, not the CPU; the disk groups them).
+SYNC_THREADS = 8
 
 
 class BlobWriteError(ResourceExhausted):
@@ -50,6 +55,9 @@ class BlobStore:
         self.root = root
         self.partial_dir = root / "partial"
         self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._syncer: ThreadPoolExecutor | None = None
+        self._syncing: dict[str, Future] = {}  # sha256 -> its fsync under way (see sync_soon)
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -89,6 +97,79 @@ class BlobStore:
                     raise
         return sha
 
+    def put_unsynced(self, data: bytes, sha256: str) -> bool:
+        """Store ``data``, verified already as ``sha256``, without waiting for the disk: whole or
+        not at all under its name, durable after :meth:`sync` (one wait for many blobs). Returns
+        whether it was written (``False``: the store held it already)."""
+        target = self.path(sha256)
+        if target.exists():
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as fh:
+                write_fully(fh, data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return True
+
+    def sync_soon(self, sha256s: list[str]) -> None:
+        """Start making these blobs durable in the background (the disk's wait off the caller's
+        path); :meth:`sync` waits for it."""
+        pool = self._sync_pool()
+        started = []
+        with self._lock:
+            for sha256 in sha256s:
+                if sha256 not in self._syncing:
+                    self._syncing[sha256] = pool.submit(self._fsync, self.path(sha256))
+                    started.append(sha256)
+            futures = [(sha256, self._syncing[sha256]) for sha256 in started]
+        for sha256, future in futures:  # outside the lock: a future done already calls back at once
+            future.add_done_callback(functools.partial(self._synced, sha256))
+
+    def _synced(self, sha256: str, future: Future) -> None:
+        """A background sync that succeeded is forgotten (a later :meth:`sync` of a clean file is
+        quick); a failure stays for :meth:`sync` to raise."""
+        if future.exception() is None:
+            with self._lock:
+                if self._syncing.get(sha256) is future:
+                    del self._syncing[sha256]
+
+    def sync(self, sha256s: list[str]) -> None:
+        """Wait until these blobs and their names are on disk (before a store commit that relies on
+        them): those :meth:`sync_soon` started are waited for, the others synced now, in parallel.
+
+        Raises
+        ------
+        OSError
+            The disk refused (the first failure).
+        """
+        pool = self._sync_pool()
+        with self._lock:
+            started = [self._syncing.pop(sha256, None) for sha256 in dict.fromkeys(sha256s)]
+        waits = [found if found is not None else pool.submit(self._fsync, self.path(sha256))
+                 for sha256, found in zip(dict.fromkeys(sha256s), started)]
+        for future in waits:
+            future.result()
+
+    @staticmethod
+    def _fsync(path: Path) -> None:
+        """The file's bytes, then its name in its folder."""
+        for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
+            fd = os.open(target, flags)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _sync_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._syncer is None:
+                self._syncer = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="rtgrid-blob-sync")
+            return self._syncer
+
     def adopt(self, path: Path, sha256: str) -> None:
         """Move a finished, verified file (e.g. a completed upload) into the store as ``sha256``."""
         target = self.path(sha256)
@@ -110,6 +191,8 @@ class BlobStore:
                 offset += len(data)
 
     def delete(self, sha256: str) -> None:
+        with self._lock:
+            self._syncing.pop(sha256, None)
         self.path(sha256).unlink(missing_ok=True)
 
     def partial_path(self, upload_id: str) -> Path:

@@ -7,11 +7,17 @@ through the same calls: its files are kept pending (invisible to jobs and listin
 ``commit_case`` checks them like a first upload and adds them in one transaction; a refused add,
 or ``delete_case`` during one, removes its files, uploads and blobs and leaves the case as it was.
 
-Where each check happens: FinishUpload proves the bytes (size, sha256) and reads the DICOM header
-(modality, identity) of every file; a non-image object (RTSTRUCT) is checked completely there. An
-image file's complete check (every element, pixel data, geometry, identity repairs) is made once,
-at commit, where the series is built from it anyway: it would otherwise be parsed twice, and the
-commit refuses the whole case, naming the file, if any check fails.
+Files arrive by StartUpload, UploadChunks and FinishUpload (one file, resumable within it), or
+many at once on an UploadFiles stream (``begin_streamed``, ``add_streamed_chunk``,
+``keep_streamed``): its files are held in memory until a batch of them is kept in one transaction,
+and their blobs reach the disk in the background, waited for before the commit's transaction.
+
+Where each check happens: FinishUpload (or a stream's keep) proves the bytes (size, sha256) and
+reads the DICOM header (modality, identity) of every file; a non-image object (RTSTRUCT) is checked
+completely there. A planning-image file's complete check (every element, pixel data, geometry,
+identity repairs) is made once: in a worker process as soon as the file is kept
+(:mod:`.prechecks`), or at commit for a file no worker checked. The commit builds the series from
+those checks and refuses the whole case, naming the file, if any failed.
 """
 
 from __future__ import annotations
@@ -23,16 +29,17 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pydicom
 
 from rtgrid.engines.dicomrt.rtstruct import RtStructError, read_rtstruct_rois
-from rtgrid.engines.imaging.dicom_files import inspect_dicom
+from rtgrid.engines.imaging.dicom_files import InspectedFile, inspect_dicom, read_dicom
 from rtgrid.engines.imaging.errors import IntakeError
-from rtgrid.engines.imaging.intake import load_series
+from rtgrid.engines.imaging.intake import series_from_inspected
 from rtgrid.engines.imaging.mr_intake import load_mr_series
 from rtgrid.engines.imaging.pet_intake import load_pet_series
 from rtgrid.engines.imaging.volume import ImageSeries
@@ -42,8 +49,11 @@ from .codec import series_from_bytes, series_meta_to_bytes, volume_from_bytes, v
 from .config import MasterConfig
 from .errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .ids import new_id, now_ms
+from .prechecks import Prechecks
 from .store.base import Store
-from .store.records import PLANNING_SERIES, SECONDARY_SERIES, CaseRecord, FileRecord, SeriesRecord, UploadRecord
+from .store.records import (
+    PLANNING_SERIES, SECONDARY_SERIES, AuditRecord, CaseRecord, FileRecord, SeriesRecord, UploadRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,50 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
 # An image file naming all of these in its header is checked completely at commit (see _identify).
 _IDENTITY_TAGS = ("Modality", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
+STREAMED_FILE_BYTES = 64 << 20
+"""Largest file an UploadFiles stream carries (held in memory until kept); larger ones go by StartUpload."""
+KEEP_BATCH_FILES = 32
+KEEP_BATCH_BYTES = 16 << 20
+"""Files received whole on a stream are kept (checked, stored, recorded in one transaction) by up
+to this many files or bytes, whichever comes first."""
+
+
+class Receiving:
+    """Files arriving on upload streams, not kept yet: until kept they count against their case's
+    file and byte limits, and while their bytes arrive against the hospital's open uploads (a
+    stream holds one such file at a time), like the files and uploads in the store."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cases: dict[str, tuple[int, int]] = {}
+        self._hospitals: dict[str, int] = {}
+
+    def case(self, case_id: str) -> tuple[int, int]:
+        """Files and bytes arriving into ``case_id``."""
+        with self._lock:
+            return self._cases.get(case_id, (0, 0))
+
+    def hospital(self, hospital: str) -> int:
+        """Files whose bytes are arriving for ``hospital``."""
+        with self._lock:
+            return self._hospitals.get(hospital, 0)
+
+    def count_case(self, case_id: str, size_bytes: int, sign: int) -> None:
+        with self._lock:
+            files, held = self._cases.get(case_id, (0, 0))
+            files, held = files + sign, held + sign * size_bytes
+            if files:
+                self._cases[case_id] = (files, held)
+            else:
+                self._cases.pop(case_id, None)
+
+    def count_hospital(self, hospital: str, sign: int) -> None:
+        with self._lock:
+            count = self._hospitals.get(hospital, 0) + sign
+            if count:
+                self._hospitals[hospital] = count
+            else:
+                self._hospitals.pop(hospital, None)
 
 
 @dataclass(frozen=True)
@@ -65,6 +119,8 @@ class Intake:
     store: Store
     blobs: BlobStore
     config: MasterConfig
+    receiving: Receiving = field(default_factory=Receiving)
+    prechecks: Prechecks | None = None  # the master's: CT files checked in workers while the upload goes on
 
 
 def create_case(intake: Intake, label: str, hospital: str = "") -> CaseRecord:
@@ -89,6 +145,8 @@ def create_case(intake: Intake, label: str, hospital: str = "") -> CaseRecord:
                 "(max_open_cases_per_hospital): commit or delete one first"
             )
         intake.store.add_case(case)
+    if intake.prechecks is not None:
+        intake.prechecks.start()  # its workers import pydicom while the first files arrive
     return case
 
 
@@ -106,11 +164,8 @@ def _open_case(intake: Intake, case_id: str) -> CaseRecord:
     return case
 
 
-def start_upload(intake: Intake, case_id: str, file_name: str, size_bytes: int, sha256: str) -> UploadRecord:
-    """Open an upload, or find the one already open for the same case, name and content.
-
-    Into a committed case, the upload is part of an add (see the module's docstring)."""
-    case = get_case(intake, case_id)
+def _check_file(intake: Intake, file_name: str, size_bytes: int, sha256: str) -> None:
+    """What a file's start declares: a plain name, a sha256, a size within ``max_file_bytes``."""
     if not _SAFE_NAME.match(file_name):
         raise InvalidArgument(f"file name {file_name!r} is empty, too long or contains a path separator")
     if not _SHA256.match(sha256):
@@ -122,35 +177,49 @@ def start_upload(intake: Intake, case_id: str, file_name: str, size_bytes: int, 
             f"{file_name}: {size_bytes} bytes exceeds the limit of {intake.config.max_file_bytes} bytes per file "
             "(max_file_bytes)"
         )
+
+
+def _check_room(intake: Intake, case: CaseRecord, file_name: str, size_bytes: int) -> None:
+    """The case's file and byte limits and the hospital's open uploads, with ``file_name`` added;
+    files being received on streams count as open uploads. Call inside a store transaction."""
+    case_id = case.case_id
+    stored_files, stored_bytes = intake.store.case_usage(case_id)
+    streamed_files, streamed_bytes = intake.receiving.case(case_id)
+    n_files, held = stored_files + streamed_files, stored_bytes + streamed_bytes
+    if n_files >= intake.config.max_files_per_case:
+        raise ResourceExhausted(
+            f"case {case_id} already holds {n_files} files; the limit is {intake.config.max_files_per_case} "
+            "(max_files_per_case)"
+        )
+    if held + size_bytes > intake.config.max_case_bytes:
+        raise ResourceExhausted(
+            f"{file_name}: the case would hold {held + size_bytes} bytes; the limit is {intake.config.max_case_bytes} "
+            "bytes per case (max_case_bytes)"
+        )
+    hospital, limit = case.hospital, intake.config.max_open_uploads_per_hospital
+    open_uploads = intake.store.count_open_uploads(hospital) + intake.receiving.hospital(hospital)
+    if open_uploads >= limit:
+        raise ResourceExhausted(
+            f"{file_name}: hospital {hospital!r} has {open_uploads} unfinished uploads; the limit is {limit} "
+            "(max_open_uploads_per_hospital): finish them, or delete their cases"
+        )
+
+
+def start_upload(intake: Intake, case_id: str, file_name: str, size_bytes: int, sha256: str) -> UploadRecord:
+    """Open an upload, or find the one already open for the same case, name and content.
+
+    Into a committed case, the upload is part of an add (see the module's docstring)."""
+    case = get_case(intake, case_id)
+    _check_file(intake, file_name, size_bytes, sha256)
     existing = intake.store.find_upload(case_id, file_name, sha256)
     if existing is not None:
         return existing
     if intake.store.find_file(case_id, file_name, sha256) is not None:
         # Already received whole: report it complete so the client goes straight to finish.
         return UploadRecord("", case_id, file_name, size_bytes, sha256, size_bytes, now_ms())
-    files = intake.store.list_files(case_id) + intake.store.list_pending_files(case_id)
-    uploads = intake.store.list_uploads(case_id)
-    n_files = len(files) + len(uploads)
-    if n_files >= intake.config.max_files_per_case:
-        raise ResourceExhausted(
-            f"case {case_id} already holds {n_files} files; the limit is {intake.config.max_files_per_case} "
-            "(max_files_per_case)"
-        )
-    held = sum(f.size_bytes for f in files) + sum(u.size_bytes for u in uploads)
-    if held + size_bytes > intake.config.max_case_bytes:
-        raise ResourceExhausted(
-            f"{file_name}: the case would hold {held + size_bytes} bytes; the limit is {intake.config.max_case_bytes} "
-            "bytes per case (max_case_bytes)"
-        )
     upload = UploadRecord(secrets.token_hex(12), case_id, file_name, size_bytes, sha256, 0, now_ms())
-    hospital, limit = case.hospital, intake.config.max_open_uploads_per_hospital
     with intake.store.transaction():  # counted and added as one step
-        open_uploads = intake.store.count_open_uploads(hospital)
-        if open_uploads >= limit:
-            raise ResourceExhausted(
-                f"{file_name}: hospital {hospital!r} has {open_uploads} unfinished uploads; the limit is {limit} "
-                "(max_open_uploads_per_hospital): finish them, or delete their cases"
-            )
+        _check_room(intake, case, file_name, size_bytes)
         with intake.blobs.writing(f"{file_name}: the partial upload file"):
             intake.blobs.partial_path(upload.upload_id).write_bytes(b"")
         intake.store.add_upload(upload)
@@ -222,23 +291,10 @@ def finish_upload(intake: Intake, upload_id: str, upload: UploadRecord | None = 
         raise DataLoss(f"{upload.file_name}: sha256 of the received bytes does not match the declared sha256")
     try:
         modality, sop_instance_uid, notes = _identify(data, upload.file_name)
-    except IntakeError as exc:
+        _check_modality(upload.file_name, modality, upload.case_id, adding)
+    except (IntakeError, InvalidArgument) as exc:
         _discard_upload(intake, upload)
         raise InvalidArgument(str(exc)) from exc
-    if modality not in IMAGE_MODALITIES + SECONDARY_MODALITIES + ATTACHMENT_MODALITIES:
-        _discard_upload(intake, upload)
-        raise InvalidArgument(
-            f"{upload.file_name}: modality {modality or '(none)'} is not accepted; a case holds "
-            f"{'/'.join(IMAGE_MODALITIES)} images (the planning image), {'/'.join(SECONDARY_MODALITIES)} images "
-            f"to register to it and {'/'.join(ATTACHMENT_MODALITIES)} objects"
-        )
-    if adding and modality in IMAGE_MODALITIES:
-        _discard_upload(intake, upload)
-        raise InvalidArgument(
-            f"{upload.file_name}: modality {modality}: case {upload.case_id} is committed with its planning "
-            f"{'/'.join(IMAGE_MODALITIES)}; an add brings {'/'.join(SECONDARY_MODALITIES + ATTACHMENT_MODALITIES)} "
-            "files (a new planning image is a new case)"
-        )
     record = FileRecord(
         new_id("file"), upload.case_id, upload.file_name, upload.sha256, upload.size_bytes,
         modality, sop_instance_uid, notes, pending=adding,
@@ -247,7 +303,179 @@ def finish_upload(intake: Intake, upload_id: str, upload: UploadRecord | None = 
         intake.store.add_file(record)
         intake.store.delete_upload(upload.upload_id)
     intake.blobs.adopt(path, upload.sha256)
+    _precheck(intake, [record])
     return record
+
+
+def _precheck(intake: Intake, records: list[FileRecord]) -> None:
+    """Start the complete check of kept planning-image files (see :mod:`.prechecks`)."""
+    if intake.prechecks is None:
+        return
+    for record in records:
+        if record.modality in IMAGE_MODALITIES and not record.pending:
+            intake.prechecks.submit(intake.blobs.path(record.sha256), record.file_name, record.sha256,
+                                    record.size_bytes)
+
+
+def _check_modality(file_name: str, modality: str, case_id: str, adding: bool) -> None:
+    """A case takes CT, MR/PET and RTSTRUCT files; an add to a committed case no CT."""
+    if modality not in IMAGE_MODALITIES + SECONDARY_MODALITIES + ATTACHMENT_MODALITIES:
+        raise InvalidArgument(
+            f"{file_name}: modality {modality or '(none)'} is not accepted; a case holds "
+            f"{'/'.join(IMAGE_MODALITIES)} images (the planning image), {'/'.join(SECONDARY_MODALITIES)} images "
+            f"to register to it and {'/'.join(ATTACHMENT_MODALITIES)} objects"
+        )
+    if adding and modality in IMAGE_MODALITIES:
+        raise InvalidArgument(
+            f"{file_name}: modality {modality}: case {case_id} is committed with its planning "
+            f"{'/'.join(IMAGE_MODALITIES)}; an add brings {'/'.join(SECONDARY_MODALITIES + ATTACHMENT_MODALITIES)} "
+            "files (a new planning image is a new case)"
+        )
+
+
+class Streamed:
+    """One file arriving on an upload stream (``begin_streamed``): its chunks in memory until kept."""
+
+    def __init__(self, hospital: str, case_id: str, file_name: str, size_bytes: int, sha256: str) -> None:
+        self.hospital, self.case_id, self.file_name = hospital, case_id, file_name
+        self.size_bytes, self.sha256 = size_bytes, sha256
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.held: FileRecord | None = None  # the case holds this very file already: nothing to keep
+        self.counted_case = self.counted_hospital = False  # counted in ``Receiving``
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.size_bytes
+
+
+def begin_streamed(intake: Intake, case: CaseRecord, file_name: str, size_bytes: int, sha256: str) -> Streamed:
+    """Check a file an upload stream starts, as ``start_upload`` does, and count it against the
+    limits until :func:`keep_streamed` or :func:`release_streamed`.
+
+    Raises
+    ------
+    InvalidArgument, ResourceExhausted
+        A bad name, sha256 or size; a file over ``STREAMED_FILE_BYTES``; a limit reached.
+    """
+    _check_file(intake, file_name, size_bytes, sha256)
+    if size_bytes > STREAMED_FILE_BYTES:
+        raise InvalidArgument(f"{file_name}: {size_bytes} bytes; an upload stream carries files up to "
+                              f"{STREAMED_FILE_BYTES} bytes (send a larger one by StartUpload)")
+    streamed = Streamed(case.hospital, case.case_id, file_name, size_bytes, sha256)
+    streamed.held = intake.store.find_file(case.case_id, file_name, sha256)
+    if streamed.held is None:
+        with intake.store.transaction():  # counted and reserved as one step
+            _check_room(intake, case, file_name, size_bytes)
+            intake.receiving.count_case(case.case_id, size_bytes, 1)
+            intake.receiving.count_hospital(case.hospital, 1)
+            streamed.counted_case = streamed.counted_hospital = True
+    return streamed
+
+
+def add_streamed_chunk(intake: Intake, streamed: Streamed, offset: int, data: bytes, crc32: int) -> None:
+    """Take the next chunk of a streamed file (checks as :func:`write_chunk`; nothing touches the disk)."""
+    name = streamed.file_name
+    if len(data) > intake.config.max_chunk_bytes:
+        raise ResourceExhausted(f"{name}: chunk of {len(data)} bytes exceeds the limit of "
+                                f"{intake.config.max_chunk_bytes} bytes per chunk (max_chunk_bytes)")
+    if offset != streamed.received:
+        raise FailedPrecondition(f"{name}: chunk at offset {offset}, but the stream carried {streamed.received} "
+                                 "bytes of it; a stream sends each file whole, in order")
+    if zlib.crc32(data) != crc32:
+        raise DataLoss(f"{name}: chunk at offset {offset} failed its crc32 check")
+    if offset + len(data) > streamed.size_bytes:
+        raise InvalidArgument(f"{name}: chunk ends at byte {offset + len(data)}, past the declared size "
+                              f"{streamed.size_bytes}")
+    streamed.chunks.append(data)
+    streamed.received += len(data)
+    if streamed.complete and streamed.counted_hospital:  # no longer an open upload; its case still counts it
+        streamed.counted_hospital = False
+        intake.receiving.count_hospital(streamed.hospital, -1)
+
+
+def release_streamed(intake: Intake, files: list[Streamed]) -> None:
+    """Stop counting these files against the limits (kept, or given up with their stream)."""
+    for streamed in files:
+        if streamed.counted_hospital:
+            streamed.counted_hospital = False
+            intake.receiving.count_hospital(streamed.hospital, -1)
+        if streamed.counted_case:
+            streamed.counted_case = False
+            intake.receiving.count_case(streamed.case_id, streamed.size_bytes, -1)
+
+
+def keep_streamed(intake: Intake, files: list[Streamed]) -> list[FileRecord]:
+    """Keep files received whole on an upload stream: each checked as :func:`finish_upload` does
+    (sha256, the DICOM header, its modality), their blobs written, and the files with an audit row
+    each recorded in one transaction. All or none: a file that fails fails the batch, naming it,
+    and nothing of the batch is kept. The blobs reach the disk at commit (``BlobStore.sync``).
+
+    Returns
+    -------
+    list of FileRecord
+        One per file, in order (a file the case held already: its record).
+
+    Raises
+    ------
+    DataLoss
+        A file's bytes do not match its sha256.
+    InvalidArgument
+        Not a readable DICOM object, or a modality the case does not take.
+    NotFound
+        The case was deleted meanwhile.
+    """
+    try:
+        if not files:
+            return []
+        case = get_case(intake, files[0].case_id)
+        records: list[FileRecord] = []
+        new: list[tuple[FileRecord, bytes]] = []
+        seen: dict[tuple[str, str], FileRecord] = {}  # the same file twice in one batch is kept once
+        for streamed in files:
+            held = streamed.held or seen.get((streamed.file_name, streamed.sha256))
+            if held is not None:
+                records.append(held)
+                continue
+            data = b"".join(streamed.chunks)
+            if hashlib.sha256(data).hexdigest() != streamed.sha256:
+                raise DataLoss(f"{streamed.file_name}: sha256 of the received bytes does not match the declared sha256")
+            try:
+                modality, sop_instance_uid, notes = _identify(data, streamed.file_name)
+            except IntakeError as exc:
+                raise InvalidArgument(str(exc)) from exc
+            _check_modality(streamed.file_name, modality, case.case_id, case.committed)
+            record = FileRecord(new_id("file"), case.case_id, streamed.file_name, streamed.sha256,
+                                streamed.size_bytes, modality, sop_instance_uid, notes, pending=case.committed)
+            records.append(record)
+            new.append((record, data))
+            seen[(record.file_name, record.sha256)] = record
+        written = []
+        try:
+            for record, data in new:
+                with intake.blobs.writing(f"{record.file_name}: its blob"):
+                    if intake.blobs.put_unsynced(data, record.sha256):
+                        written.append(record.sha256)
+            with intake.store.transaction():
+                if get_case(intake, case.case_id).committed != case.committed:
+                    raise FailedPrecondition(f"case {case.case_id} was committed while its files were received; "
+                                             "send them again")
+                intake.store.add_files([record for record, _ in new])
+                release_streamed(intake, files)  # counted once: now by the store
+                for record, _ in new:
+                    intake.store.add_audit(AuditRecord(
+                        new_id("audit"), now_ms(), case.hospital, "hospital", "upload", "HospitalService/UploadFiles",
+                        {"case_id": case.case_id, "file_id": record.file_id}, "OK"))
+        except BaseException:
+            for sha256 in written:
+                if not intake.store.blob_in_use(sha256):
+                    intake.blobs.delete(sha256)
+            raise
+        intake.blobs.sync_soon([record.sha256 for record, _ in new])  # durable by the commit, which waits for it
+        _precheck(intake, [record for record, _ in new])
+        return records
+    finally:
+        release_streamed(intake, files)
 
 
 def _identify(data: bytes, file_name: str) -> tuple[str, str, list[str]]:
@@ -317,9 +545,7 @@ def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
     if not images:
         raise FailedPrecondition(f"case {case_id} holds no {'/'.join(IMAGE_MODALITIES)} image files")
     try:
-        series = load_series(
-            [(f.file_name, intake.blobs.read_bytes(f.sha256)) for f in images], expected_modalities=IMAGE_MODALITIES
-        )
+        series = series_from_inspected(_inspected(intake, images), expected_modalities=IMAGE_MODALITIES)
         secondary = _secondary_series(intake, [f for f in files if f.modality in SECONDARY_MODALITIES], series)
         frames = {series.frame_of_reference_uid: "the planning CT"}
         _check_rtstructs(intake, frames, secondary, files)
@@ -338,11 +564,32 @@ def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
             if not intake.store.blob_in_use(sha256):
                 intake.blobs.delete(sha256)
         raise
+    intake.blobs.sync([f.sha256 for f in files])  # files kept from upload streams reach the disk here
     with intake.store.transaction():
         for record in records:
             intake.store.add_series(record)
         intake.store.set_case_committed(case_id)
     return records
+
+
+def _inspected(intake: Intake, images: list[FileRecord]) -> list[InspectedFile]:
+    """The complete check of each image file: its precheck's, or made now.
+
+    Raises
+    ------
+    IntakeError
+        A file fails it (named); the other files' prechecks are forgotten.
+    """
+    out = []
+    try:
+        for f in images:
+            found = intake.prechecks.take(f.file_name, f.sha256) if intake.prechecks is not None else None
+            out.append(found if found is not None else read_dicom(intake.blobs.read_bytes(f.sha256), f.file_name))
+    except BaseException:
+        if intake.prechecks is not None:
+            intake.prechecks.discard([(f.file_name, f.sha256) for f in images])
+        raise
+    return out
 
 
 def _series_record(
@@ -521,6 +768,7 @@ def commit_add(intake: Intake, case_id: str) -> list[SeriesRecord]:
             if not intake.store.blob_in_use(sha256):
                 intake.blobs.delete(sha256)
         raise
+    intake.blobs.sync([f.sha256 for f in added])
     with intake.store.transaction():
         for record in records:
             intake.store.add_series(record)
@@ -551,6 +799,8 @@ def delete_case(intake: Intake, case_id: str) -> None:
         return
     _open_case(intake, case_id)
     files = intake.store.list_files(case_id)
+    if intake.prechecks is not None:
+        intake.prechecks.discard([(f.file_name, f.sha256) for f in files])
     for upload in intake.store.list_uploads(case_id):
         intake.blobs.partial_path(upload.upload_id).unlink(missing_ok=True)
     intake.store.delete_case(case_id)

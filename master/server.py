@@ -19,6 +19,7 @@ from .events import EventBus
 from .intake import Intake, UploadReaper
 from .metrics import MasterMetrics
 from .models import register_builtin_models
+from .prechecks import Prechecks
 from .ray_pool import RayPool
 from .scheduler import Scheduler
 from .security.auth import AuthFailureLimiter, AuthInterceptor
@@ -59,6 +60,7 @@ class Master:
         self.metrics = MasterMetrics()
         self.metrics_port = 0
         self._reaping: asyncio.Task | None = None
+        self.prechecks: Prechecks | None = None
 
     @property
     def address(self) -> str:
@@ -91,7 +93,8 @@ class Master:
             interceptors=[AuthInterceptor(self.store, insecure=self.config.tls is None, limiter=limiter)],
             options=self.config.grpc_options(),
         )
-        intake = Intake(self.store, self.blobs, self.config)
+        self.prechecks = Prechecks()
+        intake = Intake(self.store, self.blobs, self.config, prechecks=self.prechecks)
         reaper = UploadReaper(intake)
         self.metrics.watch_uploads(self.store, reaper)
         hospital_pb2_grpc.add_HospitalServiceServicer_to_server(
@@ -148,6 +151,8 @@ class Master:
         if self.scheduler is not None:
             await self.scheduler.stop()
         self.metrics.stop()
+        if self.prechecks is not None:
+            self.prechecks.close()
         self.store.close()
         if self.pool is not None:
             self.pool.shutdown()

@@ -98,7 +98,18 @@ def load_series(files: Sequence[tuple[str, bytes]], *, expected_modalities: Sequ
     """
     if not files:
         raise IntakeError("(no files)", "no files were given as the image series")
-    inspected = [read_dicom(data, name) for name, data in files]
+    return series_from_inspected([read_dicom(data, name) for name, data in files],
+                                 expected_modalities=expected_modalities)
+
+
+def series_from_inspected(
+    inspected: Sequence[InspectedFile], *, expected_modalities: Sequence[str] = ("CT",)
+) -> ImageSeries:
+    """:func:`load_series` on files ``read_dicom`` has checked already (each parsed once, perhaps
+    elsewhere); its returns and exceptions."""
+    if not inspected:
+        raise IntakeError("(no files)", "no files were given as the image series")
+    inspected = list(inspected)
     _check_modalities(inspected, tuple(expected_modalities))
     _check_single_series([item.info for item in inspected])
     for item in inspected:

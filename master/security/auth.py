@@ -54,10 +54,11 @@ SERVICE_ROLES = {_HOSPITAL_API: HOSPITAL_ROLE, _ADMIN_API: OPERATOR_ROLE, _AGENT
 
 # What the audit log calls each call. Every refusal is logged; the methods in _REFUSALS_ONLY are
 # logged only when refused (starts, chunks, heartbeats: many per minute, and FinishUpload already
-# records each file).
+# records each file; an UploadFiles stream records each file it keeps).
 _ACTIONS = {
     _HOSPITAL_API: {
         "CreateCase": "upload", "StartUpload": "upload", "UploadChunks": "upload", "FinishUpload": "upload",
+        "UploadFiles": "upload",
         "CommitCase": "upload", "DeleteCase": "upload",
         "GetCase": "view", "ListCases": "view", "GetJob": "view", "WatchJob": "view", "ListArtifacts": "view",
         "SubmitJob": "submit", "CancelJob": "cancel", "DownloadArtifact": "download",
@@ -67,8 +68,8 @@ _ACTIONS = {
     _ADMIN_API: {"CancelJob": "cancel", "*": "admin"},
     _AGENT_API: {"*": "agent"},
 }
-_REFUSALS_ONLY = frozenset({"HospitalService/StartUpload", "HospitalService/UploadChunks", "AgentService/Heartbeat",
-                            "AgentService/FetchModel"})
+_REFUSALS_ONLY = frozenset({"HospitalService/StartUpload", "HospitalService/UploadChunks", "HospitalService/UploadFiles",
+                            "AgentService/Heartbeat", "AgentService/FetchModel"})
 # Request and response fields that name objects, recorded with each audit entry.
 _OBJECT_FIELDS = ("case_id", "job_id", "artifact_id", "upload_id", "file_id", "agent_id", "device_id", "name")
 # Longest echo of an object id and of a refusal's message in an audit row.

@@ -21,7 +21,7 @@ from ..errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhaus
 from ..events import EventBus
 from ..scheduler import Scheduler
 from ..security.auth import current_principal
-from ..store.records import TERMINAL_JOB_STATES, CaseRecord, JobRecord
+from ..store.records import TERMINAL_JOB_STATES, CaseRecord, FileRecord, JobRecord
 from ..approval import audit, check_conversion
 from ..ids import now_ms
 from .common import PAGE_BYTES, job_thread, listed, page_limit, paginate, stream, unary
@@ -128,12 +128,49 @@ class HospitalService(ConsultMixin, hospital_pb2_grpc.HospitalServiceServicer):
     async def FinishUpload(self, request, context):
         def finish():
             return intake.finish_upload(self.intake, request.upload_id, self._own_upload(request.upload_id))
-        record = await asyncio.to_thread(finish)
-        return hospital_pb2.UploadedFile(
-            file_id=record.file_id, case_id=record.case_id, file_name=record.file_name, modality=record.modality,
-            sop_instance_uid=record.sop_instance_uid, size_bytes=record.size_bytes, sha256=record.sha256,
-            notes=record.notes,
-        )
+        return _uploaded(await asyncio.to_thread(finish))
+
+    @stream
+    async def UploadFiles(self, request_iterator, context):
+        """Many files on one stream (see the proto): chunks are taken on the loop (checks and an
+        append), each file's start and each batch's keep go to a thread."""
+        batch: list[intake.Streamed] = []
+        current: intake.Streamed | None = None
+        received = self.scheduler.metrics.bytes_received.labels("upload")
+
+        def begin(start) -> intake.Streamed:
+            case = self._own_case(start.case_id)
+            return intake.begin_streamed(self.intake, case, start.file_name, start.size_bytes, start.sha256)
+
+        try:
+            async for message in self._chunks(request_iterator):
+                if message.HasField("start"):
+                    if current is not None:
+                        raise InvalidArgument(f"{current.file_name}: {message.start.file_name!r} started after "
+                                              f"{current.received} of its {current.size_bytes} bytes")
+                    if batch and message.start.case_id != batch[0].case_id:
+                        raise InvalidArgument("an upload stream carries the files of one case")
+                    current = await asyncio.to_thread(begin, message.start)
+                elif current is None:
+                    raise InvalidArgument("a chunk of no file: a file's first message carries its start")
+                chunk = message.chunk
+                intake.add_streamed_chunk(self.intake, current, chunk.offset, chunk.data, chunk.crc32)
+                received.inc(len(chunk.data))
+                if current.complete:
+                    batch, current = [*batch, current], None
+                    if (len(batch) >= intake.KEEP_BATCH_FILES
+                            or sum(f.size_bytes for f in batch) >= intake.KEEP_BATCH_BYTES):
+                        kept, batch = batch, []
+                        for record in await asyncio.to_thread(intake.keep_streamed, self.intake, kept):
+                            yield _uploaded(record)
+            if current is not None:
+                raise InvalidArgument(f"{current.file_name}: the stream ended after {current.received} of its "
+                                      f"{current.size_bytes} bytes")
+            kept, batch = batch, []
+            for record in await asyncio.to_thread(intake.keep_streamed, self.intake, kept):
+                yield _uploaded(record)
+        finally:  # files not kept no longer count against the limits
+            intake.release_streamed(self.intake, [*batch, *([current] if current is not None else [])])
 
     @unary
     async def CommitCase(self, request, context):
@@ -260,3 +297,11 @@ class HospitalService(ConsultMixin, hospital_pb2_grpc.HospitalServiceServicer):
             offset, data = chunk
             yield common_pb2.DataChunk(offset=offset, data=data)
             self.scheduler.metrics.bytes_sent.labels("download").inc(len(data))
+
+
+def _uploaded(record: FileRecord) -> hospital_pb2.UploadedFile:
+    return hospital_pb2.UploadedFile(
+        file_id=record.file_id, case_id=record.case_id, file_name=record.file_name, modality=record.modality,
+        sop_instance_uid=record.sop_instance_uid, size_bytes=record.size_bytes, sha256=record.sha256,
+        notes=record.notes,
+    )

@@ -86,6 +86,18 @@ class Store(ABC):
     def count_open_uploads(self, hospital: str | None = None) -> int:
         """Started, unfinished uploads into the cases of ``hospital``, or of all hospitals."""
 
+    def case_usage(self, case_id: str) -> tuple[int, int]:
+        """Files and bytes a case holds or is receiving: its files (pending ones too) and its open
+        uploads, counted without listing them (checked before every file an upload starts)."""
+        held = self.list_files(case_id) + self.list_pending_files(case_id) + self.list_uploads(case_id)
+        return len(held), sum(f.size_bytes for f in held)
+
+    def add_files(self, files: list[FileRecord]) -> None:
+        """Keep several files in one transaction (an upload stream's batch)."""
+        with self.transaction():
+            for file in files:
+                self.add_file(file)
+
     @abstractmethod
     def add_file(self, file: FileRecord) -> None: ...
     @abstractmethod

@@ -321,6 +321,15 @@ class SqlStore(Store):
             "SELECT COUNT(*) FROM uploads WHERE case_id IN (SELECT case_id FROM cases WHERE hospital = ?)", (hospital,)
         )
 
+    def case_usage(self, case_id: str) -> tuple[int, int]:
+        with self._lock:
+            row = self._execute(
+                "SELECT (SELECT COUNT(*) FROM files WHERE case_id = ?) + (SELECT COUNT(*) FROM uploads WHERE case_id = ?), "
+                "(SELECT COALESCE(SUM(size_bytes), 0) FROM files WHERE case_id = ?) "
+                "+ (SELECT COALESCE(SUM(size_bytes), 0) FROM uploads WHERE case_id = ?)",
+                (case_id,) * 4).fetchone()
+        return int(row[0]), int(row[1])
+
     def add_file(self, file: FileRecord) -> None:
         self._insert(file)
 

@@ -49,6 +49,14 @@ class UploadChunk(_message.Message):
     crc32: int
     def __init__(self, upload_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ...) -> None: ...
 
+class UploadFilesRequest(_message.Message):
+    __slots__ = ("start", "chunk")
+    START_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    start: StartUploadRequest
+    chunk: UploadChunk
+    def __init__(self, start: _Optional[_Union[StartUploadRequest, _Mapping]] = ..., chunk: _Optional[_Union[UploadChunk, _Mapping]] = ...) -> None: ...
+
 class FinishUploadRequest(_message.Message):
     __slots__ = ("upload_id",)
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]

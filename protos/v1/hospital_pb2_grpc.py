@@ -55,6 +55,11 @@ class HospitalServiceStub:
                 request_serializer=rtgrid_dot_v1_dot_hospital__pb2.FinishUploadRequest.SerializeToString,
                 response_deserializer=rtgrid_dot_v1_dot_hospital__pb2.UploadedFile.FromString,
                 _registered_method=True)
+        self.UploadFiles = channel.stream_stream(
+                '/rtgrid.v1.HospitalService/UploadFiles',
+                request_serializer=rtgrid_dot_v1_dot_hospital__pb2.UploadFilesRequest.SerializeToString,
+                response_deserializer=rtgrid_dot_v1_dot_hospital__pb2.UploadedFile.FromString,
+                _registered_method=True)
         self.CommitCase = channel.unary_unary(
                 '/rtgrid.v1.HospitalService/CommitCase',
                 request_serializer=rtgrid_dot_v1_dot_hospital__pb2.CommitCaseRequest.SerializeToString,
@@ -163,6 +168,18 @@ class HospitalServiceServicer:
 
     def FinishUpload(self, request, context):
         """Checks size, sha256 and that the file is a readable DICOM object, then keeps it with the case.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadFiles(self, request_iterator, context):
+        """The fast path for many files: one stream carries whole files one after the other, each its
+        `start` then its chunks in order. The master checks each file like FinishUpload (size, sha256,
+        the DICOM header) and keeps the files in batches, answering one UploadedFile per file kept, in
+        order. A file the stream did not finish is not kept (send it again); a file the case already
+        holds (same name and sha256) is answered as kept. Files up to 64 MiB; larger ones go by
+        StartUpload, which resumes within a file.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -295,6 +312,11 @@ def add_HospitalServiceServicer_to_server(servicer, server):
             'FinishUpload': grpc.unary_unary_rpc_method_handler(
                     servicer.FinishUpload,
                     request_deserializer=rtgrid_dot_v1_dot_hospital__pb2.FinishUploadRequest.FromString,
+                    response_serializer=rtgrid_dot_v1_dot_hospital__pb2.UploadedFile.SerializeToString,
+            ),
+            'UploadFiles': grpc.stream_stream_rpc_method_handler(
+                    servicer.UploadFiles,
+                    request_deserializer=rtgrid_dot_v1_dot_hospital__pb2.UploadFilesRequest.FromString,
                     response_serializer=rtgrid_dot_v1_dot_hospital__pb2.UploadedFile.SerializeToString,
             ),
             'CommitCase': grpc.unary_unary_rpc_method_handler(
@@ -485,6 +507,33 @@ class HospitalService:
             target,
             '/rtgrid.v1.HospitalService/FinishUpload',
             rtgrid_dot_v1_dot_hospital__pb2.FinishUploadRequest.SerializeToString,
+            rtgrid_dot_v1_dot_hospital__pb2.UploadedFile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFiles(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rtgrid.v1.HospitalService/UploadFiles',
+            rtgrid_dot_v1_dot_hospital__pb2.UploadFilesRequest.SerializeToString,
             rtgrid_dot_v1_dot_hospital__pb2.UploadedFile.FromString,
             options,
             channel_credentials,

@@ -86,6 +86,34 @@ def test_upload_limits(small):
         assert client.hospital.GetCase(hospital_pb2.GetCaseRequest(case_id=case.case_id), timeout=10).case_id
 
 
+def test_upload_stream_limits(small):
+    """UploadFiles keeps the limits of StartUpload and UploadChunks, named the same way."""
+
+    def stream(case_id: str, files: list[tuple[str, int]], chunk: int = CHUNK):
+        for name, size in files:
+            data = b"\0" * size
+            for offset in range(0, size, chunk):
+                piece = data[offset:offset + chunk]
+                message = hospital_pb2.UploadFilesRequest(
+                    chunk=hospital_pb2.UploadChunk(offset=offset, data=piece, crc32=zlib.crc32(piece)))
+                if offset == 0:
+                    message.start.CopyFrom(hospital_pb2.StartUploadRequest(
+                        case_id=case_id, file_name=name, size_bytes=size, sha256=hashlib.sha256(data).hexdigest()))
+                yield message
+
+    with small.hospital_client(small.other_token) as client:
+        case = client.hospital.CreateCase(hospital_pb2.CreateCaseRequest(label="stream limits"), timeout=10).case_id
+        send = lambda files, **kw: list(client.hospital.UploadFiles(stream(case, files, **kw), timeout=30))  # noqa: E731
+        message = _refused(lambda: send([("big.dcm", FILE + 1)]))
+        assert "big.dcm" in message and "max_file_bytes" in message and str(FILE) in message
+        message = _refused(lambda: send([("a.dcm", CHUNK + 1)], chunk=CHUNK + 1))
+        assert "max_chunk_bytes" in message and str(CHUNK) in message
+        # Files received on a stream count against the case before they are kept.
+        message = _refused(lambda: send([("one.dcm", FILE - 1), ("two.dcm", FILE - 1), ("three.dcm", 10)]))
+        assert "three.dcm" in message and "max_case_bytes" in message and str(CASE) in message
+        client.hospital.DeleteCase(hospital_pb2.DeleteCaseRequest(case_id=case), timeout=10)
+
+
 def test_concurrent_jobs_per_hospital(small, tmp_path):
     ct_dir = write_phantom_case(tmp_path, shape=(8, 32, 32), spacing_mm=(3.0, 3.0, 3.0), seed=2).ct_dir
     with small.hospital_client(small.token) as client, small.hospital_client(small.other_token) as other:

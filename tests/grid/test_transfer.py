@@ -124,6 +124,57 @@ def test_a_parallel_upload_with_one_corrupt_file_commits_nothing_and_names_it(gr
     assert [f.file_name for f in result.files] == sorted(p.name for p in ct_dir.iterdir())
 
 
+def _stream(case_id: str, files: list[tuple[str, bytes]], chunk: int = 16 << 10, sha256=None):
+    """UploadFiles messages carrying ``files`` whole, one after the other (``sha256``: what each
+    start declares, by default the true digest)."""
+    for name, data in files:
+        start = hospital_pb2.StartUploadRequest(case_id=case_id, file_name=name, size_bytes=len(data),
+                                                sha256=(sha256 or _sha)(data))
+        for offset in range(0, len(data), chunk):
+            piece = data[offset:offset + chunk]
+            message = hospital_pb2.UploadFilesRequest(
+                chunk=hospital_pb2.UploadChunk(offset=offset, data=piece, crc32=zlib.crc32(piece)))
+            if offset == 0:
+                message.start.CopyFrom(start)
+            yield message
+
+
+def _refused_stream(client, messages) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        list(client.hospital.UploadFiles(messages, timeout=30))
+    return caught.value
+
+
+def test_one_stream_carries_many_files_and_a_bad_file_keeps_nothing_of_its_batch(grid, tmp_path):
+    ct_dir = write_phantom_case(tmp_path, shape=(6, 64, 64), spacing_mm=(4.0, 4.0, 3.0), seed=12).ct_dir
+    files = [(p.name, p.read_bytes()) for p in sorted(ct_dir.iterdir())]
+    letter = ("letter.dcm", b"a scanned referral letter, not DICOM " * 500)
+    with grid.client() as client:
+        case = client.call(client.hospital.CreateCase, hospital_pb2.CreateCaseRequest(label="stream")).case_id
+        before = _stored(grid)
+        # A file that is not DICOM, amid good ones: refused by name; nothing of the batch is kept.
+        error = _refused_stream(client, _stream(case, files[:2] + [letter] + files[2:]))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "letter.dcm" in error.details(), error.details()
+        assert _stored(grid) == before
+        # Bytes that do not match the declared sha256; a stream that ends inside a file.
+        error = _refused_stream(client, _stream(case, files[:3], sha256=lambda data: "0" * 64))
+        assert error.code() == grpc.StatusCode.DATA_LOSS and files[0][0] in error.details(), error.details()
+        error = _refused_stream(client, iter(list(_stream(case, files[:2], chunk=1024))[:-1]))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "ended after" in error.details()
+        assert files[1][0] in error.details()
+        assert _stored(grid) == before
+        # The good files: one answer per file, in order; sent again, the same files (nothing twice).
+        kept = list(client.hospital.UploadFiles(_stream(case, files), timeout=30))
+        assert [(f.file_name, f.modality, f.sha256) for f in kept] == [(n, "CT", _sha(d)) for n, d in files]
+        again = list(client.hospital.UploadFiles(_stream(case, files[:2]), timeout=30))
+        assert [f.file_id for f in again] == [f.file_id for f in kept[:2]]
+        committed = client.commit_case(case)
+        assert committed.committed and committed.series[0].n_slices == len(files)
+        audited = {e.objects.get("file_id") for e in client.audit(action="upload")
+                   if e.method == "HospitalService/UploadFiles" and e.outcome == "OK"}
+    assert {f.file_id for f in kept} <= audited  # each kept file, as FinishUpload records each
+
+
 def test_download_resumes_a_partial_file(grid, tmp_path):
     ct_dir = write_phantom_case(tmp_path / "p", shape=(10, 64, 64), spacing_mm=(3.0, 3.0, 3.0), seed=9).ct_dir
     with grid.client() as client:

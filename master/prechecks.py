@@ -1,0 +1,128 @@
+"""The complete check of uploaded planning-image files, made in worker processes while the upload goes on.
+
+A commit needs every CT file of the case parsed and checked (``read_dicom``: every element, the
+pixel data, geometry, identity repairs); made there, one file after the other, it was most of the
+commit's time. A CT file is handed to :class:`Prechecks` as soon as it is kept, and its check runs
+in a worker process beside the upload; the commit takes the result, or the error, which refuses
+the case naming the file exactly as before. What a worker has not checked (a master restarted
+meanwhile, a result dropped for room) the commit checks itself: the worker only moves the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+from rtgrid.engines.imaging.dicom_files import InspectedFile, read_dicom
+from rtgrid.engines.imaging.errors import IntakeError
+
+log = logging.getLogger(__name__)
+
+PRECHECK_WORKERS = max(1, min(4, os.cpu_count() or 1))
+PRECHECK_HELD_BYTES = 1 << 30
+"""Checked files (their decoded pixels) held for commits, at most about this many bytes; the
+oldest are dropped first (their commit checks them again)."""
+
+
+def _check(path: str, file_name: str) -> InspectedFile:
+    """``read_dicom`` of a blob, in a worker; the raw pixel data is dropped (decoded in ``pixels``)
+    so it does not travel back twice."""
+    item = read_dicom(Path(path).read_bytes(), file_name)
+    if "PixelData" in item.dataset:
+        del item.dataset.PixelData
+    return item
+
+
+def _ready() -> None:
+    """A first task: the worker has imported what ``_check`` needs."""
+
+
+class Prechecks:
+    """Checks of kept files under way or done, by ``(file name, sha256)``.
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes (started with the first :meth:`start`, by spawning: the master's threads
+        and Ray connection are not forked).
+    held_bytes : int
+        See ``PRECHECK_HELD_BYTES``.
+    """
+
+    def __init__(self, workers: int = PRECHECK_WORKERS, held_bytes: int = PRECHECK_HELD_BYTES) -> None:
+        self.workers, self.held_bytes = workers, held_bytes
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._checks: OrderedDict[tuple[str, str], tuple[Future, int]] = OrderedDict()
+        self._held = 0
+
+    def start(self) -> None:
+        """Start the workers (if not yet), so that they have imported pydicom before the first file."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                for _ in range(self.workers):
+                    self._pool.submit(_ready)
+
+    def submit(self, path: Path, file_name: str, sha256: str, size_bytes: int) -> None:
+        """Check the blob at ``path`` (kept as ``file_name``) in a worker."""
+        self.start()
+        key = (file_name, sha256)
+        with self._lock:
+            if key in self._checks or self._pool is None:
+                return
+            try:
+                future = self._pool.submit(_check, str(path), file_name)
+            except RuntimeError:  # a broken or closed pool: the commit checks the file itself
+                log.warning("prechecks unavailable; commits check their files themselves", exc_info=True)
+                return
+            self._checks[key] = (future, size_bytes)
+            self._held += size_bytes
+            while self._held > self.held_bytes and len(self._checks) > 1:
+                (_, (oldest, size)) = self._checks.popitem(last=False)
+                oldest.cancel()
+                self._held -= size
+
+    def take(self, file_name: str, sha256: str) -> InspectedFile | None:
+        """The check of a file, waited for and forgotten; ``None`` when none was made.
+
+        Raises
+        ------
+        IntakeError
+            The file failed its check (it names the file and the problem).
+        """
+        with self._lock:
+            found = self._checks.pop((file_name, sha256), None)
+            if found is not None:
+                self._held -= found[1]
+        if found is None:
+            return None
+        try:
+            return found[0].result()
+        except IntakeError:
+            raise
+        except Exception:  # a worker that died, a cancelled check: the commit checks the file itself
+            log.warning("the precheck of %s failed; checked at commit instead", file_name, exc_info=True)
+            return None
+
+    def discard(self, files: list[tuple[str, str]]) -> None:
+        """Forget the checks of these ``(file name, sha256)`` (a refused or deleted case's)."""
+        with self._lock:
+            for key in files:
+                found = self._checks.pop(key, None)
+                if found is not None:
+                    found[0].cancel()
+                    self._held -= found[1]
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._checks.clear()
+            self._held = 0
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
