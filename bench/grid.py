@@ -207,18 +207,46 @@ class TimedClient(Client):
             self.rpc_s[type(request).__name__] += time.perf_counter() - started
 
 
-def measure_upload(target: str, ct_dir: Path, streams: int, **credentials) -> tuple[str, dict[str, float]]:
+def _tree_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its live descendants (the master's
+    precheck workers), from ``/proc``; 0 where unknown."""
+    if pid is None or not Path(f"/proc/{pid}").exists():
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children[int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])].append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+        todo.extend(children.get(current, []))
+    return total
+
+
+def measure_upload(target: str, ct_dir: Path, streams: int, master_pid: int | None = None,
+                   **credentials) -> tuple[str, dict[str, float]]:
     """Upload ``ct_dir`` through ``Client.upload_folder`` (``credentials``: ``ca`` and ``token`` for
-    a TLS master); returns the case id and the figures."""
+    a TLS master); returns the case id and the figures (``master_cpu_s``: of ``master_pid`` and its
+    worker processes, when given)."""
     n_bytes = sum(p.stat().st_size for p in ct_dir.iterdir() if p.is_file())
     n_files = sum(1 for p in ct_dir.iterdir() if p.is_file())
     load = _load()
     with TimedClient(target, **credentials) as client:
         client.wait_ready(START_TIMEOUT_S)
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu, master_cpu = time.perf_counter(), time.process_time(), _tree_cpu_s(master_pid)
         case = client.upload_folder(ct_dir, label="bench-big", streams=streams).case
         total_s = time.perf_counter() - started
         client_cpu_s = time.process_time() - cpu
+        master_cpu_s = _tree_cpu_s(master_pid) - master_cpu
         rpc = dict(client.rpc_s)
     commit_s, create_s = rpc.get("CommitCaseRequest", 0.0), rpc.get("CreateCaseRequest", 0.0)
     files_s = total_s - commit_s - create_s
@@ -238,6 +266,7 @@ def measure_upload(target: str, ct_dir: Path, streams: int, **credentials) -> tu
         "commit_s": round(commit_s, 3),
         "per_file_ms": round(1000 * files_s / n_files, 2),
         "client_cpu_s": round(client_cpu_s, 3),
+        "master_cpu_s": round(master_cpu_s, 3),
         "load_avg": load,
     }
     return case.case_id, figures
@@ -563,7 +592,7 @@ def run(args: argparse.Namespace, figures: dict) -> None:
             target = grid.start_master()
             master_start_s = time.perf_counter() - started
             say("upload to the plaintext master ...")
-            big_case, figures["upload_plaintext"] = measure_upload(target, upload_ct, args.streams)
+            big_case, figures["upload_plaintext"] = measure_upload(target, upload_ct, args.streams, grid.master.pid)
             up = figures["upload_plaintext"]
             say(f"  {up['mb']:.1f} MB in {up['total_s']:.2f} s = {up['mb_per_s']:.1f} MB/s (commit {up['commit_s']:.2f} s)")
             if args.upload_only:
@@ -634,7 +663,7 @@ def measure_uploads(args: argparse.Namespace, figures: dict, ct_dir: Path, tmp: 
         secure.start_master()
         secure.add_hospitals(["bench"])
         say(f"upload through the real path (TLS, token, {args.streams} streams) ...")
-        _, figures["upload"] = measure_upload(secure.target, ct_dir, args.streams, ca=pki.ca,
+        _, figures["upload"] = measure_upload(secure.target, ct_dir, args.streams, secure.master.pid, ca=pki.ca,
                                               token=secure.tokens["bench"])
     except BaseException:
         secure.dump_log_tails()
@@ -645,7 +674,8 @@ def measure_uploads(args: argparse.Namespace, figures: dict, ct_dir: Path, tmp: 
     up["vs_raw_grpc_tls"] = round(up["mb_per_s"] / figures["raw_grpc"]["tls"]["mb_per_s"], 3)
     say(f"  {up['files']} files, {up['mb']:.1f} MB in {up['total_s']:.2f} s = {up['mb_per_s']:.1f} MB/s "
         f"({up['vs_raw_grpc_tls']:.0%} of raw gRPC over TLS; files {up['files_s']:.2f} s = "
-        f"{up['files_mb_per_s']:.1f} MB/s, commit {up['commit_s']:.2f} s; load average {up['load_avg']})")
+        f"{up['files_mb_per_s']:.1f} MB/s, commit {up['commit_s']:.2f} s; cpu: client {up['client_cpu_s']:.2f} s, "
+        f"master {up['master_cpu_s']:.2f} s; load average {up['load_avg']})")
 
 
 def with_jobs_cancelled(grid: BenchGrid) -> None:

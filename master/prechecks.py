@@ -30,11 +30,12 @@ oldest are dropped first (their commit checks them again)."""
 
 
 def _check(path: str, file_name: str) -> InspectedFile:
-    """``read_dicom`` of a blob, in a worker; the raw pixel data is dropped (decoded in ``pixels``)
-    so it does not travel back twice."""
+    """``read_dicom`` of a blob, in a worker; the file's bytes are dropped (the pixels are decoded in
+    ``pixels``) so they do not travel back twice."""
     item = read_dicom(Path(path).read_bytes(), file_name)
     if "PixelData" in item.dataset:
         del item.dataset.PixelData
+    item.dataset.buffer = None  # the whole file, kept by pydicom for deferred reads (none are left)
     return item
 
 

@@ -1,6 +1,6 @@
 """The store, on SQLite and on PostgreSQL (every test that takes ``store`` or ``location`` runs on
 both): priority order of ready shards, gap-free event sequences, atomic transactions, restarts,
-private file modes (SQLite), pages of jobs, clipped text."""
+private file modes (SQLite), pages of jobs, clipped text, what a case's upload holds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import threading
 import pytest
 
 from rtgrid.master.store.factory import open_store
-from rtgrid.master.store.records import CaseRecord, EventRecord, JobRecord, ModelRecord, ShardRecord
+from rtgrid.master.store.records import (
+    CaseRecord, EventRecord, FileRecord, JobRecord, ModelRecord, ShardRecord, UploadRecord,
+)
 from rtgrid.master.store.sqlite import MAX_STORED_TEXT_CHARS, SqliteStore
 
 BACKENDS = ("sqlite", "postgresql")
@@ -130,6 +132,21 @@ def test_cases_page_oldest_first_per_hospital(store):
     rest = store.list_cases("st-luke", 10, first[-1].case_id)
     assert [c.case_id for c in first + rest] == ["case-0", "case-1", "case-3", "case-4"]
     assert len(store.list_cases()) == 5
+
+
+def test_case_usage_counts_files_pending_files_and_uploads(store):
+    """What an upload's limits count, as a query: a case's files (an add's pending ones too) and
+    open uploads, not another case's."""
+    store.add_case(CaseRecord("case-a", "x", False, 1, "st-luke"))
+    store.add_case(CaseRecord("case-b", "x", False, 2, "st-luke"))
+    assert store.case_usage("case-a") == (0, 0)
+    store.add_files([FileRecord(f"file-{i}", "case-a", f"{i}.dcm", f"{i}" * 64, 100 + i, "CT", f"1.2.{i}")
+                     for i in range(3)])
+    store.add_file(FileRecord("file-p", "case-a", "mr.dcm", "e" * 64, 1000, "MR", "1.3", pending=True))
+    store.add_upload(UploadRecord("up1", "case-a", "next.dcm", 5000, "f" * 64, 10, 1))
+    store.add_file(FileRecord("file-b", "case-b", "0.dcm", "0" * 64, 7, "CT", "1.4"))
+    assert store.case_usage("case-a") == (5, 100 + 101 + 102 + 1000 + 5000)
+    assert store.case_usage("case-b") == (1, 7)
 
 
 def test_two_connections_take_turns_on_event_sequences(location):

@@ -1,0 +1,57 @@
+"""The pieces of the fast upload path that work off the stream: a CT file's complete check in a
+worker process (:mod:`rtgrid.master.prechecks`), and blobs written at once but made durable in the
+background, waited for by the commit (``BlobStore.sync_soon`` / ``sync``)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from rtgrid.engines.imaging.dicom_files import read_dicom
+from rtgrid.engines.imaging.errors import IntakeError
+from rtgrid.engines.phantom import write_phantom_case
+from rtgrid.master.blobs import BlobStore
+from rtgrid.master.prechecks import Prechecks
+
+
+@pytest.fixture(scope="module")
+def ct_files(tmp_path_factory):
+    folder = write_phantom_case(tmp_path_factory.mktemp("ct"), shape=(4, 32, 32), spacing_mm=(3.0, 3.0, 3.0),
+                                seed=5).ct_dir
+    return sorted(folder.iterdir())
+
+
+def test_a_worker_checks_a_file_as_the_commit_would_and_names_a_bad_one(ct_files, tmp_path):
+    good, bad = ct_files[0], tmp_path / "bad.dcm"
+    bad.write_bytes(ct_files[1].read_bytes()[:-500])  # its pixel data ends early
+    prechecks = Prechecks(workers=1)
+    try:
+        for path in (good, bad):
+            prechecks.submit(path, path.name, hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
+        checked = prechecks.take(good.name, hashlib.sha256(good.read_bytes()).hexdigest())
+        here = read_dicom(good.read_bytes(), good.name)
+        assert checked.info == here.info and np.array_equal(checked.pixels, here.pixels)
+        with pytest.raises(IntakeError) as caught:
+            prechecks.take(bad.name, hashlib.sha256(bad.read_bytes()).hexdigest())
+        assert "bad.dcm" in str(caught.value)
+        # Taken once: a second take (or a file never submitted) is left to the commit.
+        assert prechecks.take(good.name, hashlib.sha256(good.read_bytes()).hexdigest()) is None
+    finally:
+        prechecks.close()
+
+
+def test_blobs_synced_in_the_background_are_waited_for(tmp_path):
+    blobs = BlobStore(tmp_path / "blobs")
+    datas = [bytes([i]) * (1000 + i) for i in range(5)]
+    shas = [hashlib.sha256(d).hexdigest() for d in datas]
+    assert [blobs.put_unsynced(d, s) for d, s in zip(datas, shas)] == [True] * 5
+    assert not blobs.put_unsynced(datas[0], shas[0])  # held already
+    blobs.sync_soon(shas[:3])
+    blobs.sync(shas)  # the three started, the two others now
+    assert [blobs.read_bytes(s) for s in shas] == datas
+    assert not list((tmp_path / "blobs").glob("??/.tmp-*"))
+    blobs.delete(shas[4])
+    with pytest.raises(FileNotFoundError):  # a blob that is gone cannot be made durable: the commit stops
+        blobs.sync([shas[4]])
