@@ -42,10 +42,13 @@ MIN_DOSE_PER_FRACTION_GY = 0.5
 #: Prescription levels of one order (simultaneous integrated boost: PTV70 / PTV63 / PTV56).
 MAX_PRESCRIPTION_LEVELS = 5
 
-_TOP_LEVEL_KEYS = {"prescription", "prescriptions", "fractions", "constraints", "name", "goals"}
+_TOP_LEVEL_KEYS = {"prescription", "prescriptions", "fractions", "constraints", "name", "goals", "goal_margin_gy"}
 GOAL_SOURCES = ("order", "predicted")
 """Where the optimizer's goals come from: the order's constraints, or (``predicted``) also the
 dose a knowledge-based model predicts for the patient, mimicked voxel by voxel and by its DVHs."""
+MAX_GOAL_MARGIN_PCT = 10.0
+"""The largest ``goal_margin_gy``, in % of the highest prescription: a margin is room for how the
+dose is sampled, not a second set of limits."""
 _PRESCRIPTION_KEYS = {"target", "dose_gy", "fractions", "normalization_volume_pct", "priority"}
 _LEVEL_KEYS = {"target", "dose_gy", "normalization_volume_pct", "priority"}
 _CONSTRAINT_KEYS = {"structure", "type", "dose_gy", "volume_pct", "priority", "hard"}
@@ -147,6 +150,9 @@ class MedicalOrder:
     goals : str
         ``"order"`` (the constraints drive the optimizer) or ``"predicted"`` (a predicted dose's
         voxels and DVHs are goals too; the constraints are still goals and still judged).
+    goal_margin_gy : float
+        How far inside its limit the optimizer aims every goal but the normalization (Gy, default
+        0); the plan is still judged on the limits as written.
     """
 
     prescription: Prescription
@@ -155,6 +161,7 @@ class MedicalOrder:
     source: str = "<text>"
     lower_levels: tuple[Prescription, ...] = ()
     goals: str = "order"
+    goal_margin_gy: float = 0.0
 
     @property
     def levels(self) -> tuple[Prescription, ...]:
@@ -218,9 +225,23 @@ def load_order(path_or_text: str | Path, structure_names: Collection[str]) -> Me
     goals = raw.get("goals", "order")
     if goals not in GOAL_SOURCES:
         raise MedicalOrderError(f"{source}: 'goals' must be one of {list(GOAL_SOURCES)}, got {str(goals)[:40]!r}")
-    order = MedicalOrder(levels[0], constraints, name=name, source=source, lower_levels=levels[1:], goals=goals)
+    margin = _goal_margin(raw, levels, source)
+    order = MedicalOrder(levels[0], constraints, name=name, source=source, lower_levels=levels[1:], goals=goals,
+                         goal_margin_gy=margin)
     _check_consistency(order)
     return order
+
+
+def _goal_margin(raw: Mapping[str, Any], levels: tuple[Prescription, ...], source: str) -> float:
+    """``goal_margin_gy``: 0 Gy up to :data:`MAX_GOAL_MARGIN_PCT` of the highest prescription."""
+    if "goal_margin_gy" not in raw:
+        return 0.0
+    margin = _number(raw, "goal_margin_gy", source)
+    limit = MAX_GOAL_MARGIN_PCT / 100.0 * max(level.dose_gy for level in levels)
+    if not 0.0 <= margin <= limit:
+        raise MedicalOrderError(f"{source}: 'goal_margin_gy' must lie between 0 and {limit:g} Gy "
+                                f"({MAX_GOAL_MARGIN_PCT:g} % of the highest prescription), got {margin:g}")
+    return margin
 
 
 def _read_source(path_or_text: str | Path) -> tuple[str, str]:

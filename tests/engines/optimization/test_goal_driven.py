@@ -9,8 +9,10 @@ from rtgrid.engines.dose.beams import equispaced_gantry_angles
 from rtgrid.engines.dose.machine import load_machine
 from rtgrid.engines.optimization.coplanar_plan import compute_dose_influence, optimize_plan
 from rtgrid.engines.optimization.dvh import GoalResult
-from rtgrid.engines.optimization.goal_driven import adapted_objectives, goal_misses_gy, plan_score
-from rtgrid.engines.optimization.order import load_order
+from rtgrid.engines.optimization.goal_driven import (
+    adapted_objectives, goal_misses_gy, plan_rank, plan_score, unmet_with_margin,
+)
+from rtgrid.engines.optimization.order import MedicalOrderError, load_order
 from rtgrid.engines.qa.plan_acceptance import judge_standard_plan
 from tests.engines.conversion.test_conversion_plan import water_case
 
@@ -69,6 +71,34 @@ constraints:
     assert once.prescription == order.prescription
     assert [lv.dose_gy for lv in twice.lower_levels] == [62.0]
     assert [c.dose_gy for c in twice.constraints] == [40.0, 26.0]
+
+
+
+def test_a_goal_margin_counts_goals_met_with_less_room_as_missed_but_never_the_normalization():
+    names = ("PTV70", "PTV56", "Cord", "Gland", "BODY")
+    text = """
+prescriptions: [{target: PTV70, dose_gy: 70}, {target: PTV56, dose_gy: 56}]
+fractions: 35
+goal_margin_gy: 1.5
+constraints:
+  - {structure: Cord, type: max_dose, dose_gy: 45}
+  - {structure: Gland, type: max_mean_dose, dose_gy: 26}
+"""
+    order = load_order(text, names)
+    assert order.goal_margin_gy == 1.5 and load_order(text.replace("goal_margin_gy: 1.5", ""), names).goal_margin_gy == 0
+    goals = [GoalResult("", "PTV70", 70.0, 70.0, True), GoalResult("", "PTV56", 57.0, 56.0, True),
+             GoalResult("", "Cord", 44.0, 45.0, True), GoalResult("", "Gland", 20.0, 26.0, True)]
+    assert goal_misses_gy(order, goals) == [0.0, 0.0, 0.0, 0.0]
+    assert goal_misses_gy(order, goals, 1.5) == [0.0, 0.5, 0.5, 0.0]
+    assert unmet_with_margin(order, goals) and plan_score(order, goals) == (0.0, 0.0)
+    assert plan_rank(order, goals) == (0.0, 1.0, 0.0, 1.0)
+    once = adapted_objectives(order, order, goals)  # aimed past the margin by what it lacks
+    assert [lv.dose_gy for lv in once.lower_levels] == [56.5] and [c.dose_gy for c in once.constraints] == [44.5, 26.0]
+    roomy = [goals[0], GoalResult("", "PTV56", 58.0, 56.0, True), GoalResult("", "Cord", 43.0, 45.0, True), goals[3]]
+    assert not unmet_with_margin(order, roomy)
+    for bad, message in (("-1", "between 0 and 7 Gy"), ("8", "between 0 and 7 Gy"), ("'x'", "must be a finite number")):
+        with pytest.raises(MedicalOrderError, match=message):
+            load_order(text.replace("goal_margin_gy: 1.5", f"goal_margin_gy: {bad}"), names)
 
 
 def test_a_reference_dose_brings_its_sparing_to_an_order_that_does_not_ask_for_it(influence):
