@@ -300,16 +300,16 @@ one voxel took PTV70 D95 on the CT grid from 63.5-65.0 to 66.3 Gy, two to 70.0 G
 
 
 def planning_masks(order: MedicalOrder, masks: Mapping[str, np.ndarray], body: np.ndarray) -> dict[str, np.ndarray]:
-    """The masks the optimizer aims at: a thin target gains a ring of :data:`THIN_TARGET_RING_VOXELS`.
+    """The masks the optimizer aims at: a thin first-level target gains a ring of :data:`THIN_TARGET_RING_VOXELS`.
 
     A department reads the dose interpolated from the dose grid onto its CT, where a target's edge
     voxels draw on the dose voxels around the target's dose-grid mask. For a target thicker than
     a few dose voxels that changes D95 by tenths of a Gy; for a thin one it is most of the target:
     OpenKBP pt_202's PTV70 (5.3 cm3, about 1 cm wide over 6 cm) keeps 63 voxels of the 4 mm grid,
     none of them interior, and a plan with D95 = 70 Gy on them gave D95 63.5 Gy on the CT grid.
-    The ring (in the body, outside every higher level's target and every organ with a hard upper
-    bound) is planned at the level's dose as if it were target; the goals, the normalization and
-    the report still use the target's own mask.
+    The ring (in the body, outside every organ with a hard upper bound) is planned at the first
+    level's dose as if it were target; the goals, the normalization and the report still use the
+    target's own mask.
 
     Parameters
     ----------
@@ -322,7 +322,8 @@ def planning_masks(order: MedicalOrder, masks: Mapping[str, np.ndarray], body: n
     Returns
     -------
     dict[str, np.ndarray]
-        ``masks`` with each thin level's target replaced by target + ring.
+        ``masks`` with a thin first level's target replaced by target + ring (and, with a goal
+        margin, each hard-limited organ by organ + one voxel).
     """
     planned = dict(masks)
     body = np.asarray(body, dtype=bool)
@@ -342,14 +343,13 @@ def planning_masks(order: MedicalOrder, masks: Mapping[str, np.ndarray], body: n
             organ = np.asarray(masks[name], dtype=bool)
             if name not in order.targets and not organ[targets].all():
                 planned[name] = organ | (ndimage.binary_dilation(organ) & body & ~targets)
-    higher = np.zeros_like(body)
-    for level in order.levels:
-        target = np.asarray(masks[level.target], dtype=bool)
-        interior = ndimage.binary_erosion(target)
-        if np.count_nonzero(interior) < THIN_TARGET_INTERIOR * np.count_nonzero(target):
-            ring = ndimage.binary_dilation(target, np.ones((3, 3, 3), dtype=bool), THIN_TARGET_RING_VOXELS) & body & ~higher & ~protected
-            planned[level.target] = target | ring
-        higher |= planned[level.target]
+    # Only the first level: its D95 is the normalization, met exactly on the dose grid with no room
+    # left; lower levels' coverage has the goal margin. (A ring around pt_204's thin PTV63, 112
+    # voxels beside the PTV70, drove PTV70 D1 from 75 to 78.4 Gy.)
+    target = np.asarray(masks[order.prescription.target], dtype=bool)
+    if np.count_nonzero(ndimage.binary_erosion(target)) < THIN_TARGET_INTERIOR * np.count_nonzero(target):
+        ring = ndimage.binary_dilation(target, np.ones((3, 3, 3), dtype=bool), THIN_TARGET_RING_VOXELS)
+        planned[order.prescription.target] = target | (ring & body & ~protected)
     return planned
 
 

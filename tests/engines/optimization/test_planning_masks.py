@@ -1,4 +1,4 @@
-"""The masks the optimizer aims at: thin targets and, with a goal margin, hard-limited organs get a ring."""
+"""The masks the optimizer aims at: a thin first-level target and, with a goal margin, hard-limited organs get a ring."""
 
 from __future__ import annotations
 
@@ -41,9 +41,12 @@ def test_a_thin_target_is_planned_with_a_ring_outside_hard_limited_organs():
     # as far as the ring's width (26 neighbours), never into the cord (a hard maximum), into a soft organ yes
     assert ring[10, 10 + THIN_TARGET_RING_VOXELS, 10] and not ring[10, 10 + THIN_TARGET_RING_VOXELS + 1, 10]
     assert not ring[masks["Cord"]].any() and ring[masks["Gland"] & ~masks["PTV70"]].all()
-    # the thick lower level, the organs and the outline are what they were
+    # the lower level, the organs and the outline are what they were
     for name in ("PTV56", "Cord", "Gland", "BODY"):
         assert np.array_equal(planned[name], masks[name]), name
+    masks["PTV56"][:] = False
+    masks["PTV56"][5, 5, 20:30] = True               # a thin lower level keeps its contour: it has the goal margin
+    assert np.array_equal(planning_masks(order, masks, masks["BODY"])["PTV56"], masks["PTV56"])
 
 
 def test_a_thick_target_is_planned_as_contoured():
