@@ -83,6 +83,9 @@ def plan_patient(client: Client, npz: Path, params: dict[str, str], work: Path, 
     figures["ptv70_d95_pct"] = round(100.0 * next(c.value_gy for c in ours if c.name == "PTV70 D95") / 70.0, 2)
     figures["per_criterion"] = {c.name: {"ours": round(c.value_gy, 2), "clinical": round(k.value_gy, 2),
                                          "limit": c.limit_gy} for c, k in zip(ours, clinical)}
+    # what ours misses where the clinical plan meets it, and the reverse: the criteria to work on
+    figures["missed_where_clinical_met"] = [c.name for c, k in zip(ours, clinical) if k.met and not c.met]
+    figures["met_where_clinical_missed"] = [c.name for c, k in zip(ours, clinical) if c.met and not k.met]
     figures["oar_mean_gy"] = {name: {"ours": round(float(ours_on_ct[patient.masks[name]].mean()), 2),
                                      **({"clinical": round(float(patient.dose_gy[patient.masks[name]].mean()), 2)}
                                         if patient.dose_gy is not None else {})}
@@ -136,7 +139,8 @@ def run(args: argparse.Namespace, figures: dict) -> None:
                         per_patient[source][npz.stem] = r
                         say(f"{npz.stem} (goals: {source}): {r['state']} in {r['plan_s']:.0f} s; criteria met ours "
                             f"{r.get('ours_met', 0)}/{r['criteria']}, clinical {r['clinical_met']}/{r['criteria']}; "
-                            f"PTV70 D95 {r.get('ptv70_d95_pct', float('nan')):.1f} %")
+                            f"PTV70 D95 {r.get('ptv70_d95_pct', float('nan')):.1f} %; ours misses where clinical "
+                            f"meets: {r.get('missed_where_clinical_met', [])}")
     figures["per_patient"] = per_patient
     figures["summary"] = {source: summarize(list(runs.values())) for source, runs in per_patient.items()}
     figures["load_avg_end"] = _load()
