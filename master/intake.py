@@ -145,8 +145,6 @@ def create_case(intake: Intake, label: str, hospital: str = "") -> CaseRecord:
                 "(max_open_cases_per_hospital): commit or delete one first"
             )
         intake.store.add_case(case)
-    if intake.prechecks is not None:
-        intake.prechecks.start()  # its workers import pydicom while the first files arrive
     return case
 
 
