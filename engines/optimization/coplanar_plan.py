@@ -232,7 +232,8 @@ def optimize_on_full_kernel(
         Re-optimizations on the corrected matrix (0: the matrix alone).
     goal_rounds : int
         Goal-driven re-optimizations at most (:mod:`.goal_driven`; 0: none), each on the matrix
-        corrected with the last plan's far scatter; they stop once every goal is met.
+        corrected with the last plan's far scatter; they stop once every goal is met (with the
+        order's ``goal_margin_gy`` to spare).
     solver, max_iter, smoothness, device
         As :func:`.fluence.optimize_fluence`.
     reference_dose_gy : np.ndarray, optional

@@ -6,7 +6,8 @@ planners learned to write objectives below the goals they must meet. Here the op
 that itself, by iterative goal adaptation: after each plan, every goal the final dose misses gets
 its objective moved past the goal by the miss (cumulatively), and the fluence is re-optimized
 from the last solution on the matrix corrected with that plan's far scatter. Hard goals lead:
-the best plan is the one with the least total miss of hard goals, then of all goals.
+the best plan is the one with the least total miss of hard goals, then of hard goals from inside
+the order's margin (below), then of all goals.
 
 An order's ``goal_margin_gy`` makes the optimizer aim every goal but the normalization that far
 inside its limit: a goal met with less room counts as missed by the difference, for the rounds and
