@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 SHARED_INPUTS_KEPT = 8
 """Shared inputs (plan set-ups, CT series) kept in the object store for later shards: a few jobs' worth."""
+PUT_THREADS = 2
+"""Threads that serialize shard inputs into the object store: off the event loop (a CT slab took
+100 ms there, stalling every RPC) and out of the default pool (where uploads decode whole series)."""
 
 
 class ShardTaskError(RuntimeError):
@@ -49,6 +53,7 @@ class RayPool:
         self._shared: OrderedDict[str, ray.ObjectRef] = OrderedDict()
         self._shared_limit = shared_inputs
         self._shared_lock = threading.Lock()
+        self._put_pool = ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="rtgrid-ray-put")
         if ray.is_initialized():
             self.address = ray.get_runtime_context().gcs_address
             return
@@ -92,9 +97,10 @@ class RayPool:
         actor = self.actor(agent_id)
         if actor is None:
             raise RuntimeError(f"agent {agent_id} has no worker on the Ray cluster")
-        kwargs = {name: await asyncio.to_thread(self._shared_ref, value) if isinstance(value, SharedInput) else value
-                  for name, value in kwargs.items()}
-        kwargs_ref = ray.put(kwargs)
+        loop = asyncio.get_running_loop()
+        kwargs = {name: await loop.run_in_executor(self._put_pool, self._shared_ref, value)
+                  if isinstance(value, SharedInput) else value for name, value in kwargs.items()}
+        kwargs_ref = await loop.run_in_executor(self._put_pool, ray.put, kwargs)
         ref = actor.run.remote(task, [kwargs_ref], resources)
         try:
             return await ref
@@ -119,5 +125,6 @@ class RayPool:
         return ref
 
     def shutdown(self) -> None:
+        self._put_pool.shutdown(wait=False, cancel_futures=True)
         if ray.is_initialized():
             ray.shutdown()
