@@ -10,7 +10,7 @@ processes of one CPU each — and measures:
    validation, the all-or-nothing commit), split into the file phase (the first file by
    StartUpload, UploadChunks and FinishUpload, the rest whole on ``--streams`` UploadFiles
    streams at once, each file checked as it is kept and its complete check started in the
-   master's worker processes) and CommitCase (the checks waited for, series grouping and
+   master's worker threads) and CommitCase (the checks waited for, series grouping and
    validation, volume store); the same upload to the plaintext master (``upload_plaintext``);
    and beside them, in the same run, the transport's ceiling: the same bytes in the same message
    sizes over one raw gRPC stream into a server that only counts them, with TLS and without
@@ -208,8 +208,8 @@ class TimedClient(Client):
 
 
 def _tree_cpu_s(pid: int | None) -> float:
-    """CPU seconds (user + system) of process ``pid`` and its live descendants (the master's
-    precheck workers), from ``/proc``; 0 where unknown."""
+    """CPU seconds (user + system) of process ``pid`` and its live descendants, from ``/proc``;
+    0 where unknown."""
     if pid is None or not Path(f"/proc/{pid}").exists():
         return 0.0
     tick = os.sysconf("SC_CLK_TCK")
@@ -236,7 +236,7 @@ def measure_upload(target: str, ct_dir: Path, streams: int, master_pid: int | No
                    **credentials) -> tuple[str, dict[str, float]]:
     """Upload ``ct_dir`` through ``Client.upload_folder`` (``credentials``: ``ca`` and ``token`` for
     a TLS master); returns the case id and the figures (``master_cpu_s``: of ``master_pid`` and its
-    worker processes, when given)."""
+    child processes, when given)."""
     n_bytes = sum(p.stat().st_size for p in ct_dir.iterdir() if p.is_file())
     n_files = sum(1 for p in ct_dir.iterdir() if p.is_file())
     load = _load()

@@ -15,7 +15,7 @@ and their blobs reach the disk in the background, waited for before the commit's
 Where each check happens: FinishUpload (or a stream's keep) proves the bytes (size, sha256) and
 reads the DICOM header (modality, identity) of every file; a non-image object (RTSTRUCT) is checked
 completely there. A planning-image file's complete check (every element, pixel data, geometry,
-identity repairs) is made once: in a worker process as soon as the file is kept
+identity repairs) is made once: in a worker thread as soon as the file is kept
 (:mod:`.prechecks`), or at commit for a file no worker checked. The commit builds the series from
 those checks and refuses the whole case, naming the file, if any failed.
 """

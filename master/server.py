@@ -94,7 +94,6 @@ class Master:
             options=self.config.grpc_options(),
         )
         self.prechecks = Prechecks()
-        self.prechecks.start()  # workers import their engines now, not during the first upload
         intake = Intake(self.store, self.blobs, self.config, prechecks=self.prechecks)
         reaper = UploadReaper(intake)
         self.metrics.watch_uploads(self.store, reaper)

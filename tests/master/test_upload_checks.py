@@ -1,5 +1,5 @@
 """The pieces of the fast upload path that work off the stream: a CT file's complete check in a
-worker process (:mod:`rtgrid.master.prechecks`), and blobs written at once but made durable in the
+worker thread (:mod:`rtgrid.master.prechecks`), and blobs written at once but made durable in the
 background, waited for by the commit (``BlobStore.sync_soon`` / ``sync``)."""
 
 from __future__ import annotations
