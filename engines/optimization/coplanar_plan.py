@@ -25,6 +25,7 @@ from rtgrid.engines.dose.grid import resample_mask, resample_to_dose_grid
 from rtgrid.engines.dose.machine import MachineModel
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij, compute_beam_dose
 from rtgrid.engines.imaging.volume import Volume
+from rtgrid.engines.qa.plan_acceptance import judge_standard_plan
 
 from .dvh import GoalResult, dose_at_volume, evaluate_goals
 from .goal_driven import DEFAULT_GOAL_ROUNDS, adapted_objectives, plan_rank, unmet_with_margin
@@ -276,7 +277,13 @@ def optimize_on_full_kernel(
         fluence, weights, dose = optimize_and_score(with_far_scatter(dij, ratio), weights)
     voxel_cc = dose_grid.voxel_volume_mm3 / 1000.0
     goals = tuple(evaluate_goals(order, dose, masks, voxel_cc))
-    best = (plan_rank(order, goals), fluence, weights, dose, goals)
+
+    def rank(goals: tuple[GoalResult, ...], dose: np.ndarray) -> tuple:
+        # A plan the release check would fail never beats one it passes: goal rounds that push
+        # infeasible organ goals can buy them with a hot spot (pt_201: 91 Gy, 130 %, in round 3).
+        return (not judge_standard_plan(order, list(goals), dose, body).released, *plan_rank(order, goals))
+
+    best = (rank(goals, dose), fluence, weights, dose, goals)
     objectives, rounds = order, 0
     while rounds < goal_rounds and unmet_with_margin(order, goals):
         rounds += 1
@@ -284,8 +291,8 @@ def optimize_on_full_kernel(
         ratio = far_scatter_ratio(dij @ weights.astype(np.float32), dose)
         fluence, weights, dose = optimize_and_score(with_far_scatter(dij, ratio), weights, objectives)
         goals = tuple(evaluate_goals(order, dose, masks, voxel_cc))
-        if plan_rank(order, goals) < best[0]:
-            best = (plan_rank(order, goals), fluence, weights, dose, goals)
+        if rank(goals, dose) < best[0]:
+            best = (rank(goals, dose), fluence, weights, dose, goals)
     _, fluence, weights, dose, goals = best
     # the full-kernel doses before the last one probed the far scatter: they belong to the optimization
     return FinalPlan(weights, dose, fluence, correction_rounds, sum(optimization_s) + sum(full_dose_s[:-1]),

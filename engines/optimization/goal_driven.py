@@ -6,8 +6,8 @@ planners learned to write objectives below the goals they must meet. Here the op
 that itself, by iterative goal adaptation: after each plan, every goal the final dose misses gets
 its objective moved past the goal by the miss (cumulatively), and the fluence is re-optimized
 from the last solution on the matrix corrected with that plan's far scatter. Hard goals lead:
-the best plan is the one with the least total miss of hard goals, then of hard goals from inside
-the order's margin (below), then of all goals.
+the best plan is the one with the least total miss of hard goals, then of all goals (then the
+same from inside the order's margin, below).
 
 An order's ``goal_margin_gy`` makes the optimizer aim every goal but the normalization that far
 inside its limit: a goal met with less room counts as missed by the difference, for the rounds and
@@ -62,12 +62,15 @@ def plan_score(order: MedicalOrder, goals: Sequence[GoalResult]) -> tuple[float,
 
 
 def plan_rank(order: MedicalOrder, goals: Sequence[GoalResult]) -> tuple[float, float, float, float]:
-    """How good a plan is, lower being better: the total miss of hard goals, of hard goals counted
-    from inside the order's ``goal_margin_gy``, of all goals, and of all goals from inside the margin."""
-    hard_score, total = plan_score(order, goals)
+    """How good a plan is, lower being better: :func:`plan_score` (the total miss of hard goals, then
+    of all goals), then the same two counted from inside the order's ``goal_margin_gy``.
+
+    The margin only breaks ties: the goals as written, soft ones (the body's maximum) included,
+    weigh more than room inside the hard ones.
+    """
     hard = [True] * len(order.levels) + [c.hard for c in order.constraints]
     inside = goal_misses_gy(order, goals, order.goal_margin_gy)
-    return hard_score, sum(m for m, h in zip(inside, hard) if h), total, sum(inside)
+    return (*plan_score(order, goals), sum(m for m, h in zip(inside, hard) if h), sum(inside))
 
 
 def adapted_objectives(objectives: MedicalOrder, order: MedicalOrder, goals: Sequence[GoalResult]) -> MedicalOrder:

@@ -91,7 +91,7 @@ constraints:
     assert goal_misses_gy(order, goals) == [0.0, 0.0, 0.0, 0.0]
     assert goal_misses_gy(order, goals, 1.5) == [0.0, 0.5, 0.5, 0.0]
     assert unmet_with_margin(order, goals) and plan_score(order, goals) == (0.0, 0.0)
-    assert plan_rank(order, goals) == (0.0, 1.0, 0.0, 1.0)
+    assert plan_rank(order, goals) == (0.0, 0.0, 1.0, 1.0)
     once = adapted_objectives(order, order, goals)  # aimed past the margin by what it lacks
     assert [lv.dose_gy for lv in once.lower_levels] == [56.5] and [c.dose_gy for c in once.constraints] == [44.5, 26.0]
     roomy = [goals[0], GoalResult("", "PTV56", 58.0, 56.0, True), GoalResult("", "Cord", 43.0, 45.0, True), goals[3]]
