@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from rtgrid.engines.errors import EngineError
 
@@ -119,6 +120,8 @@ def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]
             message = clip(exc, MAX_STATUS_MESSAGE_CHARS)
             log.info("%s refused: %s", method.__name__, message)
             await context.abort(_status(exc), message)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(method.__name__, exc))
         except Exception as exc:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(exc).__name__}")
@@ -167,11 +170,21 @@ def stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
             message = clip(exc, MAX_STATUS_MESSAGE_CHARS)
             log.info("%s refused: %s", method.__name__, message)
             await context.abort(_status(exc), message)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable(method.__name__, exc))
         except Exception as exc:
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}: {type(exc).__name__}")
 
     return wrapper
+
+
+def _undecodable(method_name: str, exc: DecodeError) -> str:
+    """The refusal of a streamed message that does not parse as the method's request type (a
+    client's own framing: gRPC hands the stream's messages to the servicer undecoded)."""
+    message = clip(f"{method_name}: a message of the request stream is not valid: {exc}", MAX_STATUS_MESSAGE_CHARS)
+    log.info("%s refused: %s", method_name, message)
+    return message
 
 
 def _status(exc: MasterError | EngineError) -> grpc.StatusCode:

@@ -62,7 +62,10 @@ def _sync_client_stream(target: str, service: str, name: str, body) -> tuple[grp
     stub = dict((n, s) for _, n, s in SERVICES)[service]
     with grpc.insecure_channel(target) as channel:
         try:
-            getattr(stub(channel), name)(iter(body), timeout=CALL_DEADLINE_S)
+            answer = getattr(stub(channel), name)(iter(body), timeout=CALL_DEADLINE_S)
+            if hasattr(answer, "__next__"):  # a bidirectional stream answers as it reads
+                for _ in answer:
+                    pass
         except grpc.RpcError as exc:
             return exc.code(), exc.details() or ""
     return grpc.StatusCode.OK, ""
@@ -165,7 +168,8 @@ def _methods():
         service = module.DESCRIPTOR.services_by_name[service_name]
         for method in service.methods:
             request_cls = _message_class_of(method.input_type)
-            kind = ("client_stream" if method.client_streaming else
+            kind = ("bidi_stream" if method.client_streaming and method.server_streaming else
+                    "client_stream" if method.client_streaming else
                     "server_stream" if method.server_streaming else "unary")
             out.append((service_name, method.name, request_cls, kind))
     return out
@@ -177,7 +181,12 @@ METHODS = _methods()
 def request_strategy(ids: list[str]) -> st.SearchStrategy:
     choices = []
     for service_name, name, cls, kind in METHODS:
-        body = _upload_chunks(ids) if kind == "client_stream" else message_strategy(cls, ids)
+        if kind == "client_stream":
+            body = _upload_chunks(ids)
+        elif kind == "bidi_stream":  # its own messages, or another type's bytes (a corrupt stream)
+            body = st.one_of(st.lists(message_strategy(cls, ids), max_size=4), _upload_chunks(ids))
+        else:
+            body = message_strategy(cls, ids)
         choices.append(body.map(lambda b, s=service_name, n=name, k=kind: (s, n, k, b)))
     return st.one_of(choices)
 
@@ -192,6 +201,9 @@ async def _call(stubs, service: str, name: str, kind: str, body) -> tuple[grpc.S
                 pass
         elif kind == "client_stream":
             await method(iter(body), timeout=CALL_DEADLINE_S)
+        elif kind == "bidi_stream":
+            async for _ in method(iter(body), timeout=CALL_DEADLINE_S):
+                pass
         else:
             await method(body, timeout=CALL_DEADLINE_S)
     except grpc.aio.AioRpcError as exc:
@@ -241,7 +253,7 @@ def test_fuzz_public_protos(fuzz_master):
         results = loop.run_until_complete(_gather(stubs, requests))
         rpc_s[0] += time.monotonic() - t0
         for (service, name, kind, body), (code, details) in zip(requests, results):
-            if kind == "client_stream" and code == grpc.StatusCode.INTERNAL and details == AIO_CLIENT_WRITE_RACE:
+            if kind in ("client_stream", "bidi_stream") and code == grpc.StatusCode.INTERNAL and details == AIO_CLIENT_WRITE_RACE:
                 code, details = _sync_client_stream(target, service, name, body)
                 codes["aio_write_race_resent"] += 1
             codes[code.name] += 1

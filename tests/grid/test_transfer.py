@@ -163,6 +163,15 @@ def test_one_stream_carries_many_files_and_a_bad_file_keeps_nothing_of_its_batch
         error = _refused_stream(client, iter(list(_stream(case, files[:2], chunk=1024))[:-1]))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "ended after" in error.details()
         assert files[1][0] in error.details()
+        # A message that does not parse (another client's framing, or a hostile one) amid good ones.
+        raw = client.channel.stream_stream("/rtgrid.v1.HospitalService/UploadFiles",
+                                           request_serializer=lambda data: data,
+                                           response_deserializer=hospital_pb2.UploadedFile.FromString)
+        good = [m.SerializeToString() for m in _stream(case, files[:1], chunk=1024)]
+        with pytest.raises(grpc.RpcError) as caught:
+            list(raw(iter([good[0], b"\xff\xff\xff\xff", *good[1:]]), timeout=30))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert "not valid" in caught.value.details()
         assert _stored(grid) == before
         # The good files: one answer per file, in order; sent again, the same files (nothing twice).
         kept = list(client.hospital.UploadFiles(_stream(case, files), timeout=30))
