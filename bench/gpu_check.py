@@ -83,7 +83,8 @@ class Sizes:
     plan_goal_rounds: int | None = None  # None: optimize_plan's default
 
 
-FULL = Sizes(False, {"dij": 90, "solver": 45, "plan": 45, "seg_training": 30, "seg_inference": 45, "dose_prediction": 30},
+# The plan's budget as measured: 53 s on one H200 (2026-12-04; 147 s on 2 CPU cores), with room for a slower GPU.
+FULL = Sizes(False, {"dij": 90, "solver": 45, "plan": 180, "seg_training": 30, "seg_inference": 45, "dose_prediction": 30},
              solver_iterations=150, plan_iterations=80, training_iterations=20, seg_slices=0, dose_slices=0)
 TINY = Sizes(True, {"dij": 20, "solver": 15, "plan": 15, "seg_training": 20, "seg_inference": 20, "dose_prediction": 15},
              solver_iterations=15, plan_iterations=10, training_iterations=2, seg_slices=1, dose_slices=2,

@@ -40,6 +40,7 @@ import pydicom
 import typer
 
 from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
+from rtgrid.engines.dose.parallel import ordered_imap
 from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.intake import load_series_dir
 from rtgrid.engines.imaging.openkbp import OAR_NAMES, load_openkbp_patient
@@ -156,10 +157,14 @@ def expand_cases(entries: list[dict[str, Any]], base: Path) -> tuple[list[tuple[
     return items, tuple(validation)
 
 
-def iter_cases(items: list[tuple[str, Any]], base: Path) -> Iterator[TrainCase]:
-    """Load the cases one at a time (training keeps only their model-grid copies), with progress on stderr."""
-    for number, (kind, what) in enumerate(items, start=1):
-        case = load_openkbp_case(what) if kind == "openkbp" else load_case(what[1], base, what[0])
+def iter_cases(items: list[tuple[str, Any]], base: Path, workers: int = 1) -> Iterator[TrainCase]:
+    """Load the cases in order, on ``workers`` threads a few ahead (training keeps only their
+    model-grid copies), with progress on stderr."""
+    def load(item: tuple[str, Any]) -> TrainCase:
+        kind, what = item
+        return load_openkbp_case(what) if kind == "openkbp" else load_case(what[1], base, what[0])
+
+    for number, case in enumerate(ordered_imap(load, items, workers), start=1):
         if number % 20 == 0 or number == len(items):
             _progress(f"loaded {number}/{len(items)} cases")
         yield case
@@ -201,6 +206,12 @@ def _progress(line: str) -> None:
     print(f"train-seg {time.strftime('%H:%M:%S')}: {line}", file=sys.stderr, flush=True)
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def train_seg_command(
     config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training configuration (JSON)."),
     out: Path = typer.Option(..., "--out", help="Folder for the checkpoint and the model package (OUT/package)."),
@@ -209,9 +220,13 @@ def train_seg_command(
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoint.pt when present."),
     max_epochs_this_run: int = typer.Option(None, help="Stop after this many epochs (resume later)."),
     max_minutes: float = typer.Option(None, help="Start no new epoch after this many minutes (resume later)."),
+    workers: int = typer.Option(1, min=1, help="Threads that load and prepare the cases (the result does not depend on it)."),
 ) -> None:
     """Train a segmentation model (U-Net or DeepLabv3+) and write a model package; prints a JSON summary."""
     try:
+        if device.startswith("cuda") and not _cuda_available():
+            raise TrainSetupError(f"--device {device}: this machine has no CUDA device (train with --device cpu, "
+                                  "or make model-hn HN_DEVICE=cpu: hours instead of minutes)")
         train_config, entries = load_train_config(config)
         if seed is not None:
             train_config = dataclasses.replace(train_config, seed=seed)
@@ -220,9 +235,9 @@ def train_seg_command(
             if train_config.validation_case_ids:
                 raise TrainSetupError(f"{config}: give validation cases either as validation_case_ids or as cases marked 'validation', not both")
             train_config = dataclasses.replace(train_config, validation_case_ids=validation_ids)
-        result = train_segmentation(iter_cases(items, config.parent), train_config, out, resume=resume, device=device,
-                                    max_epochs_this_run=max_epochs_this_run, progress=_progress,
-                                    max_seconds=None if max_minutes is None else 60.0 * max_minutes)
+        result = train_segmentation(iter_cases(items, config.parent, workers), train_config, out, resume=resume,
+                                    device=device, max_epochs_this_run=max_epochs_this_run, progress=_progress,
+                                    max_seconds=None if max_minutes is None else 60.0 * max_minutes, workers=workers)
     except (ValueError, EngineError) as exc:  # setup, data, card, intake and resume errors
         raise typer.BadParameter(str(exc)) from None
     print(json.dumps({"package": str(result.package_dir), "sha256": result.package_hash,

@@ -13,7 +13,8 @@ The count comes from, first to last: the caller's ``workers`` argument, the envi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -78,3 +79,21 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> list[
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="rtgrid-dose") as pool:
         return list(pool.map(fn, items))
+
+
+def ordered_imap(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``(fn(x) for x in items)`` on ``workers`` threads, lazily: at most ``2 * workers`` calls run
+    or wait ahead of the consumer, so a long stream of large results (cases of a training set)
+    is not all held at once. Results keep the order of ``items``; an exception is raised in turn.
+    """
+    if workers <= 1:
+        yield from (fn(x) for x in items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtgrid-map") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

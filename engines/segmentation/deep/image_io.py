@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from rtgrid.engines.imaging.volume import Volume
 
@@ -29,6 +28,8 @@ def read_image_volume(path: str | Path) -> Volume:
     FileNotFoundError
         A folder without a DICOM series.
     """
+    import SimpleITK as sitk  # here: only cases given as NIfTI or ITK folders need it (a heavy import)
+
     path = Path(path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()

@@ -18,8 +18,9 @@ pixels count as background-or-that-class in the cross-entropy (the marginal loss
 Med. Image Anal. 2021), never as background.
 
 On CUDA the forward pass runs under autocast (bf16 where supported, else fp16 with a gradient
-scaler); batches are drawn and augmented by a background thread on every device, in the same
-order as in the foreground, so the weights do not depend on the thread.
+scaler); batches are drawn by a background thread on every device, in the same order as in the
+foreground, so the weights do not depend on the thread, and augmented there on the CPU, on the
+GPU on CUDA.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rtgrid.engines.dose.parallel import ordered_imap
 from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.segmentation.deep.augment import AugmentConfig, augment_batch
@@ -568,6 +570,7 @@ def train_segmentation(
     max_epochs_this_run: int | None = None,
     progress: Callable[[str], None] | None = None,
     max_seconds: float | None = None,
+    workers: int = 1,
 ) -> TrainResult:
     """Train, validate each epoch, stop early on a plateau, and package the best epoch.
 
@@ -591,6 +594,9 @@ def train_segmentation(
     max_seconds : float, optional
         Start no new epoch after this many seconds of this call (a bound on wall-clock time; the
         card records the epochs done, and the checkpoint allows continuing).
+    workers : int
+        Threads that prepare the cases (their resampling releases the GIL); the result does not
+        depend on it.
 
     Returns
     -------
@@ -606,7 +612,7 @@ def train_segmentation(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch_device = torch.device(device)
-    prepared = [prepare_case(case, config) for case in cases]
+    prepared = list(ordered_imap(lambda case: prepare_case(case, config), cases, workers))
     if not prepared:
         raise TrainingDataError("no training cases")
     train, val = _split(prepared, config)
@@ -617,6 +623,8 @@ def train_segmentation(
 
     torch.manual_seed(config.seed)
     model = build_model(config.architecture, 1, len(config.classes) + 1, **config.architecture_kwargs).to(torch_device)
+    if torch_device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one patch size throughout: the fastest kernels, found once
     if config.initial_package:
         model.load_state_dict(_initial_weights(config))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -660,6 +668,9 @@ def train_segmentation(
     spacing = config.input_spacing_mm
     slice_index = np.array([(c, z) for c, case in enumerate(train) for z in range(case.images.shape[0])], dtype=np.int64)
     class_slices = class_slice_index(train, len(config.classes)) if config.foreground_sampling == "class" else []
+    # On a GPU the resampling of a batch is a few kernels, and on the CPU thread it would starve
+    # the GPU; on the CPU it runs beside the network in the prefetch thread.
+    augment_on_device = torch_device.type == "cuda"
     run_started = time.perf_counter()
     while epoch < config.max_epochs and not stopped_early:
         if max_epochs_this_run is not None and epochs_this_run >= max_epochs_this_run:
@@ -675,13 +686,16 @@ def train_segmentation(
 
         def make_batch(rng: np.random.Generator = rng, generator: torch.Generator = generator) -> tuple[torch.Tensor, ...]:
             images, labels, known = _sample_batch(train, config, rng, slice_index, class_slices)
-            images, labels = augment_batch(images, labels, config.augment, spacing, lr_swap, generator)
+            if not augment_on_device:
+                images, labels = augment_batch(images, labels, config.augment, spacing, lr_swap, generator)
             return images, labels, known
 
         batches = _BatchPrefetcher(make_batch, config.iterations_per_epoch)
         try:
             for images, labels, known in batches:
                 images, labels = images.to(torch_device, non_blocking=True), labels.to(torch_device, non_blocking=True)
+                if augment_on_device:  # the same draws, in the same order, as the thread's
+                    images, labels = augment_batch(images, labels, config.augment, spacing, lr_swap, generator)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(torch_device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     logits = model(images)

@@ -25,7 +25,12 @@ def test_builtin_package_loads_and_its_hash_matches_its_card() -> None:
     assert all(label.roi_type == "ORGAN" for label in card.labels)
     data = card.extra["training_data"]
     assert "Med. Phys. 48 (2021)" in data["citation"] and "MIT" in data["licence"]
-    assert len(card.training_data["training_cases"]) == 170 and len(card.training_data["validation_cases"]) == 33
+    # Trained on the 170 training patients, its epoch selected on 11 validation patients, and
+    # scored on all 33 (none of them trained on).
+    trained = {c["case_id"] for c in card.training_data["training_cases"]}
+    selected_on = {c["case_id"] for c in card.training_data["validation_cases"]}
+    assert len(trained) == 170 and len(selected_on) == 11 and not trained & selected_on
+    assert all(int(case.split("_")[1]) <= 200 for case in trained)  # OpenKBP's training patients are pt_1..pt_200
     validation = card.validation_metrics["openkbp_validation"]
     assert validation["patients"] == 33 and set(validation["organs"]) == set(OAR_NAMES)
     assert sum(p.numel() for p in model.parameters()) > 0

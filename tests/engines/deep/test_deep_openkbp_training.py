@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import typer
 
 from rtgrid.engines.imaging.openkbp import load_openkbp_patient
 from rtgrid.engines.imaging.volume import Volume
@@ -53,7 +54,7 @@ def test_a_missing_organ_is_unknown_for_that_patient(tmp_path: Path) -> None:
 
 
 def _config_file(folder: Path, cases: list[dict]) -> Path:
-    config = json.loads((Path(__file__).resolve().parents[3] / "engines/segmentation/deep/builtin/train/hn-oar-unet.json").read_text())
+    config = json.loads((Path(__file__).resolve().parents[3] / "engines/segmentation/deep/builtin/train/hn-oar-unet-cuda.json").read_text())
     config.update(
         architecture_kwargs={"base_channels": 4, "depth": 2}, patch_size=[32, 32], batch_size=4,
         iterations_per_epoch=3, max_epochs=2, validation_slice_step=16, cases=cases,
@@ -73,10 +74,14 @@ def test_train_seg_on_named_openkbp_patients_resumes_to_the_same_weights(tmp_pat
     assert loaded.body_region == "head_and_neck"
 
     whole, halves = tmp_path / "whole", tmp_path / "halves"
-    train_seg_command(config, out=whole, device="cpu", seed=None, resume=True, max_epochs_this_run=None, max_minutes=None)
-    train_seg_command(config, out=halves, device="cpu", seed=None, resume=True, max_epochs_this_run=1, max_minutes=None)
+    # The halves load and prepare their cases on 3 threads: the weights do not depend on it.
+    train_seg_command(config, out=whole, device="cpu", seed=None, resume=True, max_epochs_this_run=None, max_minutes=None,
+                      workers=1)
+    train_seg_command(config, out=halves, device="cpu", seed=None, resume=True, max_epochs_this_run=1, max_minutes=None,
+                      workers=3)
     assert torch.load(halves / CHECKPOINT_FILE, weights_only=False)["epoch"] == 1
-    train_seg_command(config, out=halves, device="cpu", seed=None, resume=True, max_epochs_this_run=None, max_minutes=None)
+    train_seg_command(config, out=halves, device="cpu", seed=None, resume=True, max_epochs_this_run=None, max_minutes=None,
+                      workers=3)
     (model_a, card_a), (model_b, card_b) = load_package(whole / "package"), load_package(halves / "package")
     for key, value in model_a.state_dict().items():
         torch.testing.assert_close(value, model_b.state_dict()[key], rtol=0, atol=0)
@@ -106,3 +111,12 @@ def test_head_and_neck_region_is_found_on_openkbp_and_not_on_the_abdomen(totalse
     assert check_region(abdomen, "").covered
     with pytest.raises(UnknownRegionError, match="pelvis"):
         check_region(Volume(np.zeros((2, 4, 4)), [0, 0, 0], [1, 1, 1]), "pelvis")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with a CUDA device trains there")
+def test_cuda_training_without_a_cuda_device_is_refused_by_name(tmp_path: Path) -> None:
+    config = _config_file(tmp_path, [{"openkbp": "no-such-folder/pt_*.npz"}])
+    with pytest.raises(typer.BadParameter, match="no CUDA device"):
+        train_seg_command(config, out=tmp_path / "out", device="cuda", seed=None, resume=True, max_epochs_this_run=None,
+                          max_minutes=None, workers=1)
+    assert not (tmp_path / "out").exists()

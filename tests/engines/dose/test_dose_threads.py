@@ -10,7 +10,7 @@ import pytest
 from rtgrid.engines.dose import pencil_beam, raytrace
 from rtgrid.engines.dose.beams import Beam, beam_axes, make_bixel_grid
 from rtgrid.engines.dose.machine import load_machine
-from rtgrid.engines.dose.parallel import ENGINE_THREADS_ENV, EngineThreadsError, engine_threads, ordered_map
+from rtgrid.engines.dose.parallel import ENGINE_THREADS_ENV, EngineThreadsError, engine_threads, ordered_imap, ordered_map
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij, compute_beam_dose
 from rtgrid.engines.dose.raytrace import bev_radiological_depth
 from rtgrid.engines.imaging.volume import Volume
@@ -140,6 +140,30 @@ def test_ordered_map_keeps_order_and_runs_on_several_threads() -> None:
     assert ordered_map(work, range(6), 2) == [x * x for x in range(6)]
     assert len(seen) == 2
     assert ordered_map(work, [5], 4) == [25]  # one item runs inline
+
+
+def test_ordered_imap_keeps_order_runs_a_bounded_few_ahead_and_raises_in_turn() -> None:
+    pulled: list[int] = []
+
+    def items():
+        for x in range(100):
+            pulled.append(x)
+            yield x
+
+    results = ordered_imap(lambda x: x * x, items(), 3)
+    assert [next(results) for _ in range(2)] == [0, 1]
+    assert len(pulled) <= 2 * 3 + 2  # not the whole stream: at most 2 * workers ahead of the consumer
+    assert list(results) == [x * x for x in range(2, 100)]
+
+    def fail_on_3(x: int) -> int:
+        if x == 3:
+            raise ValueError("three")
+        return x
+
+    failing = ordered_imap(fail_on_3, range(10), 2)
+    assert [next(failing) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="three"):
+        next(failing)
 
 
 def test_assembly_on_threads_equals_the_single_thread_one(machine, case) -> None:
