@@ -30,7 +30,8 @@ from rtgrid.protos.v1 import common_pb2, hospital_pb2
 from .conftest import Grid, start_master_with, stop_process
 
 SHAPE, SPACING = (16, 128, 128), (4.0, 4.0, 5.0)
-DISK_BYTES = 8 << 20
+# Room for the built-in model packages the master registers there (about 12 MB of weights) and the tests' data.
+DISK_BYTES = 32 << 20
 JOB_TIMEOUT_S = 240.0
 
 
