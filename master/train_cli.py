@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import torch
 import typer
 
 from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
@@ -206,12 +207,6 @@ def _progress(line: str) -> None:
     print(f"train-seg {time.strftime('%H:%M:%S')}: {line}", file=sys.stderr, flush=True)
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def train_seg_command(
     config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training configuration (JSON)."),
     out: Path = typer.Option(..., "--out", help="Folder for the checkpoint and the model package (OUT/package)."),
@@ -224,7 +219,7 @@ def train_seg_command(
 ) -> None:
     """Train a segmentation model (U-Net or DeepLabv3+) and write a model package; prints a JSON summary."""
     try:
-        if device.startswith("cuda") and not _cuda_available():
+        if device.startswith("cuda") and not torch.cuda.is_available():
             raise TrainSetupError(f"--device {device}: this machine has no CUDA device (train with --device cpu, "
                                   "or make model-hn HN_DEVICE=cpu: hours instead of minutes)")
         train_config, entries = load_train_config(config)

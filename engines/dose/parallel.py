@@ -75,10 +75,9 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> list[
     The results keep the order of ``items``; an exception in any call is raised here.
     """
     items = list(items)
-    if workers <= 1 or len(items) <= 1:
+    if len(items) <= 1:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="rtgrid-dose") as pool:
-        return list(pool.map(fn, items))
+    return list(ordered_imap(fn, items, min(workers, len(items))))
 
 
 def ordered_imap(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
@@ -89,7 +88,7 @@ def ordered_imap(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iter
     if workers <= 1:
         yield from (fn(x) for x in items)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtgrid-map") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtgrid-engine") as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
