@@ -349,20 +349,34 @@ def _slice_step(ordered: list[InspectedFile], positions: np.ndarray) -> tuple[fl
 
 
 def _rescaled_stack(ordered: list[InspectedFile]) -> np.ndarray:
-    slopes = np.array([item.info.rescale_slope for item in ordered])
-    intercepts = np.array([item.info.rescale_intercept for item in ordered])
-    stored = np.stack([item.pixels for item in ordered])  # type: ignore[arg-type]
-    integral = np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts))
-    if integral:
-        values = (
-            stored.astype(np.int32) * slopes.astype(np.int32)[:, None, None]
-            + intercepts.astype(np.int32)[:, None, None]
-        )
-        info = np.iinfo(np.int16)
-        if values.min() >= info.min and values.max() <= info.max:
-            return values.astype(np.int16)
-        return values.astype(np.float32)
-    return (stored * slopes[:, None, None] + intercepts[:, None, None]).astype(np.float32)
+    """The slices' stored values times RescaleSlope plus RescaleIntercept, stacked: ``int16`` when
+    every slope and intercept is an integer and every value fits, else ``float32``.
+
+    Slice by slice into the one output array: whole-volume int32 temporaries of a 512 x 512 x 300
+    CT cost seconds in fresh pages, a slice's stay in the cache."""
+    slopes = [item.info.rescale_slope for item in ordered]
+    intercepts = [item.info.rescale_intercept for item in ordered]
+    shape = (len(ordered), *ordered[0].pixels.shape)  # type: ignore[union-attr]
+    if all(float(v).is_integer() for v in (*slopes, *intercepts)):
+        limits = np.iinfo(np.int16)
+        out = np.empty(shape, dtype=np.int16)
+        work = np.empty(shape[1:], dtype=np.int32)
+        for k, item in enumerate(ordered):
+            np.multiply(item.pixels, int(slopes[k]), out=work, dtype=np.int32, casting="unsafe")
+            work += int(intercepts[k])
+            if work.min() < limits.min or work.max() > limits.max:
+                break
+            out[k] = work
+        else:
+            return out
+        out = np.empty(shape, dtype=np.float32)
+        for k, item in enumerate(ordered):
+            out[k] = item.pixels.astype(np.int32) * int(slopes[k]) + int(intercepts[k])  # type: ignore[union-attr]
+        return out
+    out = np.empty(shape, dtype=np.float32)
+    for k, item in enumerate(ordered):
+        out[k] = item.pixels * slopes[k] + intercepts[k]
+    return out
 
 
 def _summarised_notes(infos: list[DicomFileInfo]) -> tuple[str, ...]:

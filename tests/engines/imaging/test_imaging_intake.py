@@ -195,6 +195,26 @@ def test_file_level_errors_propagate_with_the_file_name(real_ct_files):
     assert caught.value.file_name == "notes.txt"
 
 
+def test_integer_rescale_beyond_int16_gives_exact_float32(small_series, small_volume, edit):
+    """One slice whose integer slope takes it past int16 (the last, so the earlier ones were
+    already rescaled as int16) turns the whole volume into float32, every value exact."""
+    names = sorted(name for name, _ in small_series)
+    intercept = float(pydicom.dcmread(pydicom.filebase.DicomBytesIO(small_series[0][1])).RescaleIntercept)
+    stored = small_volume.voxels.astype(np.float64) - intercept
+
+    def steep(ds):
+        ds.RescaleSlope = "30"
+
+    last = max(names, key=lambda n: float(pydicom.dcmread(pydicom.filebase.DicomBytesIO(dict(small_series)[n]))
+                                          .ImagePositionPatient[2]))
+    series = load_series([(name, edit(data, steep) if name == last else data) for name, data in small_series])
+    assert series.volume.voxels.dtype == np.float32
+    expected = small_volume.voxels.astype(np.float64)
+    expected[-1] = stored[-1] * 30 + intercept
+    assert np.abs(expected[-1]).max() > np.iinfo(np.int16).max
+    np.testing.assert_array_equal(series.volume.voxels, expected.astype(np.float32))
+
+
 def test_float_slope_gives_float32_hu(small_series, small_volume, edit):
     def halve(ds):
         ds.RescaleSlope = "0.5"
