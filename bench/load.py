@@ -25,7 +25,7 @@ grid and ``--soak-max-jobs`` in all; the master's memory over the soak says whet
 
 Everything is bounded: every RPC has a deadline, each watch ``--job-timeout``, the whole run
 ``--wave-timeout`` (then the jobs left are cancelled and the run fails). The master's resident
-memory (VmRSS of its process) is sampled every ``RSS_SAMPLE_S`` throughout.
+memory (VmRSS of its process, and its parts RssAnon and RssShmem) is sampled every ``RSS_SAMPLE_S`` throughout.
 
 Figures: ``jobs_total``, ``jobs_succeeded``, ``events_in_order`` (jobs whose watcher saw every
 event in order and whose replay matched), p50 and p99 latencies of upload, submit (the RPC), first
@@ -147,28 +147,39 @@ class HospitalRun:
 
 
 class RssSampler(threading.Thread):
-    """Samples a process's resident memory (MiB), with the seconds since the start, until stopped."""
+    """Samples a process's resident memory (MiB), with the seconds since the start, until stopped:
+    the whole (VmRSS) and its parts, the process's own heap (RssAnon) and the shared memory it has
+    mapped (RssShmem: Ray's object store, whose pages the master touches when it puts shard inputs)."""
+
+    FIELDS = ("VmRSS", "RssAnon", "RssShmem")
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, float]] = []  # (seconds, VmRSS MiB)
+        self.parts: dict[str, list[float]] = {"anon": [], "shmem": []}  # MiB, one per sample
         self._stop_event = threading.Event()
 
-    def rss_mb(self) -> float:
+    def rss_mb(self) -> dict[str, float]:
+        """VmRSS, RssAnon and RssShmem of the process now, in MiB."""
+        found = dict.fromkeys(self.FIELDS, 0.0)
         with open(f"/proc/{self.pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+                name, _, value = line.partition(":")
+                if name in found:
+                    found[name] = int(value.split()[0]) / 1024
+        return found
 
     def run(self) -> None:
         started = time.perf_counter()
         while True:
             try:
-                self.samples.append((time.perf_counter() - started, self.rss_mb()))
+                now = self.rss_mb()
             except OSError:
                 return
+            self.samples.append((time.perf_counter() - started, now["VmRSS"]))
+            self.parts["anon"].append(now["RssAnon"])
+            self.parts["shmem"].append(now["RssShmem"])
             if self._stop_event.wait(RSS_SAMPLE_S):
                 return
 
@@ -365,8 +376,9 @@ def summarize(runs: list[HospitalRun], wave_s: float) -> dict:
     return figures
 
 
-def rss_figures(samples: list[tuple[float, float]]) -> dict:
-    """Start, end, max and trend of the master's RSS (MiB) and evenly picked ``[seconds, MiB]`` samples.
+def rss_figures(samples: list[tuple[float, float]], parts: dict[str, list[float]] | None = None) -> dict:
+    """Start, end, max and trend of the master's RSS (MiB) and evenly picked ``[seconds, MiB]`` samples;
+    the same figures, without samples, for each of ``parts`` (MiB per sample, e.g. ``anon``, ``shmem``).
 
     ``growth_mb`` is the mean of the last quarter of the samples minus that of the second quarter
     (the first quarter is warm-up); ``slope_mb_per_min`` a least-squares line over the second half.
@@ -374,7 +386,20 @@ def rss_figures(samples: list[tuple[float, float]]) -> dict:
     if not samples:
         return {"samples": 0}
     t = np.array([s[0] for s in samples])
-    mb = np.array([s[1] for s in samples])
+    out = _trend(t, np.array([s[1] for s in samples]))
+    n = len(t)
+    picked = np.unique(np.linspace(0, n - 1, min(n, RSS_REPORTED_SAMPLES)).round().astype(int))
+    out["samples"] = [[round(float(t[i]), 1), round(float(samples[i][1]), 1)] for i in picked]
+    for name, values in (parts or {}).items():
+        if len(values) == n:
+            trend = _trend(t, np.array(values))
+            trend.pop("flat_limit_mb", None)
+            out[name] = trend
+    return out
+
+
+def _trend(t: np.ndarray, mb: np.ndarray) -> dict:
+    """``rss_figures`` of one series of MiB samples taken at ``t`` seconds, without the samples."""
     n = len(mb)
     out = {"start_mb": round(float(mb[0]), 1), "end_mb": round(float(mb[-1]), 1), "max_mb": round(float(mb.max()), 1),
            "n_samples": n, "sample_period_s": RSS_SAMPLE_S}
@@ -385,8 +410,6 @@ def rss_figures(samples: list[tuple[float, float]]) -> dict:
         half_t, half_mb = t[n // 2:], mb[n // 2:]
         if half_t[-1] > half_t[0]:
             out["slope_mb_per_min"] = round(float(np.polyfit(half_t / 60, half_mb, 1)[0]), 2)
-    picked = np.unique(np.linspace(0, n - 1, min(n, RSS_REPORTED_SAMPLES)).round().astype(int))
-    out["samples"] = [[round(float(t[i]), 1), round(float(mb[i]), 1)] for i in picked]
     return out
 
 
@@ -520,13 +543,15 @@ def run(args: argparse.Namespace, figures: dict) -> None:
             finally:
                 sampler.stop()
             figures.update(summarize(runs, wave_s))
-            figures["master_rss"] = rss_figures(sampler.samples)
+            figures["master_rss"] = rss_figures(sampler.samples, sampler.parts)
             figures["goals"] = goals(figures, soak is not None)
             rss = figures["master_rss"]
             say(f"{figures['jobs_succeeded']}/{figures['jobs_total']} jobs succeeded in {wave_s:.1f} s "
                 f"({figures['jobs_per_min']} jobs/min); events in order for {figures['events_in_order']}; "
                 f"first event p99 {figures.get('first_event_p99_ms')} ms; master RSS {rss.get('start_mb')} -> "
-                f"{rss.get('end_mb')} MiB (max {rss.get('max_mb')}, growth {rss.get('growth_mb')}); "
+                f"{rss.get('end_mb')} MiB (max {rss.get('max_mb')}, growth {rss.get('growth_mb')}; heap "
+                f"{rss.get('anon', {}).get('start_mb')} -> {rss.get('anon', {}).get('end_mb')}, shared "
+                f"{rss.get('shmem', {}).get('start_mb')} -> {rss.get('shmem', {}).get('end_mb')}); "
                 f"goals {figures['goals']}")
             if figures["jobs_succeeded"] != figures["jobs_total"] or figures["events_in_order"] != figures["jobs_total"]:
                 raise RuntimeError(f"not every job finished with every event in order: {figures.get('errors')}")
