@@ -102,10 +102,13 @@ bench-scale: install
 	$(PY) -m bench.scale
 
 # Every CUDA path against the CPU path (bench/gpu_check.py; about 3 minutes on one H200, the plan check 53 s of it).
-# cupy (the `gpu` extra) is installed only where nvidia-smi exists; without a CUDA device the
-# check prints 'no CUDA device' and exits 0.
+# cupy is installed only where nvidia-smi exists and cupy is not importable yet: the `gpu` extra
+# (CUDA 12) or `gpu-cuda13` when the driver reports CUDA 13; without a CUDA device the check
+# prints 'no CUDA device' and exits 0.
 gpu-check: install
-	@if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q -e '.[gpu]' || echo "warning: could not install the gpu extra (cupy): the dij check will fail"; fi
+	@if command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c "import cupy" 2>/dev/null; then \
+	  extra=gpu; if nvidia-smi | grep -q "CUDA Version: 13"; then extra=gpu-cuda13; fi; \
+	  $(PY) -m pip install -q -e ".[$$extra]" || echo "warning: could not install the $$extra extra (cupy): the dij check will fail"; fi
 	$(PY) -m bench.gpu_check
 
 clean:
