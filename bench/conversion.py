@@ -31,6 +31,7 @@ Usage::
 
     python -m bench.conversion
     python -m bench.conversion --case tg119 --beams 9      # the TG-119 C-shape (needs pyRadPlan)
+    python -m bench.conversion --case tg119 --beams 9 --dose-grid-mm 3 --bixel-mm 3 --devices TB-M120 --counts 1
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ def run(args: argparse.Namespace, figures: dict) -> None:
     counts = [int(n) for n in args.counts.split(",")]
     if any(not 1 <= n <= len(devices) for n in counts):
         raise BenchError(f"--counts {args.counts}: each count must lie in 1..{len(devices)} (the --devices given)")
-    params = {"beams": str(args.beams), "dose_grid_mm": str(args.dose_grid_mm)}
+    params = {"beams": str(args.beams), "dose_grid_mm": str(args.dose_grid_mm), "bixel_mm": str(args.bixel_mm)}
     figures["config"] = {"case": args.case, "devices": devices, "counts": counts, **params, "agents": 2,
                          "agent_cpus": 1, "cpu_count": os.cpu_count()}
     figures["load_avg_start"] = _load()
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", default="1,2,3", help="device counts to convert for, one plan job each")
     parser.add_argument("--beams", type=int, default=5, help="equispaced coplanar beams of the standard plan")
     parser.add_argument("--dose-grid-mm", type=float, default=5.0, help="dose grid spacing (mm)")
+    parser.add_argument("--bixel-mm", type=float, default=5.0, help="bixel size at the isocenter (mm)")
     parser.add_argument("--head-object-store-mb", type=int, default=1024,
                         help="object store of the Ray head, where the master puts shard arguments (MiB)")
     parser.add_argument("--job-timeout", type=float, default=900.0, help="seconds allowed per plan job")
