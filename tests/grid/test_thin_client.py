@@ -95,11 +95,11 @@ def _requires(wheel_path: Path) -> dict[str, set[str]]:
     with zipfile.ZipFile(wheel_path) as whl:
         [meta] = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
         message = email.parser.Parser().parsestr(whl.read(meta).decode())
+    extras = message.get_all("Provides-Extra") or []
     by_extra: dict[str, set[str]] = {}
     for line in message.get_all("Requires-Dist") or []:
         req = Requirement(line)
-        extra = next((e for e in ("server", "gateway", "test", "gpu")
-                      if req.marker and req.marker.evaluate({"extra": e})), "")
+        extra = next((e for e in extras if req.marker and req.marker.evaluate({"extra": e})), "")
         name = canonicalize_name(req.name) + (f"[{','.join(sorted(req.extras))}]" if req.extras else "")
         by_extra.setdefault(extra, set()).add(name)
     return by_extra
