@@ -156,30 +156,26 @@ class RssSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
-        self.samples: list[tuple[float, float]] = []  # (seconds, VmRSS MiB)
-        self.parts: dict[str, list[float]] = {"anon": [], "shmem": []}  # MiB, one per sample
+        self.samples: list[tuple[float, ...]] = []  # (seconds, then MiB of each of FIELDS)
         self._stop_event = threading.Event()
 
-    def rss_mb(self) -> dict[str, float]:
-        """VmRSS, RssAnon and RssShmem of the process now, in MiB."""
+    def rss_mb(self) -> tuple[float, ...]:
+        """MiB of each of ``FIELDS`` for the process now."""
         found = dict.fromkeys(self.FIELDS, 0.0)
         with open(f"/proc/{self.pid}/status") as fh:
             for line in fh:
                 name, _, value = line.partition(":")
                 if name in found:
                     found[name] = int(value.split()[0]) / 1024
-        return found
+        return tuple(found.values())
 
     def run(self) -> None:
         started = time.perf_counter()
         while True:
             try:
-                now = self.rss_mb()
+                self.samples.append((time.perf_counter() - started, *self.rss_mb()))
             except OSError:
                 return
-            self.samples.append((time.perf_counter() - started, now["VmRSS"]))
-            self.parts["anon"].append(now["RssAnon"])
-            self.parts["shmem"].append(now["RssShmem"])
             if self._stop_event.wait(RSS_SAMPLE_S):
                 return
 
@@ -376,25 +372,24 @@ def summarize(runs: list[HospitalRun], wave_s: float) -> dict:
     return figures
 
 
-def rss_figures(samples: list[tuple[float, float]], parts: dict[str, list[float]] | None = None) -> dict:
-    """Start, end, max and trend of the master's RSS (MiB) and evenly picked ``[seconds, MiB]`` samples;
-    the same figures, without samples, for each of ``parts`` (MiB per sample, e.g. ``anon``, ``shmem``).
+def rss_figures(samples: list[tuple[float, ...]]) -> dict:
+    """Start, end, max and trend of the master's RSS (MiB) and evenly picked ``[seconds, MiB]``
+    samples; the same figures, without samples, for its heap (``anon``) and shared (``shmem``) parts.
 
+    ``samples``: ``(seconds, VmRSS, RssAnon, RssShmem)`` as :class:`RssSampler` takes them.
     ``growth_mb`` is the mean of the last quarter of the samples minus that of the second quarter
     (the first quarter is warm-up); ``slope_mb_per_min`` a least-squares line over the second half.
     """
     if not samples:
         return {"samples": 0}
-    t = np.array([s[0] for s in samples])
-    out = _trend(t, np.array([s[1] for s in samples]))
-    n = len(t)
-    picked = np.unique(np.linspace(0, n - 1, min(n, RSS_REPORTED_SAMPLES)).round().astype(int))
-    out["samples"] = [[round(float(t[i]), 1), round(float(samples[i][1]), 1)] for i in picked]
-    for name, values in (parts or {}).items():
-        if len(values) == n:
-            trend = _trend(t, np.array(values))
-            trend.pop("flat_limit_mb", None)
-            out[name] = trend
+    columns = np.array(samples).T
+    t, rss = columns[0], columns[1]
+    out = _trend(t, rss)
+    picked = np.unique(np.linspace(0, len(t) - 1, min(len(t), RSS_REPORTED_SAMPLES)).round().astype(int))
+    out["samples"] = [[round(float(t[i]), 1), round(float(rss[i]), 1)] for i in picked]
+    for name, values in (("anon", columns[2]), ("shmem", columns[3])):
+        out[name] = _trend(t, values)
+        out[name].pop("flat_limit_mb", None)
     return out
 
 
@@ -543,7 +538,7 @@ def run(args: argparse.Namespace, figures: dict) -> None:
             finally:
                 sampler.stop()
             figures.update(summarize(runs, wave_s))
-            figures["master_rss"] = rss_figures(sampler.samples, sampler.parts)
+            figures["master_rss"] = rss_figures(sampler.samples)
             figures["goals"] = goals(figures, soak is not None)
             rss = figures["master_rss"]
             say(f"{figures['jobs_succeeded']}/{figures['jobs_total']} jobs succeeded in {wave_s:.1f} s "
@@ -571,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, default=None, metavar="MINUTES",
                         help="keep a stream of jobs going for this many minutes instead of one wave")
     parser.add_argument("--soak-in-flight", type=int, default=6, help="most soak jobs queued or running at once")
-    parser.add_argument("--soak-max-jobs", type=int, default=2000, help="most soak jobs in all")
+    parser.add_argument("--soak-max-jobs", type=int, default=4000,
+                        help="most soak jobs in all (a 30-minute soak runs about 2500 on 2 cores)")
     parser.add_argument("--job-timeout", type=float, default=420.0, help="seconds allowed per job's watch")
     parser.add_argument("--wave-timeout", type=float, default=540.0,
                         help="seconds allowed for all hospitals (a soak adds its minutes)")
