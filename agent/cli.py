@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from rtgrid.engines.dose.parallel import ENGINE_THREADS_ENV
+from rtgrid.engines.parallel import ENGINE_THREADS_ENV
 from rtgrid.engines.logsetup import configure_logging
 
 from .daemon import DEFAULT_OBJECT_STORE_MB, Agent, AgentOptions

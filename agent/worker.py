@@ -19,7 +19,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rtgrid.engines.dose.parallel import ENGINE_THREADS_ENV
+from rtgrid.engines.parallel import ENGINE_THREADS_ENV
 from rtgrid.protos.grid_contract import RAY_NAMESPACE, model_actor_name
 
 from .channel import MasterLink

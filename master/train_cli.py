@@ -41,7 +41,7 @@ import torch
 import typer
 
 from rtgrid.engines.dicomrt.rtstruct import read_rtstruct
-from rtgrid.engines.dose.parallel import ordered_imap
+from rtgrid.engines.parallel import ordered_imap
 from rtgrid.engines.errors import EngineError
 from rtgrid.engines.imaging.intake import load_series_dir
 from rtgrid.engines.imaging.openkbp import OAR_NAMES, load_openkbp_patient

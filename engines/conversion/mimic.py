@@ -34,6 +34,8 @@ from rtgrid.engines.optimization.dvh import dose_at_volume
 from rtgrid.engines.optimization.fluence import DEFAULT_FTOL, DEFAULT_SMOOTHNESS, LBFGS_MEMORY, FluenceResult
 from rtgrid.engines.optimization.objectives import build_penalty_terms, dose_objective, smoothness_operator, to_device
 from rtgrid.engines.optimization.order import Constraint, MedicalOrder
+from rtgrid.engines.optimization.row_blocks import RowBlockMatrix
+from rtgrid.engines.parallel import blas_threads
 
 ISODOSE_LEVELS_PCT = (30.0, 50.0, 80.0, 95.0)
 DVH_GOAL_VOLUMES_PCT = (5.0, 25.0, 50.0)
@@ -195,7 +197,7 @@ def mimic_dose(
         lap = smoothness_operator(bixel_positions, n_bixels)
         if lap.shape[0]:
             roughness = (lap, smoothness / (lap.shape[0] * x_ref**2))
-    dij_t = dij.T
+    products = RowBlockMatrix(dij)  # on every core the engine may use
     if initial_weights is None:
         u0 = np.ones(n_bixels)
     else:
@@ -207,12 +209,12 @@ def mimic_dose(
         # the variables are weights in units of x_ref (order 1), which keeps L-BFGS-B's first
         # steps in proportion to the weights
         x = u * x_ref
-        dose = (dij @ x.astype(np.float32)).astype(np.float64)
+        dose = products.matvec(x).astype(np.float64)
         value, dose_grad = dose_objective(dose, terms)
         diff = dose[rows] - ref_rows
         value += scale * float(np.sum(weights * diff**2))
         dose_grad[rows] += 2.0 * scale * weights * diff
-        grad = (dij_t @ dose_grad.astype(np.float32)).astype(np.float64)
+        grad = products.rmatvec(dose_grad)
         if roughness is not None:
             lap, lap_weight = roughness
             r = lap @ x
@@ -220,12 +222,13 @@ def mimic_dose(
             grad += 2.0 * lap_weight * (lap.T @ r)
         return value, grad * x_ref
 
-    history: list[float] = [fun(u0)[0]]  # the start's objective first, as optimize_fluence's
-    result = scipy.optimize.minimize(
-        fun, u0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * n_bixels,
-        callback=lambda intermediate_result: history.append(float(intermediate_result.fun)),
-        options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-12, "maxcor": LBFGS_MEMORY},
-    )
+    with blas_threads(1):  # the products run on the engine's threads
+        history: list[float] = [fun(u0)[0]]  # the start's objective first, as optimize_fluence's
+        result = scipy.optimize.minimize(
+            fun, u0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * n_bixels,
+            callback=lambda intermediate_result: history.append(float(intermediate_result.fun)),
+            options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-12, "maxcor": LBFGS_MEMORY},
+        )
     x = np.clip(result.x, 0.0, None) * x_ref
     dose = (dij @ x.astype(np.float32)).astype(np.float32)
     coverage = dose_at_volume(dose[indices[rx.target]].astype(np.float64), rx.normalization_volume_pct)

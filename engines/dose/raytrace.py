@@ -14,7 +14,7 @@ from types import ModuleType
 import numpy as np
 
 from rtgrid.engines.dose.beams import BeamAxes
-from rtgrid.engines.dose.parallel import ordered_map
+from rtgrid.engines.parallel import ordered_map
 from rtgrid.engines.imaging.volume import Volume
 
 SLAB_SAMPLES = 2_000_000

@@ -23,7 +23,7 @@ from rtgrid.engines.dose.beams import Beam, BixelGrid, default_isocenter, make_b
 from rtgrid.engines.dose.far_scatter import far_scatter_ratio, with_far_scatter
 from rtgrid.engines.dose.grid import resample_mask, resample_to_dose_grid
 from rtgrid.engines.dose.machine import MachineModel
-from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij, compute_beam_dose
+from rtgrid.engines.dose.pencil_beam import FullKernelBeam, assemble_dij, compute_beam_dij
 from rtgrid.engines.imaging.volume import Volume
 from rtgrid.engines.qa.plan_acceptance import judge_standard_plan
 
@@ -255,6 +255,9 @@ def optimize_on_full_kernel(
     reference = None if reference_dose_gy is None else np.asarray(reference_dose_gy, dtype=np.float64).ravel()
     optimization_s: list[float] = []
     full_dose_s: list[float] = []
+    clock = time.perf_counter()
+    beams = full_kernel_beams(dose_grid, body, bixels, machine)
+    full_dose_s.append(time.perf_counter() - clock)  # counted with the first dose, which probes far scatter
 
     def optimize_and_score(matrix: sp.csr_matrix, start: np.ndarray | None,
                            objectives: MedicalOrder = order) -> tuple[FluenceResult, np.ndarray, np.ndarray]:
@@ -267,7 +270,7 @@ def optimize_on_full_kernel(
                                  smoothness=smoothness, max_iter=iterations, initial_weights=start)
         optimization_s.append(fluence.time_s)
         clock = time.perf_counter()
-        weights, dose = full_kernel_dose(dose_grid, body, bixels, fluence.weights, machine, order, target)
+        weights, dose = full_kernel_dose(beams, fluence.weights, order, target)
         full_dose_s.append(time.perf_counter() - clock)
         return fluence, weights, dose
 
@@ -294,7 +297,8 @@ def optimize_on_full_kernel(
         if rank(goals, dose) < best[0]:
             best = (rank(goals, dose), fluence, weights, dose, goals)
     _, fluence, weights, dose, goals = best
-    # the full-kernel doses before the last one probed the far scatter: they belong to the optimization
+    # the beams' ray traces and the full-kernel doses before the last one probed the far scatter:
+    # they belong to the optimization
     return FinalPlan(weights, dose, fluence, correction_rounds, sum(optimization_s) + sum(full_dose_s[:-1]),
                      full_dose_s[-1], rounds, goals)
 
@@ -361,22 +365,9 @@ def planning_masks(order: MedicalOrder, masks: Mapping[str, np.ndarray], body: n
     return planned
 
 
-def full_kernel_dose(
-    dose_grid: Volume,
-    body: np.ndarray,
-    bixels: Sequence[BixelGrid],
-    weights: np.ndarray,
-    machine: MachineModel,
-    order: MedicalOrder,
-    target_mask: np.ndarray,
-    *,
-    workers: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The plan's final dose with the full pencil-beam kernel, normalized again to the prescription.
-
-    The influence matrix drops far scatter beyond its lateral cutoff (a few % of the dose, more in
-    a concavity such as TG-119's core) to stay sparse: good enough to optimize on, not to report,
-    score or compare device plans with.
+def full_kernel_beams(dose_grid: Volume, body: np.ndarray, bixels: Sequence[BixelGrid], machine: MachineModel, *,
+                      workers: int | None = None) -> tuple[FullKernelBeam, ...]:
+    """The plan's beams ready for :func:`full_kernel_dose`, each projected and ray-traced once.
 
     Parameters
     ----------
@@ -386,28 +377,42 @@ def full_kernel_dose(
         Voxels that get dose.
     bixels : sequence of BixelGrid
         Per beam, in the weights' order.
+    machine : MachineModel
+    workers : int, optional
+        Threads of each beam's dose (``None``: ``RTGRID_ENGINE_THREADS`` or this process's CPUs);
+        the dose is bitwise the same for every count.
+    """
+    return tuple(FullKernelBeam(dose_grid, body, grid.beam, grid, machine, workers=workers) for grid in bixels)
+
+
+def full_kernel_dose(beams: Sequence[FullKernelBeam], weights: np.ndarray, order: MedicalOrder,
+                     target_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The plan's final dose with the full pencil-beam kernel, normalized again to the prescription.
+
+    The influence matrix drops far scatter beyond its lateral cutoff (a few % of the dose, more in
+    a concavity such as TG-119's core) to stay sparse: good enough to optimize on, not to report,
+    score or compare device plans with.
+
+    Parameters
+    ----------
+    beams : sequence of FullKernelBeam
+        From :func:`full_kernel_beams`, in the weights' order.
     weights : np.ndarray
         Optimized bixel weights (all beams).
-    machine : MachineModel
     order : MedicalOrder
         Its prescription sets the normalization.
     target_mask : np.ndarray
         The prescription's target on the dose grid.
-    workers : int, optional
-        Threads of each beam's dose (:func:`~rtgrid.engines.dose.pencil_beam.compute_beam_dose`;
-        ``None``: ``RTGRID_ENGINE_THREADS`` or this process's CPUs); the dose is bitwise the same
-        for every count.
 
     Returns
     -------
     tuple of np.ndarray
         The renormalized weights and the dose (float32 Gy, all fractions, dose-grid shape).
     """
-    offsets = np.cumsum([0] + [g.n_bixels for g in bixels])
-    dose = np.zeros(dose_grid.shape, dtype=np.float64)
-    for b, grid in enumerate(bixels):
-        dose += compute_beam_dose(dose_grid, body, grid.beam, grid, machine, weights[offsets[b]:offsets[b + 1]],
-                                  workers=workers)
+    offsets = np.cumsum([0] + [beam.bixels.n_bixels for beam in beams])
+    dose = np.zeros(np.shape(target_mask), dtype=np.float64)
+    for b, beam in enumerate(beams):
+        dose += beam.dose(weights[offsets[b]:offsets[b + 1]])
     rx = order.prescription
     factor = rx.dose_gy / dose_at_volume(dose[np.asarray(target_mask, dtype=bool)], rx.normalization_volume_pct)
     return np.asarray(weights) * factor, (dose * factor).astype(np.float32)

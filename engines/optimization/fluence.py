@@ -29,10 +29,12 @@ import scipy.optimize
 import scipy.sparse as sp
 
 from rtgrid.engines.errors import EngineError
+from rtgrid.engines.parallel import blas_threads
 
 from .dvh import dose_at_volume
 from .objectives import DeviceTerms, build_penalty_terms, dose_objective, smoothness_operator, to_device
 from .order import MedicalOrder
+from .row_blocks import RowBlockMatrix
 
 SOLVERS = ("lbfgs", "torch")
 DEFAULT_SMOOTHNESS = 0.02
@@ -212,12 +214,12 @@ def _voxel_indices(structures: Mapping[str, np.ndarray], name: str, n_voxels: in
 
 def _solve_scipy(dij, x_ref, terms, rx_gy, roughness, u0, max_iter, ftol):
     """L-BFGS-B on the scaled weights ``u`` (``x = x_ref u``)."""
-    dij_t = dij.T  # a CSC view: its products cost what CSR's do, without a transposed copy
+    products = RowBlockMatrix(dij)  # on every core the engine may use
     numpy_terms = to_device(terms, rx_gy, None)
 
     def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
-        value, dose_grad = dose_objective((dij @ (x_ref * u).astype(np.float32)).astype(np.float64), numpy_terms)
-        grad = x_ref * (dij_t @ dose_grad.astype(np.float32)).astype(np.float64)
+        value, dose_grad = dose_objective(products.matvec(x_ref * u).astype(np.float64), numpy_terms)
+        grad = x_ref * products.rmatvec(dose_grad)
         if roughness is not None:
             lap, weight = roughness
             r = lap @ u
@@ -225,14 +227,15 @@ def _solve_scipy(dij, x_ref, terms, rx_gy, roughness, u0, max_iter, ftol):
             grad += 2.0 * weight * (lap.T @ r)
         return value, grad
 
-    # The start's objective first: a start already at the optimum (a warm start) may end in a
-    # failed first line search (scipy >= 1.15 says ABNORMAL) and leave no iterate of its own.
-    history: list[float] = [fun(u0)[0]]
-    result = scipy.optimize.minimize(
-        fun, u0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * u0.size,
-        callback=lambda intermediate_result: history.append(float(intermediate_result.fun)),
-        options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-12, "maxcor": LBFGS_MEMORY},
-    )
+    with blas_threads(1):  # the products run on the engine's threads
+        # The start's objective first: a start already at the optimum (a warm start) may end in a
+        # failed first line search (scipy >= 1.15 says ABNORMAL) and leave no iterate of its own.
+        history: list[float] = [fun(u0)[0]]
+        result = scipy.optimize.minimize(
+            fun, u0, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * u0.size,
+            callback=lambda intermediate_result: history.append(float(intermediate_result.fun)),
+            options={"maxiter": max_iter, "ftol": ftol, "gtol": 1e-12, "maxcor": LBFGS_MEMORY},
+        )
     return result.x, int(result.nit), history, str(result.message)
 
 

@@ -10,11 +10,11 @@ import pytest
 from rtgrid.engines.dose import pencil_beam, raytrace
 from rtgrid.engines.dose.beams import Beam, beam_axes, make_bixel_grid
 from rtgrid.engines.dose.machine import load_machine
-from rtgrid.engines.dose.parallel import ENGINE_THREADS_ENV, EngineThreadsError, engine_threads, ordered_imap, ordered_map
+from rtgrid.engines.parallel import ENGINE_THREADS_ENV, EngineThreadsError, engine_threads, ordered_imap, ordered_map
 from rtgrid.engines.dose.pencil_beam import assemble_dij, compute_beam_dij, compute_beam_dose
 from rtgrid.engines.dose.raytrace import bev_radiological_depth
 from rtgrid.engines.imaging.volume import Volume
-from rtgrid.engines.optimization.coplanar_plan import full_kernel_dose
+from rtgrid.engines.optimization.coplanar_plan import full_kernel_beams, full_kernel_dose
 from rtgrid.engines.optimization.order import load_order
 
 ORDER = """
@@ -83,9 +83,14 @@ def test_direct_dose_and_plan_dose_are_bitwise_the_same_on_several_threads(machi
     three = compute_beam_dose(density, body, beams[0], bixels[0], machine, weights[:bixels[0].n_bixels], workers=3)
     assert np.array_equal(one, three)
     order = load_order(ORDER, {"PTV", "BODY"})
-    w1, d1 = full_kernel_dose(density, body, bixels, weights, machine, order, target, workers=1)
-    w2, d2 = full_kernel_dose(density, body, bixels, weights, machine, order, target, workers=2)
+    w1, d1 = full_kernel_dose(full_kernel_beams(density, body, bixels, machine, workers=1), weights, order, target)
+    beams_on_two = full_kernel_beams(density, body, bixels, machine, workers=2)
+    w2, d2 = full_kernel_dose(beams_on_two, weights, order, target)
     assert np.array_equal(w1, w2) and np.array_equal(d1, d2)
+    # a beam traced once gives every later fluence the dose of a fresh computation
+    other = weights[::-1].copy()
+    assert np.array_equal(full_kernel_dose(beams_on_two, other, order, target)[1],
+                          full_kernel_dose(full_kernel_beams(density, body, bixels, machine), other, order, target)[1])
 
 
 def test_ray_trace_slabs_on_threads_give_the_same_depths(machine, case, small_blocks) -> None:

@@ -1,0 +1,61 @@
+"""The optimizer's threaded matrix products: scipy's results, the same for every thread count."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from threadpoolctl import threadpool_info
+
+from rtgrid.engines.optimization.row_blocks import RowBlockMatrix
+from rtgrid.engines.parallel import blas_threads
+
+
+@pytest.fixture
+def matrix() -> sp.csr_matrix:
+    # empty rows at both ends and inside, like a dose grid's rows outside every beam
+    dense = sp.random(4000, 250, density=0.04, format="csr", dtype=np.float32, random_state=7).toarray()
+    dense[:300] = 0.0
+    dense[1800:2100] = 0.0
+    dense[-200:] = 0.0
+    return sp.csr_matrix(dense)
+
+
+def test_products_equal_scipy_and_each_other_on_any_thread_count(matrix) -> None:
+    rng = np.random.default_rng(5)
+    x, y = rng.uniform(0, 2, matrix.shape[1]), rng.normal(size=matrix.shape[0])
+    one = RowBlockMatrix(matrix, workers=1, block_nonzeros=2000)
+    three = RowBlockMatrix(matrix, workers=3, block_nonzeros=2000)
+    assert len(one.blocks) > 10
+    assert [b[:2] for b in one.blocks] == [b[:2] for b in three.blocks]
+    assert one.blocks[0][0] == 0 and one.blocks[-1][1] == matrix.shape[0]
+    assert all(a[1] == b[0] for a, b in zip(one.blocks, one.blocks[1:]))  # every row in one block
+    forward = one.matvec(x)
+    assert forward.dtype == np.float32
+    assert np.array_equal(forward, matrix @ x.astype(np.float32))  # rows are independent: bit for bit
+    assert np.array_equal(forward, three.matvec(x))
+    backward = one.rmatvec(y)
+    assert backward.dtype == np.float64
+    np.testing.assert_allclose(backward, matrix.T.astype(np.float64) @ y.astype(np.float32), rtol=1e-5, atol=1e-5)
+    assert np.array_equal(backward, three.rmatvec(y))
+
+
+def test_blocks_share_the_matrix_and_refuse_a_bad_size(matrix) -> None:
+    blocks = RowBlockMatrix(matrix, block_nonzeros=1000)
+    assert np.shares_memory(blocks.matrix.data, matrix.data)
+    for *_, rows, columns in blocks.blocks:
+        assert np.shares_memory(rows.data, matrix.data) and np.shares_memory(rows.indices, matrix.indices)
+        assert columns.data is rows.data and columns.indices is rows.indices
+    with pytest.raises(ValueError, match="block_nonzeros"):
+        RowBlockMatrix(matrix, block_nonzeros=0)
+
+
+def test_blas_threads_limits_blas_inside_and_restores_it_after() -> None:
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS as well as numpy's)
+
+    def blas_threads_now() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads_now()
+    assert before, "no BLAS library found"
+    with blas_threads(1):
+        assert blas_threads_now() == [1] * len(before)
+    assert blas_threads_now() == before
