@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.optimize
@@ -140,7 +140,11 @@ def optimize_fluence(
     indices = {name: _voxel_indices(structures, name, n_voxels) for name in order.structures}
 
     rx = order.prescription
-    terms = build_penalty_terms(order, indices)
+    reached, row_of_voxel = _rows_with_entries(dij)
+    # the solvers see only the rows bixels reach: their dose vectors, gradients and their casts
+    # shrink with them (TG-119, 3 mm: 0.27 M of 3.0 M); terms are made on the voxels first, as
+    # they count voxels and set structures apart
+    terms = [replace(t, voxels=row_of_voxel[t.voxels]) for t in build_penalty_terms(order, indices)]
 
     target_dose_per_unit = float(np.mean(dij[indices[rx.target]] @ np.ones(n_bixels, dtype=np.float32)))
     if target_dose_per_unit <= 0:
@@ -164,14 +168,14 @@ def optimize_fluence(
             roughness = (lap, smoothness / lap.shape[0])
 
     if solver == "lbfgs":
-        u, iterations, history, message = _solve_scipy(dij, x_ref, terms, rx.dose_gy, roughness, u0, max_iter, ftol)
+        u, iterations, history, message = _solve_scipy(reached, x_ref, terms, rx.dose_gy, roughness, u0, max_iter, ftol)
         used_device = "cpu"
     else:
         import torch  # imported here so the CPU solver does not load it
 
         used_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         u, iterations, history, message = _solve_torch(
-            dij, x_ref, terms, rx.dose_gy, roughness, u0, max_iter, ftol, used_device
+            reached, x_ref, terms, rx.dose_gy, roughness, u0, max_iter, ftol, used_device
         )
 
     weights = np.clip(u, 0.0, None) * x_ref
@@ -191,6 +195,17 @@ def optimize_fluence(
         device=used_device,
         message=message,
     )
+
+
+def _rows_with_entries(dij: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The rows of ``dij`` that hold entries, then one empty row (on the same data and indices);
+    and for every voxel its row there, the empty one (dose 0) for voxels no bixel reaches."""
+    reached = np.flatnonzero(np.diff(dij.indptr))
+    indptr = np.concatenate([dij.indptr[reached], [dij.nnz, dij.nnz]]).astype(dij.indptr.dtype)
+    rows = sp.csr_matrix((dij.data, dij.indices, indptr), shape=(reached.size + 1, dij.shape[1]))
+    row_of_voxel = np.full(dij.shape[0], reached.size, dtype=np.int64)
+    row_of_voxel[reached] = np.arange(reached.size)
+    return rows, row_of_voxel
 
 
 def _voxel_indices(structures: Mapping[str, np.ndarray], name: str, n_voxels: int) -> np.ndarray:

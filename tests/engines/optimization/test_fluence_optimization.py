@@ -77,6 +77,27 @@ def test_uniform_target_objective_is_nonnegative_least_squares(solver):
     assert result.objective_history[-1] <= result.objective_history[0]
 
 
+@pytest.mark.parametrize("solver", ["lbfgs", "torch"])
+def test_voxels_no_bixel_reaches_still_count(solver):
+    # The solvers see only the rows that hold entries; voxels of a structure that no bixel reaches
+    # still count in its terms, with dose 0. Against NNLS on the whole system (the empty rows do
+    # not move its solution) and against the objective of the full dose vector at the start.
+    rng = np.random.default_rng(12)
+    a = rng.random((44, 10)) * (rng.random((44, 10)) < 0.6)
+    a[[17, 41, 43]] = 0.0  # one target voxel (of 40) and two voxels of no structure
+    order = load_order("prescription: {target: T, dose_gy: 2, fractions: 1}", ["T"])
+    matrix = sp.csr_matrix(a.astype(np.float32))
+    target = np.arange(40)
+    result = optimize_fluence(matrix, {"T": target}, order, solver=solver, max_iter=500)
+    expected, _ = scipy.optimize.nnls(a[target].astype(np.float32).astype(np.float64), np.full(40, 2.0))
+    np.testing.assert_allclose(result.weights / result.normalization_factor, expected, atol=2e-3)
+    assert result.dose_gy.shape == (44,) and (result.dose_gy[[17, 41, 43]] == 0).all()
+    x_ref = 2.0 / float(np.mean(matrix[target] @ np.ones(10, dtype=np.float32)))
+    terms = to_device(build_penalty_terms(order, {"T": target}), 2.0, None)
+    start, _ = dose_objective((matrix @ np.full(10, x_ref, dtype=np.float32)).astype(np.float64), terms)
+    assert result.objective_history[0] == pytest.approx(start, rel=1e-5)
+
+
 def test_penalties_match_hand_computation():
     order = load_order(
         """
