@@ -30,6 +30,8 @@ def test_rows_are_scaled_and_the_sparsity_kept() -> None:
     corrected = with_far_scatter(dij, ratio)
     assert corrected.nnz == dij.nnz and corrected.dtype == np.float32
     np.testing.assert_allclose(corrected.toarray(), ratio[:, None] * dij.toarray(), rtol=1e-6)
+    assert np.shares_memory(corrected.indices, dij.indices)  # only the values are new
+    assert not np.shares_memory(corrected.data, dij.data)
     with pytest.raises(ValueError, match="49 factors"):
         with_far_scatter(dij, ratio[:49])
 
