@@ -434,9 +434,16 @@ def assemble_dij(per_beam: Sequence[sp.csr_matrix] | list[sp.csr_matrix], *, rel
         if release and isinstance(per_beam, list):
             per_beam[n] = None
         if mat.nnz:
-            dest = np.repeat(indptr[:-1] + starts[n] - mat.indptr[:-1], np.diff(mat.indptr)) + np.arange(mat.nnz)
+            # slot of every entry: its row's slot for this beam plus its place in the row, worked
+            # out on the rows the beam reaches and in the result's index type (half the traffic
+            # of int64 when that is int32)
+            counts = np.diff(mat.indptr)
+            rows = np.flatnonzero(counts)
+            shift = (indptr[rows] + starts[n][rows] - mat.indptr[rows]).astype(index_dtype)
+            dest = np.repeat(shift, counts[rows])
+            dest += np.arange(mat.nnz, dtype=index_dtype)
             data[dest] = mat.data
-            indices[dest] = mat.indices + col_offsets[n]
+            indices[dest] = mat.indices + index_dtype(col_offsets[n])
         starts[n] = None
 
     ordered_map(copy_beam, range(len(per_beam)), threads)
