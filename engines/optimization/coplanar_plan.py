@@ -25,6 +25,7 @@ from rtgrid.engines.dose.grid import resample_mask, resample_to_dose_grid
 from rtgrid.engines.dose.machine import MachineModel
 from rtgrid.engines.dose.pencil_beam import FullKernelBeam, assemble_dij, compute_beam_dij
 from rtgrid.engines.imaging.volume import Volume
+from rtgrid.engines.parallel import engine_threads, ordered_map
 from rtgrid.engines.qa.plan_acceptance import judge_standard_plan
 
 from .dvh import GoalResult, dose_at_volume, evaluate_goals
@@ -106,7 +107,9 @@ def compute_dose_influence(
     """
     start = time.perf_counter()
     grid = resample_to_dose_grid(density, dose_grid_mm)
-    dose_masks = {name: resample_mask(mask, density, grid) for name, mask in masks.items()}
+    # structures resampled side by side (scipy.ndimage releases the GIL)
+    resampled = ordered_map(lambda mask: resample_mask(mask, density, grid), list(masks.values()), engine_threads())
+    dose_masks = dict(zip(masks, resampled))
     targets = [target] if isinstance(target, str) else list(target)
     covered = np.logical_or.reduce([dose_masks[name] for name in targets])
     isocenter = default_isocenter(covered, grid)
