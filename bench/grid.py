@@ -158,12 +158,14 @@ class BenchGrid(LocalGrid):
         """An agent process, its log in ``log_dir/NAME.log``; returns once it is ready."""
         return super().start_agent(name, cpus, tries, args, log or self._log(name), timeout_s)
 
-    def dump_log_tails(self, lines: int = 15) -> None:
-        """Print the end of each child's log to stderr (the logs go with the temporary folder)."""
+    def dump_log_tails(self, lines: int = 60) -> None:
+        """Print the end of each child's log, the master's included, to stderr (the logs go with
+        the temporary folder)."""
         for fh in self._logs:
             fh.flush()
-            tail = Path(fh.name).read_text(errors="replace").splitlines()[-lines:]
-            say(f"--- last lines of {Path(fh.name).name} ---")
+        for path in sorted(self.log_dir.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            say(f"--- last lines of {path.name} ---")
             for line in tail:
                 say(f"  {line}")
 

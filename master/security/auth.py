@@ -272,7 +272,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         keys = [f"address {_peer_host(context)}", *([f"token {token[:TOKEN_PREFIX_CHARS]}..."] if token else [])]
         over = self.limiter.fail(keys)
         if over is None:
-            await self._write(caller, method, "auth", {}, refused.code.name, str(refused), context)
+            await self._write(caller, method, "auth", {}, refused.code.name, str(refused), context.peer() or "")
             return refused.code, str(refused)
         key, window = over
         window.limited += 1
@@ -281,13 +281,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if window.summary_id:
             await _in_auth_thread(self._update, window.summary_id, summary)
         else:
-            window.summary_id = await self._write(caller, method, "auth", {}, "RESOURCE_EXHAUSTED", summary, context)
+            window.summary_id = await self._write(caller, method, "auth", {}, "RESOURCE_EXHAUSTED", summary,
+                                                  context.peer() or "")
         return (grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many failed authentications from {key}; try again in {self.limiter.retry_after_s(window)} s")
 
     # what
     async def _audit(self, method: str, action: str, refusals_only: bool, principal: Principal, request, response,
-                     error: BaseException | None, context) -> None:
+                     error: BaseException | None, context, peer: str) -> None:
         if not action or (refusals_only and error is None):
             return
         going_away = isinstance(error, (asyncio.CancelledError, GeneratorExit))
@@ -301,12 +302,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             detail = context.details() or type(error).__name__
         # A call being torn down may not await any more: its (rare) entry is written here and now.
         await self._write(principal, method, action, {**_objects(request), **_objects(response)}, outcome, detail,
-                          context, in_thread=not going_away)
+                          peer, in_thread=not going_away)
 
     async def _write(self, principal: Principal, method: str, action: str, objects: dict[str, str], outcome: str,
-                     detail: str, context, in_thread: bool = True) -> str:
+                     detail: str, peer: str, in_thread: bool = True) -> str:
         entry = AuditRecord(new_id("audit"), now_ms(), principal.name, principal.role, action, method, objects,
-                            outcome, clip(detail, AUDIT_DETAIL_CHARS), clip(context.peer() or "", 100))
+                            outcome, clip(detail, AUDIT_DETAIL_CHARS), clip(peer, 100))
         try:
             if in_thread:
                 await _in_auth_thread(self.store.add_audit, entry)
@@ -361,15 +362,16 @@ def _guarded(handler: grpc.RpcMethodHandler, admit, audit) -> grpc.RpcMethodHand
         inner = handler.unary_unary or handler.stream_unary
 
         async def unary_response(request, context):
+            peer = context.peer() or ""  # read while the call is alive (see stream_response)
             principal = await admit(context)
             _current.set(principal)
             try:
                 request = await _checked(request, context)
                 response = await inner(request, context)
             except BaseException as exc:
-                await audit(principal, request, None, exc, context)
+                await audit(principal, request, None, exc, context, peer)
                 raise
-            await audit(principal, request, response, None, context)
+            await audit(principal, request, response, None, context, peer)
             return response
 
         make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
@@ -380,6 +382,9 @@ def _guarded(handler: grpc.RpcMethodHandler, admit, audit) -> grpc.RpcMethodHand
         raise TypeError(f"{inner!r}: streaming servicer methods must be async generators")
 
     async def stream_response(request, context):
+        # The peer is read now: asked for while a stream a client cancelled is being torn down,
+        # grpc's context.peer() crashed the master (SIGSEGV in bench-grid's cancelled watches).
+        peer = context.peer() or ""
         principal = await admit(context)
         _current.set(principal)
         try:
@@ -387,9 +392,9 @@ def _guarded(handler: grpc.RpcMethodHandler, admit, audit) -> grpc.RpcMethodHand
             async for item in inner(request, context):
                 yield item
         except BaseException as exc:
-            await audit(principal, request, None, exc, context)
+            await audit(principal, request, None, exc, context, peer)
             raise
-        await audit(principal, request, None, None, context)
+        await audit(principal, request, None, None, context, peer)
 
     make = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
     return make(stream_response, **serde)

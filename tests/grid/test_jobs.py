@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
 from rtgrid.engines.phantom import write_phantom_case
-from rtgrid.protos.v1 import common_pb2
+from rtgrid.protos.v1 import common_pb2, hospital_pb2
 
-from .conftest import rtgrid_cmd
+from .conftest import HOSPITAL, rtgrid_cmd
 
 SHAPE, SPACING = (16, 64, 64), (3.0, 3.0, 3.0)
+WATCHES_HUNG_UP = 30
+BOUND_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +56,29 @@ def test_cancel_stops_a_job(grid, case_id):
         assert events[-1].state == common_pb2.JOB_STATE_CANCELLED
         assert all(s.state in (common_pb2.SHARD_STATE_CANCELLED, common_pb2.SHARD_STATE_SUCCEEDED)
                    for s in client.shards(job.job_id))
+
+
+def test_watches_a_client_hangs_up_on_leave_the_master_standing_and_audited(grid, case_id):
+    # bench-grid's latency loop: watch until RUNNING, hang up, cancel. The audit of a stream being
+    # torn down asked grpc for the caller's address, and the master died of SIGSEGV (3 of 3 runs).
+    since_ms = int(time.time() * 1000)
+    with grid.client() as client:
+        for _ in range(WATCHES_HUNG_UP):
+            job = client.submit(case_id, "contour", params={"shards": "1"})
+            stream = client.hospital.WatchJob(hospital_pb2.WatchJobRequest(job_id=job.job_id), timeout=BOUND_S)
+            for event in stream:
+                if event.state != common_pb2.JOB_STATE_QUEUED:
+                    break
+            stream.cancel()
+            client.cancel(job.job_id)
+        assert grid.master.poll() is None, "the master died"
+        assert client.job(job.job_id).state == common_pb2.JOB_STATE_CANCELLED
+    with grid.operator_client() as operator:
+        watches = [e for e in operator.audit(principal=HOSPITAL, since_ms=since_ms)
+                   if e.method.endswith("/WatchJob")]
+    assert len(watches) >= WATCHES_HUNG_UP
+    assert all(e.peer.startswith("ipv") for e in watches)  # the caller's address, read while it was there
+    assert any(e.outcome == "CANCELLED" for e in watches)
 
 
 def test_failed_shard_is_retried_then_job_fails_with_reason(grid, tmp_path):
