@@ -3,9 +3,8 @@
 The engines split their work into blocks that do not share outputs (voxel blocks of the influence
 matrix or of a dose, slabs of the ray trace, row blocks of the optimizer's matrix products, cases
 of a training set) and run them on a thread pool: numpy, scipy and torch release the GIL in the
-heavy parts. Every block is computed exactly as on
-one thread and the results are joined in block order, so the output is bitwise identical whatever
-the thread count.
+heavy parts. Every block is computed exactly as on one thread and the results are joined in
+block order, so the output is bitwise identical whatever the thread count.
 
 The count comes from, first to last: the caller's ``workers`` argument, the environment variable
 ``RTGRID_ENGINE_THREADS`` (an agent sets it from its ``--cpus``), the CPUs this process may run on.
