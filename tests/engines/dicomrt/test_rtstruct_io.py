@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import os
 import shutil
@@ -13,8 +15,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import skimage.draw
+from pydicom.dataelem import RawDataElement
 
 from rtgrid.engines.dicomrt.rtstruct import (
+    CONTOUR_DATA_TAG,
     RtStructError,
     StructureSpec,
     rasterize_contours,
@@ -136,6 +140,25 @@ def test_annulus_keeps_its_hole_through_dicom(series, tmp_path) -> None:
     expected = np.zeros(coarse.shape, dtype=bool)
     expected[2:5] = annulus[6]
     assert np.array_equal(rasterize_contours(polygons, coarse), expected)
+
+
+def test_contour_data_is_written_as_built_not_decoded_again(series) -> None:
+    """Saving copies each raw ContourData as it is; the bytes are those pydicom writes from the floats."""
+    jj, ii = np.mgrid[: series.volume.shape[1], : series.volume.shape[2]]
+    disc = np.zeros(series.volume.shape, dtype=bool)
+    disc[3:12] = ((ii - 250) ** 2 + (jj - 230) ** 2 <= 70**2)[None]
+    ds = write_rtstruct(series, [StructureSpec("Disc", disc, "ORGAN", (0, 0, 255), "AUTOMATIC")])
+    decoded = copy.deepcopy(ds)
+    for contour in decoded.ROIContourSequence[0].ContourSequence:
+        assert len(contour.ContourData) % 3 == 0  # decodes the raw element into floats
+
+    fast, slow = io.BytesIO(), io.BytesIO()
+    ds.save_as(fast, enforce_file_format=True)
+    decoded.save_as(slow, enforce_file_format=True)
+    assert fast.getvalue() == slow.getvalue()
+    contours = ds.ROIContourSequence[0].ContourSequence
+    assert len(contours) == 9
+    assert all(isinstance(c.get_item(CONTOUR_DATA_TAG), RawDataElement) for c in contours)
 
 
 def test_frame_of_reference_mismatch_and_bad_data_are_named(written, series, totalseg_dir) -> None:
