@@ -3,44 +3,59 @@
 A commit needs every CT file of the case parsed and checked (``read_dicom``: every element, the
 pixel data, geometry, identity repairs); made there, one file after the other, it was most of the
 commit's time. A CT file is handed to :class:`Prechecks` as soon as it is kept, and checked in a
-worker thread while the rest of the upload arrives; the commit takes the result, or the error,
+worker process while the rest of the upload arrives; the commit takes the result, or the error,
 which refuses the case naming the file exactly as before. What no worker has checked (a master
-restarted meanwhile, a result dropped for room) the commit checks itself: the workers only move
-the work.
+restarted meanwhile, a result dropped for room, a worker that died) the commit checks itself: the
+workers only move the work.
 
-Threads, not processes: the parse holds the GIL, but a process would send each slice's dataset
-and pixels back through a pipe, and spawning workers costs their imports; measured on the 2-core
-bench machine, the master spent 4.8 CPU-s per 300-slice upload with two worker processes and
-3.4 CPU-s with two threads, and the upload went faster with threads.
+Processes, not threads: the parse holds the GIL for milliseconds per file, and in threads it held
+up the master's event loop, so every submit and watch of every hospital waited behind the uploads
+of the others. A worker sends back only the file's description and its pixels; the dataset
+(pickled, it cost the commit more than the parse) is parsed again from the blob only where the
+series asks for it. Workers run at a lower priority than the master, whose calls come first.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import multiprocessing
+import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from rtgrid.engines.imaging.dicom_files import InspectedFile, read_dicom
+import numpy as np
+from pydicom.dataset import Dataset
+
+from rtgrid.engines.imaging.dicom_files import DicomFileInfo, InspectedFile, read_dataset, read_dicom
 from rtgrid.engines.imaging.errors import IntakeError
 
 log = logging.getLogger(__name__)
 
 PRECHECK_WORKERS = 2
+PRECHECK_NICE = 5
+"""How much lower than the master the workers run (``os.nice`` increment)."""
 PRECHECK_HELD_BYTES = 1 << 30
 """Checked files (their decoded pixels) held for commits, at most about this many bytes; the
 oldest are dropped first (their commit checks them again)."""
+_WORKER_MODULES = ["rtgrid.engines.imaging.dicom_files"]
 
 
-def _check(path: Path, file_name: str) -> InspectedFile:
-    """``read_dicom`` of a blob; the file's bytes are let go (its pixels are decoded in ``pixels``),
-    so a check held until its commit holds the pixels once."""
-    item = read_dicom(path.read_bytes(), file_name)
-    if "PixelData" in item.dataset:
-        del item.dataset.PixelData
-    item.dataset.buffer = None  # the whole file, kept by pydicom for deferred reads (none are left)
-    return item
+def _start_worker() -> None:
+    os.nice(PRECHECK_NICE)
+
+
+def _check(path: str, file_name: str) -> tuple[DicomFileInfo, np.ndarray | None]:
+    """``read_dicom`` of a blob, in a worker: its description and pixels go back."""
+    item = read_dicom(Path(path).read_bytes(), file_name)
+    return item.info, item.pixels
+
+
+def _dataset(path: Path, file_name: str) -> Dataset:
+    return read_dataset(path.read_bytes(), file_name)
 
 
 class Prechecks:
@@ -49,40 +64,56 @@ class Prechecks:
     Parameters
     ----------
     workers : int
-        Worker threads (started by :meth:`start` or the first :meth:`submit`).
+        Worker processes (started by :meth:`start` or the first :meth:`submit`).
     held_bytes : int
         See ``PRECHECK_HELD_BYTES``.
     """
 
     def __init__(self, workers: int = PRECHECK_WORKERS, held_bytes: int = PRECHECK_HELD_BYTES) -> None:
         self.workers, self.held_bytes = workers, held_bytes
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
         self._lock = threading.Lock()
-        self._checks: OrderedDict[tuple[str, str], tuple[Future, int]] = OrderedDict()
+        self._checks: OrderedDict[tuple[str, str], tuple[Future, int, Path]] = OrderedDict()
         self._held = 0
 
     def start(self) -> None:
-        """Start the workers (if not yet)."""
+        """Start the workers now (if not yet), so that the first upload does not wait for them."""
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="rtgrid-precheck")
+            self._start()
+            if self._pool is not None:
+                for _ in range(self.workers):  # a worker is started per task, up to ``workers``
+                    self._pool.submit(os.getpid)
+
+    def _start(self) -> None:
+        if self._pool is None and not self._closed:
+            # forkserver: a clean process to fork from (the master has gRPC and Ray threads), with
+            # the DICOM reader imported once there rather than in every worker.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(_WORKER_MODULES)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker)
 
     def submit(self, path: Path, file_name: str, sha256: str, size_bytes: int) -> None:
         """Check the blob at ``path`` (kept as ``file_name``) in a worker."""
-        self.start()
         key = (file_name, sha256)
         with self._lock:
+            self._start()
             if key in self._checks or self._pool is None:
                 return
             try:
-                future = self._pool.submit(_check, path, file_name)
-            except RuntimeError:  # a pool shut down meanwhile: the commit checks the file itself
+                future = self._pool.submit(_check, str(path), file_name)
+            except BrokenProcessPool:  # a worker died (killed, out of memory): new workers for the next files
+                log.warning("a precheck worker died; starting new ones (the files it held are checked at commit)")
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+                return
+            except RuntimeError:  # shut down meanwhile: the commit checks the file itself
                 log.warning("prechecks unavailable; commits check their files themselves", exc_info=True)
                 return
-            self._checks[key] = (future, size_bytes)
+            self._checks[key] = (future, size_bytes, path)
             self._held += size_bytes
             while self._held > self.held_bytes and len(self._checks) > 1:
-                (_, (oldest, size)) = self._checks.popitem(last=False)
+                (_, (oldest, size, _)) = self._checks.popitem(last=False)
                 oldest.cancel()
                 self._held -= size
 
@@ -100,13 +131,15 @@ class Prechecks:
                 self._held -= found[1]
         if found is None:
             return None
+        future, _, path = found
         try:
-            return found[0].result()
+            info, pixels = future.result()
         except IntakeError:
             raise
-        except Exception:  # a cancelled check, an unexpected failure: the commit checks the file itself
+        except Exception:  # a cancelled check, a dead worker: the commit checks the file itself
             log.warning("the precheck of %s failed; checked at commit instead", file_name, exc_info=True)
             return None
+        return InspectedFile(info, pixels, functools.partial(_dataset, path, file_name))
 
     def discard(self, files: list[tuple[str, str]]) -> None:
         """Forget the checks of these ``(file name, sha256)`` (a refused or deleted case's)."""
@@ -119,7 +152,7 @@ class Prechecks:
 
     def close(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool, self._closed = self._pool, None, True
             self._checks.clear()
             self._held = 0
         if pool is not None:

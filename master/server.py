@@ -94,6 +94,7 @@ class Master:
             options=self.config.grpc_options(),
         )
         self.prechecks = Prechecks()
+        self.prechecks.start()
         intake = Intake(self.store, self.blobs, self.config, prechecks=self.prechecks)
         reaper = UploadReaper(intake)
         self.metrics.watch_uploads(self.store, reaper)

@@ -14,7 +14,9 @@ import io
 import math
 import struct
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -121,15 +123,23 @@ class DicomFileInfo:
 
 @dataclass(frozen=True)
 class InspectedFile:
-    """A checked file: its info, the parsed dataset and its decoded stored pixel values.
+    """A checked file: its info, its decoded stored pixel values and the parsed dataset.
 
     ``pixels`` is ``None`` when the object has no PixelData; otherwise it is what pydicom decodes
     (no rescale applied): ``(rows, columns)`` for one frame, ``(frames, rows, columns)`` for more.
+    ``load_dataset`` gives the dataset; for a file checked in another process it parses the file
+    again (:func:`read_dataset`) when :attr:`dataset` is first asked for, which for a CT series
+    is one slice of hundreds.
     """
 
     info: DicomFileInfo
-    dataset: Dataset
     pixels: np.ndarray | None
+    load_dataset: Callable[[], Dataset] = field(repr=False, compare=False)
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The parsed dataset (its PixelData may be left out: the pixels are in ``pixels``)."""
+        return self.load_dataset()
 
 
 def inspect_dicom(data: bytes, file_name: str) -> DicomFileInfo:
@@ -233,7 +243,24 @@ def read_dicom(data: bytes, file_name: str) -> InspectedFile:
         referring_physician_name=_text(dataset, "ReferringPhysicianName"),
         notes=tuple(notes),
     )
-    return InspectedFile(info=info, dataset=dataset, pixels=pixels)
+    return InspectedFile(info=info, pixels=pixels, load_dataset=lambda: dataset)
+
+
+def read_dataset(data: bytes, file_name: str) -> Dataset:
+    """The dataset :func:`read_dicom` gives for a file it has accepted, parsed again without its
+    pixel data (the transfer syntax set as there).
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file.
+    file_name : str
+        The name the file is reported under in errors.
+    """
+    transfer_syntax, _ = _check_complete(data, file_name)
+    dataset = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+    dataset.file_meta.TransferSyntaxUID = transfer_syntax
+    return dataset
 
 
 # --- completeness -------------------------------------------------------------------------------

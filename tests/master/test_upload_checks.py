@@ -1,10 +1,13 @@
 """The pieces of the fast upload path that work off the stream: a CT file's complete check in a
-worker thread (:mod:`rtgrid.master.prechecks`), and blobs written at once but made durable in the
+worker process (:mod:`rtgrid.master.prechecks`), and blobs written at once but made durable in the
 background, waited for by the commit (``BlobStore.sync_soon`` / ``sync``)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -33,11 +36,41 @@ def test_a_worker_checks_a_file_as_the_commit_would_and_names_a_bad_one(ct_files
         checked = prechecks.take(good.name, hashlib.sha256(good.read_bytes()).hexdigest())
         here = read_dicom(good.read_bytes(), good.name)
         assert checked.info == here.info and np.array_equal(checked.pixels, here.pixels)
+        # The dataset stayed in the worker; parsed again here, it is the same but for the pixel data.
+        del here.dataset.PixelData
+        assert checked.dataset == here.dataset and "PixelData" not in checked.dataset
+        assert checked.dataset.file_meta.TransferSyntaxUID == here.dataset.file_meta.TransferSyntaxUID
         with pytest.raises(IntakeError) as caught:
             prechecks.take(bad.name, hashlib.sha256(bad.read_bytes()).hexdigest())
         assert "bad.dcm" in str(caught.value)
         # Taken once: a second take (or a file never submitted) is left to the commit.
         assert prechecks.take(good.name, hashlib.sha256(good.read_bytes()).hexdigest()) is None
+    finally:
+        prechecks.close()
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_dead_worker_leaves_its_file_to_the_commit_and_new_workers_take_the_next(ct_files):
+    def submit(path) -> None:
+        prechecks.submit(path, path.name, _sha(path), path.stat().st_size)
+
+    prechecks = Prechecks(workers=1)
+    try:
+        submit(ct_files[0])
+        assert prechecks.take(ct_files[0].name, _sha(ct_files[0])) is not None
+        (worker,) = prechecks._pool._processes  # the one worker, started by the first check
+        os.kill(worker, signal.SIGKILL)
+        submit(ct_files[1])
+        assert prechecks.take(ct_files[1].name, _sha(ct_files[1])) is None  # not checked: left to the commit
+        checked, deadline = None, time.monotonic() + 60
+        while checked is None and time.monotonic() < deadline:  # the broken pool is replaced at a submit
+            submit(ct_files[2])
+            checked = prechecks.take(ct_files[2].name, _sha(ct_files[2]))
+        assert checked is not None and checked.info == read_dicom(ct_files[2].read_bytes(), ct_files[2].name).info
+        assert worker not in prechecks._pool._processes
     finally:
         prechecks.close()
 
