@@ -338,6 +338,7 @@ class Streamed:
         self.hospital, self.case_id, self.file_name = hospital, case_id, file_name
         self.size_bytes, self.sha256 = size_bytes, sha256
         self.chunks: list[bytes] = []
+        self.crc32s: list[int] = []  # each chunk's declared crc32, checked when the file is kept
         self.received = 0
         self.held: FileRecord | None = None  # the case holds this very file already: nothing to keep
         self.counted_case = self.counted_hospital = False  # counted in ``Receiving``
@@ -372,7 +373,12 @@ def begin_streamed(intake: Intake, case: CaseRecord, file_name: str, size_bytes:
 
 
 def add_streamed_chunk(intake: Intake, streamed: Streamed, offset: int, data: bytes, crc32: int) -> None:
-    """Take the next chunk of a streamed file (checks as :func:`write_chunk`; nothing touches the disk)."""
+    """Take the next chunk of a streamed file (checks as :func:`write_chunk`; nothing touches the disk).
+
+    Its crc32 is checked when the file is kept (:func:`keep_streamed`, in a thread), not here on the
+    event loop: zlib lets go of the GIL for a large chunk, and on a busy master the loop then waited
+    for it again behind the threads parsing uploads, stalling every call the loop serves.
+    """
     name = streamed.file_name
     if len(data) > intake.config.max_chunk_bytes:
         raise ResourceExhausted(f"{name}: chunk of {len(data)} bytes exceeds the limit of "
@@ -380,12 +386,11 @@ def add_streamed_chunk(intake: Intake, streamed: Streamed, offset: int, data: by
     if offset != streamed.received:
         raise FailedPrecondition(f"{name}: chunk at offset {offset}, but the stream carried {streamed.received} "
                                  "bytes of it; a stream sends each file whole, in order")
-    if zlib.crc32(data) != crc32:
-        raise DataLoss(f"{name}: chunk at offset {offset} failed its crc32 check")
     if offset + len(data) > streamed.size_bytes:
         raise InvalidArgument(f"{name}: chunk ends at byte {offset + len(data)}, past the declared size "
                               f"{streamed.size_bytes}")
     streamed.chunks.append(data)
+    streamed.crc32s.append(crc32)
     streamed.received += len(data)
     if streamed.complete and streamed.counted_hospital:  # no longer an open upload; its case still counts it
         streamed.counted_hospital = False
@@ -435,6 +440,11 @@ def keep_streamed(intake: Intake, files: list[Streamed]) -> list[FileRecord]:
             if held is not None:
                 records.append(held)
                 continue
+            offset = 0
+            for chunk, crc32 in zip(streamed.chunks, streamed.crc32s):
+                if zlib.crc32(chunk) != crc32:
+                    raise DataLoss(f"{streamed.file_name}: chunk at offset {offset} failed its crc32 check")
+                offset += len(chunk)
             data = b"".join(streamed.chunks)
             if hashlib.sha256(data).hexdigest() != streamed.sha256:
                 raise DataLoss(f"{streamed.file_name}: sha256 of the received bytes does not match the declared sha256")

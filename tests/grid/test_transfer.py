@@ -125,16 +125,16 @@ def test_a_parallel_upload_with_one_corrupt_file_commits_nothing_and_names_it(gr
     assert [f.file_name for f in result.files] == sorted(p.name for p in ct_dir.iterdir())
 
 
-def _stream(case_id: str, files: list[tuple[str, bytes]], chunk: int = 16 << 10, sha256=None):
+def _stream(case_id: str, files: list[tuple[str, bytes]], chunk: int = 16 << 10, sha256=None, crc32=zlib.crc32):
     """UploadFiles messages carrying ``files`` whole, one after the other (``sha256``: what each
-    start declares, by default the true digest)."""
+    start declares, by default the true digest; ``crc32``: what each chunk declares)."""
     for name, data in files:
         start = hospital_pb2.StartUploadRequest(case_id=case_id, file_name=name, size_bytes=len(data),
                                                 sha256=(sha256 or _sha)(data))
         for offset in range(0, len(data), chunk):
             piece = data[offset:offset + chunk]
             message = hospital_pb2.UploadFilesRequest(
-                chunk=hospital_pb2.UploadChunk(offset=offset, data=piece, crc32=zlib.crc32(piece)))
+                chunk=hospital_pb2.UploadChunk(offset=offset, data=piece, crc32=crc32(piece)))
             if offset == 0:
                 message.start.CopyFrom(start)
             yield message
@@ -160,6 +160,13 @@ def test_one_stream_carries_many_files_and_a_bad_file_keeps_nothing_of_its_batch
         # Bytes that do not match the declared sha256; a stream that ends inside a file.
         error = _refused_stream(client, _stream(case, files[:3], sha256=lambda data: "0" * 64))
         assert error.code() == grpc.StatusCode.DATA_LOSS and files[0][0] in error.details(), error.details()
+        # A chunk that does not match its crc32: the file is named with the chunk's offset.
+        damaged = files[1][1][2048:3072]
+        error = _refused_stream(client, _stream(case, files[:3], chunk=1024,
+                                                crc32=lambda piece: zlib.crc32(piece) ^ int(piece == damaged)))
+        assert error.code() == grpc.StatusCode.DATA_LOSS, error.details()
+        assert f"{files[1][0]}: chunk at offset 2048 failed its crc32 check" in error.details(), error.details()
+        assert _stored(grid) == before
         error = _refused_stream(client, iter(list(_stream(case, files[:2], chunk=1024))[:-1]))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "ended after" in error.details()
         assert files[1][0] in error.details()
