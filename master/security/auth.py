@@ -84,12 +84,20 @@ AUTH_FAILURE_WINDOW_S = 60.0
 TOKEN_PREFIX_CHARS = 8
 # Token lookups and audit writes have threads of their own: every call needs them, and in the
 # default pool they waited behind uploads decoding whole series (p99 0.8 s per call in bench-load).
+# Apart from each other: an audit write waits its turn for the store's write lock, and a lookup
+# (a read) must not wait behind it.
 AUTH_THREADS = 4
+AUDIT_THREADS = 4
 _auth_pool = ThreadPoolExecutor(AUTH_THREADS, thread_name_prefix="rtgrid-auth")
+_audit_pool = ThreadPoolExecutor(AUDIT_THREADS, thread_name_prefix="rtgrid-audit")
 
 
 async def _in_auth_thread(func: Callable, *args):
     return await asyncio.get_running_loop().run_in_executor(_auth_pool, func, *args)
+
+
+async def _in_audit_thread(func: Callable, *args):
+    return await asyncio.get_running_loop().run_in_executor(_audit_pool, func, *args)
 
 
 @dataclass(frozen=True)
@@ -279,7 +287,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         summary = (f"{window.limited} authentication failures from {key} rate-limited (more than "
                    f"{self.limiter.per_window} in {self.limiter.window_s:g} s); the last: {refused}")
         if window.summary_id:
-            await _in_auth_thread(self._update, window.summary_id, summary)
+            await _in_audit_thread(self._update, window.summary_id, summary)
         else:
             window.summary_id = await self._write(caller, method, "auth", {}, "RESOURCE_EXHAUSTED", summary,
                                                   context.peer() or "")
@@ -310,7 +318,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                             outcome, clip(detail, AUDIT_DETAIL_CHARS), clip(peer, 100))
         try:
             if in_thread:
-                await _in_auth_thread(self.store.add_audit, entry)
+                await _in_audit_thread(self.store.add_audit, entry)
             else:
                 self.store.add_audit(entry)
         except Exception:  # the audit log must not take the API down with it; the log says so loudly
