@@ -24,6 +24,7 @@ from .ray_pool import RayPool
 from .scheduler import Scheduler
 from .security.auth import AuthFailureLimiter, AuthInterceptor
 from .security.tls import check_insecure_host
+from .security.tokens import TokenCache
 from .services.admin import AdminService
 from .services.agent import AgentService
 from .services.hospital import HospitalService
@@ -89,8 +90,9 @@ class Master:
         self.scheduler = Scheduler(self.store, self.blobs, events, self.pool, self.config, self.metrics)
         self.metrics.watch(self.scheduler)
         limiter = AuthFailureLimiter(self.config.max_auth_failures_per_minute)
+        token_cache = TokenCache(self.store)
         self._server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.store, insecure=self.config.tls is None, limiter=limiter)],
+            interceptors=[AuthInterceptor(self.store, token_cache, insecure=self.config.tls is None, limiter=limiter)],
             options=self.config.grpc_options(),
         )
         self.prechecks = Prechecks()
@@ -104,8 +106,8 @@ class Master:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentService(self.store, self.scheduler, self.config, self.pool.address), self._server
         )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.store, self.scheduler, self.pool, reaper),
-                                                          self._server)
+        admin = AdminService(self.store, self.scheduler, self.pool, token_cache, reaper)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -42,7 +42,7 @@ from ..store.base import Store
 from ..store.records import AuditRecord
 from .certs import AGENT_ROLE, CLIENT_ROLES, OPERATOR_ROLE, client_role
 from .limits import check_request, clip
-from .tokens import hospital_for_token
+from .tokens import TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +214,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ----------
     store : Store
         Where hospital token digests and the audit log live.
+    tokens : TokenCache
+        The hospitals of the tokens seen, over ``store``; shared with the admin service, which
+        issues and revokes tokens.
     insecure : bool
         Plaintext loopback mode: every caller is :data:`LOCAL` (no credentials checked).
     limiter : AuthFailureLimiter | None
         Rate limit of authentication failures; default :data:`AUTH_FAILURES_PER_WINDOW` a minute.
     """
 
-    def __init__(self, store: Store, insecure: bool = False, limiter: AuthFailureLimiter | None = None) -> None:
+    def __init__(self, store: Store, tokens: TokenCache, insecure: bool = False,
+                 limiter: AuthFailureLimiter | None = None) -> None:
         self.store = store
+        self.tokens = tokens
         self.insecure = insecure
         self.limiter = limiter if limiter is not None else AuthFailureLimiter()
 
@@ -245,7 +250,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             found.append(_certificate_principal(cert[0]))
         token = _bearer(context)
         if token is not None:
-            hospital = await _in_auth_thread(hospital_for_token, self.store, token)
+            hospital = self.tokens.cached(token) or await _in_auth_thread(self.tokens.lookup, token)
             if hospital is None:
                 raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "the API token is unknown or revoked")
             found.append(Principal(hospital.name, HOSPITAL_ROLE))

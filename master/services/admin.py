@@ -36,8 +36,10 @@ DEFAULT_PAGE = 1000
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, store: Store, scheduler: Scheduler, pool: RayPool, reaper: UploadReaper | None = None) -> None:
+    def __init__(self, store: Store, scheduler: Scheduler, pool: RayPool, token_cache: tokens.TokenCache,
+                 reaper: UploadReaper | None = None) -> None:
         self.store = store
+        self.token_cache = token_cache  # the interceptor's: forgotten when a token is issued or revoked
         self.scheduler = scheduler
         self.pool = pool
         self.reaper = reaper
@@ -165,6 +167,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     @threaded
     def AddHospital(self, request, context):
         record, token = tokens.add_hospital(self.store, request.name)
+        self.token_cache.forget()
         return admin_pb2.AddHospitalResponse(hospital=hospital_to_proto(record), token=token)
 
     @unary
@@ -176,7 +179,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     @unary
     @threaded
     def RevokeHospital(self, request, context):
-        return hospital_to_proto(tokens.revoke_hospital(self.store, request.name))
+        record = tokens.revoke_hospital(self.store, request.name)
+        self.token_cache.forget()
+        return hospital_to_proto(record)
 
     @unary
     @threaded

@@ -115,6 +115,24 @@ def test_tokens_are_random_shown_once_and_kept_as_sha256(store):
     assert tokens.hospital_for_token(store, fresh).name == "st-luke" and tokens.hospital_for_token(store, token) is None
 
 
+def test_token_cache_holds_live_tokens_until_forgotten_or_too_old(store):
+    now = [0.0]
+    cache = tokens.TokenCache(store, held_s=30.0, clock=lambda: now[0])
+    _, token = tokens.add_hospital(store, "st-luke")
+    assert cache.cached(token) is None  # never looked up
+    assert cache.lookup(token).name == "st-luke" and cache.cached(token).name == "st-luke"
+    assert cache.lookup("rtg_unknown") is None and cache.cached("rtg_unknown") is None  # unknown: not held
+    tokens.revoke_hospital(store, "st-luke")  # behind the cache's back: still believed ...
+    assert cache.cached(token).name == "st-luke"
+    now[0] = 30.5  # ... until held_s has passed
+    assert cache.cached(token) is None and cache.lookup(token) is None
+    _, fresh = tokens.add_hospital(store, "st-luke")
+    assert cache.lookup(fresh).name == "st-luke"
+    tokens.revoke_hospital(store, "st-luke")
+    cache.forget()  # what the admin service does after issuing or revoking: refused from the next call
+    assert cache.cached(fresh) is None and cache.lookup(fresh) is None
+
+
 def test_a_version_2_store_is_migrated(tmp_path):
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as conn:
