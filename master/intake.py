@@ -231,6 +231,11 @@ def get_upload(intake: Intake, upload_id: str) -> UploadRecord:
     return upload
 
 
+def _check_crc32(file_name: str, offset: int, data: bytes, crc32: int) -> None:
+    if zlib.crc32(data) != crc32:
+        raise DataLoss(f"{file_name}: chunk at offset {offset} failed its crc32 check")
+
+
 def write_chunk(intake: Intake, upload: UploadRecord, offset: int, data: bytes, crc32: int) -> UploadRecord:
     """Append one chunk durably; the offset must be exactly what the master holds."""
     if len(data) > intake.config.max_chunk_bytes:
@@ -243,8 +248,7 @@ def write_chunk(intake: Intake, upload: UploadRecord, offset: int, data: bytes, 
             f"{upload.file_name}: chunk at offset {offset}, but the master holds {upload.committed_bytes} bytes; "
             "resume from there"
         )
-    if zlib.crc32(data) != crc32:
-        raise DataLoss(f"{upload.file_name}: chunk at offset {offset} failed its crc32 check")
+    _check_crc32(upload.file_name, offset, data, crc32)
     if offset + len(data) > upload.size_bytes:
         raise InvalidArgument(
             f"{upload.file_name}: chunk ends at byte {offset + len(data)}, past the declared size {upload.size_bytes}"
@@ -442,8 +446,7 @@ def keep_streamed(intake: Intake, files: list[Streamed]) -> list[FileRecord]:
                 continue
             offset = 0
             for chunk, crc32 in zip(streamed.chunks, streamed.crc32s):
-                if zlib.crc32(chunk) != crc32:
-                    raise DataLoss(f"{streamed.file_name}: chunk at offset {offset} failed its crc32 check")
+                _check_crc32(streamed.file_name, offset, chunk, crc32)
                 offset += len(chunk)
             data = b"".join(streamed.chunks)
             if hashlib.sha256(data).hexdigest() != streamed.sha256:
