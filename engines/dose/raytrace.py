@@ -19,6 +19,8 @@ from rtgrid.engines.imaging.volume import Volume
 
 SLAB_SAMPLES = 2_000_000
 """Density samples interpolated together (a slab of the grid): bounds the temporary arrays of one slab."""
+SLABS_PER_THREAD = 4
+"""Slabs per thread at least, so that threads finish their shares of the trace together."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,10 @@ def bev_radiological_depth(xp: ModuleType, ndi: ModuleType, density_voxels, dens
     lateral = xs[None, :, None] * u + ys[:, None, None] * v  # (ny, nx, 3) per mm of z
     path_per_dz = xp.sqrt(1.0 + (xs[None, :] ** 2 + ys[:, None] ** 2) / sad_mm**2) * dz
     rho = xp.empty((nz, ny, nx), dtype=xp.float32)
-    chunk = max(1, int(SLAB_SAMPLES // (nx * ny)))
     threads = workers if xp is np else 1
+    # at least SLABS_PER_THREAD slabs per thread: two slabs of 165 and 54 planes left one of two
+    # threads idle for most of a TG-119 beam's trace
+    chunk = max(1, min(int(SLAB_SAMPLES // (nx * ny)), -(-nz // (SLABS_PER_THREAD * threads))))
 
     def sample_slab(start: int) -> None:  # slabs of z write disjoint planes
         zs = xp.asarray(z0 + dz * np.arange(start, min(nz, start + chunk)))
