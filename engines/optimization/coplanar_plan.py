@@ -384,8 +384,8 @@ def full_kernel_beams(dose_grid: Volume, body: np.ndarray, bixels: Sequence[Bixe
         Per beam, in the weights' order.
     machine : MachineModel
     workers : int, optional
-        Threads of each beam's dose (``None``: ``RTGRID_ENGINE_THREADS`` or this process's CPUs);
-        the dose is bitwise the same for every count.
+        Threads over the beams' ray traces and of each beam's dose (``None``:
+        ``RTGRID_ENGINE_THREADS`` or this process's CPUs); the dose is bitwise the same for every count.
     """
     threads = engine_threads(workers)
     # Beams are traced side by side, one thread each: a beam's projection and integration are
