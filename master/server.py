@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -120,6 +121,11 @@ class Master:
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
             log.info("metrics at http://%s:%d/metrics", self.config.metrics_host, self.metrics_port)
+        # Everything made so far (Ray, gRPC, pydicom, torch and the registries: about 240 000
+        # objects) lives as long as the master: out of the collector's sight, a full collection
+        # no longer walks it. In a wave of 50 hospitals those collections stopped every RPC for
+        # 130-260 ms each; frozen, 25-60 ms (bench.load, 2-core machine, 2026-12-05).
+        gc.freeze()
         for name in ("", *SERVICE_NAMES):
             await _set_serving(self._health, name, health_pb2.HealthCheckResponse.SERVING)
         log.info("master listening on %s, internal %s (%s; data in %s, ray at %s)", self.address, self.internal_address,
