@@ -142,20 +142,26 @@ def threaded(method: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
 
 # The job RPCs' store calls (submit, watch, get, cancel) have threads of their own: in the shared
 # default pool they queued behind uploads decoding whole series, and a job's first event with them.
+# Watch reads after the first have their own again: every event of every watched job wakes its watchers for a read,
+# and a burst of them (a wave of 50 hospitals) held submits in the queue for up to 160 ms.
 JOB_RPC_THREADS = 4
+WATCH_READ_THREADS = 4
 _job_rpc_pool = ThreadPoolExecutor(JOB_RPC_THREADS, thread_name_prefix="rtgrid-job-rpc")
+_watch_read_pool = ThreadPoolExecutor(WATCH_READ_THREADS, thread_name_prefix="rtgrid-watch-read")
 
 
-async def job_thread(func: Callable[..., Any], *args: Any) -> Any:
-    """``await func(*args)`` in the job RPCs' own threads, as :func:`asyncio.to_thread` does in the
-    shared pool (contextvars, so the caller's identity, go along).
+async def job_thread(func: Callable[..., Any], *args: Any, watch: bool = False) -> Any:
+    """``await func(*args)`` in the job RPCs' own threads (``watch``: the watch reads' threads),
+    as :func:`asyncio.to_thread` does in the shared pool (contextvars, so the caller's identity,
+    go along).
 
     Only short store calls belong there: a call that waits on an agent or decodes a volume holds
     one of the few threads every submit and watch shares (a submit naming a model with a body
     region reads its CT once: rare, and bounded by the pool).
     """
     call = functools.partial(contextvars.copy_context().run, func, *args)
-    return await asyncio.get_running_loop().run_in_executor(_job_rpc_pool, call)
+    pool = _watch_read_pool if watch else _job_rpc_pool
+    return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
 def stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:

@@ -251,12 +251,14 @@ class HospitalService(ConsultMixin, hospital_pb2_grpc.HospitalServiceServicer):
     @stream
     async def WatchJob(self, request, context):
         # One thread hop per read: the access check (audited on the first read only) and the events.
+        # The first read, which a hospital waits on right after its submit, goes with the submits;
+        # the reads that follow events have threads of their own.
         reads = 0
 
         async def read(seq: int):
             nonlocal reads
             reads += 1
-            return await job_thread(self._watch_page, request.job_id, seq, reads == 1)
+            return await job_thread(self._watch_page, request.job_id, seq, reads == 1, watch=reads > 1)
 
         async for event in self.events.follow(request.job_id, request.after_seq, read, WATCH_POLL_S, WATCH_PAGE):
             yield event_to_proto(event)
