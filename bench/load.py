@@ -10,7 +10,8 @@ tenant with its own API token) and gives each one job of a mix:
 - ``plan``: a phantom CT with its RTSTRUCT and medical order, kind ``plan`` (5 beams, 5 mm dose grid);
 - ``full-devices``: the same inputs, kind ``full`` with device plans for two linacs (converted, QA'd).
 
-Then all hospitals start together, each with its own client, and:
+Then all hospitals start together, each with its own client (a thread each, spread over
+``--client-processes`` processes, as hospitals are machines of their own), and:
 
 1. upload their files (``Client.upload_folder``: chunked upload, finish, commit);
 2. submit their job;
@@ -21,7 +22,8 @@ Then all hospitals start together, each with its own client, and:
 
 ``--soak MINUTES`` keeps a stream of jobs going instead: after the uploads every hospital submits
 its job again and again until the time is up, at most ``--soak-in-flight`` jobs at once over the
-grid and ``--soak-max-jobs`` in all; the master's memory over the soak says whether it stays flat.
+grid and ``--soak-max-jobs`` in all (both shared out among the client processes); the master's
+memory over the soak says whether it stays flat.
 
 Everything is bounded: every RPC has a deadline, each watch ``--job-timeout``, the whole run
 ``--wave-timeout`` (then the jobs left are cancelled and the run fails). The master's resident
@@ -46,7 +48,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import queue
 import sys
 import tempfile
 import threading
@@ -66,6 +70,7 @@ from rtgrid.client.sdk import Client, state_name
 from rtgrid.engines.phantom import PHANTOM_ORDER, make_phantom, write_phantom_case, write_plan_inputs
 from rtgrid.protos.v1 import common_pb2, hospital_pb2
 
+CLIENT_PROCESSES = 5  # 10 hospitals per process in the default wave
 RSS_SAMPLE_S = 0.1
 RSS_REPORTED_SAMPLES = 60  # the samples in the JSON line, evenly picked from all of them
 REPLAY_TIMEOUT_S = 30.0
@@ -184,20 +189,27 @@ class RssSampler(threading.Thread):
         self.join(5)
 
 
+@dataclass(frozen=True)
+class SoakBounds:
+    """A soak's bounds for one client process: its end (``time.perf_counter``), jobs at once, jobs in all."""
+
+    deadline: float
+    in_flight: int
+    max_jobs: int
+
+
 class Soak:
-    """The bounds of a soak shared by all hospitals: a deadline, jobs at once, jobs in all.
+    """The bounds of a soak shared by the hospitals of one client process.
 
     Slots are handed out first come, first served (a ticket each), so a hospital that just
     finished a job queues behind the others instead of taking its slot again at once. A
     hospital's first job waits only for a slot, not for the deadline: every hospital runs one.
     """
 
-    def __init__(self, minutes: float, in_flight: int, max_jobs: int) -> None:
-        if in_flight < 1 or max_jobs < 1:
-            raise ValueError(f"--soak-in-flight ({in_flight}) and --soak-max-jobs ({max_jobs}) must be at least 1")
-        self.deadline = time.perf_counter() + minutes * 60
-        self.in_flight, self.limit = 0, in_flight
-        self.left = max_jobs
+    def __init__(self, bounds: SoakBounds) -> None:
+        self.deadline = bounds.deadline
+        self.in_flight, self.limit = 0, bounds.in_flight
+        self.left = bounds.max_jobs
         self._next_ticket = self._serving = 0
         self._cond = threading.Condition()
         self._skipped: set[int] = set()
@@ -421,24 +433,72 @@ def goals(figures: dict, soak: bool) -> dict:
     }
 
 
-def wave(connect: Callable[[int], Client], specs: list[JobSpec], args: argparse.Namespace,
-         soak: Soak | None = None) -> tuple[list[HospitalRun], float]:
-    """All hospitals at once (hospital ``i`` uploads and submits ``specs[i]`` through ``connect(i)``),
-    bounded by ``args.wave_timeout``; returns their runs and the wave's wall time."""
-    runs = [HospitalRun(f"hospital-{i:02d}", spec.label) for i, spec in enumerate(specs)]
-    barrier = threading.Barrier(len(specs))
-    threads = [threading.Thread(target=hospital, args=(r, connect(i), spec, barrier, args.job_timeout, soak),
-                                daemon=True) for i, (r, spec) in enumerate(zip(runs, specs))]
+def wave(target: str, ca: Path | None, tokens: list[str], specs: list[JobSpec], args: argparse.Namespace,
+         soak_minutes: float | None = None) -> tuple[list[HospitalRun], float]:
+    """All hospitals at once (hospital ``i`` uploads and submits ``specs[i]`` with ``tokens[i]``),
+    bounded by ``args.wave_timeout``; returns their runs and the wave's wall time.
+
+    The hospitals are spread over ``args.client_processes`` processes, threads within each: real
+    hospitals are machines of their own, and 50 in one Python process measured that process's
+    GIL as much as the master (the spread is in the figures' ``config``). A soak's bounds are
+    shared out among the processes.
+    """
+    processes = max(1, min(args.client_processes, len(specs), *([args.soak_in_flight] if soak_minutes else [])))
+    groups = [list(range(k, len(specs), processes)) for k in range(processes)]
+    context = multiprocessing.get_context("spawn")  # gRPC does not survive fork
+    barrier = context.Barrier(len(specs))
+    results = context.Queue()
     started = time.perf_counter()
+    deadline = started + args.wave_timeout
+    children = []
+    for k, group in enumerate(groups):
+        soak = None
+        if soak_minutes:  # the bounds shared out: the first processes take the remainders
+            soak = SoakBounds(started + soak_minutes * 60, _share(args.soak_in_flight, processes, k),
+                              _share(args.soak_max_jobs, processes, k))
+        child = context.Process(target=_hospital_group, daemon=True, args=(
+            group, [specs[i] for i in group], target, ca, [tokens[i] for i in group], barrier,
+            args.job_timeout, soak, results))
+        child.start()
+        children.append(child)
+    runs: dict[int, HospitalRun] = {}
+    for _ in children:
+        try:
+            runs.update(results.get(timeout=max(0.1, deadline - time.perf_counter())))
+        except queue.Empty:
+            break
+    for child in children:
+        child.join(max(0.1, deadline - time.perf_counter()))
+        if child.is_alive():
+            child.kill()
+    out = []
+    for i, spec in enumerate(specs):
+        run = runs.get(i) or HospitalRun(f"hospital-{i:02d}", spec.label,
+                                         error=f"still running after the wave timeout of {args.wave_timeout:.0f} s")
+        out.append(run)
+    return out, max((r.finished for r in out if r.finished), default=started) - started
+
+
+def _share(total: int, parts: int, k: int) -> int:
+    """Part ``k`` of ``total`` shared out over ``parts`` (the first ones take the remainder)."""
+    return total // parts + (k < total % parts)
+
+
+def _hospital_group(indices: list[int], specs: list[JobSpec], target: str, ca: Path | None, tokens: list[str],
+                    barrier, job_timeout_s: float, bounds: "SoakBounds | None", results) -> None:
+    """One client process: its hospitals, a thread each; puts ``{index: HospitalRun}`` on ``results``.
+
+    Clocks: ``time.perf_counter`` is the system's monotonic clock, the same in every process."""
+    soak = Soak(bounds) if bounds is not None else None
+    runs = {i: HospitalRun(f"hospital-{i:02d}", spec.label) for i, spec in zip(indices, specs)}
+    threads = [threading.Thread(target=hospital, daemon=True,
+                                args=(runs[i], Client(target, ca=ca, token=token), spec, barrier, job_timeout_s, soak))
+               for i, spec, token in zip(indices, specs, tokens)]
     for t in threads:
         t.start()
-    deadline = started + args.wave_timeout
     for t in threads:
-        t.join(max(0.0, deadline - time.perf_counter()))
-    for r, t in zip(runs, threads):
-        if t.is_alive():
-            r.error = f"still running after the wave timeout of {args.wave_timeout:.0f} s"
-    return runs, max((r.finished for r in runs if r.finished), default=started) - started
+        t.join()
+    results.put(runs)
 
 
 def job_mix(tmp: Path, args: argparse.Namespace) -> list[JobSpec]:
@@ -501,11 +561,15 @@ def run(args: argparse.Namespace, figures: dict) -> None:
     soak_minutes = args.soak
     if soak_minutes is not None and soak_minutes <= 0:
         raise ValueError(f"--soak MINUTES must be positive, not {soak_minutes}")
+    if args.soak_in_flight < 1 or args.soak_max_jobs < 1 or args.client_processes < 1:
+        raise ValueError(f"--soak-in-flight ({args.soak_in_flight}), --soak-max-jobs ({args.soak_max_jobs}) and "
+                         f"--client-processes ({args.client_processes}) must be at least 1")
     figures["config"] = {"hospitals": args.hospitals, "agents": args.agents, "agent_cpus": 1,
                          "small_ct_shape": [args.slices, args.size, args.size],
                          "big_ct_shape": [args.big_slices, BIG_SHAPE_XY, BIG_SHAPE_XY], "mix": None,
                          "plan_ct_shape": list(PLAN_SHAPE), "plan_params": PLAN_PARAMS, "devices": DEVICES,
-                         "secure": True, "soak_minutes": soak_minutes, "cpu_count": os.cpu_count()}
+                         "secure": True, "soak_minutes": soak_minutes, "cpu_count": os.cpu_count(),
+                         "client_processes": min(args.client_processes, args.hospitals)}
     figures["load_avg_start"] = _load()
     with tempfile.TemporaryDirectory(prefix="rtgrid-bench-load-") as tmp_name:
         tmp = Path(tmp_name)
@@ -532,14 +596,14 @@ def run(args: argparse.Namespace, figures: dict) -> None:
                 + (f" for a {soak_minutes} min soak" if soak_minutes else "") + " ...")
             sampler.start()
             try:
-                soak = Soak(soak_minutes, args.soak_in_flight, args.soak_max_jobs) if soak_minutes else None
-                wave_runs, wave_s = wave(lambda i: grid.tenant_client(names[i]), specs, args, soak)
+                wave_runs, wave_s = wave(grid.target, grid.pki.ca, [grid.tokens[n] for n in names], specs, args,
+                                         soak_minutes)
                 runs.extend(wave_runs)
             finally:
                 sampler.stop()
             figures.update(summarize(runs, wave_s))
             figures["master_rss"] = rss_figures(sampler.samples)
-            figures["goals"] = goals(figures, soak is not None)
+            figures["goals"] = goals(figures, soak_minutes is not None)
             rss = figures["master_rss"]
             say(f"{figures['jobs_succeeded']}/{figures['jobs_total']} jobs succeeded in {wave_s:.1f} s "
                 f"({figures['jobs_per_min']} jobs/min); events in order for {figures['events_in_order']}; "
@@ -568,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-in-flight", type=int, default=6, help="most soak jobs queued or running at once")
     parser.add_argument("--soak-max-jobs", type=int, default=4000,
                         help="most soak jobs in all (a 30-minute soak runs about 2500 on 2 cores)")
+    parser.add_argument("--client-processes", type=int, default=CLIENT_PROCESSES,
+                        help="processes the hospitals are spread over (threads within each)")
     parser.add_argument("--job-timeout", type=float, default=420.0, help="seconds allowed per job's watch")
     parser.add_argument("--wave-timeout", type=float, default=540.0,
                         help="seconds allowed for all hospitals (a soak adds its minutes)")

@@ -23,8 +23,8 @@ def test_hospitals_at_once(grid, tmp_path):
                          contours_first=True))
     with grid.operator_client() as operator:  # each its own tenant, with its own token
         tokens = [operator.add_hospital(f"load-{i}").token for i in range(HOSPITALS)]
-    runs, wave_s = wave(lambda i: grid.hospital_client(tokens[i]), specs,
-                        argparse.Namespace(job_timeout=240.0, wave_timeout=300.0))
+    runs, wave_s = wave(grid.target, grid.pki.ca if grid.pki else None, tokens, specs,
+                        argparse.Namespace(job_timeout=240.0, wave_timeout=300.0, client_processes=2))
     figures = summarize(runs, wave_s)
     jobs = HOSPITALS + 1  # the plan hospital's contour job, then its plan on those contours
     assert figures["jobs_total"] == jobs and figures["jobs_succeeded"] == jobs, figures
