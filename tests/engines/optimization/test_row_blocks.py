@@ -38,6 +38,26 @@ def test_products_equal_scipy_and_each_other_on_any_thread_count(matrix) -> None
     assert np.array_equal(backward, three.rmatvec(y))
 
 
+def test_a_mostly_zero_gradient_gives_the_product_over_every_row_bit_for_bit(matrix) -> None:
+    # as an optimizer's: zeros but for a few rows, blocks with none, blocks with many, one all but full
+    rng = np.random.default_rng(11)
+    y = np.zeros(matrix.shape[0], dtype=np.float32)
+    y[rng.choice(np.arange(300, 1800), 40, replace=False)] = rng.normal(size=40)
+    y[2100:2400] = rng.normal(size=300)
+    y[3000:3050] = rng.normal(size=50)
+    blocks = RowBlockMatrix(matrix, workers=2, block_nonzeros=2000)
+    sparse_blocks = dense_blocks = 0
+    expected = np.zeros(matrix.shape[1], dtype=np.float64)
+    for r0, r1, _, transposed in blocks.blocks:  # the product over every row of each block, as before
+        expected += transposed @ y[r0:r1]
+        active = np.count_nonzero(y[r0:r1])
+        sparse_blocks += 0 < active <= 0.25 * (r1 - r0)
+        dense_blocks += active > 0.25 * (r1 - r0)
+    assert sparse_blocks and dense_blocks  # both ways taken
+    assert np.array_equal(blocks.rmatvec(y), expected)
+    assert np.array_equal(blocks.rmatvec(np.zeros_like(y)), np.zeros(matrix.shape[1]))
+
+
 def test_blocks_share_the_matrix_and_refuse_a_bad_size(matrix) -> None:
     blocks = RowBlockMatrix(matrix, block_nonzeros=1000)
     assert np.shares_memory(blocks.matrix.data, matrix.data)
