@@ -202,7 +202,11 @@ def dose_objective(dose, device_terms: DeviceTerms):
         else:
             raise ValueError(f"unknown penalty kind {term.kind!r} in term {term.label!r}")
         value += term.weight * float((violation * violation).sum()) / n
-        gradient[index] += (2.0 * term.weight / (n * rx)) * violation
+        if term.kind == "uniform":
+            gradient[index] += (2.0 * term.weight / (n * rx)) * violation
+        else:  # one-sided: zero but where the dose crosses the level (adding zeros changes nothing)
+            hit = xp.where(violation != 0)[0]
+            gradient[index[hit]] += (2.0 * term.weight / (n * rx)) * violation[hit]
     return value, gradient
 
 
