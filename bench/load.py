@@ -55,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -439,9 +439,10 @@ def wave(target: str, ca: Path | None, tokens: list[str], specs: list[JobSpec], 
     bounded by ``args.wave_timeout``; returns their runs and the wave's wall time.
 
     The hospitals are spread over ``args.client_processes`` processes, threads within each: real
-    hospitals are machines of their own, and 50 in one Python process measured that process's
-    GIL as much as the master (the spread is in the figures' ``config``). A soak's bounds are
-    shared out among the processes.
+    hospitals are machines of their own, and 50 in one Python process share its GIL, which the
+    latencies then measure beside the master's (the spread is in the figures' ``config``). A
+    soak's bounds are shared out among the processes. A process that dies reports its hospitals
+    as not finished.
     """
     processes = max(1, min(args.client_processes, len(specs), *([args.soak_in_flight] if soak_minutes else [])))
     groups = [list(range(k, len(specs), processes)) for k in range(processes)]
@@ -462,20 +463,21 @@ def wave(target: str, ca: Path | None, tokens: list[str], specs: list[JobSpec], 
         child.start()
         children.append(child)
     runs: dict[int, HospitalRun] = {}
-    for _ in children:
+    reported = 0
+    while reported < len(children) and time.perf_counter() < deadline:
         try:
-            runs.update(results.get(timeout=max(0.1, deadline - time.perf_counter())))
+            runs.update(results.get(timeout=1.0))
+            reported += 1
         except queue.Empty:
-            break
+            if not any(child.is_alive() for child in children):  # one died without reporting
+                break
     for child in children:
         child.join(max(0.1, deadline - time.perf_counter()))
         if child.is_alive():
             child.kill()
-    out = []
-    for i, spec in enumerate(specs):
-        run = runs.get(i) or HospitalRun(f"hospital-{i:02d}", spec.label,
-                                         error=f"still running after the wave timeout of {args.wave_timeout:.0f} s")
-        out.append(run)
+    missing = (f"still running after the wave timeout of {args.wave_timeout:.0f} s" if reported < len(children)
+               and time.perf_counter() >= deadline else "its client process ended without reporting")
+    out = [runs.get(i) or HospitalRun(f"hospital-{i:02d}", spec.label, error=missing) for i, spec in enumerate(specs)]
     return out, max((r.finished for r in out if r.finished), default=started) - started
 
 
