@@ -34,6 +34,7 @@ from rtgrid.engines.parallel import blas_threads
 from .dvh import dose_at_volume
 from .objectives import DeviceTerms, build_penalty_terms, dose_objective, smoothness_operator, to_device
 from .order import MedicalOrder
+from .quiet_rows import QuietDose, quiet_dose_limits
 from .row_blocks import RowBlockMatrix
 
 SOLVERS = ("lbfgs", "torch")
@@ -231,9 +232,10 @@ def _solve_scipy(dij, x_ref, terms, rx_gy, roughness, u0, max_iter, ftol):
     """L-BFGS-B on the scaled weights ``u`` (``x = x_ref u``)."""
     products = RowBlockMatrix(dij)  # on every core the engine may use
     numpy_terms = to_device(terms, rx_gy, None)
+    quiet = QuietDose(products, quiet_dose_limits(terms, dij.shape[0]))  # rows that cannot count left out
 
     def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
-        value, dose_grad = dose_objective(products.matvec(x_ref * u).astype(np.float64), numpy_terms)
+        value, dose_grad = dose_objective(quiet.dose(x_ref * u).astype(np.float64), numpy_terms)
         grad = x_ref * products.rmatvec(dose_grad)
         if roughness is not None:
             lap, weight = roughness

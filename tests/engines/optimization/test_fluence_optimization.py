@@ -14,6 +14,8 @@ from rtgrid.engines.optimization.objectives import (
     PRIORITY_WEIGHTS, build_penalty_terms, dose_objective, smoothness_operator, to_device,
 )
 from rtgrid.engines.optimization.order import load_order
+from rtgrid.engines.optimization.quiet_rows import QuietDose, quiet_dose_limits
+from rtgrid.engines.optimization.row_blocks import RowBlockMatrix
 
 C_SHAPE_ORDER = """
 prescription: {target: PTV, dose_gy: 50, fractions: 25}
@@ -166,6 +168,24 @@ def test_c_shape_plan_meets_goals_and_smoothness_smooths():
     careless = optimize_fluence(dij, structures, without_core, solver="lbfgs", max_iter=300)
     core_d10 = dose_at_volume(careless.dose_gy[structures["Core"].reshape(-1)].astype(float), 10)
     assert goals["Core D10% <= 10 Gy"].achieved_gy < core_d10 - 5.0
+
+
+def test_leaving_out_quiet_rows_changes_no_objective_and_no_gradient_bit():
+    # The C-shape's body rows far from the target carry only the body's 60 Gy maximum: along an
+    # optimization's fluences, the objective of the dose with those rows left out is the same.
+    dij, structures, grids = c_shape_case()
+    order = load_order(C_SHAPE_ORDER, structures)
+    terms = build_penalty_terms(order, {k: np.flatnonzero(v.reshape(-1)) for k, v in structures.items()})
+    device_terms = to_device(terms, 50.0, None)
+    products = RowBlockMatrix(dij, workers=2, block_nonzeros=3000)
+    quiet = QuietDose(products, quiet_dose_limits(terms, dij.shape[0]), groups=7)
+    plan = optimize_fluence(dij, structures, order, bixel_grids=grids, max_iter=300)
+    steps = np.linspace(0.0, 1.0, 8)[:, None] * (plan.weights - plan.weights.mean())
+    for x in plan.weights.mean() + steps:  # from the flat fluence to the plan's, as a line search
+        value, gradient = dose_objective(quiet.dose(x).astype(np.float64), device_terms)
+        full_value, full_gradient = dose_objective(products.matvec(x).astype(np.float64), device_terms)
+        assert value == full_value and np.array_equal(gradient, full_gradient)
+    assert max(quiet.left_out) > 0.3, quiet.left_out  # a test that would notice a change in the bound
 
 
 def test_torch_solver_agrees_with_lbfgs_b():

@@ -39,31 +39,43 @@ def test_products_equal_scipy_and_each_other_on_any_thread_count(matrix) -> None
 
 
 def test_a_mostly_zero_gradient_gives_the_product_over_every_row_bit_for_bit(matrix) -> None:
-    # as an optimizer's: zeros but for a few rows, blocks with none, blocks with many, one all but full
+    # as an optimizer's: zeros but for a few rows, blocks with none, blocks with many
     rng = np.random.default_rng(11)
     y = np.zeros(matrix.shape[0], dtype=np.float32)
     y[rng.choice(np.arange(300, 1800), 40, replace=False)] = rng.normal(size=40)
     y[2100:2400] = rng.normal(size=300)
     y[3000:3050] = rng.normal(size=50)
     blocks = RowBlockMatrix(matrix, workers=2, block_nonzeros=2000)
-    sparse_blocks = dense_blocks = 0
     expected = np.zeros(matrix.shape[1], dtype=np.float64)
-    for r0, r1, _, transposed in blocks.blocks:  # the product over every row of each block, as before
-        expected += transposed @ y[r0:r1]
-        active = np.count_nonzero(y[r0:r1])
-        sparse_blocks += 0 < active <= 0.25 * (r1 - r0)
-        dense_blocks += active > 0.25 * (r1 - r0)
-    assert sparse_blocks and dense_blocks  # both ways taken
+    for r0, r1 in blocks.blocks:  # scipy's product over every row of each block
+        expected += matrix[r0:r1].T @ y[r0:r1]
+    active = [np.count_nonzero(y[r0:r1]) / (r1 - r0) for r0, r1 in blocks.blocks]
+    assert min(active) == 0 and max(active) > 0.5
     assert np.array_equal(blocks.rmatvec(y), expected)
     assert np.array_equal(blocks.rmatvec(np.zeros_like(y)), np.zeros(matrix.shape[1]))
+
+
+def test_rows_left_out_are_zero_and_every_other_row_is_scipys(matrix) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 2, matrix.shape[1]).astype(np.float32)
+    full = matrix @ x
+    skip = rng.random(matrix.shape[0]) < 0.6
+    skip[:500] = True  # a run across the first block's end
+    blocks = RowBlockMatrix(matrix, workers=2, block_nonzeros=2000)
+    out = blocks.matvec(x, skip=skip)
+    assert out.dtype == np.float32
+    assert np.array_equal(out[~skip], full[~skip]) and not out[skip].any() and full[skip].any()
+    assert np.array_equal(blocks.matvec(x, skip=np.zeros(matrix.shape[0], dtype=bool)), full)
+    with pytest.raises(ValueError, match="one bool per row"):
+        blocks.matvec(x, skip=np.zeros(matrix.shape[0] - 1, dtype=bool))
+    with pytest.raises(ValueError, match="one bool per row"):
+        blocks.matvec(x, skip=np.zeros(matrix.shape[0]))
 
 
 def test_blocks_share_the_matrix_and_refuse_a_bad_size(matrix) -> None:
     blocks = RowBlockMatrix(matrix, block_nonzeros=1000)
     assert np.shares_memory(blocks.matrix.data, matrix.data)
-    for *_, rows, columns in blocks.blocks:
-        assert np.shares_memory(rows.data, matrix.data) and np.shares_memory(rows.indices, matrix.indices)
-        assert columns.data is rows.data and columns.indices is rows.indices
+    assert np.shares_memory(blocks.matrix.indices, matrix.indices)
     with pytest.raises(ValueError, match="block_nonzeros"):
         RowBlockMatrix(matrix, block_nonzeros=0)
 
