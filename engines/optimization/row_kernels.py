@@ -8,7 +8,9 @@ these loops take the rows where they lie. Each computes what scipy's loop comput
 order and precision (float32 sums, no reassociation), so the results are the same bit for bit.
 
 Each function works on rows ``r0:r1`` and writes only their outputs (or, for the transposed
-product, its own partial sums), so callers run row blocks side by side on threads.
+product, its own partial sums), so callers run row blocks side by side on threads. Indices are
+read as unsigned: numba checks a signed index for wrap-around on every access, which made the
+product 1.5-2x slower than scipy's.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ def rows_matvec(indptr, indices, data, x, r0, r1, skip, out):  # pragma: no cove
         if any_skip and skip[r]:
             out[r] = 0
             continue
+        start, end = indptr[r], indptr[r + 1]
+        values, columns = data[start:end], indices[start:end]
         total = np.float32(0.0)
-        for k in range(indptr[r], indptr[r + 1]):
-            total += data[k] * x[indices[k]]
+        for k in range(end - start):
+            total += values[k] * x[np.uint64(columns[k])]
         out[r] = total
 
 
@@ -47,16 +51,20 @@ def rows_rmatvec(indptr, indices, data, y, r0, r1, out):  # pragma: no cover - c
         weight = y[r]
         if weight == 0:
             continue
-        for k in range(indptr[r], indptr[r + 1]):
-            out[indices[k]] += data[k] * weight
+        start, end = indptr[r], indptr[r + 1]
+        values, columns = data[start:end], indices[start:end]
+        for k in range(end - start):
+            out[np.uint64(columns[k])] += values[k] * weight
 
 
 @numba.jit(**_JIT)
 def rows_group_sums(indptr, indices, data, group_of_column, r0, r1, out):  # pragma: no cover - compiled
     """``out[r, g] = sum of |data[r, j]|`` over the columns ``j`` of group ``g``, rows ``r0:r1``."""
     for r in range(r0, r1):
-        for k in range(indptr[r], indptr[r + 1]):
-            out[r, group_of_column[indices[k]]] += abs(data[k])
+        start, end = indptr[r], indptr[r + 1]
+        values, columns = data[start:end], indices[start:end]
+        for k in range(end - start):
+            out[r, group_of_column[np.uint64(columns[k])]] += abs(values[k])
 
 
 @numba.jit(**_JIT)
@@ -70,8 +78,9 @@ def rows_under_limits(group_sums, base_dose, rise, limits, row_nonzeros, r0, r1,
             skip[r] = False
             continue
         bound = np.float64(base_dose[r])
+        sums = group_sums[r]
         for g in range(rise.size):
-            bound += np.float64(group_sums[r, g]) * rise[g]
+            bound += np.float64(sums[g]) * rise[g]
         skip[r] = bound < limit
         if skip[r]:
             marked += row_nonzeros[r]
