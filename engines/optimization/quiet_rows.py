@@ -131,6 +131,6 @@ class QuietDose:
                 return self.products.matvec(x, skip=skip)
         dose = self.products.matvec(x)
         if self.active:
-            self.base_x, self.base_dose = x.astype(np.float64), dose
+            self.base_x, self.base_dose = x.astype(np.float64), dose.copy()  # the caller may change its own
         self.left_out.append(0.0)
         return dose
