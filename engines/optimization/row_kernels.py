@@ -22,7 +22,8 @@ _JIT = {"nopython": True, "nogil": True, "cache": True}
 
 
 @numba.jit(**_JIT)
-def rows_matvec(indptr, indices, data, x, r0, r1, skip, out):  # pragma: no cover - compiled
+def rows_matvec(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, x: np.ndarray, r0: int, r1: int,
+                skip: np.ndarray, out: np.ndarray) -> None:
     """``out[r] = sum_k data[k] * x[indices[k]]`` for rows ``r0:r1``; 0 where ``skip[r]``.
 
     ``skip`` may be empty (every row). float32 sums in index order, as scipy's ``csr_matvec``.
@@ -41,7 +42,8 @@ def rows_matvec(indptr, indices, data, x, r0, r1, skip, out):  # pragma: no cove
 
 
 @numba.jit(**_JIT)
-def rows_rmatvec(indptr, indices, data, y, r0, r1, out):  # pragma: no cover - compiled
+def rows_rmatvec(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, y: np.ndarray, r0: int, r1: int,
+                 out: np.ndarray) -> None:
     """``out += data[r, :] * y[r]`` over rows ``r0:r1`` in order, rows where ``y`` is 0 left out.
 
     A left-out row would add exact zeros, so ``out`` (float32) holds the product over every row of
@@ -58,7 +60,8 @@ def rows_rmatvec(indptr, indices, data, y, r0, r1, out):  # pragma: no cover - c
 
 
 @numba.jit(**_JIT)
-def rows_group_sums(indptr, indices, data, group_of_column, r0, r1, out):  # pragma: no cover - compiled
+def rows_group_sums(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, group_of_column: np.ndarray, r0: int,
+                    r1: int, out: np.ndarray) -> None:
     """``out[r, g] = sum of |data[r, j]|`` over the columns ``j`` of group ``g``, rows ``r0:r1``."""
     for r in range(r0, r1):
         start, end = indptr[r], indptr[r + 1]
@@ -68,7 +71,8 @@ def rows_group_sums(indptr, indices, data, group_of_column, r0, r1, out):  # pra
 
 
 @numba.jit(**_JIT)
-def rows_under_limits(group_sums, base_dose, rise, limits, row_nonzeros, r0, r1, skip):  # pragma: no cover
+def rows_under_limits(group_sums: np.ndarray, base_dose: np.ndarray, rise: np.ndarray, limits: np.ndarray,
+                      row_nonzeros: np.ndarray, r0: int, r1: int, skip: np.ndarray) -> int:
     """``skip[r] = base_dose[r] + sum_g group_sums[r, g] * rise[g] < limits[r]`` for rows ``r0:r1``
     (float64); returns the nonzeros of the rows it marks."""
     marked = 0
