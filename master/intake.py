@@ -315,8 +315,8 @@ def _precheck(intake: Intake, records: list[FileRecord]) -> None:
         return
     for record in records:
         if record.modality in IMAGE_MODALITIES and not record.pending:
-            intake.prechecks.submit(intake.blobs.path(record.sha256), record.file_name, record.sha256,
-                                    record.size_bytes)
+            intake.prechecks.submit(intake.blobs.path(record.sha256), record.case_id, record.file_name,
+                                    record.sha256, record.size_bytes)
 
 
 def _check_modality(file_name: str, modality: str, case_id: str, adding: bool) -> None:
@@ -594,11 +594,11 @@ def _inspected(intake: Intake, images: list[FileRecord]) -> list[InspectedFile]:
     out = []
     try:
         for f in images:
-            found = intake.prechecks.take(f.file_name, f.sha256) if intake.prechecks is not None else None
+            found = intake.prechecks.take(f.case_id, f.file_name, f.sha256) if intake.prechecks is not None else None
             out.append(found if found is not None else read_dicom(intake.blobs.read_bytes(f.sha256), f.file_name))
     except BaseException:
         if intake.prechecks is not None:
-            intake.prechecks.discard([(f.file_name, f.sha256) for f in images])
+            intake.prechecks.discard([(f.case_id, f.file_name, f.sha256) for f in images])
         raise
     return out
 
@@ -811,7 +811,7 @@ def delete_case(intake: Intake, case_id: str) -> None:
     _open_case(intake, case_id)
     files = intake.store.list_files(case_id)
     if intake.prechecks is not None:
-        intake.prechecks.discard([(f.file_name, f.sha256) for f in files])
+        intake.prechecks.discard([(f.case_id, f.file_name, f.sha256) for f in files])
     for upload in intake.store.list_uploads(case_id):
         intake.blobs.partial_path(upload.upload_id).unlink(missing_ok=True)
     intake.store.delete_case(case_id)

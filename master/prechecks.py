@@ -62,7 +62,9 @@ def _dataset(path: Path, file_name: str) -> Dataset:
 
 
 class Prechecks:
-    """Checks of kept files under way or done, by ``(file name, sha256)``.
+    """Checks of kept files under way or done, by ``(case id, file name, sha256)``: the same file
+    in two cases (a hospital sending a CT again as a new case) is checked for each, as each commit
+    takes its own.
 
     Parameters
     ----------
@@ -77,7 +79,7 @@ class Prechecks:
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
         self._lock = threading.Lock()
-        self._checks: OrderedDict[tuple[str, str], tuple[Future, int, Path]] = OrderedDict()
+        self._checks: OrderedDict[tuple[str, str, str], tuple[Future, int, Path]] = OrderedDict()
         self._held = 0
 
     def start(self) -> None:
@@ -96,9 +98,9 @@ class Prechecks:
             context.set_forkserver_preload(_WORKER_MODULES)
             self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker)
 
-    def submit(self, path: Path, file_name: str, sha256: str, size_bytes: int) -> None:
-        """Check the blob at ``path`` (kept as ``file_name``) in a worker."""
-        key = (file_name, sha256)
+    def submit(self, path: Path, case_id: str, file_name: str, sha256: str, size_bytes: int) -> None:
+        """Check the blob at ``path`` (kept as ``file_name`` in case ``case_id``) in a worker."""
+        key = (case_id, file_name, sha256)
         with self._lock:
             self._start()
             if key in self._checks or self._pool is None:
@@ -120,8 +122,8 @@ class Prechecks:
                 oldest.cancel()
                 self._held -= size
 
-    def take(self, file_name: str, sha256: str) -> InspectedFile | None:
-        """The check of a file, waited for and forgotten; ``None`` when none was made.
+    def take(self, case_id: str, file_name: str, sha256: str) -> InspectedFile | None:
+        """The check of a case's file, waited for and forgotten; ``None`` when none was made.
 
         Raises
         ------
@@ -129,7 +131,7 @@ class Prechecks:
             The file failed its check (it names the file and the problem).
         """
         with self._lock:
-            found = self._checks.pop((file_name, sha256), None)
+            found = self._checks.pop((case_id, file_name, sha256), None)
             if found is not None:
                 self._held -= found[1]
         if found is None:
@@ -144,8 +146,8 @@ class Prechecks:
             return None
         return InspectedFile(info, pixels, functools.partial(_dataset, path, file_name))
 
-    def discard(self, files: list[tuple[str, str]]) -> None:
-        """Forget the checks of these ``(file name, sha256)`` (a refused or deleted case's)."""
+    def discard(self, files: list[tuple[str, str, str]]) -> None:
+        """Forget the checks of these ``(case id, file name, sha256)`` (a refused or deleted case's)."""
         with self._lock:
             for key in files:
                 found = self._checks.pop(key, None)

@@ -32,8 +32,8 @@ def test_a_worker_checks_a_file_as_the_commit_would_and_names_a_bad_one(ct_files
     prechecks = Prechecks(workers=1)
     try:
         for path in (good, bad):
-            prechecks.submit(path, path.name, hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
-        checked = prechecks.take(good.name, hashlib.sha256(good.read_bytes()).hexdigest())
+            prechecks.submit(path, "case-a", path.name, _sha(path), path.stat().st_size)
+        checked = prechecks.take("case-a", good.name, _sha(good))
         here = read_dicom(good.read_bytes(), good.name)
         assert checked.info == here.info and np.array_equal(checked.pixels, here.pixels)
         # The dataset stayed in the worker; parsed again here, it is the same but for the pixel data.
@@ -41,10 +41,10 @@ def test_a_worker_checks_a_file_as_the_commit_would_and_names_a_bad_one(ct_files
         assert checked.dataset == here.dataset and "PixelData" not in checked.dataset
         assert checked.dataset.file_meta.TransferSyntaxUID == here.dataset.file_meta.TransferSyntaxUID
         with pytest.raises(IntakeError) as caught:
-            prechecks.take(bad.name, hashlib.sha256(bad.read_bytes()).hexdigest())
+            prechecks.take("case-a", bad.name, _sha(bad))
         assert "bad.dcm" in str(caught.value)
         # Taken once: a second take (or a file never submitted) is left to the commit.
-        assert prechecks.take(good.name, hashlib.sha256(good.read_bytes()).hexdigest()) is None
+        assert prechecks.take("case-a", good.name, _sha(good)) is None
     finally:
         prechecks.close()
 
@@ -53,22 +53,39 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_the_same_file_in_two_cases_is_checked_for_each(ct_files):
+    # Two hospitals (or one sending a CT again as a new case) with byte-identical files: each
+    # commit takes its own check instead of the second one parsing the file on the master.
+    path = ct_files[0]
+    prechecks = Prechecks(workers=1)
+    try:
+        for case_id in ("case-a", "case-b"):
+            prechecks.submit(path, case_id, path.name, _sha(path), path.stat().st_size)
+        first, second = (prechecks.take(case_id, path.name, _sha(path)) for case_id in ("case-a", "case-b"))
+        assert first is not None and second is not None and first.info == second.info
+        prechecks.submit(path, "case-c", path.name, _sha(path), path.stat().st_size)
+        prechecks.discard([("case-c", path.name, _sha(path))])  # a deleted case's check is forgotten
+        assert prechecks.take("case-c", path.name, _sha(path)) is None
+    finally:
+        prechecks.close()
+
+
 def test_a_dead_worker_leaves_its_file_to_the_commit_and_new_workers_take_the_next(ct_files):
     def submit(path) -> None:
-        prechecks.submit(path, path.name, _sha(path), path.stat().st_size)
+        prechecks.submit(path, "case-a", path.name, _sha(path), path.stat().st_size)
 
     prechecks = Prechecks(workers=1)
     try:
         submit(ct_files[0])
-        assert prechecks.take(ct_files[0].name, _sha(ct_files[0])) is not None
+        assert prechecks.take("case-a", ct_files[0].name, _sha(ct_files[0])) is not None
         (worker,) = prechecks._pool._processes  # the one worker, started by the first check
         os.kill(worker, signal.SIGKILL)
         submit(ct_files[1])
-        assert prechecks.take(ct_files[1].name, _sha(ct_files[1])) is None  # not checked: left to the commit
+        assert prechecks.take("case-a", ct_files[1].name, _sha(ct_files[1])) is None  # not checked: left to the commit
         checked, deadline = None, time.monotonic() + 60
         while checked is None and time.monotonic() < deadline:  # the broken pool is replaced at a submit
             submit(ct_files[2])
-            checked = prechecks.take(ct_files[2].name, _sha(ct_files[2]))
+            checked = prechecks.take("case-a", ct_files[2].name, _sha(ct_files[2]))
         assert checked is not None and checked.info == read_dicom(ct_files[2].read_bytes(), ct_files[2].name).info
         assert worker not in prechecks._pool._processes
     finally:
