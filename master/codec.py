@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -21,6 +21,13 @@ _BYTES_PREFIX = "__bytes__:"
 
 def pack(values: dict[str, Any]) -> bytes:
     """Encode a flat dict of arrays, bytes and JSON-able values."""
+    buffer = io.BytesIO()
+    pack_into(values, buffer)
+    return buffer.getvalue()
+
+
+def pack_into(values: dict[str, Any], fh: BinaryIO) -> None:
+    """:func:`pack`, written to ``fh`` (a CT's volume goes to its blob file without a copy in memory)."""
     arrays: dict[str, np.ndarray] = {}
     plain: dict[str, Any] = {}
     for key, value in values.items():
@@ -31,9 +38,7 @@ def pack(values: dict[str, Any]) -> bytes:
         else:
             plain[key] = value
     arrays[_JSON_KEY] = np.frombuffer(json.dumps(plain).encode(), dtype=np.uint8)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    np.savez(fh, **arrays)
 
 
 def unpack(data: bytes) -> dict[str, Any]:
@@ -50,14 +55,16 @@ def unpack(data: bytes) -> dict[str, Any]:
     return out
 
 
-def volume_to_bytes(volume: Volume) -> bytes:
-    return pack(
+def write_volume(volume: Volume, fh: BinaryIO) -> None:
+    """Encode a volume into ``fh`` (read back by :func:`volume_from_bytes`)."""
+    pack_into(
         {
             "voxels": volume.voxels,
             "origin_mm": volume.origin_mm.tolist(),
             "spacing_mm": volume.spacing_mm.tolist(),
             "direction": volume.direction.tolist(),
-        }
+        },
+        fh,
     )
 
 

@@ -23,6 +23,7 @@ those checks and refuses the whole case, naming the file, if any failed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import logging
@@ -45,7 +46,7 @@ from rtgrid.engines.imaging.pet_intake import load_pet_series
 from rtgrid.engines.imaging.volume import ImageSeries
 
 from .blobs import BlobStore, BlobWriteError, write_fully
-from .codec import series_from_bytes, series_meta_to_bytes, volume_from_bytes, volume_to_bytes
+from .codec import series_from_bytes, series_meta_to_bytes, volume_from_bytes, write_volume
 from .config import MasterConfig
 from .errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .ids import new_id, now_ms
@@ -607,7 +608,8 @@ def _series_record(
     intake: Intake, case_id: str, series: ImageSeries, role: str, suv_factor: float, echo: int, written: list[str]
 ) -> SeriesRecord:
     """Store one series' volume and identity blobs (their hashes appended to ``written``)."""
-    volume_sha = intake.blobs.put_bytes(volume_to_bytes(series.volume))
+    volume_sha = intake.blobs.put_written(functools.partial(write_volume, series.volume),
+                                          f"the {series.modality} volume of case {case_id}")
     written.append(volume_sha)
     meta_sha = intake.blobs.put_bytes(series_meta_to_bytes(series))
     written.append(meta_sha)

@@ -1,9 +1,12 @@
 """The pieces of the fast upload path that work off the stream: a CT file's complete check in a
-worker process (:mod:`rtgrid.master.prechecks`), and blobs written at once but made durable in the
-background, waited for by the commit (``BlobStore.sync_soon`` / ``sync``)."""
+worker process (:mod:`rtgrid.master.prechecks`), blobs written at once but made durable in the
+background, waited for by the commit (``BlobStore.sync_soon`` / ``sync``), and the commit's volume
+written straight to its blob (``BlobStore.put_written``)."""
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import os
 import signal
@@ -15,7 +18,9 @@ import pytest
 from rtgrid.engines.imaging.dicom_files import read_dicom
 from rtgrid.engines.imaging.errors import IntakeError
 from rtgrid.engines.phantom import write_phantom_case
-from rtgrid.master.blobs import BlobStore
+from rtgrid.engines.imaging.volume import Volume
+from rtgrid.master.blobs import BlobStore, BlobWriteError
+from rtgrid.master.codec import volume_from_bytes, write_volume
 from rtgrid.master.prechecks import Prechecks
 
 
@@ -105,3 +110,31 @@ def test_blobs_synced_in_the_background_are_waited_for(tmp_path):
     blobs.delete(shas[4])
     with pytest.raises(FileNotFoundError):  # a blob that is gone cannot be made durable: the commit stops
         blobs.sync([shas[4]])
+
+
+def test_a_volume_is_written_straight_to_its_blob_under_the_sha256_of_its_bytes(tmp_path):
+    blobs = BlobStore(tmp_path / "blobs")
+    voxels = np.random.default_rng(3).integers(-1000, 3000, (5, 40, 30)).astype(np.int16)
+    volume = Volume(voxels, np.array([-10.0, 5.0, 2.5]), np.array([3.0, 1.2, 1.2]), np.eye(3))
+    sha = blobs.put_written(functools.partial(write_volume, volume), "a test volume")
+    data = blobs.read_bytes(sha)
+    assert hashlib.sha256(data).hexdigest() == sha
+    back = volume_from_bytes(data)
+    assert np.array_equal(back.voxels, voxels) and back.voxels.dtype == np.int16
+    assert np.array_equal(back.origin_mm, volume.origin_mm) and np.array_equal(back.spacing_mm, volume.spacing_mm)
+    # The same bytes again: the same blob, and no temporary file is left either time.
+    assert blobs.put_written(functools.partial(write_volume, volume), "a test volume") == sha
+    assert blobs.put_written(lambda fh: None, "an empty blob") == hashlib.sha256(b"").hexdigest()
+    assert not list((tmp_path / "blobs").glob(".tmp-*")) and blobs.blob_count() == 2
+
+
+def test_a_failed_volume_write_leaves_nothing(tmp_path):
+    blobs = BlobStore(tmp_path / "blobs")
+
+    def write(fh) -> None:
+        fh.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(BlobWriteError, match="a test volume could not be written"):
+        blobs.put_written(write, "a test volume")
+    assert not list((tmp_path / "blobs").glob(".tmp-*")) and blobs.blob_count() == 0
