@@ -367,9 +367,11 @@ def begin_streamed(intake: Intake, case: CaseRecord, file_name: str, size_bytes:
         raise InvalidArgument(f"{file_name}: {size_bytes} bytes; an upload stream carries files up to "
                               f"{STREAMED_FILE_BYTES} bytes (send a larger one by StartUpload)")
     streamed = Streamed(case.hospital, case.case_id, file_name, size_bytes, sha256)
-    streamed.held = intake.store.find_file(case.case_id, file_name, sha256)
-    if streamed.held is None:
-        with intake.store.transaction():  # counted and reserved as one step
+    # One transaction, so one wait for the store per file of a stream: in a wave of uploads the
+    # store's lock is what every submit and watch queue for.
+    with intake.store.transaction():  # counted and reserved as one step
+        streamed.held = intake.store.find_file(case.case_id, file_name, sha256)
+        if streamed.held is None:
             _check_room(intake, case, file_name, size_bytes)
             intake.receiving.count_case(case.case_id, size_bytes, 1)
             intake.receiving.count_hospital(case.hospital, 1)

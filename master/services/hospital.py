@@ -138,9 +138,13 @@ class HospitalService(ConsultMixin, hospital_pb2_grpc.HospitalServiceServicer):
         current: intake.Streamed | None = None
         received = self.scheduler.metrics.bytes_received.labels("upload")
 
+        owned: CaseRecord | None = None  # the stream's case, its owner checked at its first file
+
         def begin(start) -> intake.Streamed:
-            case = self._own_case(start.case_id)
-            return intake.begin_streamed(self.intake, case, start.file_name, start.size_bytes, start.sha256)
+            nonlocal owned
+            if owned is None or owned.case_id != start.case_id:
+                owned = self._own_case(start.case_id)
+            return intake.begin_streamed(self.intake, owned, start.file_name, start.size_bytes, start.sha256)
 
         try:
             async for message in self._chunks(request_iterator):
