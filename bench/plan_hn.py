@@ -18,6 +18,7 @@ D95 in % of 70 Gy (goal >= 95 on every patient), the organs' mean doses averaged
 the mean planning time.
 
     python -m bench.plan_hn [--patients 33] [--beams 9] [--dose-grid-mm 4] [--goals both|order|predicted]
+    python -m bench.plan_hn --patient pt_225 --goals order --keep /tmp/pt_225   # one patient, its results kept
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def plan_patient(client: Client, npz: Path, params: dict[str, str], work: Path, 
         figures["unmet_goals"] = report["optimizer"].get("unmet_goals", [])
         figures["goal_rounds"] = report["optimizer"].get("goal_rounds", 0)
     if last.state != common_pb2.JOB_STATE_SUCCEEDED:
+        for name in ("dose-wash.png", "dvh.png"):  # a failed plan's pictures, for its review (see --keep)
+            if name in artifacts:
+                client.download(artifacts[name], work / "out" / patient.patient_id)
         figures.update(ours_met=0, message=last.message[:300])
         return figures
     rd = client.download(artifacts["RD.standard.dcm"], work / "out" / patient.patient_id)
@@ -116,12 +120,19 @@ def run(args: argparse.Namespace, figures: dict) -> None:
     if not VALIDATION.is_dir():
         raise BenchError(f"needs {VALIDATION} (../shared/data beside the repository)")
     patients = openkbp_patients(VALIDATION)[: args.patients]
+    if args.patient:
+        by_id = {npz.stem: npz for npz in openkbp_patients(VALIDATION)}
+        unknown = sorted(set(args.patient) - set(by_id))
+        if unknown:
+            raise BenchError(f"no validation patient {', '.join(unknown)} in {VALIDATION}")
+        patients = [by_id[name] for name in args.patient]
     params = {"beams": str(args.beams), "dose_grid_mm": str(args.dose_grid_mm)}
     figures["config"] = {**params, "patients": len(patients), "agents": 2, "agent_cpus": 1, "cpu_count": os.cpu_count(),
                          "order": HEAD_AND_NECK}
     figures["load_avg_start"] = _load()
     with tempfile.TemporaryDirectory(prefix="rtgrid-bench-plan-hn-") as tmp_name:
         tmp = Path(tmp_name)
+        work = args.keep if args.keep is not None else tmp / "work"
         (tmp / "data").mkdir()
         (tmp / "logs").mkdir()
         grid = BenchGrid(tmp / "data", tmp / "logs", args.head_object_store_mb)
@@ -135,7 +146,7 @@ def run(args: argparse.Namespace, figures: dict) -> None:
             with Client(address) as client:
                 for npz in patients:
                     for source in sources:
-                        r = plan_patient(client, npz, params, tmp / "work", args.job_timeout, source)
+                        r = plan_patient(client, npz, params, work, args.job_timeout, source)
                         per_patient[source][npz.stem] = r
                         say(f"{npz.stem} (goals: {source}): {r['state']} in {r['plan_s']:.0f} s; criteria met ours "
                             f"{r.get('ours_met', 0)}/{r['criteria']}, clinical {r['clinical_met']}/{r['criteria']}; "
@@ -150,6 +161,10 @@ def run(args: argparse.Namespace, figures: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=33, help="the first N validation patients")
+    parser.add_argument("--patient", action="append", default=[], metavar="ID",
+                        help="plan this validation patient (e.g. pt_225; repeatable) instead of the first N")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="keep each patient's DICOM and fetched results (report, RTDOSE) under DIR")
     parser.add_argument("--beams", type=int, default=9, help="equispaced coplanar beams")
     parser.add_argument("--dose-grid-mm", type=float, default=4.0, help="dose grid spacing (mm)")
     parser.add_argument("--head-object-store-mb", type=int, default=1024, help="object store of the Ray head (MiB)")
