@@ -44,6 +44,7 @@ def write_fully(fh: io.RawIOBase, data: bytes) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         view = view[written:]
 
+
 def _file_sha256(fh: BinaryIO) -> str:
     """sha256 of an open file's bytes, read through a memory map (no copy; hashlib lets go of the GIL)."""
     if os.fstat(fh.fileno()).st_size == 0:
