@@ -246,6 +246,40 @@ def read_dicom(data: bytes, file_name: str) -> InspectedFile:
     return InspectedFile(info=info, pixels=pixels, load_dataset=lambda: dataset)
 
 
+def stored_pixels_offset(item: InspectedFile, data: bytes) -> int | None:
+    """Where ``item.pixels`` lie in ``data`` byte for byte, or ``None``.
+
+    A natively encoded image keeps its stored values as they are in the file, so a reader can map
+    them from there instead of carrying a decoded copy. Only a proof counts: the bytes at the
+    PixelData element's value equal the decoded pixels exactly (not so for a compressed, deflated
+    or big endian file, or where pydicom corrected unused high bits).
+
+    Parameters
+    ----------
+    item : InspectedFile
+        From :func:`read_dicom` on ``data``.
+    data : bytes
+        The whole file.
+
+    Returns
+    -------
+    int or None
+        The byte offset of the pixel values in ``data``.
+    """
+    pixels = item.pixels
+    if pixels is None or item.info.transfer_syntax_uid in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
+        return None
+    dataset = item.dataset
+    offset = getattr(dataset["PixelData"], "file_tell", None) if "PixelData" in dataset else None
+    if offset is None or UID(item.info.transfer_syntax_uid).is_compressed:
+        return None
+    stored = data[offset: offset + pixels.nbytes]
+    if len(stored) != pixels.nbytes or not np.array_equal(np.frombuffer(stored, dtype=pixels.dtype).reshape(pixels.shape),
+                                                          pixels):
+        return None
+    return int(offset)
+
+
 def read_dataset(data: bytes, file_name: str) -> Dataset:
     """The dataset :func:`read_dicom` gives for a file it has accepted, parsed again without its
     pixel data (the transfer syntax set as there).

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from pydicom.data import get_testdata_file
 
 from rtgrid.engines.imaging.dicom_files import read_dicom
 from rtgrid.engines.imaging.errors import IntakeError
@@ -56,6 +57,25 @@ def test_a_worker_checks_a_file_as_the_commit_would_and_names_a_bad_one(ct_files
 
 def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_natively_stored_file_comes_back_as_its_mapped_blob_an_encoded_one_decoded(ct_files, tmp_path):
+    # A worker returns where a native file's pixels lie, not the pixels: the commit maps them from
+    # the blob. A compressed file's pixels (RLE here) travel back decoded.
+    native, encoded = ct_files[0], tmp_path / "rle.dcm"
+    encoded.write_bytes(open(get_testdata_file("MR_small_RLE.dcm"), "rb").read())
+    prechecks = Prechecks(workers=1)
+    try:
+        for path in (native, encoded):
+            prechecks.submit(path, "case-a", path.name, _sha(path), path.stat().st_size)
+        mapped, decoded = (prechecks.take("case-a", path.name, _sha(path)) for path in (native, encoded))
+        assert isinstance(mapped.pixels, np.memmap) and not mapped.pixels.flags.writeable
+        assert type(decoded.pixels) is np.ndarray
+        for checked, path in ((mapped, native), (decoded, encoded)):
+            here = read_dicom(path.read_bytes(), path.name)
+            assert np.array_equal(checked.pixels, here.pixels) and checked.pixels.dtype == here.pixels.dtype
+    finally:
+        prechecks.close()
 
 
 def test_the_same_file_in_two_cases_is_checked_for_each(ct_files):

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID
 
-from rtgrid.engines.imaging.dicom_files import inspect_dicom, read_dicom
+from rtgrid.engines.imaging.dicom_files import inspect_dicom, read_dicom, stored_pixels_offset
 from rtgrid.engines.imaging.errors import (
     IntakeError,
     InvalidPixelDataError,
@@ -177,6 +177,35 @@ def test_read_dicom_decodes_once_to_the_pydicom_values(real_ct_files):
     inspected = read_dicom(data, name)
     assert inspected.pixels.shape == (512, 512)
     assert np.array_equal(inspected.pixels, pydicom.dcmread(io.BytesIO(data)).pixel_array)
+
+
+def test_natively_stored_pixels_are_found_where_they_lie():
+    data = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    item = read_dicom(data, "CT_small.dcm")
+    offset = stored_pixels_offset(item, data)
+    assert offset is not None and offset == pydicom.dcmread(io.BytesIO(data))["PixelData"].file_tell
+    stored = np.frombuffer(data, dtype=item.pixels.dtype, count=item.pixels.size, offset=offset)
+    assert np.array_equal(stored.reshape(item.pixels.shape), item.pixels)
+
+
+def test_pixels_not_stored_as_decoded_have_no_offset(real_ct_files):
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    stored = np.frombuffer(dataset.PixelData, dtype="<i2").copy()
+    stored[:10] = 0x7000  # bits above BitsStored set: pydicom's decoded values leave them out
+    dataset.BitsStored, dataset.HighBit, dataset.PixelData = 12, 11, stored.tobytes()
+    unused_bits = io.BytesIO()
+    dataset.save_as(unused_bits, enforce_file_format=True)
+    cases = {
+        "JPEG 2000": real_ct_files[0][1],
+        "big endian": open(get_testdata_file("MR_small_bigendian.dcm"), "rb").read(),
+        "RLE": open(get_testdata_file("MR_small_RLE.dcm"), "rb").read(),
+        "unused high bits": unused_bits.getvalue(),
+        "no pixel data": open(get_testdata_file("rtplan.dcm"), "rb").read(),
+    }
+    for what, data in cases.items():
+        item = read_dicom(data, what)
+        assert stored_pixels_offset(item, data) is None, what
+    assert read_dicom(unused_bits.getvalue(), "x").pixels.ravel()[0] == 0
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the damaged values it reads
