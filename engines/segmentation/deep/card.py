@@ -81,6 +81,11 @@ class ModelCard:
         The grid skips a model whose region a CT does not cover.
     extra : dict
         Anything else worth recording (citations, preprocessing notes).
+    test_time_mirror : tuple of (str, str) pairs, or None
+        When set, inference averages the class probabilities of each slice and of its left-right
+        mirror image (mirrored back, with these lateral class pairs swapped, e.g.
+        ``("parotid_r", "parotid_l")``). For a model trained with left-right mirroring, to which a
+        mirrored patient is a patient. ``None``: the slices only.
     """
 
     name: str
@@ -98,6 +103,7 @@ class ModelCard:
     smoothing_radius_vox: int = 1
     body_region: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    test_time_mirror: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         indices = [label.index for label in self.labels]
@@ -115,6 +121,22 @@ class ModelCard:
             raise ModelCardError(f"model card {self.name!r}: input_spacing_mm must be two positive mm values, got {self.input_spacing_mm}")
         if len(self.hu_window) != 2 or self.hu_window[0] >= self.hu_window[1]:
             raise ModelCardError(f"model card {self.name!r}: hu_window must be (low, high) with low < high, got {self.hu_window}")
+        names = [label.name for label in self.labels]
+        paired = [name for pair in self.test_time_mirror or () for name in pair]
+        if any(len(pair) != 2 for pair in self.test_time_mirror or ()) or len(set(paired)) != len(paired) \
+                or not set(paired) <= set(names):
+            raise ModelCardError(f"model card {self.name!r}: test_time_mirror must pair distinct class names of "
+                                 f"{names}, each once; got {self.test_time_mirror}")
+
+    def mirror_permutation(self) -> list[int]:
+        """Network outputs in the order a left-right mirror image gives them: each class of a
+        ``test_time_mirror`` pair at its partner's index, every other class (background included)
+        at its own."""
+        order = list(range(self.n_classes))
+        index = {label.name: label.index for label in self.labels}
+        for left, right in self.test_time_mirror or ():
+            order[index[left]], order[index[right]] = index[right], index[left]
+        return order
 
     @property
     def n_classes(self) -> int:
@@ -174,4 +196,15 @@ class ModelCard:
             smoothing_radius_vox=int(data.get("smoothing_radius_vox", 1)),
             body_region=str(data.get("body_region", "")),
             extra=dict(data.get("extra", {})),
+            test_time_mirror=_pairs(data.get("test_time_mirror"), source),
         )
+
+
+def _pairs(value: Any, source: str) -> tuple[tuple[str, str], ...] | None:
+    """``test_time_mirror`` as read from JSON (a list of two-name lists, or null)."""
+    if value is None:
+        return None
+    try:
+        return tuple((str(a), str(b)) for a, b in value)
+    except (TypeError, ValueError) as exc:
+        raise ModelCardError(f"{source}: test_time_mirror must be a list of [class, class] pairs, got {value!r}") from exc

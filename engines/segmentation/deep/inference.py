@@ -133,12 +133,22 @@ class SegmentationRunner:
         for start, stop in plan_slice_batches(nz, self.batch_slices):
             hu = torch.from_numpy(np.ascontiguousarray(hu_slab[start:stop])).to(self.device)
             images = resample_images(window_hu(hu, self.card.hu_window)[:, None], model_shape)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-                logits = self.model(images)
+            logits = self._class_scores(images)
             # Logits, not labels, go back to the input grid: smoother borders than nearest-neighbour labels.
             logits = F.interpolate(logits.float(), size=(ny, nx), mode="bilinear", align_corners=False)
             labels[start:stop] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
         return labels
+
+    def _class_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's logits, or with the card's ``test_time_mirror`` the mean of the class
+        probabilities of the images and of their mirror images (columns run towards the patient's
+        left, so a flip of the last axis mirrors left and right)."""
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            logits = self.model(images)
+            if self.card.test_time_mirror is None:
+                return logits
+            mirrored = self.model(images.flip(-1)).flip(-1)[:, self.card.mirror_permutation()]
+        return (logits.float().softmax(dim=1) + mirrored.float().softmax(dim=1)) / 2
 
     def predict_volume(self, volume: Volume) -> Volume:
         """Label a whole CT in any axis-aligned orientation; the label map lies on the CT's grid.

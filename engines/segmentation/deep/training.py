@@ -505,7 +505,17 @@ def _card(config: TrainConfig, training_data: dict[str, Any], validation: dict[s
         fill_holes=config.fill_holes,
         smoothing_radius_vox=config.smoothing_radius_vox,
         body_region=config.body_region,
+        test_time_mirror=_mirror_pairs(config),
     )
+
+
+def _mirror_pairs(config: TrainConfig) -> tuple[tuple[str, str], ...] | None:
+    """The lateral class pairs of a model trained with left-right mirroring (inference mirrors it
+    too, :attr:`ModelCard.test_time_mirror`); ``None`` when it never saw a mirror image."""
+    if config.augment.flip_lr_probability <= 0:
+        return None
+    pairs = {tuple(sorted((spec.name, spec.lr_partner))) for spec in config.classes if spec.lr_partner}
+    return tuple(sorted(pairs))  # type: ignore[arg-type]
 
 
 class _BatchPrefetcher:

@@ -116,3 +116,38 @@ def test_postprocess_follows_card_flags():
     assert out[3, 26, 26] == 0
     kept = postprocess(labels, _card(fill_holes=False, smoothing_radius_vox=0))
     assert (kept[2:4, 12:16, 12:16] == 0).all()
+
+
+def _lateral_card(**changes):
+    labels = (CardLabel(1, "parotid_r", "Parotid_R"), CardLabel(2, "cord", "SpinalCord"), CardLabel(3, "parotid_l", "Parotid_L"))
+    return _card(labels=labels, **changes)
+
+
+def test_test_time_mirror_pairs_survive_the_package_and_bad_pairs_are_named(tmp_path):
+    card = _lateral_card(test_time_mirror=(("parotid_r", "parotid_l"),))
+    assert card.mirror_permutation() == [0, 3, 2, 1]  # background and the cord stay, the parotids trade places
+    model = build_model(card.architecture, 1, card.n_classes, **card.architecture_kwargs).eval()
+    save_package(tmp_path / "pkg", model, card)
+    assert load_package(tmp_path / "pkg")[1] == card
+    for pairs in ((("parotid_r", "kidney_l"),), (("parotid_r", "parotid_l"), ("parotid_l", "cord"))):
+        with pytest.raises(ModelCardError, match="test_time_mirror"):
+            _lateral_card(test_time_mirror=pairs)
+
+
+@pytest.mark.parametrize("mirror", [True, False])
+def test_a_mirrored_patient_gets_the_mirrored_contours_with_test_time_mirror(mirror):
+    # Averaged with its mirror image, the prediction of a mirrored CT is the mirrored prediction
+    # with left and right classes swapped, exactly; an untrained network alone is not symmetric.
+    torch.manual_seed(5)
+    card = _lateral_card(test_time_mirror=(("parotid_r", "parotid_l"),) if mirror else None)
+    model = build_model(card.architecture, 1, card.n_classes, **card.architecture_kwargs).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # weights that draw several classes, unevenly
+            parameter.normal_(0.0, 0.5)
+    runner = SegmentationRunner((model, card), batch_slices=3)
+    hu = np.random.default_rng(2).normal(0, 400, (3, 32, 28)).astype(np.float32)
+    labels = runner.predict_slices(hu, card.input_spacing_mm)  # the model's own grid: no resampling
+    mirrored = runner.predict_slices(np.ascontiguousarray(hu[:, :, ::-1]), card.input_spacing_mm)
+    expected = np.asarray(card.mirror_permutation() if mirror else [0, 3, 2, 1], dtype=np.uint8)[labels[:, :, ::-1]]
+    assert len(np.unique(labels)) > 1
+    assert np.array_equal(mirrored, expected) == mirror
