@@ -23,6 +23,7 @@ def test_builtin_package_loads_and_its_hash_matches_its_card() -> None:
     assert card.body_region == "head_and_neck"
     assert [label.rtstruct_name for label in card.labels] == list(OAR_NAMES)
     assert all(label.roi_type == "ORGAN" for label in card.labels)
+    assert card.test_time_mirror == (("parotid_l", "parotid_r"),)  # trained with mirroring: inferred with it
     data = card.extra["training_data"]
     assert "Med. Phys. 48 (2021)" in data["citation"] and "MIT" in data["licence"]
     # Trained on the 170 training patients, its epoch selected on 11 validation patients, and
