@@ -53,6 +53,17 @@ def _file_sha256(fh: BinaryIO) -> str:
         return hashlib.sha256(mapped).hexdigest()
 
 
+def _holds(target: Path, size_bytes: int) -> bool:
+    """Whether the blob ``target`` is there whole, by its size. A blob kept from an upload stream
+    is renamed into place before it is synced (:meth:`BlobStore.put_unsynced`); a master stopped
+    by a power loss in between can leave the name on a shorter file, which the same bytes sent
+    again must replace rather than trust."""
+    try:
+        return target.stat().st_size == size_bytes
+    except FileNotFoundError:
+        return False
+
+
 class BlobStore:
     """Blobs under ``root/ab/cdef...``; partial uploads under ``root/partial/``.
 
@@ -137,10 +148,11 @@ class BlobStore:
 
     def put_unsynced(self, data: bytes, sha256: str) -> bool:
         """Store ``data``, verified already as ``sha256``, without waiting for the disk: whole or
-        not at all under its name, durable after :meth:`sync` (one wait for many blobs). Returns
-        whether it was written (``False``: the store held it already)."""
+        not at all under its name, durable after :meth:`sync` (one wait for many blobs). A name a
+        power loss before that sync left on a shorter file is written again. Returns whether it
+        was written (``False``: the store held it already)."""
         target = self.path(sha256)
-        if target.exists():
+        if _holds(target, len(data)):
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -212,7 +224,7 @@ class BlobStore:
         """Move a finished, verified file (e.g. a completed upload) into the store as ``sha256``."""
         target = self.path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
+        if _holds(target, path.stat().st_size):
             path.unlink()
         else:
             os.replace(path, target)

@@ -566,6 +566,9 @@ def commit_case(intake: Intake, case_id: str) -> list[SeriesRecord]:
     except IntakeError as exc:
         delete_case(intake, case_id)
         raise InvalidArgument(str(exc)) from exc
+    except DataLoss:
+        delete_case(intake, case_id)  # the damaged blob too, so that the file sent again is stored anew
+        raise
     records: list[SeriesRecord] = []
     written: list[str] = []
     try:
@@ -598,12 +601,31 @@ def _inspected(intake: Intake, images: list[FileRecord]) -> list[InspectedFile]:
     try:
         for f in images:
             found = intake.prechecks.take(f.case_id, f.file_name, f.sha256) if intake.prechecks is not None else None
-            out.append(found if found is not None else read_dicom(intake.blobs.read_bytes(f.sha256), f.file_name))
+            out.append(found if found is not None else read_dicom(_stored_bytes(intake, f), f.file_name))
     except BaseException:
         if intake.prechecks is not None:
             intake.prechecks.discard([(f.case_id, f.file_name, f.sha256) for f in images])
         raise
     return out
+
+
+def _stored_bytes(intake: Intake, f: FileRecord) -> bytes:
+    """A kept file's bytes, proven against its sha256 once more: a file no worker checked was
+    kept before a restart, and a blob kept from an upload stream reaches the disk only at commit.
+
+    Raises
+    ------
+    DataLoss
+        The blob is gone or its bytes changed (the master stopped before they reached the disk).
+    """
+    try:
+        data = intake.blobs.read_bytes(f.sha256)
+    except FileNotFoundError:
+        data = b""
+    if hashlib.sha256(data).hexdigest() != f.sha256:
+        raise DataLoss(f"{f.file_name}: the master's copy no longer matches its sha256 (it stopped before the file "
+                       f"reached its disk); the upload into case {f.case_id} is removed: send it again")
+    return data
 
 
 def _series_record(
@@ -638,7 +660,7 @@ def _secondary_series(
     """
     groups: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
     for f in files:
-        data = intake.blobs.read_bytes(f.sha256)
+        data = _stored_bytes(intake, f)
         groups.setdefault((f.modality, _series_uid(data)), []).append((f.file_name, data))
     out: list[tuple[ImageSeries, str, float, int]] = []
     for (modality, _), group in sorted(groups.items()):
@@ -702,7 +724,7 @@ def _check_rtstructs(intake: Intake, frames: dict[str, str], secondary: list, fi
         frames.setdefault(item.frame_of_reference_uid, f"the {item.modality} series {item.series_instance_uid}")
     for f in files:
         if f.modality == "RTSTRUCT":
-            _check_rtstruct_on(frames, f.file_name, intake.blobs.read_bytes(f.sha256))
+            _check_rtstruct_on(frames, f.file_name, _stored_bytes(intake, f))
 
 
 def _check_rtstruct_on(frames: dict[str, str], file_name: str, data: bytes) -> None:
@@ -773,6 +795,9 @@ def commit_add(intake: Intake, case_id: str) -> list[SeriesRecord]:
     except IntakeError as exc:
         discard_add(intake, case_id)
         raise InvalidArgument(str(exc)) from exc
+    except DataLoss:
+        discard_add(intake, case_id)
+        raise
     records: list[SeriesRecord] = []
     written: list[str] = []
     try:
