@@ -11,8 +11,8 @@ workers only move the work.
 Processes, not threads: the parse holds the GIL for milliseconds per file, and in threads it held
 up the master's event loop, so every submit and watch of every hospital waited behind the uploads
 of the others. A worker sends back only the file's description and where its pixels lie in the
-blob, proven equal to the decoded ones (:func:`stored_pixels_offset`): the commit maps them from
-the page cache into the volume it builds. Only an encoded image's pixels (compressed, deflated)
+blob, proven equal to the decoded ones (:func:`stored_pixels_offset`): the commit reads them from
+there (the page cache) when it builds the volume. Only an encoded image's pixels (compressed, deflated)
 travel back decoded. Sending every file's pixels cost a 300-slice CT 157 MB pickled through a
 pipe, unpickled into fresh memory in the master and held there until the commit. The dataset
 (pickled, it cost the commit more than the parse) is parsed again from the blob only where the
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import multiprocessing
 import os
 import threading
@@ -67,9 +68,12 @@ class StoredPixels:
     dtype: str
     shape: tuple[int, ...]
 
-    def map(self, path: Path) -> np.ndarray:
-        """The pixels, read-only, mapped from the file at ``path`` (no copy until they are used)."""
-        return np.memmap(path, dtype=np.dtype(self.dtype), mode="r", offset=self.offset, shape=self.shape)
+    def read(self, path: Path) -> np.ndarray:
+        """The pixels, read from the file at ``path``. Read, not mapped: a mapping holds a file
+        descriptor until the commit ends, one per slice, and a CT of hundreds of slices committed
+        beside others would reach a process's usual limit of 1024."""
+        return np.fromfile(path, dtype=np.dtype(self.dtype), count=math.prod(self.shape),
+                           offset=self.offset).reshape(self.shape)
 
 
 def _check(path: str, file_name: str) -> tuple[DicomFileInfo, np.ndarray | StoredPixels | None]:
@@ -166,7 +170,7 @@ class Prechecks:
         try:
             info, pixels = future.result()
             if isinstance(pixels, StoredPixels):
-                pixels = pixels.map(path)
+                pixels = pixels.read(path)
         except IntakeError:
             raise
         except Exception:  # a cancelled check, a dead worker, a blob gone: the commit checks the file itself
