@@ -86,6 +86,10 @@ class ModelCard:
         mirror image (mirrored back, with these lateral class pairs swapped, e.g.
         ``("parotid_r", "parotid_l")``). For a model trained with left-right mirroring, to which a
         mirrored patient is a patient. ``None``: the slices only.
+    test_time_zooms : tuple of float, or None
+        When set, inference runs at each of these in-plane zooms (1.1: the anatomy 10 % larger on
+        the model grid) and averages the class probabilities back on the CT grid. For a model
+        trained with scale augmentation covering them. ``None``: the card's spacing only.
     """
 
     name: str
@@ -104,6 +108,7 @@ class ModelCard:
     body_region: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     test_time_mirror: tuple[tuple[str, str], ...] | None = None
+    test_time_zooms: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         indices = [label.index for label in self.labels]
@@ -127,6 +132,10 @@ class ModelCard:
                 or not set(paired) <= set(names):
             raise ModelCardError(f"model card {self.name!r}: test_time_mirror must pair distinct class names of "
                                  f"{names}, each once; got {self.test_time_mirror}")
+        if self.test_time_zooms is not None and (
+                not self.test_time_zooms or not all(0.5 <= zoom <= 2.0 for zoom in self.test_time_zooms)):
+            raise ModelCardError(f"model card {self.name!r}: test_time_zooms must be in-plane zoom factors from 0.5 "
+                                 f"to 2, at least one; got {self.test_time_zooms}")
 
     def mirror_permutation(self) -> list[int]:
         """Network outputs in the order a left-right mirror image gives them: each class of a
@@ -197,7 +206,18 @@ class ModelCard:
             body_region=str(data.get("body_region", "")),
             extra=dict(data.get("extra", {})),
             test_time_mirror=_pairs(data.get("test_time_mirror"), source),
+            test_time_zooms=_zooms(data.get("test_time_zooms"), source),
         )
+
+
+def _zooms(value: Any, source: str) -> tuple[float, ...] | None:
+    """``test_time_zooms`` as read from JSON (a list of numbers, or null)."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(zoom) for zoom in value)
+    except (TypeError, ValueError) as exc:
+        raise ModelCardError(f"{source}: test_time_zooms must be a list of zoom factors, got {value!r}") from exc
 
 
 def _pairs(value: Any, source: str) -> tuple[tuple[str, str], ...] | None:

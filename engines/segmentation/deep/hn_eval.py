@@ -214,8 +214,8 @@ def finalize_package(trained_dir: Path, validation_paths: Sequence[Path], out_di
             "partial_labels": "an organ a patient lacks was not contoured: left out of that patient's loss",
         },
         "preprocessing": (f"2-D axial slices, HU window {list(card.hu_window)} mapped to [0, 1], bilinear in-plane "
-                          f"resampling to {list(card.input_spacing_mm)} mm; logits resampled back to the CT grid; "
-                          "post-processing: largest 3-D component per organ, hole filling"),
+                          f"resampling to {list(card.input_spacing_mm)} mm; logits resampled back to the CT grid"
+                          f"{_test_time_note(card)}; post-processing: largest 3-D component per organ, hole filling"),
         "body_region": "head and neck (skull base to upper thorax); the grid skips the model on CTs without it",
         "evaluation": "python -m rtgrid.engines.segmentation.deep.hn_eval (make model-hn)",
     }
@@ -225,6 +225,17 @@ def finalize_package(trained_dir: Path, validation_paths: Sequence[Path], out_di
     final = dataclasses.replace(card, name=name or card.name, version=version or card.version,
                                 validation_metrics=metrics, extra=extra)
     return save_package(out_dir, model, final), evaluation
+
+
+def _test_time_note(card) -> str:
+    """What inference averages, as the preprocessing note says it."""
+    parts = []
+    if card.test_time_mirror:
+        parts.append("each slice with its mirror image (" + ", ".join(" and ".join(p) for p in card.test_time_mirror)
+                     + " swapped)")
+    if card.test_time_zooms:
+        parts.append("at in-plane zooms " + ", ".join(f"{z:g}" for z in card.test_time_zooms))
+    return "; class probabilities averaged over " + " and ".join(parts) if parts else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -128,25 +128,36 @@ class SegmentationRunner:
         if len(spacing_mm) < 2 or min(float(s) for s in spacing_mm[:2]) <= 0:
             raise InferenceInputError(f"spacing_mm must start with two positive in-plane values, got {list(spacing_mm)}")
         nz, ny, nx = hu_slab.shape
-        model_shape = model_grid_shape((ny, nx), spacing_mm, self.card.input_spacing_mm)
+        zooms = self.card.test_time_zooms or (1.0,)
         labels = np.empty((nz, ny, nx), dtype=np.uint8)
         for start, stop in plan_slice_batches(nz, self.batch_slices):
             hu = torch.from_numpy(np.ascontiguousarray(hu_slab[start:stop])).to(self.device)
-            images = resample_images(window_hu(hu, self.card.hu_window)[:, None], model_shape)
-            logits = self._class_scores(images)
-            # Logits, not labels, go back to the input grid: smoother borders than nearest-neighbour labels.
-            logits = F.interpolate(logits.float(), size=(ny, nx), mode="bilinear", align_corners=False)
-            labels[start:stop] = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            windowed = window_hu(hu, self.card.hu_window)[:, None]
+            scores = sum(self._scores_on_input_grid(windowed, spacing_mm, zoom, probabilities=len(zooms) > 1)
+                         for zoom in zooms)
+            labels[start:stop] = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
         return labels
 
-    def _class_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """The network's logits, or with the card's ``test_time_mirror`` the mean of the class
-        probabilities of the images and of their mirror images (columns run towards the patient's
-        left, so a flip of the last axis mirrors left and right)."""
+    def _scores_on_input_grid(self, windowed: torch.Tensor, spacing_mm: Sequence[float], zoom: float,
+                              probabilities: bool) -> torch.Tensor:
+        """Class scores of windowed slices ``(batch, 1, ny, nx)`` seen at ``zoom`` on the model
+        grid, back on their own grid."""
+        ny, nx = windowed.shape[-2:]
+        zoomed_spacing_mm = [float(s) * zoom for s in spacing_mm[:2]]
+        images = resample_images(windowed, model_grid_shape((ny, nx), zoomed_spacing_mm, self.card.input_spacing_mm))
+        scores = self._class_scores(images, probabilities)
+        # Scores, not labels, go back to the input grid: smoother borders than nearest-neighbour labels.
+        return F.interpolate(scores.float(), size=(ny, nx), mode="bilinear", align_corners=False)
+
+    def _class_scores(self, images: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
+        """The network's logits (``probabilities``: their softmax), or with the card's
+        ``test_time_mirror`` the mean of the class probabilities of the images and of their
+        mirror images (columns run towards the patient's left, so a flip of the last axis mirrors
+        left and right)."""
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             logits = self.model(images)
             if self.card.test_time_mirror is None:
-                return logits
+                return logits.float().softmax(dim=1) if probabilities else logits
             mirrored = self.model(images.flip(-1)).flip(-1)[:, self.card.mirror_permutation()]
         return (logits.float().softmax(dim=1) + mirrored.float().softmax(dim=1)) / 2
 

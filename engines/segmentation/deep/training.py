@@ -142,6 +142,8 @@ class TrainConfig:
     ``initial_package`` names a model package (same architecture and classes) whose weights the
     training starts from: a second poly cycle from a trained model (a warm restart) goes on learning
     where the first one's learning rate had reached zero.
+    ``test_time_zooms`` goes to the card (:attr:`ModelCard.test_time_zooms`): the in-plane zooms
+    inference averages, chosen by measurement within the training's ``augment.scale_range``.
     """
 
     name: str
@@ -176,6 +178,7 @@ class TrainConfig:
     fill_holes: bool = True
     smoothing_radius_vox: int = 1
     body_region: str = ""
+    test_time_zooms: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -506,6 +509,7 @@ def _card(config: TrainConfig, training_data: dict[str, Any], validation: dict[s
         smoothing_radius_vox=config.smoothing_radius_vox,
         body_region=config.body_region,
         test_time_mirror=_mirror_pairs(config),
+        test_time_zooms=tuple(config.test_time_zooms) if config.test_time_zooms else None,
     )
 
 

@@ -48,13 +48,15 @@ def _cases(n=3):
 
 
 def test_training_learns_and_packages_the_best_epoch(tmp_path):
-    result = train_segmentation(_cases(), CONFIG, tmp_path)
+    result = train_segmentation(_cases(), dataclasses.replace(CONFIG, test_time_zooms=(0.9, 1.0, 1.1)), tmp_path)
     assert result.validation_metrics["mean_dsc"] == result.best_score > 0.6
     assert 1 <= result.best_epoch <= result.epochs_completed
-    # The package, loaded through the runner, segments an unseen case (seed 7).
+    # The package, loaded through the runner, segments an unseen case (seed 7), at the zooms the
+    # configuration chose for inference.
     ct, reference = ellipse_ct(7)
     runner = SegmentationRunner(result.package_dir)
     assert runner.card.validation_metrics == result.validation_metrics
+    assert runner.card.test_time_zooms == (0.9, 1.0, 1.1) and runner.card.test_time_mirror is None
     labels = runner.predict_slices(ct.voxels, ct.spacing_mm)
     assert compare_masks(reference.voxels == 2, labels == 2, ct.spacing_mm).dsc > 0.6
 
