@@ -422,10 +422,11 @@ def check_dose_prediction(device: str, sizes: Sizes, state: dict) -> dict:
         body = phantom.labels["BODY"]
         inputs = build_inputs(phantom.ct.voxels, body, phantom.labels, [(60.0, phantom.labels["PTV"])])
         source = "digital phantom"
-    cpu, cpu_s = timed(lambda: predict_dose(model, inputs, body, context=context, device="cpu"), "cpu")
+    mirror = bool(card.get("test_time_mirror"))
+    cpu, cpu_s = timed(lambda: predict_dose(model, inputs, body, context=context, mirror=mirror, device="cpu"), "cpu")
     if device != "cpu":
         predict_dose(model, inputs[:, :1], body[:1], context=context, device=device)  # warm-up
-    dev, dev_s = timed(lambda: predict_dose(model, inputs, body, context=context, device=device), device)
+    dev, dev_s = timed(lambda: predict_dose(model, inputs, body, context=context, mirror=mirror, device=device), device)
     diff = np.abs(cpu.astype(np.float64) - dev)
     max_abs = float(diff.max())
     mean_abs = float(diff[body].mean()) if body.any() else 0.0

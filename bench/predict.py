@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         start = time.perf_counter()
         predicted = predict_dose(model, openkbp_inputs(patient), patient.possible_dose_mask,
-                                 context=card["architecture"]["context"], device=device)
+                                 context=card["architecture"]["context"], mirror=bool(card.get("test_time_mirror")),
+                                 device=device)
         seconds = time.perf_counter() - start
         row = {"patient": patient.patient_id, "seconds": round(seconds, 3),
                "dose_score_gy": round(dose_score(predicted, patient.dose_gy, patient.possible_dose_mask), 4),

@@ -20,6 +20,8 @@ OAR_CHANNELS: tuple[str, ...] = ("Brainstem", "SpinalCord", "Parotid_R", "Paroti
 N_LEVELS = 3
 """Prescription-level channels (a simultaneous integrated boost of up to three levels)."""
 N_CHANNELS = 1 + N_LEVELS + len(OAR_CHANNELS) + 1
+MIRRORED_PAIRS: tuple[tuple[str, str], ...] = (("Parotid_R", "Parotid_L"),)
+"""Organ channels that trade places in the patient's mirror image."""
 REFERENCE_DOSE_GY = 70.0
 """Doses in and out of the network are divided by this (the OpenKBP high-dose prescription)."""
 HU_WINDOW = (-1000.0, 1500.0)
@@ -81,4 +83,26 @@ def build_inputs(
         if name in oars:
             out[1 + N_LEVELS + i] = oars[name]
     out[-1] = body
+    return out
+
+
+def mirror_inputs(inputs: np.ndarray) -> np.ndarray:
+    """The input channels of the patient's left-right mirror image.
+
+    Parameters
+    ----------
+    inputs : np.ndarray
+        ``[N_CHANNELS, ..., x]`` (as :func:`build_inputs` gives): channels first, image columns
+        last. Columns run along the patient's left-right axis in every axial CT (head or feet
+        first, supine or prone), so reversing them mirrors the patient.
+
+    Returns
+    -------
+    np.ndarray
+        A new array: columns reversed, the channels of :data:`MIRRORED_PAIRS` swapped.
+    """
+    out = inputs[..., ::-1].copy()
+    for right, left in MIRRORED_PAIRS:
+        r, l = (1 + N_LEVELS + OAR_CHANNELS.index(name) for name in (right, left))
+        out[[r, l]] = out[[l, r]]
     return out

@@ -7,7 +7,7 @@ import contextlib
 import numpy as np
 import torch
 
-from .inputs import REFERENCE_DOSE_GY
+from .inputs import REFERENCE_DOSE_GY, mirror_inputs
 from .model import DoseUNet
 
 
@@ -30,8 +30,8 @@ def _pad_to(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 @torch.no_grad()
-def predict_dose(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, *, context: int, batch: int = 16,
-                 device: str | None = None) -> np.ndarray:
+def predict_dose(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, *, context: int, mirror: bool = False,
+                 batch: int = 16, device: str | None = None) -> np.ndarray:
     """Dose in Gy per voxel on the CT grid, zero outside the body.
 
     Parameters
@@ -44,6 +44,9 @@ def predict_dose(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, *, conte
         bool ``[z, y, x]``.
     context : int
         The model's slice context (its card's ``architecture.context``).
+    mirror : bool
+        Average the prediction with that of the patient's mirror image, mirrored back (the card's
+        ``test_time_mirror``: a model trained on mirrored patients as well); twice the time.
     batch : int
         Slices per forward pass.
     device : str, optional
@@ -56,6 +59,13 @@ def predict_dose(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, *, conte
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
+    dose = _predict(model, inputs, body, context, batch, device)
+    if mirror:
+        dose = 0.5 * (dose + _predict(model, mirror_inputs(inputs), body[..., ::-1], context, batch, device)[..., ::-1])
+    return dose
+
+
+def _predict(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, context: int, batch: int, device: str) -> np.ndarray:
     multiple = model.multiple
     nz = inputs.shape[1]
     dose = np.zeros(body.shape, dtype=np.float32)

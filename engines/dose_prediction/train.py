@@ -22,7 +22,7 @@ import torch
 
 from rtgrid.engines.imaging.openkbp import OpenKBPPatient, load_openkbp_patient, openkbp_patients
 
-from .inputs import N_CHANNELS, OAR_CHANNELS, REFERENCE_DOSE_GY, build_inputs
+from .inputs import N_CHANNELS, OAR_CHANNELS, REFERENCE_DOSE_GY, build_inputs, mirror_inputs
 from .model import DoseUNet
 from .package import load_dose_package, save_dose_package
 from .predict import predict_dose, slice_windows
@@ -56,6 +56,10 @@ class DoseTrainConfig:
     init_package : str
         A dose model package (same architecture) whose weights training starts from: a second
         cosine cycle from a trained model goes on where the first one's rate reached zero.
+    flip_lr_probability : float
+        Chance that a training slice is shown as its patient's mirror image (parotids swapped).
+        Above 0 the card says ``test_time_mirror``: selection, validation and every prediction
+        average each patient with its mirror image.
     """
 
     train_dir: str
@@ -76,6 +80,7 @@ class DoseTrainConfig:
     threads: int = 1
     log_every: int = 25
     init_package: str = ""
+    flip_lr_probability: float = 0.0
 
 
 @dataclass
@@ -130,11 +135,13 @@ def _load(folder: str, limit: int, need_dose: bool = True) -> list[OpenKBPPatien
     return out
 
 
-def evaluate(model: DoseUNet, patients: list[OpenKBPPatient], context: int) -> dict[str, float]:
-    """Mean OpenKBP dose and DVH scores (Gy) of ``model`` over ``patients``."""
+def evaluate(model: DoseUNet, patients: list[OpenKBPPatient], context: int, mirror: bool = False) -> dict[str, float]:
+    """Mean OpenKBP dose and DVH scores (Gy) of ``model`` over ``patients`` (``mirror``: see
+    :func:`~rtgrid.engines.dose_prediction.predict_dose`)."""
     doses, dvhs = [], []
     for patient in patients:
-        predicted = predict_dose(model, openkbp_inputs(patient), patient.possible_dose_mask, context=context)
+        predicted = predict_dose(model, openkbp_inputs(patient), patient.possible_dose_mask, context=context,
+                                 mirror=mirror)
         doses.append(dose_score(predicted, patient.dose_gy, patient.possible_dose_mask))
         dvhs.append(dvh_score(predicted, patient.dose_gy, patient.masks, patient.volume.voxel_volume_mm3))
     return {"dose_score_gy": round(float(np.mean(doses)), 4), "dvh_score_gy": round(float(np.mean(dvhs)), 4),
@@ -181,6 +188,7 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
     _log(f"{len(train)} training patients, {len(selection)} selection patients loaded in {time.monotonic() - start:.0f} s")
     model = DoseUNet(N_CHANNELS, context=config.context, base=config.base, depth=config.depth, pool=config.pool).to(device)
     initial = _initial_weights(model, config)
+    mirror = config.flip_lr_probability > 0
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / config.max_iterations))))
@@ -193,7 +201,10 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
         batch = []
         for _ in range(config.batch):
             patient = train[rng.integers(len(train))]
-            batch.append(patient.sample(int(rng.choice(patient.slices)), config.context))
+            x, y, m = patient.sample(int(rng.choice(patient.slices)), config.context)
+            if rng.random() < config.flip_lr_probability:
+                x, y, m = _mirror_window(x, config.context), y[:, ::-1].copy(), m[:, ::-1].copy()
+            batch.append((x, y, m))
         x, y, m = (torch.from_numpy(np.stack(a)).to(device) for a in zip(*batch))
         with torch.autocast("cuda", enabled=device == "cuda"):
             out = model(x)
@@ -208,19 +219,19 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
             recent = np.mean(losses[-config.log_every :]) * REFERENCE_DOSE_GY
             _log(f"step {step}/{config.max_iterations} loss {recent:.2f} Gy, {time.monotonic() - start:.0f} s")
         if selection and (step % config.select_every == 0 or step == config.max_iterations):
-            score = evaluate(model, selection, config.context)["dose_score_gy"]
+            score = evaluate(model, selection, config.context, mirror)["dose_score_gy"]
             _log(f"step {step}: selection dose score {score:.3f} Gy")
             if score < best[0]:
                 best = (score, copy.deepcopy(model.state_dict()), step)
     if selection and best[2] != step:
-        score = evaluate(model, selection, config.context)["dose_score_gy"]
+        score = evaluate(model, selection, config.context, mirror)["dose_score_gy"]
         if score < best[0]:
             best = (score, copy.deepcopy(model.state_dict()), step)
     if selection:
         model.load_state_dict(best[1])
     model.eval()
     validation_patients = _load(config.val_dir, config.final_val_patients)
-    validation = evaluate(model, validation_patients, config.context)
+    validation = evaluate(model, validation_patients, config.context, mirror)
     _log(f"kept step {best[2] if selection else step}; validation {validation}")
     card = {
         "name": name,
@@ -233,6 +244,7 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
                    "organs_at_risk": list(OAR_CHANNELS), "body": "possible dose mask",
                    "slices": f"{config.context} adjacent axial slices stacked as channels"},
         "output": "dose in Gy, zero outside the body",
+        **({"test_time_mirror": True} if mirror else {}),
         "training_data": {"source": "OpenKBP grand challenge training set", "folder": "data/openkbp/train",
                           "patients": len(train)},
         "citation": CITATION,
@@ -249,6 +261,12 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
     for key in ("train_dir", "val_dir", "threads", "init_package"):
         card["training"].pop(key)
     return TrainedDoseModel(model.cpu(), card, losses)
+
+
+def _mirror_window(x: np.ndarray, context: int) -> np.ndarray:
+    """A training window (``[context * N_CHANNELS, y, x]``, see ``slice_windows``) of the mirrored patient."""
+    slots = x.reshape(context, N_CHANNELS, *x.shape[1:]).transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(mirror_inputs(slots).transpose(1, 0, 2, 3)).reshape(x.shape)
 
 
 def _initial_weights(model: DoseUNet, config: DoseTrainConfig) -> dict[str, Any]:
@@ -282,10 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=DoseTrainConfig.lr, help="peak learning rate")
     parser.add_argument("--init", default="", help="a dose model package to start from (a warm restart)")
     parser.add_argument("--version", default="1", help="the version in the card")
+    parser.add_argument("--flip", type=float, default=0.0, help="chance of a mirrored training slice (flip_lr_probability)")
+    parser.add_argument("--batch", type=int, default=DoseTrainConfig.batch)
+    parser.add_argument("--select-patients", type=int, default=DoseTrainConfig.select_patients)
+    parser.add_argument("--select-every", type=int, default=DoseTrainConfig.select_every)
     args = parser.parse_args(argv)
     config = DoseTrainConfig(args.train, args.val, train_patients=args.train_patients,
                              max_iterations=args.iterations, max_minutes=args.minutes, lr=args.lr,
-                             init_package=args.init)
+                             init_package=args.init, flip_lr_probability=args.flip, batch=args.batch,
+                             select_patients=args.select_patients, select_every=args.select_every)
     trained = train_dose_model(config, version=args.version)
     content_hash = save_dose_package(args.out, trained.model, trained.card)
     print(f"{args.out}: sha256 {content_hash}")

@@ -13,7 +13,7 @@ from rtgrid.engines.dose_prediction import (
     DosePackageError, build_inputs, dose_score, dvh_metrics, dvh_score, load_dose_package, predict_dose,
     save_dose_package,
 )
-from rtgrid.engines.dose_prediction.inputs import DoseInputError, N_CHANNELS, N_LEVELS, OAR_CHANNELS
+from rtgrid.engines.dose_prediction.inputs import DoseInputError, N_CHANNELS, N_LEVELS, OAR_CHANNELS, mirror_inputs
 from rtgrid.engines.dose_prediction.train import DoseTrainConfig, train_dose_model
 from tests.conftest import require_shared
 
@@ -39,6 +39,24 @@ def test_inputs_higher_level_wins_and_channels_in_order():
         build_inputs(ct, body, {}, [(70.0, high)] * 4)
     with pytest.raises(DoseInputError, match="shape"):
         build_inputs(ct, body, {"Larynx": np.zeros((1, 3, 3), bool)}, [(70.0, high)])
+
+
+def test_mirror_inputs_reverses_columns_and_swaps_the_parotids():
+    ct = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    body = np.ones(ct.shape, bool)
+    right, left, cord = (np.zeros(ct.shape, bool) for _ in range(3))
+    right[:, 1, 0] = True  # the patient's right: low columns here
+    left[:, 1, 3] = True
+    cord[:, 2, 1] = True
+    x = build_inputs(ct, body, {"Parotid_R": right, "Parotid_L": left, "SpinalCord": cord}, [(70.0, right)])
+    m = mirror_inputs(x)
+    channel = {name: 1 + N_LEVELS + OAR_CHANNELS.index(name) for name in ("Parotid_R", "Parotid_L", "SpinalCord")}
+    assert (m[0] == x[0][..., ::-1]).all() and (m[1] == x[1][..., ::-1]).all()  # CT and the level: mirrored
+    assert (m[channel["SpinalCord"]] == cord[..., ::-1]).all()
+    # The mirrored patient's right parotid lies where the left one was mirrored to (column 0).
+    assert m[channel["Parotid_R"], :, 1, 0].all() and m[channel["Parotid_R"]].sum() == 2
+    assert m[channel["Parotid_L"], :, 1, 3].all() and m[channel["Parotid_L"]].sum() == 2
+    assert (mirror_inputs(m) == x).all()
 
 
 def test_dose_score_by_hand():
@@ -94,10 +112,21 @@ def test_tiny_training_on_two_patients_learns_and_packages(tmp_path):
     assert dose.shape == (3, 32, 32) and (dose[0] == 0).all() and (dose >= 0).all()
     # A warm restart starts from the package's weights (its first loss is the first run's last
     # level, not a fresh start's) and the card names it; another architecture is refused.
-    again = train_dose_model(dataclasses.replace(config, max_iterations=5, select_every=5,
+    again = train_dose_model(dataclasses.replace(config, max_iterations=5, select_every=5, flip_lr_probability=0.5,
                                                  init_package=str(tmp_path / "pkg")), name="tiny", version="1")
     assert again.losses[0] < 0.7 * losses[:5].mean(), (again.losses, losses[:5])
     assert again.card["training"]["initial_package"]["sha256"] == content_hash
+    # Trained on mirrored patients too, it predicts with each patient's mirror image: the dose of
+    # a mirrored patient is then exactly the mirrored dose (not so for a single prediction).
+    assert again.card["test_time_mirror"] is True and "test_time_mirror" not in trained.card
+    rng = np.random.default_rng(0)
+    x = (rng.random((N_CHANNELS, 5, 32, 32)) > 0.5).astype(np.float32)
+    body = np.ones((5, 32, 32), bool)
+    context = card["architecture"]["context"]
+    for mirror, equal in ((True, True), (False, False)):
+        dose = predict_dose(again.model, x, body, context=context, mirror=mirror)
+        of_mirrored = predict_dose(again.model, mirror_inputs(x), body, context=context, mirror=mirror)
+        assert np.allclose(of_mirrored, dose[..., ::-1], rtol=1e-5, atol=1e-5) is equal
     with pytest.raises(ValueError, match="init package"):
         train_dose_model(dataclasses.replace(config, base=8, init_package=str(tmp_path / "pkg")))
     # An edited card no longer matches its hash.
