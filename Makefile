@@ -50,7 +50,7 @@ bench-seg: install
 # a U-Net of 16 base channels for 16 epochs of 500 iterations, batch 32, whole slices, its best
 # epoch by the DSC of 11 validation patients; about 4 min on one H200, several hours on 2 CPU
 # cores with HN_DEVICE=cpu), score it on all 33 validation patients, finalize it as rtgrid-hn-oar
-# 3.1.0 and compare with the shipped card (exit 1 when a DSC differs by more than 0.02).
+# 3.2.0 and compare with the shipped card (exit 1 when a DSC differs by more than 0.02).
 # model-hn-deeplab trains the DeepLabv3+ of the comparison.
 HN_BUILD := build/model-hn
 HN_TRAIN := engines/segmentation/deep/builtin/train
@@ -59,7 +59,7 @@ model-hn: install
 	mkdir -p $(HN_BUILD)
 	nice -n 10 $(VENV)/bin/rtgrid train-seg $(HN_TRAIN)/hn-oar-unet-cuda.json --out $(HN_BUILD)/unet --device $(HN_DEVICE) --workers 8
 	nice -n 10 $(PY) -m rtgrid.engines.segmentation.deep.hn_eval $(HN_BUILD)/unet/package ../shared/data/openkbp/validation \
-		--name rtgrid-hn-oar --version 3.1.0 --out $(HN_BUILD)/rtgrid-hn-oar --compare engines/segmentation/deep/builtin/rtgrid-hn-oar
+		--name rtgrid-hn-oar --version 3.2.0 --out $(HN_BUILD)/rtgrid-hn-oar --compare engines/segmentation/deep/builtin/rtgrid-hn-oar
 
 model-hn-deeplab: install
 	mkdir -p $(HN_BUILD)
