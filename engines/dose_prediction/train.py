@@ -202,7 +202,8 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
         for _ in range(config.batch):
             patient = train[rng.integers(len(train))]
             x, y, m = patient.sample(int(rng.choice(patient.slices)), config.context)
-            if rng.random() < config.flip_lr_probability:
+            # Drawn only when mirroring is on: a run without it takes the random steps it always took.
+            if config.flip_lr_probability > 0 and rng.random() < config.flip_lr_probability:
                 x, y, m = _mirror_window(x, config.context), y[:, ::-1].copy(), m[:, ::-1].copy()
             batch.append((x, y, m))
         x, y, m = (torch.from_numpy(np.stack(a)).to(device) for a in zip(*batch))
