@@ -420,7 +420,8 @@ def check_dose_prediction(device: str, sizes: Sizes, state: dict) -> dict:
 
         phantom = make_phantom((max(sizes.dose_slices, 4) if sizes.dose_slices else 64, 128, 128), (3.0, 3.0, 3.0))
         body = phantom.labels["BODY"]
-        inputs = build_inputs(phantom.ct.voxels, body, phantom.labels, [(60.0, phantom.labels["PTV"])])
+        inputs = build_inputs(phantom.ct.voxels, body, phantom.labels, [(60.0, phantom.labels["PTV"])],
+                              phantom.ct.spacing_mm)
         source = "digital phantom"
     mirror = bool(card.get("test_time_mirror"))
     cpu, cpu_s = timed(lambda: predict_dose(model, inputs, body, context=context, mirror=mirror, device="cpu"), "cpu")

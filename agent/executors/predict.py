@@ -51,7 +51,7 @@ def predicted_dose_on_ct(series: ImageSeries, masks: dict[str, np.ndarray], orde
     if model.rpartition(":")[2] != sha256:
         raise RuntimeError(f"the job asks for dose model {model}; this agent ships {card['name']}@{card['version']}:{sha256}")
     targets = [(level.dose_gy, masks[level.target]) for level in order.levels]
-    inputs = build_inputs(series.volume.voxels, masks[body], masks, targets)
+    inputs = build_inputs(series.volume.voxels, masks[body], masks, targets, series.volume.spacing_mm)
     dose = predict_dose(network, inputs, masks[body], context=card["architecture"]["context"],
                         mirror=bool(card.get("test_time_mirror")))
     return dose, card, sha256

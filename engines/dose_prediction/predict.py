@@ -7,7 +7,7 @@ import contextlib
 import numpy as np
 import torch
 
-from .inputs import REFERENCE_DOSE_GY, mirror_inputs
+from .inputs import REFERENCE_DOSE_GY, DoseInputError, mirror_inputs
 from .model import DoseUNet
 
 
@@ -56,7 +56,16 @@ def predict_dose(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, *, conte
     -------
     np.ndarray
         float32 ``[z, y, x]`` in Gy.
+
+    Raises
+    ------
+    DoseInputError
+        The model takes another number of input channels (a package older than these inputs).
     """
+    takes = model.down[0][0].in_channels
+    if inputs.shape[0] * context != takes:
+        raise DoseInputError(f"the model takes {takes // context} input channels per slice, the inputs have "
+                             f"{inputs.shape[0]}: a dose model package from another release of the inputs")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     dose = _predict(model, inputs, body, context, batch, device)

@@ -22,7 +22,10 @@ import torch
 
 from rtgrid.engines.imaging.openkbp import OpenKBPPatient, load_openkbp_patient, openkbp_patients
 
-from .inputs import N_CHANNELS, OAR_CHANNELS, REFERENCE_DOSE_GY, build_inputs, mirror_inputs
+from .inputs import (
+    DISTANCE_RANGE_MM, N_CHANNELS, OAR_CHANNELS, REFERENCE_DOSE_GY, assemble_inputs, build_inputs, mirror_inputs,
+    target_distances,
+)
 from .model import DoseUNet
 from .package import load_dose_package, save_dose_package
 from .predict import predict_dose, slice_windows
@@ -95,11 +98,13 @@ class TrainedDoseModel:
 def openkbp_inputs(patient: OpenKBPPatient) -> np.ndarray:
     """:func:`build_inputs` for an OpenKBP patient with its 70/63/56 Gy levels."""
     targets = [(dose, patient.masks[name]) for name, dose in OPENKBP_PRESCRIPTIONS_GY.items() if name in patient.masks]
-    return build_inputs(patient.volume.voxels, patient.possible_dose_mask, patient.masks, targets)
+    return build_inputs(patient.volume.voxels, patient.possible_dose_mask, patient.masks, targets,
+                        patient.volume.spacing_mm)
 
 
 class _Compact:
-    """One training patient held small (int16 CT, bit-packed masks, float16 dose) for sampling."""
+    """One training patient held small (int16 CT, bit-packed masks, float16 dose and target
+    distances) for sampling."""
 
     def __init__(self, patient: OpenKBPPatient) -> None:
         self.ct = patient.volume.voxels.astype(np.int16)
@@ -109,14 +114,16 @@ class _Compact:
             self.bits |= patient.masks[name].astype(np.uint16) << i
         self.body = patient.possible_dose_mask.copy()
         self.dose = patient.dose_gy.astype(np.float16)
+        levels = [patient.masks[n] for n in OPENKBP_PRESCRIPTIONS_GY if n in patient.masks]
+        self.distances = target_distances(levels, patient.volume.spacing_mm).astype(np.float16)
         self.slices = np.flatnonzero(self.body.reshape(self.body.shape[0], -1).any(axis=1))
 
     def sample(self, k: int, context: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         half = context // 2
         lo, hi = max(0, k - half), min(self.ct.shape[0], k + half + 1)
         masks = {n: (self.bits[lo:hi] >> i) & 1 == 1 for i, n in enumerate(self.names)}
-        targets = [(d, masks[n]) for n, d in OPENKBP_PRESCRIPTIONS_GY.items() if n in masks]
-        part = build_inputs(self.ct[lo:hi], self.body[lo:hi], masks, targets)
+        levels = [(d, masks[n]) for n, d in OPENKBP_PRESCRIPTIONS_GY.items() if n in masks]
+        part = assemble_inputs(self.ct[lo:hi], self.body[lo:hi], masks, levels, self.distances[:, lo:hi])
         full = np.zeros((part.shape[0], context, *part.shape[2:]), dtype=np.float32)
         full[:, lo - (k - half) : hi - (k - half)] = part
         x = slice_windows(full, np.array([half]), context)[0]
@@ -234,6 +241,7 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
     validation_patients = _load(config.val_dir, config.final_val_patients)
     validation = evaluate(model, validation_patients, config.context, mirror)
     _log(f"kept step {best[2] if selection else step}; validation {validation}")
+    near, far = DISTANCE_RANGE_MM
     card = {
         "name": name,
         "version": version,
@@ -243,6 +251,8 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
         "inputs": {"ct": "HU clipped to [-1000, 1500] / 1000",
                    "levels": "one channel per prescription level, highest first: its dose / 70 Gy in its PTV (higher wins)",
                    "organs_at_risk": list(OAR_CHANNELS), "body": "possible dose mask",
+                   "target_distances": "per level, highest first: signed 3D distance to its PTV (mm, negative "
+                                       f"inside) clipped to [{near:g}, {far:g}] / {far:g}; 1 for an absent level",
                    "slices": f"{config.context} adjacent axial slices stacked as channels"},
         "output": "dose in Gy, zero outside the body",
         **({"test_time_mirror": True} if mirror else {}),
@@ -273,6 +283,9 @@ def _mirror_window(x: np.ndarray, context: int) -> np.ndarray:
 def _initial_weights(model: DoseUNet, config: DoseTrainConfig) -> dict[str, Any]:
     """Load ``config.init_package``'s weights into ``model``; its identity for the card ({} without one).
 
+    A package that took fewer input channels (a version before the later channels were added)
+    is widened: the new channels start with zero weights, so the network starts as that package.
+
     Raises
     ------
     ValueError
@@ -283,11 +296,27 @@ def _initial_weights(model: DoseUNet, config: DoseTrainConfig) -> dict[str, Any]
     start, card, sha256 = load_dose_package(config.init_package)
     expected = {"channels": N_CHANNELS, "context": config.context, "base": config.base, "depth": config.depth,
                 "pool": config.pool}
-    if card["architecture"] != expected:
-        raise ValueError(f"init package {config.init_package} is {card['architecture']}, the configuration {expected}")
-    model.load_state_dict(start.state_dict())
+    found = card["architecture"]
+    if {**found, "channels": N_CHANNELS} != expected or found["channels"] > N_CHANNELS:
+        raise ValueError(f"init package {config.init_package} is {found}, the configuration {expected}")
+    state = start.state_dict()
+    if found["channels"] < N_CHANNELS:
+        state[_FIRST_CONV] = _widened(state[_FIRST_CONV], found["channels"], config.context)
+    model.load_state_dict(state)
     return {"name": card["name"], "version": card["version"], "sha256": sha256,
             "steps": card["training"]["steps_done"]}
+
+
+_FIRST_CONV = "down.0.0.weight"
+
+
+def _widened(weight: torch.Tensor, channels: int, context: int) -> torch.Tensor:
+    """The first convolution's ``[out, context * channels, k, k]`` weights for ``N_CHANNELS`` input
+    channels per slice: each slice's first ``channels`` as they were, the rest zero."""
+    out, _, *kernel = weight.shape
+    wide = weight.new_zeros((out, context, N_CHANNELS, *kernel))
+    wide[:, :, :channels] = weight.reshape(out, context, channels, *kernel)
+    return wide.reshape(out, context * N_CHANNELS, *kernel)
 
 
 def main(argv: list[str] | None = None) -> int:

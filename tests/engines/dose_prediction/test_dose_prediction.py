@@ -13,8 +13,12 @@ from rtgrid.engines.dose_prediction import (
     DosePackageError, build_inputs, dose_score, dvh_metrics, dvh_score, load_dose_package, predict_dose,
     save_dose_package,
 )
-from rtgrid.engines.dose_prediction.inputs import DoseInputError, N_CHANNELS, N_LEVELS, OAR_CHANNELS, mirror_inputs
-from rtgrid.engines.dose_prediction.train import DoseTrainConfig, train_dose_model
+from rtgrid.engines.dose_prediction.inputs import (
+    BODY_CHANNEL, DISTANCE_CHANNELS, DISTANCE_RANGE_MM, DoseInputError, N_CHANNELS, N_LEVELS, OAR_CHANNELS,
+    mirror_inputs, target_distances,
+)
+from rtgrid.engines.dose_prediction.model import DoseUNet
+from rtgrid.engines.dose_prediction.train import DoseTrainConfig, _widened, train_dose_model
 from tests.conftest import require_shared
 
 
@@ -28,17 +32,59 @@ def test_inputs_higher_level_wins_and_channels_in_order():
     low[:, 1, :] = True
     cord = np.zeros(ct.shape, bool)
     cord[1, 2, 2] = True
-    x = build_inputs(ct, body, {"SpinalCord": cord, "NotAnOrgan": cord}, [(56.0, low), (70.0, high)])
+    x = build_inputs(ct, body, {"SpinalCord": cord, "NotAnOrgan": cord}, [(56.0, low), (70.0, high)], (2.0, 2.0, 3.0))
     assert x.shape == (N_CHANNELS, 2, 3, 3)
     assert x[0, 0, 0, 0] == pytest.approx(-1.0) and x[0, 1, 1, 1] == pytest.approx(0.04)
     assert x[1, 0, 1, 1] == pytest.approx(1.0) and x[1, 0, 1, 0] == 0.0  # 70 Gy level first
     assert x[2, 0, 1, 1] == 0.0 and x[2, 0, 1, 0] == pytest.approx(0.8)  # 56 Gy only where 70 is not
     assert x[1 + N_LEVELS + OAR_CHANNELS.index("SpinalCord")].sum() == 1
-    assert x[-1].all()
+    assert x[BODY_CHANNEL].all()
+    # Distances follow the levels' order: 2 mm (one column) from the 70 Gy target, inside the 56.
+    assert x[DISTANCE_CHANNELS, 0, 1, 0] == pytest.approx(2.0 / DISTANCE_RANGE_MM[1])
+    assert x[DISTANCE_CHANNELS + 1, 0, 1, 0] < 0 and (x[DISTANCE_CHANNELS + 2] == 1.0).all()  # no third level
     with pytest.raises(DoseInputError, match="at most 3"):
-        build_inputs(ct, body, {}, [(70.0, high)] * 4)
+        build_inputs(ct, body, {}, [(70.0, high)] * 4, (2.0, 2.0, 3.0))
     with pytest.raises(DoseInputError, match="shape"):
-        build_inputs(ct, body, {"Larynx": np.zeros((1, 3, 3), bool)}, [(70.0, high)])
+        build_inputs(ct, body, {"Larynx": np.zeros((1, 3, 3), bool)}, [(70.0, high)], (2.0, 2.0, 3.0))
+    with pytest.raises(DoseInputError, match="not a positive dose"):
+        build_inputs(ct, body, {}, [(0.0, high)], (2.0, 2.0, 3.0))
+
+
+def test_target_distances_are_signed_mm_on_an_anisotropic_grid_and_clipped():
+    # Columns 1 mm, rows 2 mm, slices 5 mm; a target of one voxel's column run at slice 10.
+    target = np.zeros((40, 30, 300), bool)
+    target[10, 15, 100:200] = True
+    d = target_distances([target], (1.0, 2.0, 5.0)) * DISTANCE_RANGE_MM[1]
+    assert d.shape == (N_LEVELS, 40, 30, 300)
+    assert d[0, 13, 15, 150] == pytest.approx(15.0)  # three slices away
+    assert d[0, 10, 20, 150] == pytest.approx(10.0)  # five rows away
+    assert d[0, 10, 15, 90] == pytest.approx(10.0)  # ten columns beyond the run's end
+    assert d[0, 11, 16, 205] == pytest.approx(np.sqrt(25.0 + 4.0 + 36.0))
+    assert d[0, 10, 15, 150] == pytest.approx(-2.0)  # inside: one row (2 mm) to the nearest voxel outside
+    assert d[0, 39, 15, 150] == pytest.approx(DISTANCE_RANGE_MM[1])  # 145 mm: clipped
+    assert (d[1:] == DISTANCE_RANGE_MM[1]).all()  # absent levels are as far as the range goes
+    # A target thick enough to be deeper than the range inside is clipped there too.
+    block = np.zeros((30, 40, 40), bool)
+    block[:, 5:35, 5:35] = True
+    assert target_distances([block], (3.0, 3.0, 3.0))[0].min() == pytest.approx(DISTANCE_RANGE_MM[0] / DISTANCE_RANGE_MM[1])
+
+
+def test_a_widened_network_predicts_as_before_and_older_inputs_are_refused():
+    # A network of a release before the distance channels, widened with zero weights for them:
+    # the same dose whatever the new channels hold.
+    context = 3
+    old = DoseUNet(DISTANCE_CHANNELS, context=context, base=4, depth=2, pool=2).eval()
+    new = DoseUNet(N_CHANNELS, context=context, base=4, depth=2, pool=2).eval()
+    state = old.state_dict()
+    state["down.0.0.weight"] = _widened(state["down.0.0.weight"], DISTANCE_CHANNELS, context)
+    new.load_state_dict(state)
+    rng = np.random.default_rng(1)
+    x = rng.random((N_CHANNELS, 4, 16, 16)).astype(np.float32)
+    body = np.ones((4, 16, 16), bool)
+    before = predict_dose(old, x[:DISTANCE_CHANNELS], body, context=context, device="cpu")
+    assert np.allclose(predict_dose(new, x, body, context=context, device="cpu"), before, atol=1e-5)
+    with pytest.raises(DoseInputError, match=f"takes {DISTANCE_CHANNELS} input channels per slice"):
+        predict_dose(old, x, body, context=context, device="cpu")
 
 
 def test_mirror_inputs_reverses_columns_and_swaps_the_parotids():
@@ -48,10 +94,12 @@ def test_mirror_inputs_reverses_columns_and_swaps_the_parotids():
     right[:, 1, 0] = True  # the patient's right: low columns here
     left[:, 1, 3] = True
     cord[:, 2, 1] = True
-    x = build_inputs(ct, body, {"Parotid_R": right, "Parotid_L": left, "SpinalCord": cord}, [(70.0, right)])
+    x = build_inputs(ct, body, {"Parotid_R": right, "Parotid_L": left, "SpinalCord": cord}, [(70.0, right)],
+                     (1.0, 1.0, 1.0))
     m = mirror_inputs(x)
     channel = {name: 1 + N_LEVELS + OAR_CHANNELS.index(name) for name in ("Parotid_R", "Parotid_L", "SpinalCord")}
     assert (m[0] == x[0][..., ::-1]).all() and (m[1] == x[1][..., ::-1]).all()  # CT and the level: mirrored
+    assert (m[DISTANCE_CHANNELS:] == x[DISTANCE_CHANNELS:, ..., ::-1]).all()  # so are the distances
     assert (m[channel["SpinalCord"]] == cord[..., ::-1]).all()
     # The mirrored patient's right parotid lies where the left one was mirrored to (column 0).
     assert m[channel["Parotid_R"], :, 1, 0].all() and m[channel["Parotid_R"]].sum() == 2
@@ -95,13 +143,13 @@ def test_dvh_criteria_and_score_by_hand():
 def test_tiny_training_on_two_patients_learns_and_packages(tmp_path):
     openkbp = require_shared("openkbp")
     config = DoseTrainConfig(str(openkbp / "train"), str(openkbp / "validation"), train_patients=2, select_patients=1,
-                             select_every=30, final_val_patients=1, max_iterations=30, max_minutes=2.0, batch=4,
-                             lr=3e-3, base=4, depth=3, log_every=10)
+                             select_every=40, final_val_patients=1, max_iterations=40, max_minutes=2.0, batch=4,
+                             lr=5e-3, base=4, depth=3, log_every=10)
     trained = train_dose_model(config, name="tiny", version="0")
     losses = np.array(trained.losses)
-    assert len(losses) == 30
+    assert len(losses) == 40
     assert losses[-10:].mean() < 0.7 * losses[:5].mean(), losses
-    assert trained.card["validation"]["patients"] == 1 and trained.card["training"]["steps_done"] == 30
+    assert trained.card["validation"]["patients"] == 1 and trained.card["training"]["steps_done"] == 40
     content_hash = save_dose_package(tmp_path / "pkg", trained.model, trained.card)
     model, card, loaded_hash = load_dose_package(tmp_path / "pkg")
     assert loaded_hash == content_hash and card["name"] == "tiny"
@@ -129,6 +177,14 @@ def test_tiny_training_on_two_patients_learns_and_packages(tmp_path):
         assert np.allclose(of_mirrored, dose[..., ::-1], rtol=1e-5, atol=1e-5) is equal
     with pytest.raises(ValueError, match="init package"):
         train_dose_model(dataclasses.replace(config, base=8, init_package=str(tmp_path / "pkg")))
+    # A package from before the distance channels is widened and trained on.
+    narrow_card = {**trained.card, "architecture": {**trained.card["architecture"], "channels": DISTANCE_CHANNELS}}
+    narrow = DoseUNet(**narrow_card["architecture"])
+    narrow_hash = save_dose_package(tmp_path / "narrow", narrow, narrow_card)
+    widened = train_dose_model(dataclasses.replace(config, max_iterations=2, select_every=2,
+                                                   init_package=str(tmp_path / "narrow")), name="tiny", version="2")
+    assert widened.card["architecture"]["channels"] == N_CHANNELS
+    assert widened.card["training"]["initial_package"]["sha256"] == narrow_hash
     # An edited card no longer matches its hash.
     card_path = tmp_path / "pkg" / "card.json"
     edited = json.loads(card_path.read_text())
