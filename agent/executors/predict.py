@@ -11,7 +11,7 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from rtgrid.engines.dicomrt.rtdose import write_rtdose
-from rtgrid.engines.dose_prediction import build_inputs, dvh_metrics, load_dose_package, predict_dose
+from rtgrid.engines.dose_prediction import dvh_metrics, load_dose_package, model_spacing, predict_patient_dose
 from rtgrid.engines.dose_prediction.package import BUILTIN_HN
 from rtgrid.engines.imaging.volume import ImageSeries
 from rtgrid.engines.optimization.order import MedicalOrder, load_order
@@ -19,10 +19,6 @@ from rtgrid.protos.grid_contract import PredictDoseCall
 
 from .files import artifact, dataset_bytes
 from .plan import structures_on_ct
-
-TRAINING_SPACING_MM = (3.906, 3.906, 2.5)
-"""The OpenKBP grid the model learned on (x, y, z)."""
-
 
 @functools.lru_cache(maxsize=1)
 def _model():
@@ -51,9 +47,8 @@ def predicted_dose_on_ct(series: ImageSeries, masks: dict[str, np.ndarray], orde
     if model.rpartition(":")[2] != sha256:
         raise RuntimeError(f"the job asks for dose model {model}; this agent ships {card['name']}@{card['version']}:{sha256}")
     targets = [(level.dose_gy, masks[level.target]) for level in order.levels]
-    inputs = build_inputs(series.volume.voxels, masks[body], masks, targets, series.volume.spacing_mm)
-    dose = predict_dose(network, inputs, masks[body], context=card["architecture"]["context"],
-                        mirror=bool(card.get("test_time_mirror")))
+    dose = predict_patient_dose(network, series.volume.voxels, masks[body], masks, targets, series.volume.spacing_mm,
+                                context=card["architecture"]["context"], mirror=bool(card.get("test_time_mirror")))
     return dose, card, sha256
 
 
@@ -74,8 +69,10 @@ def predict_dose_shard(call: PredictDoseCall) -> dict[str, Any]:
     ds.SeriesDescription = f"predicted dose {identity}"[:64]
     spacing = [round(float(s), 3) for s in ct.spacing_mm]
     notes = []
-    if not np.allclose(spacing, TRAINING_SPACING_MM, rtol=0.25):
-        notes.append(f"CT spacing {spacing} mm differs from the training grid {list(TRAINING_SPACING_MM)} mm: less reliable")
+    grid = [round(s, 3) for s in model_spacing(ct.spacing_mm)]
+    if grid != spacing:
+        notes.append(f"CT spacing {spacing} mm lies outside the grids the model learned on: predicted on {grid} mm "
+                     "and interpolated back to the CT")
     summary = {
         "model": {"name": card["name"], "version": card["version"], "sha256": sha256, "validation": card["validation"]},
         "levels": [{"target": level.target, "dose_gy": level.dose_gy} for level in order.levels],

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
-from .inputs import REFERENCE_DOSE_GY, DoseInputError, mirror_inputs
+from .inputs import REFERENCE_DOSE_GY, DoseInputError, build_inputs, mirror_inputs
 from .model import DoseUNet
+
+MODEL_SPACING_RANGE_MM = ((3.5, 5.5), (3.5, 5.5), (2.0, 3.3))
+"""Voxel sizes (column, row, slice; mm) of the OpenKBP grids the model learned on (3.75-5.42 mm
+across, 2-3.27 mm between slices): it sees anatomy at that scale only."""
+MODEL_SPACING_MM = (3.906, 3.906, 3.0)
+"""The size an axis outside :data:`MODEL_SPACING_RANGE_MM` is resampled to (OpenKBP's commonest)."""
 
 
 def slice_windows(inputs: np.ndarray, centres: np.ndarray, context: int) -> np.ndarray:
@@ -88,3 +96,60 @@ def _predict(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, context: int
             y = model(torch.from_numpy(x).to(device))
         dose[centres] = y.float().cpu().numpy()[:, :ny, :nx]
     return dose * REFERENCE_DOSE_GY * body
+
+
+def model_spacing(spacing_mm: Sequence[float]) -> tuple[float, float, float]:
+    """The voxel size (column, row, slice; mm) a CT of ``spacing_mm`` is predicted on: its own
+    along axes inside :data:`MODEL_SPACING_RANGE_MM`, :data:`MODEL_SPACING_MM` along the others."""
+    return tuple(float(s) if lo <= s <= hi else model
+                 for s, (lo, hi), model in zip(spacing_mm, MODEL_SPACING_RANGE_MM, MODEL_SPACING_MM))
+
+
+def predict_patient_dose(model: DoseUNet, ct_hu: np.ndarray, body: np.ndarray, oars: Mapping[str, np.ndarray],
+                         targets: Sequence[tuple[float, np.ndarray]], spacing_mm: Sequence[float], *, context: int,
+                         mirror: bool = False, device: str | None = None) -> np.ndarray:
+    """A patient's dose (Gy) on its CT grid, predicted on a grid the model knows.
+
+    A hospital CT (often 1 mm across) shows the network anatomy several times larger than the
+    OpenKBP grids it learned on: its inputs are resampled to :func:`model_spacing`, the dose
+    predicted there and interpolated back (trilinear); a CT already at that scale is predicted
+    as it is. Masks are resampled as area fractions, kept where at least half.
+
+    Parameters
+    ----------
+    ct_hu, body, oars, targets
+        As :func:`~rtgrid.engines.dose_prediction.build_inputs` takes them.
+    spacing_mm : Sequence[float]
+        The CT's voxel size (column, row, slice) in mm.
+    context, mirror, device
+        As :func:`predict_dose` takes them.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``[z, y, x]`` in Gy on the CT grid, zero outside ``body``.
+    """
+    spacing = tuple(float(s) for s in spacing_mm)
+    grid = model_spacing(spacing)
+    if grid == spacing:
+        return predict_dose(model, build_inputs(ct_hu, body, oars, targets, spacing), body, context=context,
+                            mirror=mirror, device=device)
+    shape = ct_hu.shape
+    # Array axes are (slice, row, column); spacings (column, row, slice).
+    coarse_shape = tuple(max(1, round(n * old / new)) for n, old, new in zip(shape, spacing[::-1], grid[::-1]))
+    coarse_spacing = tuple(old * n / m for old, n, m in zip(spacing[::-1], shape, coarse_shape))[::-1]
+
+    def resample(a: np.ndarray, to: tuple[int, ...]) -> np.ndarray:
+        # grid_mode: voxels are areas, so both grids span the same extent.
+        return ndimage.zoom(a.astype(np.float32), [m / n for m, n in zip(to, a.shape)], order=1, grid_mode=True,
+                            mode="nearest")
+
+    def coarse(mask: np.ndarray) -> np.ndarray:
+        return resample(mask, coarse_shape) >= 0.5
+
+    dose = predict_dose(
+        model,
+        build_inputs(resample(ct_hu, coarse_shape), coarse(body), {n: coarse(m) for n, m in oars.items()},
+                     [(d, coarse(m)) for d, m in targets], coarse_spacing),
+        coarse(body), context=context, mirror=mirror, device=device)
+    return resample(dose, shape) * body

@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 
 from rtgrid.engines.dose_prediction import (
-    DosePackageError, build_inputs, dose_score, dvh_metrics, dvh_score, load_dose_package, predict_dose,
-    save_dose_package,
+    DosePackageError, build_inputs, dose_score, dvh_metrics, dvh_score, load_dose_package, model_spacing, predict_dose,
+    predict_patient_dose, save_dose_package,
 )
 from rtgrid.engines.dose_prediction.inputs import (
     BODY_CHANNEL, DISTANCE_CHANNELS, DISTANCE_RANGE_MM, DoseInputError, N_CHANNELS, N_LEVELS, OAR_CHANNELS,
     mirror_inputs, target_distances,
 )
 from rtgrid.engines.dose_prediction.model import DoseUNet
-from rtgrid.engines.dose_prediction.train import DoseTrainConfig, _widened, train_dose_model
+from rtgrid.engines.dose_prediction.train import OPENKBP_PRESCRIPTIONS_GY, DoseTrainConfig, _widened, train_dose_model
+from rtgrid.engines.imaging.openkbp import load_openkbp_patient
 from tests.conftest import require_shared
 
 
@@ -192,3 +193,48 @@ def test_tiny_training_on_two_patients_learns_and_packages(tmp_path):
     card_path.write_text(json.dumps(edited))
     with pytest.raises(DosePackageError, match="content hash"):
         load_dose_package(tmp_path / "pkg")
+
+
+def test_model_spacing_keeps_axes_the_model_knows():
+    assert model_spacing((0.98, 0.98, 2.5)) == (3.906, 3.906, 2.5)
+    assert model_spacing((4.0, 4.0, 1.25)) == (4.0, 4.0, 3.0)
+    assert model_spacing((3.906, 3.906, 2.5)) == (3.906, 3.906, 2.5)
+
+
+def test_a_hospital_ct_is_predicted_on_the_grid_the_model_knows():
+    # A real patient's slab brought to a hospital CT's 1 mm across: predicted on that grid as it
+    # is, the network sees anatomy four times its size; resampled, it scores as on the OpenKBP grid.
+    from scipy import ndimage
+
+    patient = load_openkbp_patient(require_shared("openkbp/validation") / "pt_202.npz")
+    model, card, _ = load_dose_package()
+    context = card["architecture"]["context"]
+    centre = int(np.flatnonzero(patient.masks["PTV70"].any(axis=(1, 2))).mean())
+    keep = slice(centre - 12, centre + 12)
+    spacing = tuple(patient.volume.spacing_mm)
+    ct, body, dose_gy = patient.volume.voxels[keep], patient.possible_dose_mask[keep], patient.dose_gy[keep]
+    masks = {name: mask[keep] for name, mask in patient.masks.items()}
+    levels = [(dose, masks[name]) for name, dose in OPENKBP_PRESCRIPTIONS_GY.items() if name in masks]
+    factor = spacing[0] / 1.0
+
+    def fine(a: np.ndarray, order: int) -> np.ndarray:
+        return ndimage.zoom(a.astype(np.float32), (1, factor, factor), order=order)
+
+    def back(d: np.ndarray) -> np.ndarray:
+        return ndimage.zoom(d, (1, ct.shape[1] / d.shape[1], ct.shape[2] / d.shape[2]), order=1) * body
+
+    fine_body = fine(body, 0) > 0
+    fine_masks = {name: fine(mask, 0) > 0 for name, mask in masks.items()}
+    fine_levels = [(dose, fine_masks[name]) for name, dose in OPENKBP_PRESCRIPTIONS_GY.items() if name in masks]
+    fine_spacing = (spacing[0] / factor, spacing[1] / factor, spacing[2])
+    on_grid = predict_patient_dose(model, ct, body, masks, levels, spacing, context=context, device="cpu")
+    assert np.array_equal(on_grid, predict_dose(model, build_inputs(ct, body, masks, levels, spacing), body,
+                                                context=context, device="cpu"))
+    as_is = predict_dose(model, build_inputs(fine(ct, 1), fine_body, fine_masks, fine_levels, fine_spacing), fine_body,
+                         context=context, device="cpu")
+    resampled = predict_patient_dose(model, fine(ct, 1), fine_body, fine_masks, fine_levels, fine_spacing,
+                                     context=context, device="cpu")
+    assert resampled.shape == fine_body.shape and (resampled[~fine_body] == 0).all()
+    scores = {name: dose_score(d, dose_gy, body) for name, d in
+              (("on_grid", on_grid), ("as_is", back(as_is)), ("resampled", back(resampled)))}
+    assert scores["resampled"] < scores["on_grid"] + 0.4 < scores["as_is"] - 1.0, scores
