@@ -113,7 +113,8 @@ def predict_patient_dose(model: DoseUNet, ct_hu: np.ndarray, body: np.ndarray, o
     A hospital CT (often 1 mm across) shows the network anatomy several times larger than the
     OpenKBP grids it learned on: its inputs are resampled to :func:`model_spacing`, the dose
     predicted there and interpolated back (trilinear); a CT already at that scale is predicted
-    as it is. Masks are resampled as area fractions, kept where at least half.
+    as it is. Structures are resampled as the fraction of each coarse voxel they cover, kept
+    where at least half; a target thinner than that keeps every voxel it touches.
 
     Parameters
     ----------
@@ -130,26 +131,52 @@ def predict_patient_dose(model: DoseUNet, ct_hu: np.ndarray, body: np.ndarray, o
         float32 ``[z, y, x]`` in Gy on the CT grid, zero outside ``body``.
     """
     spacing = tuple(float(s) for s in spacing_mm)
-    grid = model_spacing(spacing)
-    if grid == spacing:
+    if model_spacing(spacing) == spacing:
         return predict_dose(model, build_inputs(ct_hu, body, oars, targets, spacing), body, context=context,
                             mirror=mirror, device=device)
+    ct, coarse_body, coarse_oars, coarse_targets, coarse_spacing = _on_model_grid(ct_hu, body, oars, targets, spacing)
+    dose = predict_dose(model, build_inputs(ct, coarse_body, coarse_oars, coarse_targets, coarse_spacing), coarse_body,
+                        context=context, mirror=mirror, device=device)
+    return _resample(dose, ct_hu.shape) * body
+
+
+def _on_model_grid(
+    ct_hu: np.ndarray, body: np.ndarray, oars: Mapping[str, np.ndarray], targets: Sequence[tuple[float, np.ndarray]],
+    spacing_mm: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[tuple[float, np.ndarray]], tuple[float, ...]]:
+    """The inputs of :func:`predict_patient_dose` resampled to :func:`model_spacing` (the grid
+    spans the CT's extent, so its voxel size is the nearest that fits a whole number of voxels).
+
+    Returns
+    -------
+    tuple
+        ``(ct_hu, body, oars, targets, spacing_mm)`` on the coarse grid.
+    """
+    spacing = tuple(float(s) for s in spacing_mm)
     shape = ct_hu.shape
     # Array axes are (slice, row, column); spacings (column, row, slice).
-    coarse_shape = tuple(max(1, round(n * old / new)) for n, old, new in zip(shape, spacing[::-1], grid[::-1]))
+    coarse_shape = tuple(max(1, round(n * old / new))
+                         for n, old, new in zip(shape, spacing[::-1], model_spacing(spacing)[::-1]))
     coarse_spacing = tuple(old * n / m for old, n, m in zip(spacing[::-1], shape, coarse_shape))[::-1]
 
-    def resample(a: np.ndarray, to: tuple[int, ...]) -> np.ndarray:
-        # grid_mode: voxels are areas, so both grids span the same extent.
-        return ndimage.zoom(a.astype(np.float32), [m / n for m, n in zip(to, a.shape)], order=1, grid_mode=True,
-                            mode="nearest")
+    def fraction(mask: np.ndarray) -> np.ndarray:
+        return _resample(mask, coarse_shape)
 
-    def coarse(mask: np.ndarray) -> np.ndarray:
-        return resample(mask, coarse_shape) >= 0.5
+    def target(mask: np.ndarray) -> np.ndarray:
+        covered = fraction(mask)
+        kept = covered >= 0.5
+        return kept if kept.any() or not mask.any() else covered > 0
 
-    dose = predict_dose(
-        model,
-        build_inputs(resample(ct_hu, coarse_shape), coarse(body), {n: coarse(m) for n, m in oars.items()},
-                     [(d, coarse(m)) for d, m in targets], coarse_spacing),
-        coarse(body), context=context, mirror=mirror, device=device)
-    return resample(dose, shape) * body
+    return (_resample(ct_hu, coarse_shape), fraction(body) >= 0.5, {n: fraction(m) >= 0.5 for n, m in oars.items()},
+            [(d, target(m)) for d, m in targets], coarse_spacing)
+
+
+def _resample(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Trilinear resampling to ``shape`` over the same extent; averaged over each coarse voxel first
+    where the grid coarsens (a 1 mm structure is not lost between 4 mm samples)."""
+    a = a.astype(np.float32)
+    widths = [max(1, round(n / m)) for n, m in zip(a.shape, shape)]
+    if max(widths) > 1:
+        a = ndimage.uniform_filter(a, size=widths, mode="nearest")
+    # grid_mode: voxels are areas, so both grids span the same extent.
+    return ndimage.zoom(a, [m / n for m, n in zip(shape, a.shape)], order=1, grid_mode=True, mode="nearest")

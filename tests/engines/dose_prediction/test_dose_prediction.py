@@ -201,6 +201,25 @@ def test_model_spacing_keeps_axes_the_model_knows():
     assert model_spacing((3.906, 3.906, 2.5)) == (3.906, 3.906, 2.5)
 
 
+def test_structures_reach_the_model_grid_by_the_fraction_they_cover_and_thin_targets_stay():
+    from rtgrid.engines.dose_prediction.predict import _on_model_grid
+
+    ct = np.zeros((6, 40, 40), np.int16)
+    body = np.zeros(ct.shape, bool)
+    body[:, :, :20] = True  # the left half: whole coarse voxels (5 of 10 columns of 4 mm)
+    line = np.zeros(ct.shape, bool)
+    line[:, 21, 8:32] = True  # 1 mm thick: a quarter of a 4 mm voxel at most
+    block = np.zeros(ct.shape, bool)
+    block[:, 4:16, 4:16] = True
+    _, coarse_body, oars, targets, spacing = _on_model_grid(
+        ct, body, {"SpinalCord": line, "Larynx": block}, [(70.0, line), (56.0, block)], (1.0, 1.0, 3.0))
+    assert spacing == pytest.approx((4.0, 4.0, 3.0)) and coarse_body.shape == (6, 10, 10)
+    assert coarse_body[:, :, :5].all() and not coarse_body[:, :, 5:].any()
+    assert oars["Larynx"][:, 1:4, 1:4].all() and oars["Larynx"].sum() == 6 * 9
+    assert not oars["SpinalCord"].any()  # an organ that thin is lost at 4 mm...
+    assert targets[0][1].any() and targets[0][1][:, 5, 2:8].all()  # ...a target is not
+
+
 def test_a_hospital_ct_is_predicted_on_the_grid_the_model_knows():
     # A real patient's slab brought to a hospital CT's 1 mm across: predicted on that grid as it
     # is, the network sees anatomy four times its size; resampled, it scores as on the OpenKBP grid.
