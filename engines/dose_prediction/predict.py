@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .inputs import REFERENCE_DOSE_GY, DoseInputError, build_inputs, mirror_inputs
+from .inputs import OAR_CHANNELS, REFERENCE_DOSE_GY, DoseInputError, build_inputs, mirror_inputs
 from .model import DoseUNet
 
 MODEL_SPACING_RANGE_MM = ((3.5, 5.5), (3.5, 5.5), (2.0, 3.3))
@@ -167,8 +167,10 @@ def _on_model_grid(
         kept = covered >= 0.5
         return kept if kept.any() or not mask.any() else covered > 0
 
-    return (_resample(ct_hu, coarse_shape), fraction(body) >= 0.5, {n: fraction(m) >= 0.5 for n, m in oars.items()},
-            [(d, target(m)) for d, m in targets], coarse_spacing)
+    # Only the organs the model has a channel for: a hospital's structure set holds many more.
+    organs = {n: fraction(m) >= 0.5 for n, m in oars.items() if n in OAR_CHANNELS}
+    return (_resample(ct_hu, coarse_shape), fraction(body) >= 0.5, organs, [(d, target(m)) for d, m in targets],
+            coarse_spacing)
 
 
 def _resample(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

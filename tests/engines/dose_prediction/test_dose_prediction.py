@@ -212,7 +212,8 @@ def test_structures_reach_the_model_grid_by_the_fraction_they_cover_and_thin_tar
     block = np.zeros(ct.shape, bool)
     block[:, 4:16, 4:16] = True
     _, coarse_body, oars, targets, spacing = _on_model_grid(
-        ct, body, {"SpinalCord": line, "Larynx": block}, [(70.0, line), (56.0, block)], (1.0, 1.0, 3.0))
+        ct, body, {"SpinalCord": line, "Larynx": block, "PTV56": block}, [(70.0, line), (56.0, block)], (1.0, 1.0, 3.0))
+    assert set(oars) == {"SpinalCord", "Larynx"}  # structures without a channel are not resampled
     assert spacing == pytest.approx((4.0, 4.0, 3.0)) and coarse_body.shape == (6, 10, 10)
     assert coarse_body[:, :, :5].all() and not coarse_body[:, :, 5:].any()
     assert oars["Larynx"][:, 1:4, 1:4].all() and oars["Larynx"].sum() == 6 * 9
