@@ -23,8 +23,8 @@ import torch
 from rtgrid.engines.imaging.openkbp import OpenKBPPatient, load_openkbp_patient, openkbp_patients
 
 from .inputs import (
-    DISTANCE_CHANNELS, DISTANCE_RANGE_MM, N_CHANNELS, OAR_CHANNELS, REFERENCE_DOSE_GY, assemble_inputs, build_inputs,
-    mirror_inputs, target_distances,
+    DISTANCE_RANGE_MM, N_CHANNELS, OAR_CHANNELS, REFERENCE_DOSE_GY, assemble_inputs, build_inputs, mirror_inputs,
+    target_distances,
 )
 from .model import DoseUNet
 from .package import load_dose_package, save_dose_package
@@ -63,12 +63,6 @@ class DoseTrainConfig:
         Chance that a training slice is shown as its patient's mirror image (parotids swapped).
         Above 0 the card says ``test_time_mirror``: selection, validation and every prediction
         average each patient with its mirror image.
-    zoom : float
-        In-plane scaling of a training batch's slices: each drawn from ``[1 - zoom, 1 + zoom]``
-        (patients larger and smaller than those in the data). 0: none.
-    rotate_deg : float
-        In-plane rotation of a training batch's slices, each drawn from ``[-rotate_deg, rotate_deg]``
-        degrees (a head turned on the couch). 0: none.
     """
 
     train_dir: str
@@ -90,8 +84,6 @@ class DoseTrainConfig:
     log_every: int = 25
     init_package: str = ""
     flip_lr_probability: float = 0.0
-    zoom: float = 0.0
-    rotate_deg: float = 0.0
 
 
 @dataclass
@@ -222,11 +214,6 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
                 x, y, m = _mirror_window(x, config.context), y[:, ::-1].copy(), m[:, ::-1].copy()
             batch.append((x, y, m))
         x, y, m = (torch.from_numpy(np.stack(a)).to(device) for a in zip(*batch))
-        # Drawn only when on, as the mirroring: runs without it take the steps they always took.
-        if config.zoom > 0 or config.rotate_deg > 0:
-            scales = 1.0 + rng.uniform(-config.zoom, config.zoom, config.batch)
-            angles = np.deg2rad(rng.uniform(-config.rotate_deg, config.rotate_deg, config.batch))
-            x, y, m = _transformed(x, y, m, scales, angles, config.context)
         with torch.autocast("cuda", enabled=device == "cuda"):
             out = model(x)
         loss = (out.float() - y).abs()[m].mean()  # MAE over the possible dose mask
@@ -293,27 +280,6 @@ def _mirror_window(x: np.ndarray, context: int) -> np.ndarray:
     return np.ascontiguousarray(mirror_inputs(slots).transpose(1, 0, 2, 3)).reshape(x.shape)
 
 
-def _transformed(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, scales: np.ndarray, angles: np.ndarray,
-                 context: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A training batch (windows ``[B, context * N_CHANNELS, y, x]``, dose and mask ``[B, y, x]``)
-    scaled by ``scales`` and rotated by ``angles`` (radians) about each slice's centre, bilinear,
-    edges repeated (air and no structure at OpenKBP's borders). Scaled anatomy is that much
-    farther from its targets: the distance channels are scaled with it."""
-    cos, sin = np.cos(angles) / scales, np.sin(angles) / scales
-    # affine_grid maps output to input coordinates: the inverse of the wanted transform.
-    theta = torch.from_numpy(np.stack([np.stack([cos, -sin, 0 * cos], 1), np.stack([sin, cos, 0 * cos], 1)], 1))
-    grid = torch.nn.functional.affine_grid(theta.to(x), list(x.shape), align_corners=False)
-
-    def warp(a: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.grid_sample(a, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-    x = warp(x)
-    near, far = DISTANCE_RANGE_MM
-    distances = x.view(x.shape[0], context, N_CHANNELS, *x.shape[2:])[:, :, DISTANCE_CHANNELS:]
-    distances.mul_(torch.from_numpy(scales).to(x).view(-1, 1, 1, 1, 1)).clamp_(near / far, 1.0)
-    return x, warp(y[:, None])[:, 0], warp(m[:, None].to(x))[:, 0] >= 0.5
-
-
 def _initial_weights(model: DoseUNet, config: DoseTrainConfig) -> dict[str, Any]:
     """Load ``config.init_package``'s weights into ``model``; its identity for the card ({} without one).
 
@@ -365,8 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", default="", help="a dose model package to start from (a warm restart)")
     parser.add_argument("--version", default="1", help="the version in the card")
     parser.add_argument("--flip", type=float, default=0.0, help="chance of a mirrored training slice (flip_lr_probability)")
-    parser.add_argument("--zoom", type=float, default=0.0, help="in-plane scaling of training slices, 1 +- ZOOM")
-    parser.add_argument("--rotate", type=float, default=0.0, help="in-plane rotation of training slices, +- DEG degrees")
     parser.add_argument("--batch", type=int, default=DoseTrainConfig.batch)
     parser.add_argument("--select-patients", type=int, default=DoseTrainConfig.select_patients)
     parser.add_argument("--select-every", type=int, default=DoseTrainConfig.select_every)
@@ -374,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
     config = DoseTrainConfig(args.train, args.val, train_patients=args.train_patients,
                              max_iterations=args.iterations, max_minutes=args.minutes, lr=args.lr,
                              init_package=args.init, flip_lr_probability=args.flip, batch=args.batch,
-                             zoom=args.zoom, rotate_deg=args.rotate,
                              select_patients=args.select_patients, select_every=args.select_every)
     trained = train_dose_model(config, version=args.version)
     content_hash = save_dose_package(args.out, trained.model, trained.card)

@@ -18,9 +18,7 @@ from rtgrid.engines.dose_prediction.inputs import (
     mirror_inputs, target_distances,
 )
 from rtgrid.engines.dose_prediction.model import DoseUNet
-from rtgrid.engines.dose_prediction.train import (
-    OPENKBP_PRESCRIPTIONS_GY, DoseTrainConfig, _transformed, _widened, train_dose_model,
-)
+from rtgrid.engines.dose_prediction.train import OPENKBP_PRESCRIPTIONS_GY, DoseTrainConfig, _widened, train_dose_model
 from rtgrid.engines.imaging.openkbp import load_openkbp_patient
 from tests.conftest import require_shared
 
@@ -164,8 +162,7 @@ def test_tiny_training_on_two_patients_learns_and_packages(tmp_path):
     # A warm restart starts from the package's weights (its first loss is the first run's last
     # level, not a fresh start's) and the card names it; another architecture is refused.
     again = train_dose_model(dataclasses.replace(config, max_iterations=5, select_every=5, flip_lr_probability=0.5,
-                                                 zoom=0.1, rotate_deg=10.0, init_package=str(tmp_path / "pkg")),
-                             name="tiny", version="1")
+                                                 init_package=str(tmp_path / "pkg")), name="tiny", version="1")
     assert again.losses[0] < 0.7 * losses[:5].mean(), (again.losses, losses[:5])
     assert again.card["training"]["initial_package"]["sha256"] == content_hash
     # Trained on mirrored patients too, it predicts with each patient's mirror image: the dose of
@@ -196,37 +193,6 @@ def test_tiny_training_on_two_patients_learns_and_packages(tmp_path):
     card_path.write_text(json.dumps(edited))
     with pytest.raises(DosePackageError, match="content hash"):
         load_dose_package(tmp_path / "pkg")
-
-
-def test_training_slices_are_scaled_and_rotated_with_their_distances():
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(1)
-    context, n = 3, 16
-    x = torch.from_numpy(rng.random((2, context * N_CHANNELS, n, n), dtype=np.float32))
-    y = torch.from_numpy(rng.random((2, n, n), dtype=np.float32))
-    m = torch.from_numpy(rng.random((2, n, n)) > 0.5)
-    # Unscaled and unrotated: the batch as it was.
-    same = _transformed(x, y, m, np.ones(2), np.zeros(2), context)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(same, (x, y, m)))
-    # A quarter turn moves every pixel centre onto another: exactly a rotation of the arrays.
-    turned = _transformed(x, y, m, np.ones(2), np.full(2, np.pi / 2), context)
-    for a, b in zip(turned, (x, y, m)):
-        assert any(torch.allclose(a, torch.rot90(b, k, dims=(-2, -1)), atol=1e-5) for k in (1, 3))
-    # Twice the size: the centre stays, an organ 4 px from it reaches 8 px away (edges bilinear), and so do the
-    # target distances (clipped to their range).
-    flat = torch.zeros((1, context * N_CHANNELS, n, n))
-    windows = flat.view(1, context, N_CHANNELS, n, n)
-    windows[:, :, DISTANCE_CHANNELS:] = 0.4
-    windows[:, :, BODY_CHANNEL, 8:12, 8:12] = 1.0
-    dose = torch.zeros((1, n, n))
-    dose[0, 8:12, 8:12] = 1.0
-    zoomed, zoomed_dose, _ = _transformed(flat, dose, dose > 0, np.array([2.0]), np.zeros(1), context)
-    body = zoomed.view(1, context, N_CHANNELS, n, n)[0, 1, BODY_CHANNEL]
-    assert body[9:15, 9:15].min() > 0.99 and body[:7].max() < 0.01 and torch.equal(zoomed_dose[0], body)
-    distances = zoomed.view(1, context, N_CHANNELS, n, n)[:, :, DISTANCE_CHANNELS:]
-    assert torch.allclose(distances, torch.full_like(distances, 0.8))
-    far = _transformed(flat, dose, dose > 0, np.array([3.0]), np.zeros(1), context)[0]
-    assert far.view(1, context, N_CHANNELS, n, n)[:, :, DISTANCE_CHANNELS:].max() == 1.0
 
 
 def test_model_spacing_keeps_axes_the_model_knows():
