@@ -42,6 +42,14 @@ class DoseUNet(nn.Module):
         self.merge = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], 1, 1)
 
+    FIRST_CONV_WEIGHT = "down.0.0.weight"
+    """The state-dict key of the first convolution's weights, ``[base, context * channels, 3, 3]``."""
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels the network takes: ``context * channels``."""
+        return self.down[0][0].in_channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         if self.pool > 1:

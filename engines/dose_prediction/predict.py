@@ -70,7 +70,7 @@ def predict_dose(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, *, conte
     DoseInputError
         The model takes another number of input channels (a package older than these inputs).
     """
-    takes = model.down[0][0].in_channels
+    takes = model.in_channels
     if inputs.shape[0] * context != takes:
         raise DoseInputError(f"the model takes {takes // context} input channels per slice, the inputs have "
                              f"{inputs.shape[0]}: a dose model package from another release of the inputs")

@@ -301,13 +301,11 @@ def _initial_weights(model: DoseUNet, config: DoseTrainConfig) -> dict[str, Any]
         raise ValueError(f"init package {config.init_package} is {found}, the configuration {expected}")
     state = start.state_dict()
     if found["channels"] < N_CHANNELS:
-        state[_FIRST_CONV] = _widened(state[_FIRST_CONV], found["channels"], config.context)
+        first = DoseUNet.FIRST_CONV_WEIGHT
+        state[first] = _widened(state[first], found["channels"], config.context)
     model.load_state_dict(state)
     return {"name": card["name"], "version": card["version"], "sha256": sha256,
             "steps": card["training"]["steps_done"]}
-
-
-_FIRST_CONV = "down.0.0.weight"
 
 
 def _widened(weight: torch.Tensor, channels: int, context: int) -> torch.Tensor:
