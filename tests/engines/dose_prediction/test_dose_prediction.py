@@ -77,7 +77,7 @@ def test_a_widened_network_predicts_as_before_and_older_inputs_are_refused():
     old = DoseUNet(DISTANCE_CHANNELS, context=context, base=4, depth=2, pool=2).eval()
     new = DoseUNet(N_CHANNELS, context=context, base=4, depth=2, pool=2).eval()
     state = old.state_dict()
-    state["down.0.0.weight"] = _widened(state["down.0.0.weight"], DISTANCE_CHANNELS, context)
+    state[DoseUNet.FIRST_CONV_WEIGHT] = _widened(state[DoseUNet.FIRST_CONV_WEIGHT], DISTANCE_CHANNELS, context)
     new.load_state_dict(state)
     rng = np.random.default_rng(1)
     x = rng.random((N_CHANNELS, 4, 16, 16)).astype(np.float32)
