@@ -32,6 +32,9 @@ class DoseUNet(nn.Module):
         must be divisible by :attr:`multiple` = ``pool * 2**depth``.
     """
 
+    FIRST_CONV_WEIGHT = "down.0.0.weight"
+    """The state-dict key of the first convolution's weights, ``[base, context * channels, 3, 3]``."""
+
     def __init__(self, channels: int, context: int = 5, base: int = 16, depth: int = 4, pool: int = 1) -> None:
         super().__init__()
         self.pool = pool
@@ -41,9 +44,6 @@ class DoseUNet(nn.Module):
         self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))])
         self.merge = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], 1, 1)
-
-    FIRST_CONV_WEIGHT = "down.0.0.weight"
-    """The state-dict key of the first convolution's weights, ``[base, context * channels, 3, 3]``."""
 
     @property
     def in_channels(self) -> int:

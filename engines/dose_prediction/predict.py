@@ -142,7 +142,7 @@ def predict_patient_dose(model: DoseUNet, ct_hu: np.ndarray, body: np.ndarray, o
 
 def _on_model_grid(
     ct_hu: np.ndarray, body: np.ndarray, oars: Mapping[str, np.ndarray], targets: Sequence[tuple[float, np.ndarray]],
-    spacing_mm: Sequence[float],
+    spacing_mm: tuple[float, ...],
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[tuple[float, np.ndarray]], tuple[float, ...]]:
     """The inputs of :func:`predict_patient_dose` resampled to :func:`model_spacing` (the grid
     spans the CT's extent, so its voxel size is the nearest that fits a whole number of voxels).
@@ -152,12 +152,11 @@ def _on_model_grid(
     tuple
         ``(ct_hu, body, oars, targets, spacing_mm)`` on the coarse grid.
     """
-    spacing = tuple(float(s) for s in spacing_mm)
     shape = ct_hu.shape
     # Array axes are (slice, row, column); spacings (column, row, slice).
     coarse_shape = tuple(max(1, round(n * old / new))
-                         for n, old, new in zip(shape, spacing[::-1], model_spacing(spacing)[::-1]))
-    coarse_spacing = tuple(old * n / m for old, n, m in zip(spacing[::-1], shape, coarse_shape))[::-1]
+                         for n, old, new in zip(shape, spacing_mm[::-1], model_spacing(spacing_mm)[::-1]))
+    coarse_spacing = tuple(old * n / m for old, n, m in zip(spacing_mm[::-1], shape, coarse_shape))[::-1]
 
     def fraction(mask: np.ndarray) -> np.ndarray:
         return _resample(mask, coarse_shape)
