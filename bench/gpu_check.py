@@ -405,12 +405,12 @@ def check_seg_inference(device: str, sizes: Sizes, state: dict) -> dict:
 
 def check_dose_prediction(device: str, sizes: Sizes, state: dict) -> dict:
     """The dose model on ``device`` (autocast on CUDA) against the CPU: max |difference| in Gy."""
-    from rtgrid.engines.dose_prediction import load_dose_package, predict_dose
+    from rtgrid.engines.dose_prediction import load_dose_package, predict_dose, prediction_options
     from rtgrid.engines.dose_prediction.inputs import build_inputs
     from rtgrid.engines.dose_prediction.train import openkbp_inputs
 
     model, card, _ = load_dose_package()
-    context = card["architecture"]["context"]
+    options = prediction_options(card)
     patient, keep = _openkbp_patient(sizes.dose_slices, state)
     if patient is not None:
         inputs, body = openkbp_inputs(patient)[:, keep], patient.possible_dose_mask[keep]
@@ -423,11 +423,10 @@ def check_dose_prediction(device: str, sizes: Sizes, state: dict) -> dict:
         inputs = build_inputs(phantom.ct.voxels, body, phantom.labels, [(60.0, phantom.labels["PTV"])],
                               phantom.ct.spacing_mm)
         source = "digital phantom"
-    mirror = bool(card.get("test_time_mirror"))
-    cpu, cpu_s = timed(lambda: predict_dose(model, inputs, body, context=context, mirror=mirror, device="cpu"), "cpu")
+    cpu, cpu_s = timed(lambda: predict_dose(model, inputs, body, device="cpu", **options), "cpu")
     if device != "cpu":
-        predict_dose(model, inputs[:, :1], body[:1], context=context, device=device)  # warm-up
-    dev, dev_s = timed(lambda: predict_dose(model, inputs, body, context=context, mirror=mirror, device=device), device)
+        predict_dose(model, inputs[:, :1], body[:1], context=options["context"], device=device)  # warm-up
+    dev, dev_s = timed(lambda: predict_dose(model, inputs, body, device=device, **options), device)
     diff = np.abs(cpu.astype(np.float64) - dev)
     max_abs = float(diff.max())
     mean_abs = float(diff[body].mean()) if body.any() else 0.0

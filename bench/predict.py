@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtgrid.engines.dose_prediction import dose_score, dvh_score, load_dose_package, predict_dose
+from rtgrid.engines.dose_prediction import dose_score, dvh_score, load_dose_package, predict_dose, prediction_options
 from rtgrid.engines.dose_prediction.package import BUILTIN_HN
 from rtgrid.engines.dose_prediction.train import openkbp_inputs
 from rtgrid.engines.imaging.openkbp import load_openkbp_patient, openkbp_patients
@@ -46,9 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{patient.patient_id}: no clinical dose, skipped", file=sys.stderr)
             continue
         start = time.perf_counter()
-        predicted = predict_dose(model, openkbp_inputs(patient), patient.possible_dose_mask,
-                                 context=card["architecture"]["context"], mirror=bool(card.get("test_time_mirror")),
-                                 device=device)
+        predicted = predict_dose(model, openkbp_inputs(patient), patient.possible_dose_mask, device=device,
+                                 **prediction_options(card))
         seconds = time.perf_counter() - start
         row = {"patient": patient.patient_id, "seconds": round(seconds, 3),
                "dose_score_gy": round(dose_score(predicted, patient.dose_gy, patient.possible_dose_mask), 4),

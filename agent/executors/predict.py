@@ -11,7 +11,9 @@ import numpy as np
 from pydicom.uid import generate_uid
 
 from rtgrid.engines.dicomrt.rtdose import write_rtdose
-from rtgrid.engines.dose_prediction import dvh_metrics, load_dose_package, model_spacing, predict_patient_dose
+from rtgrid.engines.dose_prediction import (
+    dvh_metrics, load_dose_package, model_spacing, predict_patient_dose, prediction_options,
+)
 from rtgrid.engines.dose_prediction.package import BUILTIN_HN
 from rtgrid.engines.imaging.volume import ImageSeries
 from rtgrid.engines.optimization.order import MedicalOrder, load_order
@@ -48,7 +50,7 @@ def predicted_dose_on_ct(series: ImageSeries, masks: dict[str, np.ndarray], orde
         raise RuntimeError(f"the job asks for dose model {model}; this agent ships {card['name']}@{card['version']}:{sha256}")
     targets = [(level.dose_gy, masks[level.target]) for level in order.levels]
     dose = predict_patient_dose(network, series.volume.voxels, masks[body], masks, targets, series.volume.spacing_mm,
-                                context=card["architecture"]["context"], mirror=bool(card.get("test_time_mirror")))
+                                **prediction_options(card))
     return dose, card, sha256
 
 

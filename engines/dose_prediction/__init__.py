@@ -8,10 +8,10 @@ the DVH score (:mod:`.scores`). No gRPC, Ray or storage here.
 
 from .inputs import OAR_CHANNELS, N_LEVELS, build_inputs
 from .package import DosePackageError, load_dose_package, save_dose_package
-from .predict import model_spacing, predict_dose, predict_patient_dose
+from .predict import model_spacing, predict_dose, predict_patient_dose, prediction_options
 from .scores import dose_score, dvh_metrics, dvh_score
 
 __all__ = [
     "OAR_CHANNELS", "N_LEVELS", "build_inputs", "DosePackageError", "load_dose_package", "save_dose_package",
-    "predict_dose", "predict_patient_dose", "model_spacing", "dose_score", "dvh_metrics", "dvh_score",
+    "predict_dose", "predict_patient_dose", "prediction_options", "model_spacing", "dose_score", "dvh_metrics", "dvh_score",
 ]

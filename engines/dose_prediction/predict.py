@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from .calibration import calibrate_targets
 from .inputs import OAR_CHANNELS, REFERENCE_DOSE_GY, DoseInputError, build_inputs, mirror_inputs
 from .model import DoseUNet
 
@@ -37,9 +39,17 @@ def _pad_to(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
     return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, py), (0, px)]), (ny, nx)
 
 
+def prediction_options(card: Mapping[str, Any]) -> dict[str, Any]:
+    """What a package's card asks of every prediction: the keyword arguments ``context``,
+    ``mirror`` and ``target_calibration`` of :func:`predict_dose` and :func:`predict_patient_dose`."""
+    return {"context": card["architecture"]["context"], "mirror": bool(card.get("test_time_mirror")),
+            "target_calibration": card.get("target_calibration")}
+
+
 @torch.no_grad()
 def predict_dose(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, *, context: int, mirror: bool = False,
-                 batch: int = 16, device: str | None = None) -> np.ndarray:
+                 target_calibration: Mapping[str, Any] | None = None, batch: int = 16,
+                 device: str | None = None) -> np.ndarray:
     """Dose in Gy per voxel on the CT grid, zero outside the body.
 
     Parameters
@@ -55,6 +65,9 @@ def predict_dose(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, *, conte
     mirror : bool
         Average the prediction with that of the patient's mirror image, mirrored back (the card's
         ``test_time_mirror``: a model trained on mirrored patients as well); twice the time.
+    target_calibration : Mapping, optional
+        The card's ``target_calibration``: each target's dose-volume histogram corrected
+        (:func:`~rtgrid.engines.dose_prediction.calibration.calibrate_targets`).
     batch : int
         Slices per forward pass.
     device : str, optional
@@ -79,7 +92,7 @@ def predict_dose(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, *, conte
     dose = _predict(model, inputs, body, context, batch, device)
     if mirror:
         dose = 0.5 * (dose + _predict(model, mirror_inputs(inputs), body[..., ::-1], context, batch, device)[..., ::-1])
-    return dose
+    return calibrate_targets(dose, inputs, target_calibration) * body  # a target may reach past the body
 
 
 def _predict(model: DoseUNet, inputs: np.ndarray, body: np.ndarray, context: int, batch: int, device: str) -> np.ndarray:
@@ -107,7 +120,8 @@ def model_spacing(spacing_mm: Sequence[float]) -> tuple[float, float, float]:
 
 def predict_patient_dose(model: DoseUNet, ct_hu: np.ndarray, body: np.ndarray, oars: Mapping[str, np.ndarray],
                          targets: Sequence[tuple[float, np.ndarray]], spacing_mm: Sequence[float], *, context: int,
-                         mirror: bool = False, device: str | None = None) -> np.ndarray:
+                         mirror: bool = False, target_calibration: Mapping[str, Any] | None = None,
+                         device: str | None = None) -> np.ndarray:
     """A patient's dose (Gy) on its CT grid, predicted on a grid the model knows.
 
     A hospital CT (often 1 mm across) shows the network anatomy several times larger than the
@@ -122,8 +136,9 @@ def predict_patient_dose(model: DoseUNet, ct_hu: np.ndarray, body: np.ndarray, o
         As :func:`~rtgrid.engines.dose_prediction.build_inputs` takes them.
     spacing_mm : Sequence[float]
         The CT's voxel size (column, row, slice) in mm.
-    context, mirror, device
-        As :func:`predict_dose` takes them.
+    context, mirror, target_calibration, device
+        As :func:`predict_dose` takes them (:func:`prediction_options` reads the first three
+        from a card).
 
     Returns
     -------
@@ -133,10 +148,10 @@ def predict_patient_dose(model: DoseUNet, ct_hu: np.ndarray, body: np.ndarray, o
     spacing = tuple(float(s) for s in spacing_mm)
     if model_spacing(spacing) == spacing:
         return predict_dose(model, build_inputs(ct_hu, body, oars, targets, spacing), body, context=context,
-                            mirror=mirror, device=device)
+                            mirror=mirror, target_calibration=target_calibration, device=device)
     ct, coarse_body, coarse_oars, coarse_targets, coarse_spacing = _on_model_grid(ct_hu, body, oars, targets, spacing)
     dose = predict_dose(model, build_inputs(ct, coarse_body, coarse_oars, coarse_targets, coarse_spacing), coarse_body,
-                        context=context, mirror=mirror, device=device)
+                        context=context, mirror=mirror, target_calibration=target_calibration, device=device)
     return _resample(dose, ct_hu.shape) * body
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,25 +131,33 @@ class _Compact:
         return x, self.dose[k].astype(np.float32) / REFERENCE_DOSE_GY, self.body[k]
 
 
-def _load(folder: str, limit: int, need_dose: bool = True) -> list[OpenKBPPatient]:
-    out = []
+def patients_with_dose(folder: str | Path, limit: int = 0) -> Iterator[OpenKBPPatient]:
+    """The OpenKBP patients of ``folder`` that have a clinical dose (the first ``limit``; 0: all),
+    loaded one at a time; those without one are skipped (nothing to learn from or score against).
+
+    Raises
+    ------
+    OpenKBPError
+        The folder is missing or a file is malformed.
+    """
+    found = 0
     for path in openkbp_patients(Path(folder)):
-        if limit and len(out) >= limit:
-            break
+        if limit and found >= limit:
+            return
         patient = load_openkbp_patient(path)
-        if need_dose and patient.dose_gy is None:
-            continue  # nothing to learn from or score against
-        out.append(patient)
-    return out
+        if patient.dose_gy is not None:
+            found += 1
+            yield patient
 
 
-def evaluate(model: DoseUNet, patients: list[OpenKBPPatient], context: int, mirror: bool = False) -> dict[str, float]:
-    """Mean OpenKBP dose and DVH scores (Gy) of ``model`` over ``patients`` (``mirror``: see
+def evaluate(model: DoseUNet, patients: list[OpenKBPPatient], *, context: int, mirror: bool = False,
+             target_calibration: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Mean OpenKBP dose and DVH scores (Gy) of ``model`` over ``patients`` (the options: see
     :func:`~rtgrid.engines.dose_prediction.predict_dose`)."""
     doses, dvhs = [], []
     for patient in patients:
         predicted = predict_dose(model, openkbp_inputs(patient), patient.possible_dose_mask, context=context,
-                                 mirror=mirror)
+                                 mirror=mirror, target_calibration=target_calibration)
         doses.append(dose_score(predicted, patient.dose_gy, patient.possible_dose_mask))
         dvhs.append(dvh_score(predicted, patient.dose_gy, patient.masks, patient.volume.voxel_volume_mm3))
     return {"dose_score_gy": round(float(np.mean(doses)), 4), "dvh_score_gy": round(float(np.mean(dvhs)), 4),
@@ -190,8 +199,8 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    train = [_Compact(p) for p in _load(config.train_dir, config.train_patients)]
-    selection = _load(config.val_dir, config.select_patients)
+    train = [_Compact(p) for p in patients_with_dose(config.train_dir, config.train_patients)]
+    selection = list(patients_with_dose(config.val_dir, config.select_patients))
     _log(f"{len(train)} training patients, {len(selection)} selection patients loaded in {time.monotonic() - start:.0f} s")
     model = DoseUNet(N_CHANNELS, context=config.context, base=config.base, depth=config.depth, pool=config.pool).to(device)
     initial = _initial_weights(model, config)
@@ -227,19 +236,19 @@ def _train(config: DoseTrainConfig, name: str, version: str) -> TrainedDoseModel
             recent = np.mean(losses[-config.log_every :]) * REFERENCE_DOSE_GY
             _log(f"step {step}/{config.max_iterations} loss {recent:.2f} Gy, {time.monotonic() - start:.0f} s")
         if selection and (step % config.select_every == 0 or step == config.max_iterations):
-            score = evaluate(model, selection, config.context, mirror)["dose_score_gy"]
+            score = evaluate(model, selection, context=config.context, mirror=mirror)["dose_score_gy"]
             _log(f"step {step}: selection dose score {score:.3f} Gy")
             if score < best[0]:
                 best = (score, copy.deepcopy(model.state_dict()), step)
     if selection and best[2] != step:
-        score = evaluate(model, selection, config.context, mirror)["dose_score_gy"]
+        score = evaluate(model, selection, context=config.context, mirror=mirror)["dose_score_gy"]
         if score < best[0]:
             best = (score, copy.deepcopy(model.state_dict()), step)
     if selection:
         model.load_state_dict(best[1])
     model.eval()
-    validation_patients = _load(config.val_dir, config.final_val_patients)
-    validation = evaluate(model, validation_patients, config.context, mirror)
+    validation_patients = list(patients_with_dose(config.val_dir, config.final_val_patients))
+    validation = evaluate(model, validation_patients, context=config.context, mirror=mirror)
     _log(f"kept step {best[2] if selection else step}; validation {validation}")
     near, far = DISTANCE_RANGE_MM
     card = {
