@@ -75,6 +75,9 @@ def predict_dose_shard(call: PredictDoseCall) -> dict[str, Any]:
     if grid != spacing:
         notes.append(f"CT spacing {spacing} mm lies outside the grids the model learned on: predicted on {grid} mm "
                      "and interpolated back to the CT")
+    if card.get("target_calibration"):
+        notes.append("each target's dose-volume histogram is calibrated to the shape of the training plans' (the "
+                     "card's target_calibration); the dose outside the targets is the network's")
     summary = {
         "model": {"name": card["name"], "version": card["version"], "sha256": sha256, "validation": card["validation"]},
         "levels": [{"target": level.target, "dose_gy": level.dose_gy} for level in order.levels],

@@ -21,7 +21,7 @@ from tests.grid.test_contour_e2e import assert_valid_per_dciodvfy
 PATIENT = "pt_202"
 # The built-in model's dose score on this patient, measured by bench/predict.py, was DOSE_MEASURED_GY;
 # the floor leaves room for the DICOM round trip (contours re-rasterised from their outlines).
-DOSE_MEASURED_GY = 2.73  # bench/predict.py on the npz patient, model rtgrid-hn-dose 4 (2.73 through the grid too)
+DOSE_MEASURED_GY = 2.73  # bench/predict.py on the npz patient, model rtgrid-hn-dose 5 (4: 2.73 through the grid too)
 DOSE_FLOOR_GY = 3.5
 
 
@@ -52,6 +52,7 @@ def test_predict_job_returns_a_valid_predicted_rtdose(grid, tmp_path):
     assert "predicted" in ds.SeriesDescription and "rtgrid-hn-dose" in ds.SeriesDescription
     assert sha256[:12] in ds.SeriesDescription and summary["model"]["sha256"] == sha256
     assert ds.FrameOfReferenceUID == written.frame_of_reference_uid
+    assert any("target_calibration" in note for note in summary["notes"])  # the built-in model's card has one
     assert [level["target"] for level in summary["levels"]] == [n for n in ("PTV70", "PTV63", "PTV56") if n in patient.masks]
     dose, grid_volume = read_rtdose(ds)
     assert dose.shape == patient.dose_gy.shape
