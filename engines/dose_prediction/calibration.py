@@ -1,8 +1,9 @@
 """Target dose-volume calibration: the hot and cold ends of each target's predicted dose restored.
 
-A network trained on the mean absolute error pulls the dose inside a target towards its middle.
-On OpenKBP training patients version 4 predicted the hottest 1 % of each target (D1) 0.9-1.4 Gy
-too cool and its coldest 1 % (D99) up to 1.1 Gy too cool as well. A calibration records, per
+A network trained on the voxels' absolute error smooths the dose inside a target, and the
+dose-volume histogram comes out the wrong shape: on OpenKBP training patients version 4 predicted
+the hottest 1 % of each target (D1) 0.9-1.4 Gy too cool, and the coldest 1 % (D99) of the 70 and
+63 Gy targets 1.1 Gy too cool as well. A calibration records, per
 prescription level (highest first, as the input channels order them), the mean difference
 between the clinical and the predicted dose at each quantile of the level's own target voxels,
 as a fraction of the level's dose, measured on training patients. Prediction adds it at each

@@ -1,8 +1,9 @@
 """Train the 2.5D dose U-Net on OpenKBP patients, select it on validation patients, package it.
 
 ``python -m rtgrid.engines.dose_prediction.train --out DIR`` (``make model-dose``) trains the
-shipped model. Seeded: the same configuration on the same data takes the same steps; the time
-bound (``max_minutes``) only stops it early, and the card records how many steps it took.
+shipped model's weights; :mod:`.calibrate` then fits its targets' calibration. Seeded: the same
+configuration on the same data takes the same steps; the time bound (``max_minutes``) only stops
+it early, and the card records how many steps it took.
 """
 
 from __future__ import annotations
