@@ -3,13 +3,13 @@
 A network trained on the voxels' absolute error smooths the dose inside a target, and the
 dose-volume histogram comes out the wrong shape: on OpenKBP training patients version 4 predicted
 the hottest 1 % of each target (D1) 0.9-1.4 Gy too cool, and the coldest 1 % (D99) of the 70 and
-63 Gy targets 1.1 Gy too cool as well. A calibration records, per
-prescription level (highest first, as the input channels order them), the mean difference
-between the clinical and the predicted dose at each quantile of the level's own target voxels,
-as a fraction of the level's dose, measured on training patients. Prediction adds it at each
-voxel's rank within its target, so the predicted dose-volume histogram of a target takes the
-clinical plans' shape while the order of its voxels (where it is hottest) stays the network's.
-Dose outside the targets is not touched.
+63 Gy targets 1.1 Gy too cool as well. A calibration records, per prescription level (highest
+first, as the input channels order them), the mean difference between the clinical and the
+predicted dose at each quantile of the level's own target voxels, as a fraction of the level's
+dose, measured on training patients. Prediction adds it at each voxel's rank within its target,
+so the predicted dose-volume histogram of a target takes the clinical plans' shape while the
+order of its voxels (where it is hottest) stays the network's. Dose outside the targets is not
+touched.
 """
 
 from __future__ import annotations
